@@ -1,0 +1,1 @@
+"""Shared foundation of the Hodei services: contracts, settings, connections, outbox, runner."""

@@ -1,0 +1,1 @@
+"""Wire contracts shared by producers and consumers: subject names and msgspec schemas."""

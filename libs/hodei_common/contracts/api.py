@@ -1,0 +1,137 @@
+"""Requests and replies of the ``hodei-api`` micro service.
+
+Every reply is either the endpoint's reply struct or an :class:`ErrorReply`, told apart by
+the ``Nats-Service-Error-Code`` header the micro framework sets on errors.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+from uuid import UUID
+
+import msgspec
+
+from hodei_common.contracts.events import DomainEvent
+from hodei_common.contracts.jobs import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_TIMEOUT_S,
+    MAX_NAME_CHARS,
+    Job,
+    JobState,
+    PositiveSeconds,
+)
+from hodei_common.contracts.workers import ProviderConfig, Worker, WorkerState
+
+MAX_REQUEST_BYTES = 256 * 1024
+MAX_LIST_LIMIT = 1000
+
+
+class ErrorCode(enum.StrEnum):
+    """Stable error codes; the HTTP-like number travels in the service error header."""
+
+    INVALID_ARGUMENT = "invalid_argument"
+    NOT_FOUND = "not_found"
+    FAILED_PRECONDITION = "failed_precondition"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+ERROR_STATUS = {
+    ErrorCode.INVALID_ARGUMENT: 400,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.FAILED_PRECONDITION: 409,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.INTERNAL: 500,
+}
+
+
+class ErrorReply(msgspec.Struct, frozen=True, kw_only=True):
+    """A structured error: a stable code and one human line. Never a stack trace."""
+
+    code: ErrorCode
+    message: str
+
+
+class SubmitJob(msgspec.Struct, frozen=True, kw_only=True):
+    """``jobs.submit``: queue a shell command."""
+
+    command: str
+    name: Annotated[str, msgspec.Meta(max_length=MAX_NAME_CHARS)] = ""
+    args: list[str] = []
+    env: dict[str, str] = {}
+    timeout_s: PositiveSeconds = DEFAULT_TIMEOUT_S
+    provider: str = "local"
+    priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = DEFAULT_MAX_ATTEMPTS
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    namespace: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "default"
+
+
+class SubmitJobReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The stored job; ``created`` is False when an idempotency key matched an existing job."""
+
+    job: Job
+    created: bool
+
+
+class JobRef(msgspec.Struct, frozen=True, kw_only=True):
+    """``jobs.get``, ``jobs.cancel``, ``jobs.events``: one job by id."""
+
+    id: UUID
+
+
+class JobReply(msgspec.Struct, frozen=True, kw_only=True):
+    """One job."""
+
+    job: Job
+
+
+class ListJobs(msgspec.Struct, frozen=True, kw_only=True):
+    """``jobs.list``: newest first, optionally one state."""
+
+    state: JobState | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIST_LIMIT)] = 50
+    namespace: str | None = None
+
+
+class JobList(msgspec.Struct, frozen=True, kw_only=True):
+    """Jobs, newest first."""
+
+    jobs: list[Job]
+
+
+class CancelJobReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The job after the cancel request; ``cancelled`` is True when it ended at once."""
+
+    job: Job
+    cancelled: bool
+
+
+class JobEvents(msgspec.Struct, frozen=True, kw_only=True):
+    """A job's domain events, oldest first."""
+
+    events: list[DomainEvent]
+
+
+class ListWorkers(msgspec.Struct, frozen=True, kw_only=True):
+    """``workers.list``: optionally one state."""
+
+    state: WorkerState | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIST_LIMIT)] = 100
+
+
+class WorkerList(msgspec.Struct, frozen=True, kw_only=True):
+    """Workers, newest first."""
+
+    workers: list[Worker]
+
+
+class ListProviders(msgspec.Struct, frozen=True, kw_only=True):
+    """``providers.list``."""
+
+
+class ProviderList(msgspec.Struct, frozen=True, kw_only=True):
+    """Every provider configuration."""
+
+    providers: list[ProviderConfig]

@@ -1,0 +1,99 @@
+"""Job bounded context: states, the job view and the job domain events."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+import msgspec
+
+from hodei_common.contracts.events import Event
+
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_NAME_CHARS = 200
+MAX_ENV_ENTRIES = 256
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+DEFAULT_TIMEOUT_S = 3600.0
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life; the last four are terminal."""
+
+    QUEUED = "QUEUED"
+    ASSIGNED = "ASSIGNED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMED_OUT = "TIMED_OUT"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_JOB_STATES
+
+
+TERMINAL_JOB_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT}
+)
+
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT_S)]
+
+
+class Job(msgspec.Struct, frozen=True, kw_only=True):
+    """A job as the API returns it."""
+
+    id: UUID
+    namespace: str
+    name: str
+    state: JobState
+    command: str
+    args: list[str]
+    env: dict[str, str]
+    timeout_s: float
+    provider: str
+    priority: int
+    attempt: int
+    max_attempts: int
+    worker_id: UUID | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    idempotency_key: str | None = None
+    cancel_requested_at: datetime | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    updated_at: datetime
+
+
+# --- domain events --------------------------------------------------------------------
+class JobEvent(Event, frozen=True, kw_only=True):
+    """Fields every job event carries; ``attempt`` fences reports from older attempts."""
+
+    job_id: UUID
+    attempt: int
+
+
+class JobCreated(JobEvent, frozen=True, kw_only=True):
+    """A job was accepted and stored QUEUED. Env values are secrets: only keys travel."""
+
+    namespace: str
+    name: str
+    provider: str
+    priority: int
+    timeout_s: float
+    env_keys: list[str] = msgspec.field(default_factory=list)
+
+
+class JobCancelRequested(JobEvent, frozen=True, kw_only=True):
+    """Cancellation of a job that already left the queue was asked for."""
+
+    worker_id: UUID | None = None
+
+
+class JobCancelled(JobEvent, frozen=True, kw_only=True):
+    """A job ended CANCELLED."""
+
+    reason: str = ""

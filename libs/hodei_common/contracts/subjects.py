@@ -1,0 +1,108 @@
+"""Every NATS subject, stream, consumer and service name used by Hodei.
+
+No subject string is spelled anywhere else: producers and consumers import these.
+Templated subjects are small functions so that permission lists stay plain
+(`worker.<id>.>`, `job.<id>.logs`).
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+# --- request/reply: the API micro service -------------------------------------------------
+API_SERVICE_NAME = "hodei-api"
+API_PREFIX = "hodei.api"
+API_QUEUE_GROUP = "hodei-api"
+
+
+def api(endpoint: str) -> str:
+    """Subject of one API endpoint, e.g. ``api("jobs.submit")``."""
+    return f"{API_PREFIX}.{endpoint}"
+
+
+API_JOBS_SUBMIT = api("jobs.submit")
+API_JOBS_GET = api("jobs.get")
+API_JOBS_LIST = api("jobs.list")
+API_JOBS_CANCEL = api("jobs.cancel")
+API_JOBS_EVENTS = api("jobs.events")
+API_WORKERS_LIST = api("workers.list")
+API_PROVIDERS_LIST = api("providers.list")
+
+
+def service_name(service: str) -> str:
+    """Name under which a Hodei service answers ``$SRV.PING/INFO/STATS``."""
+    return f"hodei-{service}"
+
+
+# --- JetStream: job events ---------------------------------------------------------------
+JOB_EVENTS_STREAM = "JOB_EVENTS"
+JOB_EVENTS_SUBJECTS = "job.*"
+
+JOB_CREATED = "job.created"
+JOB_ASSIGNED = "job.assigned"
+JOB_ACCEPTED = "job.accepted"
+JOB_STARTED = "job.started"
+JOB_SUCCEEDED = "job.succeeded"
+JOB_FAILED = "job.failed"
+JOB_CANCELLED = "job.cancelled"
+JOB_CANCEL_REQUESTED = "job.cancel_requested"
+JOB_TIMED_OUT = "job.timed_out"
+JOB_REQUEUED = "job.requeued"
+
+# --- JetStream: worker events ------------------------------------------------------------
+WORKER_EVENTS_STREAM = "WORKER_EVENTS"
+WORKER_EVENTS_SUBJECTS = ["worker.registered", "worker.ready", "worker.terminated",
+                          "worker.failed", "worker.created", "provision.*"]
+
+WORKER_CREATED = "worker.created"
+WORKER_REGISTERED = "worker.registered"
+WORKER_READY = "worker.ready"
+WORKER_TERMINATED = "worker.terminated"
+WORKER_FAILED = "worker.failed"
+PROVISION_REQUESTED = "provision.requested"
+PROVISION_FAILED = "provision.failed"
+
+# --- per-worker subjects -----------------------------------------------------------------
+WORKER_STATUS_STREAM = "WORKER_STATUS"
+WORKER_STATUS_SUBJECTS = "worker.*.status"
+WORKER_REGISTER = "hodei.worker.register"
+
+
+def worker_heartbeat(worker_id: UUID | str) -> str:
+    """Core-NATS subject on which a worker's agent beats."""
+    return f"worker.heartbeat.{worker_id}"
+
+
+def worker_assign(worker_id: UUID | str) -> str:
+    """Subject on which a worker receives its job assignments."""
+    return f"worker.{worker_id}.assign"
+
+
+def worker_control(worker_id: UUID | str) -> str:
+    """Core-NATS subject for cancel/drain orders to one worker."""
+    return f"worker.{worker_id}.control"
+
+
+def worker_status(worker_id: UUID | str) -> str:
+    """JetStream subject on which a worker reports accepted/started/finished."""
+    return f"worker.{worker_id}.status"
+
+
+# --- logs --------------------------------------------------------------------------------
+LOGS_STREAM = "LOGS"
+LOGS_SUBJECTS = "job.*.logs"
+
+
+def job_logs(job_id: UUID | str) -> str:
+    """JetStream subject carrying one job's log lines and its end-of-log marker."""
+    return f"job.{job_id}.logs"
+
+
+# --- headers -----------------------------------------------------------------------------
+HEADER_MSG_ID = "Nats-Msg-Id"
+HEADER_EVENT_TYPE = "Hodei-Event-Type"
+HEADER_TRACEPARENT = "traceparent"
+HEADER_TRACESTATE = "tracestate"
+
+# --- Postgres notification channels ----------------------------------------------------
+OUTBOX_NOTIFY_CHANNEL = "hodei_outbox"

@@ -1,0 +1,66 @@
+"""PostgreSQL access: the asyncpg pool and the advisory-lock keys Hodei uses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from hodei_common.errors import UnavailableError
+from hodei_common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# A plain connection or one borrowed from a pool: store functions take either.
+Conn = asyncpg.Connection | PoolConnectionProxy
+
+# Advisory locks are (class, object) pairs; one class for Hodei so keys never collide.
+LOCK_CLASS = 0x484F4445  # "HODE"
+LOCK_MIGRATIONS = 1
+LOCK_OUTBOX_RELAY = 2
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb travels as Python objects, not strings.
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(
+    settings: Settings,
+    *,
+    dsn: str | None = None,
+    initial_attempts: int | None = None,
+    **kwargs: Any,
+) -> asyncpg.Pool:
+    """Open a pool, retrying while PostgreSQL is not up yet (forever unless told otherwise)."""
+    url = dsn or settings.resolved_database_url()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            pool = await asyncpg.create_pool(
+                url,
+                min_size=settings.db_pool_min,
+                max_size=settings.db_pool_max,
+                init=_init_connection,
+                **kwargs,
+            )
+        except (OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError) as e:
+            if initial_attempts is not None and attempt >= initial_attempts:
+                raise UnavailableError(f"cannot reach PostgreSQL: {e}") from e
+            log.warning("postgres not reachable yet (%s); retrying", e)
+            await asyncio.sleep(min(0.2 * attempt, 2.0))
+        else:
+            assert pool is not None
+            return pool
+
+
+async def connect(settings: Settings, *, dsn: str | None = None) -> asyncpg.Connection:
+    """One plain connection (migrations, LISTEN)."""
+    conn = await asyncpg.connect(dsn or settings.resolved_database_url())
+    await _init_connection(conn)
+    return conn

@@ -1,0 +1,137 @@
+"""NATS connection and JetStream topology: connect (reconnecting forever), declare streams.
+
+Streams and consumers are declared idempotently at start by every service that uses them,
+so start order does not matter and a redeclare with a changed config updates in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.errors import NoServersError
+from nats.js import JetStreamContext
+from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+from hodei_common import tracing
+from hodei_common.contracts import subjects
+from hodei_common.errors import UnavailableError
+from hodei_common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_WINDOW_S = 120.0
+DAY_S = 24 * 3600.0
+
+
+def stream_configs(logs_max_age_s: float = 7 * DAY_S) -> list[StreamConfig]:
+    """The JetStream streams Hodei owns. Duplicate windows make outbox publishing exactly-once."""
+    return [
+        StreamConfig(
+            name=subjects.JOB_EVENTS_STREAM,
+            subjects=[subjects.JOB_EVENTS_SUBJECTS],
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            max_age=30 * DAY_S,
+        ),
+        StreamConfig(
+            name=subjects.WORKER_EVENTS_STREAM,
+            subjects=list(subjects.WORKER_EVENTS_SUBJECTS),
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            max_age=30 * DAY_S,
+        ),
+        StreamConfig(
+            name=subjects.WORKER_STATUS_STREAM,
+            subjects=[subjects.WORKER_STATUS_SUBJECTS],
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            max_age=7 * DAY_S,
+        ),
+        StreamConfig(
+            name=subjects.LOGS_STREAM,
+            subjects=[subjects.LOGS_SUBJECTS],
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            max_age=logs_max_age_s,
+        ),
+    ]
+
+
+async def connect(
+    settings: Settings,
+    name: str,
+    *,
+    url: str | None = None,
+    initial_attempts: int | None = None,
+) -> NATS:
+    """Connect to NATS, retrying the first connect and reconnecting forever afterwards.
+
+    ``initial_attempts`` None retries the first connect forever (a service waiting for its
+    NATS to come up); a number makes a CLI give up with one clear line.
+    """
+    server = url or settings.resolved_nats_url()
+
+    async def on_error(e: Exception) -> None:
+        log.warning("nats: %s", e)
+
+    async def on_disconnect() -> None:
+        log.warning("nats: disconnected from %s", server)
+
+    async def on_reconnect() -> None:
+        log.info("nats: reconnected to %s", server)
+
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await nats.connect(
+                servers=[server],
+                name=name,
+                user=settings.nats_user,
+                password=settings.nats_password,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=2,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
+        except (NoServersError, OSError, TimeoutError) as e:
+            if initial_attempts is not None and attempt >= initial_attempts:
+                reason = str(e) or type(e).__name__
+                raise UnavailableError(f"cannot reach NATS at {server}: {reason}") from e
+            log.warning("nats: %s not reachable yet (%s); retrying", server, e)
+            await asyncio.sleep(min(0.2 * attempt, 2.0))
+
+
+async def ensure_streams(js: JetStreamContext, configs: list[StreamConfig] | None = None) -> None:
+    """Create each stream, or update it in place when it exists with another config."""
+    for config in configs or stream_configs():
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            # "stream name already in use with a different configuration"
+            await js.update_stream(config)
+
+
+async def stream_exists(js: JetStreamContext, name: str) -> bool:
+    try:
+        await js.stream_info(name)
+    except NotFoundError:
+        return False
+    return True
+
+
+def headers_for(
+    event_type: str, msg_id: str, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Headers of a published event: dedup id, type and the current trace context."""
+    headers = {subjects.HEADER_MSG_ID: msg_id, subjects.HEADER_EVENT_TYPE: event_type}
+    if extra:
+        headers.update(extra)
+    return tracing.inject(headers)

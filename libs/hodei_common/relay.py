@@ -1,0 +1,204 @@
+"""The outbox relay: publishes committed outbox rows to JetStream, in order, exactly once.
+
+Each batch is one transaction that takes a transaction-scoped advisory lock, claims the oldest
+unpublished rows ``FOR UPDATE SKIP LOCKED``, publishes them with ``Nats-Msg-Id`` = event id and
+marks them published. Any number of relays may run: one publishes at a time, so the stream
+keeps commit order, and when it dies mid-batch its lock and claims vanish with its transaction;
+the next relay republishes the unmarked rows and JetStream's duplicate window drops the copies.
+The relay wakes on LISTEN/NOTIFY and polls as a fallback for a lost notification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import ClassVar
+
+import asyncpg
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+
+from hodei_common.contracts import subjects
+from hodei_common.database import LOCK_CLASS, LOCK_OUTBOX_RELAY
+from hodei_common.runner import HodeiService, Loop, main_for
+from hodei_common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_CLAIM = """
+SELECT id, subject, event_type, payload, headers
+FROM outbox_events
+WHERE published_at IS NULL
+ORDER BY seq
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+_MARK = "UPDATE outbox_events SET published_at = now() WHERE id = ANY($1::uuid[])"
+_PURGE = """
+DELETE FROM outbox_events
+WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)
+"""
+
+
+class RelaySettings(Settings):
+    """Relay tuning: ``HODEI_RELAY_BATCH_SIZE`` and friends."""
+
+    relay_batch_size: int = 256
+    relay_poll_interval_s: float = 1.0
+    relay_publish_timeout_s: float = 5.0
+    relay_keep_published_s: float = 3600.0
+
+
+class OutboxRelay:
+    """Moves outbox rows to JetStream; :meth:`relay_once` is one batch."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        js: JetStreamContext,
+        *,
+        batch_size: int = 256,
+        poll_interval_s: float = 1.0,
+        publish_timeout_s: float = 5.0,
+        keep_published_s: float = 3600.0,
+    ) -> None:
+        self._pool = pool
+        self._js = js
+        self._batch_size = batch_size
+        self._poll_interval_s = poll_interval_s
+        self._publish_timeout_s = publish_timeout_s
+        self._keep_published_s = keep_published_s
+        self._wake = asyncio.Event()
+
+    async def relay_once(self) -> int:
+        """Publish one batch; return how many rows were published (0: nothing, or not our turn)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            ours = await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock($1, $2)", LOCK_CLASS, LOCK_OUTBOX_RELAY
+            )
+            if not ours:
+                return 0
+            rows = await conn.fetch(_CLAIM, self._batch_size)
+            if not rows:
+                return 0
+            published = await self._publish(rows)
+            if published:
+                await conn.execute(_MARK, published)
+            if len(published) < len(rows):
+                log.warning("relay: %d of %d events not acknowledged; will retry",
+                            len(rows) - len(published), len(rows))
+            return len(published)
+
+    async def _publish(self, rows: list[asyncpg.Record]) -> list[object]:
+        """Publish in order without waiting between messages; return the acknowledged ids."""
+        futures = []
+        for row in rows:
+            headers = dict(row["headers"])
+            headers[subjects.HEADER_MSG_ID] = str(row["id"])
+            headers[subjects.HEADER_EVENT_TYPE] = row["event_type"]
+            futures.append(
+                await self._js.publish_async(row["subject"], row["payload"], headers=headers)
+            )
+        done = await asyncio.gather(
+            *(asyncio.wait_for(f, self._publish_timeout_s) for f in futures),
+            return_exceptions=True,
+        )
+        acked = []
+        for row, result in zip(rows, done, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, (NatsError, TimeoutError, OSError)):
+                    raise result
+                # Stop at the first failure so the stream never gets a gap in commit order.
+                break
+            acked.append(row["id"])
+        return acked
+
+    def wake(self, *_: object) -> None:
+        self._wake.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Relay until ``stopping`` is set."""
+        listener = await self._pool.acquire()
+        await listener.add_listener(subjects.OUTBOX_NOTIFY_CHANNEL, self.wake)
+        try:
+            failures = 0
+            while not stopping.is_set():
+                self._wake.clear()
+                try:
+                    count = await self.relay_once()
+                    failures = 0
+                except (OSError, NatsError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                    failures += 1
+                    log.warning("relay: batch failed (%s); retrying", e)
+                    await _sleep_or(stopping, min(0.1 * 2**failures, 5.0))
+                    continue
+                if count >= self._batch_size:
+                    continue
+                await _wait_any(stopping, self._wake, self._poll_interval_s)
+        finally:
+            with contextlib.suppress(Exception):
+                await listener.remove_listener(subjects.OUTBOX_NOTIFY_CHANNEL, self.wake)
+            await self._pool.release(listener)
+
+    async def purge_published(self) -> int:
+        """Delete rows published longer ago than the keep period (the audit log keeps them)."""
+        result = await self._pool.execute(_PURGE, self._keep_published_s)
+        return int(result.split()[-1])
+
+
+async def _wait_any(stopping: asyncio.Event, wake: asyncio.Event, within_s: float) -> None:
+    waiters = [asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=within_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+async def _sleep_or(stopping: asyncio.Event, delay: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), timeout=delay)
+
+
+class RelayService(HodeiService):
+    """The relay as a service of its own (``hodei service relay``)."""
+
+    name: ClassVar[str] = "relay"
+    description: ClassVar[str] = "Publishes the transactional outbox to JetStream"
+
+    def __init__(self, settings: RelaySettings) -> None:
+        super().__init__(settings)
+        self.config = settings
+
+    async def setup(self) -> None:
+        self.relay = OutboxRelay(
+            self.pool,
+            self.js,
+            batch_size=self.config.relay_batch_size,
+            poll_interval_s=self.config.relay_poll_interval_s,
+            publish_timeout_s=self.config.relay_publish_timeout_s,
+            keep_published_s=self.config.relay_keep_published_s,
+        )
+
+    def loops(self) -> list[Loop]:
+        return [self._relay_loop, self._purge_loop]
+
+    async def _relay_loop(self) -> None:
+        await self.relay.run(self.stopping)
+
+    async def _purge_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                await self.relay.purge_published()
+            except (OSError, asyncpg.PostgresError) as e:
+                log.warning("relay: purge failed (%s)", e)
+            await _sleep_or(self.stopping, 60.0)
+
+
+def main() -> None:
+    main_for(RelaySettings, lambda settings: [RelayService(settings)])
+
+
+if __name__ == "__main__":
+    main()

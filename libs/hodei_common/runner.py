@@ -1,0 +1,225 @@
+"""The service lifecycle every Hodei service shares.
+
+``run()`` blocks until stopped and re-raises a fatal error; ``stop()`` is idempotent, safe
+before start, and waits. Draining goes in order: stop fetching, wait for in-flight work up to
+the grace period, cancel what is left, drain NATS, close the pool. Background loops live in a
+TaskGroup, so a loop that dies takes the service down loudly instead of leaving it half alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import ClassVar, TypeVar
+
+import asyncpg
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.micro import add_service
+from nats.micro.service import Service as MicroService
+
+from hodei_common import database, messaging, tracing
+from hodei_common.contracts import subjects
+from hodei_common.errors import HodeiError
+from hodei_common.settings import Settings, load_settings
+from hodei_migrations import check_schema
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+Loop = Callable[[], Awaitable[None]]
+S = TypeVar("S", bound=Settings)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """One line per record on stderr, the same format in every service."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+class HodeiService:
+    """Base of every service: connects, checks the schema, runs loops, drains in order."""
+
+    name: ClassVar[str] = "service"
+    description: ClassVar[str] = ""
+    uses_database: ClassVar[bool] = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stopping = asyncio.Event()
+        self._done = asyncio.Event()
+        self._started = False
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._micro: MicroService | None = None
+        self.ready = asyncio.Event()
+
+    # --- resources, valid once run() has started them ------------------------------------
+    @property
+    def nc(self) -> NATS:
+        assert self._nc is not None, "service not started"
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        assert self._js is not None, "service not started"
+        return self._js
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "service not started"
+        return self._pool
+
+    @property
+    def micro(self) -> MicroService:
+        assert self._micro is not None, "service not started"
+        return self._micro
+
+    # --- what a service overrides --------------------------------------------------------
+    async def setup(self) -> None:
+        """Declare subscriptions and endpoints; runs after connections are open."""
+
+    def loops(self) -> list[Loop]:
+        """Background loops; each watches ``self.stopping`` and returns once it is set."""
+        return []
+
+    async def stop_fetching(self) -> None:
+        """First drain step: take no new work. The micro endpoints are already stopped."""
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run until :meth:`stop`; re-raise whatever killed the service."""
+        if self._started:
+            raise RuntimeError(f"{self.name} service already ran")
+        self._started = True
+        if self.stopping.is_set():
+            self._done.set()
+            return
+        tracing.setup_tracing(self.name)
+        try:
+            await self._open()
+            await self._serve()
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        finally:
+            await self._close()
+            self._done.set()
+
+    async def stop(self) -> None:
+        """Ask the service to drain and wait until it has; a no-op when already stopped."""
+        self.stopping.set()
+        if self._started:
+            await self._done.wait()
+
+    async def _open(self) -> None:
+        if self.uses_database:
+            self._pool = await database.create_pool(self.settings)
+            async with self._pool.acquire() as conn:
+                await check_schema(conn)
+        self._nc = await messaging.connect(self.settings, name=subjects.service_name(self.name))
+        self._js = self._nc.jetstream()
+        await messaging.ensure_streams(self._js)
+        self._micro = await add_service(
+            self._nc,
+            name=subjects.service_name(self.name),
+            version=VERSION,
+            description=self.description or f"Hodei {self.name} service",
+        )
+        await self.setup()
+
+    async def _serve(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(self._guard(loop), name=f"{self.name}:{loop.__name__}")
+                     for loop in self.loops()]
+            self.ready.set()
+            log.info("%s service started", self.name)
+            await self.stopping.wait()
+            log.info("%s service draining", self.name)
+            if self._micro is not None:
+                await self._micro.stop()
+            await self.stop_fetching()
+            if tasks:
+                _, pending = await asyncio.wait(tasks, timeout=self.settings.drain_grace_s)
+                for task in pending:
+                    log.warning("%s: %s did not finish in time; cancelling", self.name,
+                                task.get_name())
+                    task.cancel()
+
+    async def _guard(self, loop: Loop) -> None:
+        await loop()
+        if not self.stopping.is_set():
+            raise RuntimeError(f"{self.name}: background loop {loop.__name__} ended on its own")
+
+    async def _close(self) -> None:
+        if self._micro is not None and not self._micro.stopped.is_set():
+            with contextlib.suppress(Exception):
+                await self._micro.stop()
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                await asyncio.wait_for(self._nc.drain(), timeout=self.settings.drain_grace_s)
+            except (TimeoutError, OSError) as e:
+                log.warning("%s: NATS drain did not finish (%s); closing", self.name, e)
+                await self._nc.close()
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), timeout=self.settings.drain_grace_s)
+            except TimeoutError:
+                self._pool.terminate()
+        log.info("%s service stopped", self.name)
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
+async def run_until_signalled(*services: HodeiService) -> None:
+    """Run services together until SIGINT/SIGTERM, then stop them all; a fatal error in one
+    stops the others and is re-raised."""
+    loop = asyncio.get_running_loop()
+
+    def request_stop() -> None:
+        for service in services:
+            service.stopping.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, request_stop)
+    try:
+        runs = [asyncio.create_task(s.run(), name=s.name) for s in services]
+        first_error: BaseException | None = None
+        for task in asyncio.as_completed(runs):
+            try:
+                await task
+            except Exception as e:  # one service died: stop the rest, then re-raise
+                if first_error is None:
+                    first_error = e
+                request_stop()
+        if first_error is not None:
+            raise first_error
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def main_for(settings_cls: type[S], build: Callable[[S], list[HodeiService]]) -> None:
+    """Entry point body for ``python -m <service>``: settings, logging, run, one-line errors."""
+    try:
+        settings = load_settings(settings_cls)
+        configure_logging(settings.log_level)
+        asyncio.run(run_until_signalled(*build(settings)))
+    except HodeiError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        tracing.shutdown_tracing()

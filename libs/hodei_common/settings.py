@@ -1,0 +1,83 @@
+"""Settings from the environment (``HODEI_*``), built once in ``__main__`` and passed down.
+
+With no ``HODEI_NATS_URL``/``HODEI_DATABASE_URL`` set, the endpoints of the embedded platform
+are read from ``$HODEI_HOME/dev.json``, which ``hodei dev up`` writes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from hodei_common.errors import ConfigError
+
+DEV_FILE = "dev.json"
+S = TypeVar("S", bound=BaseSettings)
+
+
+def default_home() -> Path:
+    return Path.home() / ".hodei"
+
+
+class Settings(BaseSettings):
+    """What every Hodei process needs: where NATS and PostgreSQL are, and how to stop."""
+
+    model_config = SettingsConfigDict(env_prefix="HODEI_", frozen=True, extra="ignore")
+
+    home: Path = Field(default_factory=default_home)
+    nats_url: str | None = None
+    database_url: str | None = None
+    nats_user: str | None = None
+    nats_password: str | None = None
+    db_pool_min: int = Field(default=1, ge=0)
+    db_pool_max: int = Field(default=10, ge=1)
+    drain_grace_s: float = Field(default=10.0, gt=0)
+    request_timeout_s: float = Field(default=5.0, gt=0)
+    log_level: str = "INFO"
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    def dev_file(self) -> Path:
+        return self.home / DEV_FILE
+
+    def resolved_nats_url(self) -> str:
+        """The NATS URL from the environment, else the embedded platform's."""
+        if self.nats_url:
+            return self.nats_url
+        return str(self._dev_endpoint("nats_url"))
+
+    def resolved_database_url(self) -> str:
+        """The PostgreSQL URL from the environment, else the embedded platform's."""
+        if self.database_url:
+            return self.database_url
+        return str(self._dev_endpoint("database_url"))
+
+    def _dev_endpoint(self, key: str) -> Any:
+        path = self.dev_file()
+        try:
+            data = json.loads(path.read_text())
+            return data[key]
+        except FileNotFoundError:
+            raise ConfigError(
+                f"no Hodei platform found: set HODEI_NATS_URL/HODEI_DATABASE_URL or start one "
+                f"with `hodei dev up` ({path} does not exist)"
+            ) from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path} is not a valid dev file: {e}") from e
+
+
+def load_settings(cls: type[S], **overrides: Any) -> S:
+    """Build a settings object, turning a validation failure into one ConfigError line."""
+    try:
+        return cls(**overrides)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"HODEI_{field.upper()}: {first['msg']}") from e
