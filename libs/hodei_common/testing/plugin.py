@@ -1,0 +1,160 @@
+"""Pytest plugin: a real nats-server and a real PostgreSQL, started on free ports.
+
+One PostgreSQL cluster per session with a migrated template database; each test gets a fresh
+database cloned from it, and its own nats-server with JetStream, so tests share nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from hodei_common import database, messaging
+from hodei_common.embedded import NatsServer, PostgresServer
+from hodei_common.settings import Settings
+
+TEMPLATE_DB = "hodei_template"
+_db_counter = itertools.count(1)
+
+
+def _scratch_dir(prefix: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)  # PostgreSQL runs unprivileged when the tests run as root
+    return path
+
+
+async def _create_template(server: PostgresServer) -> None:
+    from hodei_migrations import migrate
+
+    admin = await asyncpg.connect(server.url())
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
+        await admin.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(server.url(TEMPLATE_DB))
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster for the session, with a migrated template database."""
+    root = _scratch_dir("hodei-pg-")
+    server = PostgresServer(root / "postgres", durable=False, max_connections=300)
+    server.start()
+    try:
+        asyncio.run(_create_template(server))
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def database_url(postgres_server: PostgresServer) -> AsyncIterator[str]:
+    """A fresh database for this test, cloned from the migrated template."""
+    name = f"test_{os.getpid()}_{next(_db_counter)}"
+    admin = await asyncpg.connect(postgres_server.url())
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+    finally:
+        await admin.close()
+    yield postgres_server.url(name)
+    admin = await asyncpg.connect(postgres_server.url())
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def empty_database_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A database with no schema at all, for migration tests."""
+    name = f"empty_{os.getpid()}_{next(_db_counter)}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(postgres_server.url())
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f"CREATE DATABASE {name}"))
+    yield postgres_server.url(name)
+    asyncio.run(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def scratch_dir() -> Iterator[Path]:
+    """A temporary directory PostgreSQL can use even when the tests run as root."""
+    path = _scratch_dir("hodei-test-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    """A nats-server with JetStream of this test's own."""
+    root = _scratch_dir("hodei-nats-")
+    server = NatsServer(root)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def nats_url(nats_server: NatsServer) -> str:
+    return nats_server.url
+
+
+@pytest.fixture
+def settings(nats_url: str, database_url: str, tmp_path: Path) -> Settings:
+    """Settings pointing at this test's NATS and database, with short drain times."""
+    return Settings(
+        nats_url=nats_url,
+        database_url=database_url,
+        home=tmp_path / "hodei-home",
+        drain_grace_s=5.0,
+        request_timeout_s=5.0,
+    )
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    p = await database.create_pool(settings, initial_attempts=1)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+@pytest.fixture
+async def nc(settings: Settings) -> AsyncIterator[NATS]:
+    client = await messaging.connect(settings, name="hodei-test", initial_attempts=3)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def js(nc: NATS) -> JetStreamContext:
+    context = nc.jetstream()
+    await messaging.ensure_streams(context)
+    return context
