@@ -1,0 +1,224 @@
+"""One function per API endpoint: a decoded request in, a reply struct out, errors raised."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from uuid import UUID, uuid4
+
+import asyncpg
+from opentelemetry import trace
+
+from hodei_api import store
+from hodei_common import outbox
+from hodei_common.contracts import subjects
+from hodei_common.contracts.api import (
+    CancelJobReply,
+    JobEvents,
+    JobList,
+    JobRef,
+    JobReply,
+    ListJobs,
+    ListProviders,
+    ListWorkers,
+    ProviderList,
+    SubmitJob,
+    SubmitJobReply,
+    WorkerList,
+)
+from hodei_common.contracts.jobs import (
+    MAX_COMMAND_BYTES,
+    MAX_ENV_ENTRIES,
+    MAX_TIMEOUT_S,
+    JobCancelled,
+    JobCancelRequested,
+    JobCreated,
+    JobState,
+)
+from hodei_common.errors import NotFoundError, PreconditionError, ValidationError
+
+ACTOR = "api"
+AGGREGATE_JOB = "job"
+_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_QUOTE_LIMIT = 60
+# msgspec names the field but not the unit; these constraint failures get a plainer line.
+_CONSTRAINT_HINTS = {
+    "$.timeout_s": "timeout_s must be a positive number of seconds, at most "
+    f"{MAX_TIMEOUT_S:g} (7 days)",
+}
+
+
+def quote(value: str) -> str:
+    """``value`` quoted for a one-line message: escaped and cut short."""
+    if len(value) > _QUOTE_LIMIT:
+        value = value[:_QUOTE_LIMIT] + "..."
+    return repr(value)
+
+
+def describe_validation_error(message: str) -> str:
+    """msgspec's message, or a plainer one for a range error on a known field."""
+    for path, hint in _CONSTRAINT_HINTS.items():
+        if message.endswith(f"at `{path}`") and ", got " not in message:
+            return hint
+    return message
+
+
+def validate_submit(req: SubmitJob) -> None:
+    """Checks beyond the struct's types; each failure is one line naming the field."""
+    if not req.command.strip():
+        raise ValidationError("command must not be empty")
+    if len(req.command.encode()) > MAX_COMMAND_BYTES:
+        raise ValidationError(f"command is larger than {MAX_COMMAND_BYTES // 1024} KiB")
+    # PostgreSQL text cannot hold NUL, and a NUL would cut the command short in a shell anyway.
+    if "\0" in req.command:
+        raise ValidationError("command must not contain NUL bytes")
+    if any("\0" in arg for arg in req.args):
+        raise ValidationError("args must not contain NUL bytes")
+    if len(req.env) > MAX_ENV_ENTRIES:
+        raise ValidationError(f"env has {len(req.env)} entries; at most {MAX_ENV_ENTRIES}")
+    for key, value in req.env.items():
+        if not _ENV_KEY_RE.fullmatch(key):  # match() with $ would let "A\n" through
+            raise ValidationError(f"env key {quote(key)} is not a valid variable name")
+        if "\0" in value:
+            # Never echo an env value: it may be a secret.
+            raise ValidationError(f"env value of {key} must not contain NUL bytes")
+    named: dict[str, str | None] = {
+        "name": req.name,
+        "provider": req.provider,
+        "namespace": req.namespace,
+        "idempotency_key": req.idempotency_key,
+    }
+    for field, text in named.items():
+        if text is not None and "\0" in text:
+            raise ValidationError(f"{field} must not contain NUL bytes")
+
+
+def _correlation_id() -> str | None:
+    """The current trace id, so an audit row leads to its trace."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def submit_job(pool: asyncpg.Pool, req: SubmitJob) -> SubmitJobReply:
+    """Store a QUEUED job and its JobCreated event in one transaction."""
+    validate_submit(req)
+    async with pool.acquire() as conn, conn.transaction():
+        provider = await store.get_provider(conn, req.provider)
+        if provider is None:
+            known = ", ".join(await store.provider_names(conn))
+            raise ValidationError(f"unknown provider {quote(req.provider)} (known: {known})")
+        if not provider.enabled:
+            raise PreconditionError(f"provider {quote(req.provider)} is disabled")
+        job = await store.insert_job(conn, uuid4(), req)
+        if job is None:
+            assert req.idempotency_key is not None  # only a key can conflict
+            existing = await store.job_by_idempotency_key(conn, req.namespace,
+                                                          req.idempotency_key)
+            if existing is None:  # the other row vanished between the two statements
+                raise RuntimeError("idempotency key conflict without a matching job")
+            return SubmitJobReply(job=existing, created=False)
+        event = JobCreated(
+            event_id=uuid4(),
+            occurred_at=_now(),
+            correlation_id=_correlation_id(),
+            actor=ACTOR,
+            job_id=job.id,
+            attempt=job.attempt,
+            namespace=job.namespace,
+            name=job.name,
+            provider=job.provider,
+            priority=job.priority,
+            timeout_s=job.timeout_s,
+            env_keys=sorted(job.env),
+        )
+        await outbox.record(conn, subject=subjects.JOB_CREATED, event=event,
+                            aggregate_type=AGGREGATE_JOB, aggregate_id=job.id)
+    return SubmitJobReply(job=job, created=True)
+
+
+async def get_job(pool: asyncpg.Pool, req: JobRef) -> JobReply:
+    """One job by id."""
+    async with pool.acquire() as conn:
+        job = await store.get_job(conn, req.id)
+    if job is None:
+        raise _job_not_found(req.id)
+    return JobReply(job=job)
+
+
+async def list_jobs(pool: asyncpg.Pool, req: ListJobs) -> JobList:
+    """Jobs newest first, optionally of one state."""
+    async with pool.acquire() as conn:
+        jobs = await store.list_jobs(conn, state=req.state, namespace=req.namespace,
+                                     limit=req.limit)
+    return JobList(jobs=jobs)
+
+
+async def cancel_job(pool: asyncpg.Pool, req: JobRef) -> CancelJobReply:
+    """Cancel a queued job at once, or ask the worker of a running one to stop."""
+    async with pool.acquire() as conn, conn.transaction():
+        # The row lock keeps the state from moving between the check and the update.
+        job = await store.lock_job(conn, req.id)
+        if job is None:
+            raise _job_not_found(req.id)
+        if job.state.terminal:
+            raise PreconditionError(f"job {job.id} is already {job.state}")
+        if job.state is JobState.QUEUED:
+            cancelled = await store.cancel_queued(conn, job.id)
+            if cancelled is None:
+                raise RuntimeError(f"job {job.id} left QUEUED while locked")
+            await outbox.record(
+                conn,
+                subject=subjects.JOB_CANCELLED,
+                event=JobCancelled(event_id=uuid4(), occurred_at=_now(),
+                                   correlation_id=_correlation_id(), actor=ACTOR,
+                                   job_id=job.id, attempt=job.attempt,
+                                   reason="cancelled by request"),
+                aggregate_type=AGGREGATE_JOB,
+                aggregate_id=job.id,
+            )
+            return CancelJobReply(job=cancelled, cancelled=True)
+        requested = await store.request_cancel(conn, job.id)
+        if requested is None:  # asked before: the worker already has its orders
+            return CancelJobReply(job=job, cancelled=False)
+        await outbox.record(
+            conn,
+            subject=subjects.JOB_CANCEL_REQUESTED,
+            event=JobCancelRequested(event_id=uuid4(), occurred_at=_now(),
+                                     correlation_id=_correlation_id(), actor=ACTOR,
+                                     job_id=job.id, attempt=job.attempt,
+                                     worker_id=job.worker_id),
+            aggregate_type=AGGREGATE_JOB,
+            aggregate_id=job.id,
+        )
+        return CancelJobReply(job=requested, cancelled=False)
+
+
+async def job_events(pool: asyncpg.Pool, req: JobRef) -> JobEvents:
+    """A job's audit events, oldest first."""
+    async with pool.acquire() as conn:
+        if await store.get_job(conn, req.id) is None:
+            raise _job_not_found(req.id)
+        events = await store.job_events(conn, req.id)
+    return JobEvents(events=events)
+
+
+async def list_workers(pool: asyncpg.Pool, req: ListWorkers) -> WorkerList:
+    """Workers newest first, optionally of one state."""
+    async with pool.acquire() as conn:
+        workers = await store.list_workers(conn, state=req.state, limit=req.limit)
+    return WorkerList(workers=workers)
+
+
+async def list_providers(pool: asyncpg.Pool, req: ListProviders) -> ProviderList:
+    """Every provider configuration, by name."""
+    async with pool.acquire() as conn:
+        providers = await store.list_providers(conn)
+    return ProviderList(providers=providers)
+
+
+def _job_not_found(job_id: UUID) -> NotFoundError:
+    return NotFoundError(f"job {job_id} not found")

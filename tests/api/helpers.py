@@ -1,0 +1,21 @@
+"""Helpers shared by the API tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from hodei_common.contracts.api import SubmitJob
+
+TABLES = ("jobs", "outbox_events", "domain_events")
+
+
+async def row_counts(pool: asyncpg.Pool) -> dict[str, int]:
+    """How many rows each table a write touches holds."""
+    return {table: await pool.fetchval(f"SELECT count(*) FROM {table}") for table in TABLES}
+
+
+def job(command: str = "echo hello", **fields: Any) -> SubmitJob:
+    """A valid submit request, with ``fields`` overridden."""
+    return SubmitJob(command=command, **fields)

@@ -1,0 +1,94 @@
+"""jobs.submit: a QUEUED job, its audit event and its outbox row, written together."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from asyncpg import Pool
+
+from hodei_api.service import ApiService
+from hodei_common import tracing
+from hodei_common.client import ApiClient
+from hodei_common.contracts import subjects
+from hodei_common.contracts.jobs import JobCreated, JobState
+from tests.api.helpers import job, row_counts
+
+pytestmark = [pytest.mark.nats, pytest.mark.postgres]
+
+
+async def test_submit_stores_queued_job_with_created_event_and_outbox_row(
+    client: ApiClient, pool: Pool
+) -> None:
+    reply = await client.submit(job("echo hi", name="greet", args=["a"], timeout_s=30.0))
+
+    assert reply.created is True
+    assert reply.job.state is JobState.QUEUED
+    row = await pool.fetchrow("SELECT state, command, args, timeout_s, xmin FROM jobs WHERE id=$1",
+                              reply.job.id)
+    assert row is not None
+    assert (row["state"], row["command"], row["args"], row["timeout_s"]) == (
+        "QUEUED", "echo hi", ["a"], 30.0)
+    audit = await pool.fetch("SELECT event_type, payload, xmin FROM domain_events "
+                             "WHERE aggregate_id=$1", reply.job.id)
+    assert [a["event_type"] for a in audit] == ["JobCreated"]
+    outbox = await pool.fetch("SELECT subject, event_type, payload, xmin FROM outbox_events")
+    assert [(o["subject"], o["event_type"]) for o in outbox] == [
+        (subjects.JOB_CREATED, "JobCreated")]
+    event = msgspec.json.decode(outbox[0]["payload"], type=JobCreated)
+    assert event.job_id == reply.job.id
+    assert event.name == "greet"
+    # One transaction id wrote all three rows.
+    assert row["xmin"] == audit[0]["xmin"] == outbox[0]["xmin"]
+
+
+async def test_created_event_carries_env_keys_but_never_env_values(
+    client: ApiClient, pool: Pool
+) -> None:
+    reply = await client.submit(job(env={"API_TOKEN": "s3cr3t-value", "MODE": "fast-lane"}))
+
+    assert reply.job.env == {"API_TOKEN": "s3cr3t-value", "MODE": "fast-lane"}
+    payload = await pool.fetchval("SELECT payload FROM domain_events WHERE aggregate_id=$1",
+                                  reply.job.id)
+    assert payload["env_keys"] == ["API_TOKEN", "MODE"]
+    outbox_payload = bytes(await pool.fetchval("SELECT payload FROM outbox_events"))
+    for secret in ("s3cr3t-value", "fast-lane"):
+        assert secret not in str(payload)
+        assert secret.encode() not in outbox_payload
+
+
+async def test_repeated_idempotency_key_returns_the_same_job_and_writes_nothing(
+    client: ApiClient, pool: Pool
+) -> None:
+    first = await client.submit(job("echo once", idempotency_key="deploy-42"))
+    before = await row_counts(pool)
+
+    again = await client.submit(job("echo twice", idempotency_key="deploy-42"))
+
+    assert first.created is True
+    assert again.created is False
+    assert again.job == first.job
+    assert await row_counts(pool) == before
+
+
+async def test_same_idempotency_key_in_another_namespace_is_another_job(
+    client: ApiClient,
+) -> None:
+    first = await client.submit(job(idempotency_key="k", namespace="team-a"))
+    other = await client.submit(job(idempotency_key="k", namespace="team-b"))
+
+    assert other.created is True
+    assert other.job.id != first.job.id
+
+
+async def test_submit_continues_the_callers_trace_into_the_outbox(
+    api: ApiService, client: ApiClient, pool: Pool
+) -> None:
+    with tracing.tracer().start_as_current_span("cli") as span:
+        reply = await client.submit(job())
+        trace_id = format(span.get_span_context().trace_id, "032x")
+
+    headers = await pool.fetchval("SELECT headers FROM outbox_events")
+    assert headers[subjects.HEADER_TRACEPARENT].split("-")[1] == trace_id
+    correlation = await pool.fetchval(
+        "SELECT correlation_id FROM domain_events WHERE aggregate_id=$1", reply.job.id)
+    assert correlation == trace_id
