@@ -1,0 +1,3 @@
+from hodei_cli.main import main
+
+main()

@@ -1,0 +1,100 @@
+"""``hodei migrate``, ``hodei service``, ``hodei worker list``, ``hodei provider list``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from hodei_cli import output
+from hodei_cli.connection import api_client, cli_settings
+from hodei_cli.output import Output, OutputOption
+from hodei_cli.services import SERVICES
+from hodei_common import database
+from hodei_common.contracts.workers import ProviderConfig, Worker, WorkerState
+from hodei_common.errors import ValidationError
+from hodei_common.runner import configure_logging, run_until_signalled
+from hodei_common.settings import Settings
+from hodei_migrations import applied_version, migrate
+
+worker_app = typer.Typer(help="Look at workers.", no_args_is_help=True)
+provider_app = typer.Typer(help="Look at providers.", no_args_is_help=True)
+
+
+async def run_migrations(settings: Settings) -> tuple[list[str], int | None]:
+    """Apply pending migrations; return their labels and the resulting version."""
+    conn = await database.connect(settings)
+    try:
+        done = await migrate(conn)
+        return [m.label for m in done], await applied_version(conn)
+    finally:
+        await conn.close()
+
+
+def migrate_command() -> None:
+    """Bring the database schema up to date (safe to run any number of times)."""
+    done, version = asyncio.run(run_migrations(cli_settings()))
+    for label in done:
+        typer.echo(f"applied {label}")
+    typer.echo(f"schema is at version {version}")
+
+
+def service_command(
+    name: Annotated[str, typer.Argument(help=f"one of: {', '.join(SERVICES)}")],
+) -> None:
+    """Run one service in the foreground against HODEI_NATS_URL/HODEI_DATABASE_URL."""
+    build = SERVICES.get(name)
+    if build is None:
+        raise ValidationError(f"unknown service '{name}' (one of {', '.join(SERVICES)})")
+    service = build(None)
+    configure_logging(service.settings.log_level)
+    asyncio.run(run_until_signalled(service))
+
+
+@worker_app.command("list")
+def list_workers(
+    state: Annotated[str | None, typer.Option(help="only workers in this state")] = None,
+    out: Output = OutputOption,
+) -> None:
+    """List workers, newest first."""
+    wanted = None
+    if state is not None:
+        try:
+            wanted = WorkerState(state.upper())
+        except ValueError:
+            known = ", ".join(s.value for s in WorkerState)
+            raise ValidationError(f"unknown state '{state}' (one of {known})") from None
+
+    async def go() -> list[Worker]:
+        async with api_client() as api:
+            return await api.list_workers(state=wanted)
+
+    workers = asyncio.run(go())
+    if out is Output.JSON:
+        output.emit_json(workers)
+        return
+    output.table(
+        ["ID", "STATE", "PROVIDER", "RESOURCE", "JOB", "HEARTBEAT", "CREATED"],
+        [[w.id, w.state, w.provider, w.provider_resource_id, w.current_job_id,
+          output.age(w.last_heartbeat), w.created_at] for w in workers],
+    )
+
+
+@provider_app.command("list")
+def list_providers(out: Output = OutputOption) -> None:
+    """List providers and their configuration."""
+
+    async def go() -> list[ProviderConfig]:
+        async with api_client() as api:
+            return await api.list_providers()
+
+    providers = asyncio.run(go())
+    if out is Output.JSON:
+        output.emit_json(providers)
+        return
+    output.table(
+        ["NAME", "KIND", "ENABLED", "MODE", "MAX WORKERS", "MIN IDLE", "IMAGE"],
+        [[p.name, p.kind, "yes" if p.enabled else "no", p.worker_mode, p.max_workers,
+          p.min_idle, p.image] for p in providers],
+    )

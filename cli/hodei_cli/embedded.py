@@ -1,0 +1,152 @@
+"""The embedded platform behind ``hodei dev up``: NATS, PostgreSQL and every service, one process.
+
+NATS and PostgreSQL keep their data under ``$HODEI_HOME`` so a restart keeps every job. A lock
+file makes a second ``dev up`` on the same home fail at once; ``dev.json`` tells every other
+``hodei`` command where the platform listens, and exists only while it is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+import asyncpg
+
+from hodei_cli.services import SERVICES
+from hodei_common.embedded import NatsServer, PostgresServer
+from hodei_common.errors import HodeiError
+from hodei_common.runner import HodeiService, run_until_signalled
+from hodei_common.settings import Settings
+from hodei_migrations import migrate
+
+log = logging.getLogger(__name__)
+
+DATABASE = "hodei"
+LOCK_FILE = "dev.lock"
+
+
+class AlreadyRunning(HodeiError):
+    """Another ``hodei dev up`` holds this home."""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    nats_url: str
+    database_url: str
+
+
+@contextlib.contextmanager
+def home_lock(home: Path) -> Iterator[IO[str]]:
+    """Hold ``$HODEI_HOME/dev.lock`` for the platform's lifetime (released if we crash)."""
+    home.mkdir(parents=True, exist_ok=True)
+    handle = (home / LOCK_FILE).open("a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise AlreadyRunning(
+                f"a Hodei platform is already running on {home} (pid {holder}); "
+                f"stop it with `hodei dev down` or use another HODEI_HOME"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield handle
+    finally:
+        handle.close()
+
+
+async def _ensure_database(server: PostgresServer) -> None:
+    admin = await asyncpg.connect(server.url())
+    try:
+        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE)
+        if not exists:
+            await admin.execute(f"CREATE DATABASE {DATABASE}")
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(server.url(DATABASE))
+    try:
+        for applied in await migrate(conn):
+            log.info("applied migration %s", applied.label)
+    finally:
+        await conn.close()
+
+
+def write_dev_file(settings: Settings, endpoints: Endpoints) -> None:
+    """Write dev.json atomically so a reader never sees half a file."""
+    path = settings.dev_file()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({
+        "nats_url": endpoints.nats_url,
+        "database_url": endpoints.database_url,
+        "pid": os.getpid(),
+        "started_at": datetime.now(UTC).isoformat(),
+    }, indent=2) + "\n")
+    tmp.replace(path)
+
+
+async def serve(settings: Settings, announce: IO[str] = sys.stdout) -> None:
+    """Start servers and services, announce readiness, run until signalled, then stop all."""
+    home = settings.home
+    nats = NatsServer(home / "nats")
+    postgres = PostgresServer(home / "postgres", durable=True)
+    with home_lock(home):
+        try:
+            nats.start()
+            postgres.start()
+            await _ensure_database(postgres)
+            endpoints = Endpoints(nats.url, postgres.url(DATABASE))
+            base = settings.model_copy(update={
+                "nats_url": endpoints.nats_url, "database_url": endpoints.database_url,
+            })
+            services = [build(base) for build in SERVICES.values()]
+            await _run(services, settings, endpoints, announce)
+        finally:
+            settings.dev_file().unlink(missing_ok=True)
+            nats.stop()
+            postgres.stop()
+
+
+async def _run(
+    services: list[HodeiService], settings: Settings, endpoints: Endpoints, announce: IO[str]
+) -> None:
+    running = asyncio.create_task(run_until_signalled(*services))
+    ready = asyncio.ensure_future(_all_ready(services))
+    await asyncio.wait([running, ready], return_when=asyncio.FIRST_COMPLETED)
+    if running.done():
+        ready.cancel()
+        await running  # a service failed to start: re-raise its error
+        return
+    write_dev_file(settings, endpoints)
+    print(f"Hodei is up ({', '.join(s.name for s in services)})", file=announce)
+    print(f"  NATS        {endpoints.nats_url}", file=announce)
+    print(f"  PostgreSQL  {endpoints.database_url}", file=announce)
+    print(f"  home        {settings.home}", file=announce)
+    print("Press Ctrl-C to stop.", file=announce, flush=True)
+    await running
+
+
+async def _all_ready(services: list[HodeiService]) -> None:
+    for service in services:
+        await service.ready.wait()
+
+
+def read_dev_file(settings: Settings) -> dict[str, object] | None:
+    try:
+        data = json.loads(settings.dev_file().read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

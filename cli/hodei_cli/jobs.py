@@ -1,0 +1,187 @@
+"""``hodei job ...``: queue, get, list, cancel and explain the history of jobs."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from hodei_cli import output
+from hodei_cli.connection import api_client
+from hodei_cli.output import Output, OutputOption
+from hodei_cli.parsing import (
+    check_command,
+    check_timeout,
+    parse_args,
+    parse_env,
+    parse_job_id,
+    parse_state,
+)
+from hodei_common.contracts.api import SubmitJob
+from hodei_common.contracts.events import DomainEvent
+from hodei_common.contracts.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, Job
+
+app = typer.Typer(help="Submit jobs and look at them.", no_args_is_help=True)
+
+IdArg = Annotated[str | None, typer.Argument(help="job id", show_default=False)]
+IdOpt = Annotated[str | None, typer.Option("--id", help="job id", show_default=False)]
+
+
+def build_submit(
+    *,
+    command: str,
+    name: str | None,
+    args: str | None,
+    env: list[str],
+    timeout: float | None,
+    provider: str,
+    idempotency_key: str | None,
+    priority: int,
+    max_attempts: int,
+) -> SubmitJob:
+    """The submit request from ``job queue``/``job run`` flags, validated locally first."""
+    check_command(command)
+    return SubmitJob(
+        command=command,
+        name=name if name is not None else command.split()[0][:100],
+        args=parse_args(args),
+        env=parse_env(env),
+        timeout_s=check_timeout(timeout) or DEFAULT_TIMEOUT_S,
+        provider=provider,
+        idempotency_key=idempotency_key,
+        priority=priority,
+        max_attempts=max_attempts,
+    )
+
+
+@app.command("queue")
+def queue(
+    command: Annotated[str, typer.Option("--command", "-c", help="shell command to run")],
+    name: Annotated[str | None, typer.Option("--name", "-n", help="a name for people")] = None,
+    args: Annotated[
+        str | None, typer.Option("--args", help="extra shell words appended to the command")
+    ] = None,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", help='"K=V,K2=V2" (repeatable)')
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="seconds before the job is killed")
+    ] = None,
+    provider: Annotated[str, typer.Option(help="local, docker or kubernetes")] = "local",
+    idempotency_key: Annotated[
+        str | None, typer.Option("--idempotency-key", help="a repeated key returns the same job")
+    ] = None,
+    priority: Annotated[int, typer.Option(help="higher runs first")] = 0,
+    max_attempts: Annotated[
+        int, typer.Option("--max-attempts", help="runs allowed when workers are lost")
+    ] = DEFAULT_MAX_ATTEMPTS,
+    out: Output = OutputOption,
+) -> None:
+    """Queue a job and print its id."""
+    request = build_submit(
+        command=command, name=name, args=args, env=env or [], timeout=timeout,
+        provider=provider, idempotency_key=idempotency_key, priority=priority,
+        max_attempts=max_attempts,
+    )
+
+    async def go() -> Job:
+        async with api_client() as api:
+            return (await api.submit(request)).job
+
+    job = asyncio.run(go())
+    if out is Output.JSON:
+        output.emit_json(job)
+    else:
+        typer.echo(str(job.id))
+
+
+def show_job(job: Job) -> None:
+    output.details([
+        ("id", job.id), ("name", job.name), ("state", job.state), ("command", job.command),
+        ("args", job.args), ("env", sorted(job.env)), ("provider", job.provider),
+        ("timeout", f"{job.timeout_s:g}s"), ("attempt", f"{job.attempt}/{job.max_attempts}"),
+        ("worker", job.worker_id), ("exit code", job.exit_code), ("error", job.error),
+        ("created", job.created_at), ("started", job.started_at),
+        ("completed", job.completed_at), ("cancel requested", job.cancel_requested_at),
+    ])
+
+
+@app.command("get")
+def get(job_id: IdArg = None, id_: IdOpt = None, out: Output = OutputOption) -> None:
+    """Show one job."""
+    jid = parse_job_id(job_id, id_)
+
+    async def go() -> Job:
+        async with api_client() as api:
+            return await api.get(jid)
+
+    job = asyncio.run(go())
+    if out is Output.JSON:
+        output.emit_json(job)
+    else:
+        show_job(job)
+
+
+@app.command("list")
+def list_(
+    state: Annotated[str | None, typer.Option(help="only jobs in this state")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="at most this many")] = 50,
+    out: Output = OutputOption,
+) -> None:
+    """List jobs, newest first."""
+    wanted = parse_state(state)
+
+    async def go() -> list[Job]:
+        async with api_client() as api:
+            return await api.list_jobs(state=wanted, limit=limit)
+
+    jobs = asyncio.run(go())
+    if out is Output.JSON:
+        output.emit_json(jobs)
+        return
+    output.table(
+        ["ID", "NAME", "STATE", "PROVIDER", "ATTEMPT", "EXIT", "CREATED"],
+        [[j.id, j.name, j.state, j.provider, j.attempt, j.exit_code, j.created_at] for j in jobs],
+    )
+
+
+@app.command("cancel")
+def cancel(job_id: IdArg = None, id_: IdOpt = None, out: Output = OutputOption) -> None:
+    """Cancel a job: at once when queued, through its worker when running."""
+    jid = parse_job_id(job_id, id_)
+
+    async def go() -> tuple[Job, bool]:
+        async with api_client() as api:
+            reply = await api.cancel(jid)
+            return reply.job, reply.cancelled
+
+    job, cancelled = asyncio.run(go())
+    if out is Output.JSON:
+        output.emit_json(job)
+    elif cancelled:
+        typer.echo(f"{job.id} CANCELLED")
+    else:
+        typer.echo(f"{job.id} cancellation requested (job is {job.state.value})")
+
+
+@app.command("events")
+def events(job_id: IdArg = None, id_: IdOpt = None, out: Output = OutputOption) -> None:
+    """A job's domain events, oldest first, with their times."""
+    jid = parse_job_id(job_id, id_)
+
+    async def go() -> list[DomainEvent]:
+        async with api_client() as api:
+            return await api.events(jid)
+
+    found = asyncio.run(go())
+    if out is Output.JSON:
+        output.emit_json(found)
+        return
+    rows = []
+    for e in found:
+        payload = dict(e.payload)
+        for key in ("event_id", "occurred_at", "job_id", "correlation_id", "actor"):
+            payload.pop(key, None)
+        rows.append([e.occurred_at, e.event_type, e.actor, payload])
+    output.table(["TIME", "EVENT", "ACTOR", "DETAILS"], rows)

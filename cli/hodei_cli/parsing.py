@@ -1,0 +1,78 @@
+"""Turning CLI flags into request fields, with one clear line for each bad input."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import uuid
+
+from hodei_common.contracts.jobs import MAX_TIMEOUT_S, JobState
+from hodei_common.errors import ValidationError
+
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_env(entries: list[str]) -> dict[str, str]:
+    """``--env "K=V,K2=V2"`` (repeatable) into a dict; a later key wins."""
+    env: dict[str, str] = {}
+    for entry in entries:
+        for pair in entry.split(","):
+            if not pair.strip():
+                continue
+            key, sep, value = pair.partition("=")
+            key = key.strip()
+            if not sep or not key:
+                raise ValidationError(f"--env entry '{pair}' is not KEY=VALUE")
+            if not _ENV_KEY.match(key):
+                raise ValidationError(f"--env key '{key}' is not a valid variable name")
+            env[key] = value
+    return env
+
+
+def parse_args(raw: str | None) -> list[str]:
+    """``--args "-c 'echo a && echo b'"`` into shell words."""
+    if not raw:
+        return []
+    try:
+        return shlex.split(raw)
+    except ValueError as e:
+        raise ValidationError(f"--args is not valid shell words: {e}") from e
+
+
+def check_timeout(seconds: float | None) -> float | None:
+    if seconds is None:
+        return None
+    if not seconds > 0:
+        raise ValidationError("--timeout must be a positive number of seconds")
+    if seconds > MAX_TIMEOUT_S:
+        raise ValidationError(f"--timeout must be at most {MAX_TIMEOUT_S:g} seconds (7 days)")
+    return seconds
+
+
+def check_command(command: str) -> str:
+    if not command.strip():
+        raise ValidationError("--command must not be empty")
+    return command
+
+
+def parse_job_id(value: str | None, option: str | None = None) -> uuid.UUID:
+    """A job id from the positional argument or ``--id``; exactly one must be given."""
+    if value and option and value != option:
+        raise ValidationError("give the job id once: as an argument or with --id")
+    raw = value or option
+    if not raw:
+        raise ValidationError("a job id is required (hodei job get ID)")
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise ValidationError(f"'{raw}' is not a valid job id (expected a UUID)") from None
+
+
+def parse_state(value: str | None) -> JobState | None:
+    if value is None:
+        return None
+    try:
+        return JobState(value.upper())
+    except ValueError:
+        known = ", ".join(s.value for s in JobState)
+        raise ValidationError(f"unknown state '{value}' (one of {known})") from None

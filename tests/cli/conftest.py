@@ -1,0 +1,60 @@
+"""The platform's services running in the test's loop, and the real `hodei` binary to drive them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hodei_cli.services import SERVICES
+from hodei_common.runner import HodeiService
+from hodei_common.settings import Settings
+
+HODEI = str(Path(sys.executable).with_name("hodei"))
+
+
+@dataclass(frozen=True)
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+async def platform(settings: Settings) -> AsyncIterator[list[HodeiService]]:
+    """Every service of the platform, started and ready."""
+    services = [build(settings) for build in SERVICES.values()]
+    runs = [asyncio.create_task(s.run()) for s in services]
+    ready = asyncio.gather(*(s.ready.wait() for s in services))
+    done, _ = await asyncio.wait([ready, *runs], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    for task in runs:
+        if task in done:
+            task.result()
+    yield services
+    await asyncio.gather(*(s.stop() for s in services))
+    await asyncio.gather(*runs)
+
+
+@pytest.fixture
+def cli_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
+    env["HODEI_NATS_URL"] = settings.resolved_nats_url()
+    env["HODEI_DATABASE_URL"] = settings.resolved_database_url()
+    env["HODEI_HOME"] = str(settings.home)
+    return env
+
+
+async def run_cli(env: dict[str, str], *args: str, timeout_s: float = 60.0) -> CliResult:
+    """Run the real `hodei` command without blocking the services in this loop."""
+    proc = await asyncio.create_subprocess_exec(
+        HODEI, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    assert proc.returncode is not None
+    return CliResult(proc.returncode, out.decode(), err.decode())

@@ -1,0 +1,98 @@
+"""`hodei dev up`: the whole platform from one command, persisted under HODEI_HOME."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import uuid
+from pathlib import Path
+
+import pytest
+
+from hodei_common.testing import assert_eventually
+from tests.cli.conftest import HODEI, run_cli
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid`` still alive (nats-server, postgres)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            found.append(int(entry.name))
+    return found
+
+
+async def start_platform(env: dict[str, str], home: Path) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        HODEI, "dev", "up", env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+    )
+
+    def up() -> bool:
+        assert proc.returncode is None, "dev up exited early"
+        return (home / "dev.json").exists()
+
+    await assert_eventually(up, within_s=60.0)
+    return proc
+
+
+async def test_dev_up_runs_the_platform_and_keeps_jobs_across_a_restart(
+    scratch_dir: Path,
+) -> None:
+    home = scratch_dir / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
+    env["HODEI_HOME"] = str(home)
+
+    proc = await start_platform(env, home)
+    endpoints = json.loads((home / "dev.json").read_text())
+    assert endpoints["nats_url"].startswith("nats://127.0.0.1:")
+    assert endpoints["database_url"].startswith("postgresql://")
+    servers = children_of(proc.pid)
+    assert len(servers) == 2  # nats-server and postgres
+
+    status = await run_cli(env, "dev", "status")
+    assert status.code == 0, status.stdout + status.stderr
+    queued = await run_cli(env, "job", "queue", "--name", "kept", "--command", "echo kept")
+    assert queued.code == 0, queued.stderr
+    job_id = uuid.UUID(queued.stdout.strip())
+
+    second = await run_cli(env, "dev", "up")
+    assert second.code != 0
+    assert second.stderr.strip().splitlines() == [second.stderr.strip()]
+    assert "already running" in second.stderr
+
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(proc.wait(), 60)
+    assert proc.returncode == 0, (await proc.stdout.read()).decode() if proc.stdout else ""
+    assert not (home / "dev.json").exists()
+    for pid in servers:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
+            f"/proc/{pid}/status").read_text(), f"server {pid} left running"
+
+    gone = await run_cli(env, "job", "list")
+    assert gone.code != 0
+    assert "hodei dev up" in gone.stderr
+
+    proc = await start_platform(env, home)
+    try:
+        shown = await run_cli(env, "job", "get", str(job_id), "-o", "json")
+        assert shown.code == 0, shown.stderr
+        assert json.loads(shown.stdout)["name"] == "kept"
+        down = await run_cli(env, "dev", "down")
+        assert down.code == 0, down.stderr
+        await asyncio.wait_for(proc.wait(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
