@@ -29,6 +29,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's session reset (one more round trip per release).
+
+    asyncpg still rolls back an open transaction and drops listeners on release; Hodei never
+    leaves other session state on a pooled connection: advisory locks are transaction-scoped,
+    LISTEN is removed by its owner, and no code sets session variables.
+    """
+
+
 async def create_pool(
     settings: Settings,
     *,
@@ -47,6 +56,7 @@ async def create_pool(
                 min_size=settings.db_pool_min,
                 max_size=settings.db_pool_max,
                 init=_init_connection,
+                reset=_keep_session,
                 **kwargs,
             )
         except (OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError) as e:

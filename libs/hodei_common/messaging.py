@@ -10,7 +10,6 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.errors import NoServersError
 from nats.js import JetStreamContext
@@ -75,12 +74,14 @@ async def connect(
     NATS to come up); a number makes a CLI give up with one clear line.
     """
     server = url or settings.resolved_nats_url()
+    nc = NATS()
 
     async def on_error(e: Exception) -> None:
         log.warning("nats: %s", e)
 
     async def on_disconnect() -> None:
-        log.warning("nats: disconnected from %s", server)
+        if not (nc.is_closed or nc.is_draining):  # our own close is not news
+            log.warning("nats: disconnected from %s", server)
 
     async def on_reconnect() -> None:
         log.info("nats: reconnected to %s", server)
@@ -89,7 +90,7 @@ async def connect(
     while True:
         attempt += 1
         try:
-            nc = await nats.connect(
+            await nc.connect(
                 servers=[server],
                 name=name,
                 user=settings.nats_user,
@@ -97,7 +98,7 @@ async def connect(
                 # nats-py retries the first connect forever when this is -1; bound it here and
                 # lift the bound once connected so later disconnects reconnect forever.
                 max_reconnect_attempts=-1 if initial_attempts is None else initial_attempts,
-                reconnect_time_wait=0.5,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # seconds; floats work
                 connect_timeout=2,
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,

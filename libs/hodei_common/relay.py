@@ -26,13 +26,15 @@ from hodei_common.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# The lock is taken once (a materialised CTE), and rows are claimed only when it was ours.
 _CLAIM = """
+WITH turn AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($2, $3) AS ours)
 SELECT id, subject, event_type, payload, headers
 FROM outbox_events
-WHERE published_at IS NULL
+WHERE published_at IS NULL AND (SELECT ours FROM turn)
 ORDER BY seq
 LIMIT $1
-FOR UPDATE SKIP LOCKED
+FOR UPDATE OF outbox_events SKIP LOCKED
 """
 _MARK = "UPDATE outbox_events SET published_at = now() WHERE id = ANY($1::uuid[])"
 _PURGE = """
@@ -74,12 +76,7 @@ class OutboxRelay:
     async def relay_once(self) -> int:
         """Publish one batch; return how many rows were published (0: nothing, or not our turn)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            ours = await conn.fetchval(
-                "SELECT pg_try_advisory_xact_lock($1, $2)", LOCK_CLASS, LOCK_OUTBOX_RELAY
-            )
-            if not ours:
-                return 0
-            rows = await conn.fetch(_CLAIM, self._batch_size)
+            rows = await conn.fetch(_CLAIM, self._batch_size, LOCK_CLASS, LOCK_OUTBOX_RELAY)
             if not rows:
                 return 0
             published = await self._publish(rows)

@@ -24,6 +24,8 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import Span, SpanKind
 
 TRACER_NAME = "hodei"
+# A proxy that follows whichever provider setup_tracing installs; looked up once, not per span.
+_TRACER = trace.get_tracer(TRACER_NAME)
 
 
 def _exporter_from_env() -> SpanExporter | None:
@@ -65,7 +67,8 @@ def shutdown_tracing() -> None:
 
 
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME)
+    """Hodei's tracer."""
+    return _TRACER
 
 
 def inject(headers: dict[str, str] | None = None) -> dict[str, str]:

@@ -30,11 +30,13 @@ from hodei_common.contracts.jobs import (
     MAX_COMMAND_BYTES,
     MAX_ENV_ENTRIES,
     MAX_TIMEOUT_S,
+    Job,
     JobCancelled,
     JobCancelRequested,
     JobCreated,
     JobState,
 )
+from hodei_common.database import Conn
 from hodei_common.errors import NotFoundError, PreconditionError, ValidationError
 
 ACTOR = "api"
@@ -104,40 +106,49 @@ def _now() -> datetime:
 
 
 async def submit_job(pool: asyncpg.Pool, req: SubmitJob) -> SubmitJobReply:
-    """Store a QUEUED job and its JobCreated event in one transaction."""
+    """Store a QUEUED job and its JobCreated event atomically, in one round trip."""
     validate_submit(req)
-    async with pool.acquire() as conn, conn.transaction():
-        provider = await store.get_provider(conn, req.provider)
-        if provider is None:
-            known = ", ".join(await store.provider_names(conn))
-            raise ValidationError(f"unknown provider {quote(req.provider)} (known: {known})")
-        if not provider.enabled:
-            raise PreconditionError(f"provider {quote(req.provider)} is disabled")
-        job = await store.insert_job(conn, uuid4(), req)
-        if job is None:
-            assert req.idempotency_key is not None  # only a key can conflict
-            existing = await store.job_by_idempotency_key(conn, req.namespace,
-                                                          req.idempotency_key)
-            if existing is None:  # the other row vanished between the two statements
-                raise RuntimeError("idempotency key conflict without a matching job")
-            return SubmitJobReply(job=existing, created=False)
-        event = JobCreated(
-            event_id=uuid4(),
-            occurred_at=_now(),
-            correlation_id=_correlation_id(),
-            actor=ACTOR,
-            job_id=job.id,
-            attempt=job.attempt,
-            namespace=job.namespace,
-            name=job.name,
-            provider=job.provider,
-            priority=job.priority,
-            timeout_s=job.timeout_s,
-            env_keys=sorted(job.env),
+    job_id = uuid4()
+    event = JobCreated(
+        event_id=uuid4(),
+        occurred_at=_now(),
+        correlation_id=_correlation_id(),
+        actor=ACTOR,
+        job_id=job_id,
+        attempt=1,
+        namespace=req.namespace,
+        name=req.name,
+        provider=req.provider,
+        priority=req.priority,
+        timeout_s=req.timeout_s,
+        env_keys=sorted(req.env),
+    )
+    async with pool.acquire() as conn:
+        row = await outbox.change(
+            conn, store.INSERT_JOB, *store.insert_job_args(job_id, req),
+            subject=subjects.JOB_CREATED, event=event,
+            aggregate_type=AGGREGATE_JOB, aggregate_id=job_id,
         )
-        await outbox.record(conn, subject=subjects.JOB_CREATED, event=event,
-                            aggregate_type=AGGREGATE_JOB, aggregate_id=job.id)
-    return SubmitJobReply(job=job, created=True)
+        job = store.job_from_row(row)
+        if job is not None:
+            return SubmitJobReply(job=job, created=True)
+        return SubmitJobReply(job=await _why_not_inserted(conn, req), created=False)
+
+
+async def _why_not_inserted(conn: Conn, req: SubmitJob) -> Job:
+    """The job an idempotency key already names, or the error that kept the job out."""
+    provider = await store.get_provider(conn, req.provider)
+    if provider is None:
+        known = ", ".join(await store.provider_names(conn))
+        raise ValidationError(f"unknown provider {quote(req.provider)} (known: {known})")
+    if not provider.enabled:
+        raise PreconditionError(f"provider {quote(req.provider)} is disabled")
+    if req.idempotency_key is not None:
+        existing = await store.job_by_idempotency_key(conn, req.namespace, req.idempotency_key)
+        if existing is not None:
+            return existing
+    # The provider was disabled (or the keyed job deleted) between the two statements.
+    raise PreconditionError("the job could not be stored; try again")
 
 
 async def get_job(pool: asyncpg.Pool, req: JobRef) -> JobReply:

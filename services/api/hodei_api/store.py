@@ -34,10 +34,13 @@ _EVENT_COLUMNS = """
     occurred_at
 """
 
-_INSERT_JOB = f"""
+# Inserts nothing when the provider is unknown or disabled, or the idempotency key is taken;
+# the caller then finds out which (the rare path) with further queries.
+INSERT_JOB = f"""
 INSERT INTO jobs (id, namespace, name, state, command, args, env, timeout_s, provider, priority,
                   max_attempts, idempotency_key)
-VALUES ($1, $2, $3, 'QUEUED', $4, $5, $6, $7, $8, $9, $10, $11)
+SELECT $1, $2, $3, 'QUEUED', $4, $5, $6::jsonb, $7, $8, $9, $10, $11
+WHERE EXISTS (SELECT 1 FROM provider_configs WHERE name = $8 AND enabled)
 ON CONFLICT (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING {_JOB_COLUMNS}
 """
@@ -87,22 +90,16 @@ def _maybe(struct: type[T], row: asyncpg.Record | None) -> T | None:
     return None if row is None else _to(struct, row)
 
 
-async def insert_job(conn: Conn, job_id: UUID, req: SubmitJob) -> Job | None:
-    """Store a QUEUED job; None when its idempotency key is already taken in the namespace."""
-    row = await conn.fetchrow(
-        _INSERT_JOB,
-        job_id,
-        req.namespace,
-        req.name,
-        req.command,
-        req.args,
-        req.env,
-        req.timeout_s,
-        req.provider,
-        req.priority,
-        req.max_attempts,
-        req.idempotency_key,
+def insert_job_args(job_id: UUID, req: SubmitJob) -> tuple[object, ...]:
+    """The parameters of :data:`INSERT_JOB`."""
+    return (
+        job_id, req.namespace, req.name, req.command, req.args, req.env, req.timeout_s,
+        req.provider, req.priority, req.max_attempts, req.idempotency_key,
     )
+
+
+def job_from_row(row: asyncpg.Record | None) -> Job | None:
+    """A job struct from a row that holds the job columns."""
     return _maybe(Job, row)
 
 
