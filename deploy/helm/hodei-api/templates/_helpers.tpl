@@ -1,0 +1,71 @@
+{{/* Name of the chart's objects: the release name, with the chart name unless it holds it. */}}
+{{- define "hodei.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "hodei.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "hodei.labels" -}}
+{{ include "hodei.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: hodei
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "hodei.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/* The environment every Hodei process reads: where NATS and PostgreSQL are.
+     Kept identical in every Hodei chart. */}}
+{{- define "hodei.env" -}}
+{{- with .Values.nats.url }}
+- name: HODEI_NATS_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.nats.existingSecret }}
+- name: HODEI_NATS_USER
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: user
+- name: HODEI_NATS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: password
+{{- end }}
+{{- if .Values.database.existingSecret }}
+- name: HODEI_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.database.existingSecret }}
+      key: {{ .Values.database.existingSecretKey | default "url" }}
+{{- else if .Values.database.url }}
+- name: HODEI_DATABASE_URL
+  value: {{ .Values.database.url | quote }}
+{{- else }}
+{{- fail "set database.existingSecret (a Secret holding the PostgreSQL URL) or database.url" }}
+{{- end }}
+{{- with .Values.drainGraceSeconds }}
+- name: HODEI_DRAIN_GRACE_S
+  value: {{ . | quote }}
+{{- end }}
+- name: HODEI_LOG_LEVEL
+  value: {{ .Values.logLevel | quote }}
+{{- with .Values.otel.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
