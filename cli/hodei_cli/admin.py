@@ -10,6 +10,7 @@ import typer
 from hodei_cli import output
 from hodei_cli.connection import api_client, cli_settings
 from hodei_cli.output import Output, OutputOption
+from hodei_cli.parsing import parse_state
 from hodei_cli.services import SERVICES
 from hodei_common import database
 from hodei_common.contracts.workers import ProviderConfig, Worker, WorkerState
@@ -58,13 +59,7 @@ def list_workers(
     out: Output = OutputOption,
 ) -> None:
     """List workers, newest first."""
-    wanted = None
-    if state is not None:
-        try:
-            wanted = WorkerState(state.upper())
-        except ValueError:
-            known = ", ".join(s.value for s in WorkerState)
-            raise ValidationError(f"unknown state '{state}' (one of {known})") from None
+    wanted = parse_state(WorkerState, state)
 
     async def go() -> list[Worker]:
         async with api_client() as api:

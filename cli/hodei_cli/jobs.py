@@ -20,7 +20,7 @@ from hodei_cli.parsing import (
 )
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.events import DomainEvent
-from hodei_common.contracts.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, Job
+from hodei_common.contracts.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, Job, JobState
 
 app = typer.Typer(help="Submit jobs and look at them.", no_args_is_help=True)
 
@@ -130,7 +130,7 @@ def list_(
     out: Output = OutputOption,
 ) -> None:
     """List jobs, newest first."""
-    wanted = parse_state(state)
+    wanted = parse_state(JobState, state)
 
     async def go() -> list[Job]:
         async with api_client() as api:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import enum
 import re
 import shlex
 import uuid
+from typing import TypeVar
 
-from hodei_common.contracts.jobs import MAX_TIMEOUT_S, JobState
+from hodei_common.contracts.jobs import MAX_TIMEOUT_S
 from hodei_common.errors import ValidationError
 
+E = TypeVar("E", bound=enum.StrEnum)
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -68,11 +71,12 @@ def parse_job_id(value: str | None, option: str | None = None) -> uuid.UUID:
         raise ValidationError(f"'{raw}' is not a valid job id (expected a UUID)") from None
 
 
-def parse_state(value: str | None) -> JobState | None:
+def parse_state(states: type[E], value: str | None) -> E | None:
+    """``--state`` of a job or worker, any case; None when not given."""
     if value is None:
         return None
     try:
-        return JobState(value.upper())
+        return states(value.upper())
     except ValueError:
-        known = ", ".join(s.value for s in JobState)
+        known = ", ".join(s.value for s in states)
         raise ValidationError(f"unknown state '{value}' (one of {known})") from None

