@@ -43,6 +43,7 @@ def stream_configs(logs_max_age_s: float = 7 * DAY_S) -> list[StreamConfig]:
         _stream(subjects.JOB_EVENTS_STREAM, [subjects.JOB_EVENTS_SUBJECTS], 30 * DAY_S),
         _stream(subjects.WORKER_EVENTS_STREAM, list(subjects.WORKER_EVENTS_SUBJECTS), 30 * DAY_S),
         _stream(subjects.WORKER_STATUS_STREAM, [subjects.WORKER_STATUS_SUBJECTS], 7 * DAY_S),
+        _stream(subjects.WORKER_ASSIGN_STREAM, [subjects.WORKER_ASSIGN_SUBJECTS], DAY_S),
         _stream(subjects.LOGS_STREAM, [subjects.LOGS_SUBJECTS], logs_max_age_s),
     ]
 

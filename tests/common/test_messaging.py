@@ -17,7 +17,8 @@ async def test_streams_are_declared_once_and_updated_in_place(js: JetStreamConte
     await messaging.ensure_streams(js)
     names = {s.config.name for s in await js.streams_info()}
     assert names == {subjects.JOB_EVENTS_STREAM, subjects.WORKER_EVENTS_STREAM,
-                     subjects.WORKER_STATUS_STREAM, subjects.LOGS_STREAM}
+                     subjects.WORKER_STATUS_STREAM, subjects.WORKER_ASSIGN_STREAM,
+                     subjects.LOGS_STREAM}
     await messaging.ensure_streams(js, messaging.stream_configs(logs_max_age_s=3600))
     info = await js.stream_info(subjects.LOGS_STREAM)
     assert info.config.max_age == 3600

@@ -97,3 +97,43 @@ class JobCancelled(JobEvent, frozen=True, kw_only=True):
     """A job ended CANCELLED."""
 
     reason: str = ""
+
+
+class JobAssigned(JobEvent, frozen=True, kw_only=True):
+    """A QUEUED job was given to a READY worker."""
+
+    worker_id: UUID
+
+
+class JobAccepted(JobEvent, frozen=True, kw_only=True):
+    """The worker's agent took the assignment."""
+
+    worker_id: UUID
+
+
+class JobStarted(JobEvent, frozen=True, kw_only=True):
+    """The job's command is running."""
+
+    worker_id: UUID
+
+
+class JobFinished(JobEvent, frozen=True, kw_only=True):
+    """Fields of every terminal job event."""
+
+    state: JobState
+    exit_code: int | None = None
+    error: str | None = None
+    worker_id: UUID | None = None
+    duration_s: float | None = None
+
+
+class JobSucceeded(JobFinished, frozen=True, kw_only=True):
+    """The command exited 0."""
+
+
+class JobFailed(JobFinished, frozen=True, kw_only=True):
+    """The command exited non-zero, could not start, or its worker was lost."""
+
+
+class JobTimedOut(JobFinished, frozen=True, kw_only=True):
+    """The command ran past its timeout and was killed."""

@@ -51,13 +51,14 @@ JOB_REQUEUED = "job.requeued"
 
 # --- JetStream: worker events ------------------------------------------------------------
 WORKER_EVENTS_STREAM = "WORKER_EVENTS"
-WORKER_EVENTS_SUBJECTS = ["worker.registered", "worker.ready", "worker.terminated",
-                          "worker.failed", "worker.created", "provision.*"]
+WORKER_EVENTS_SUBJECTS = ["worker.registered", "worker.ready", "worker.terminating",
+                          "worker.terminated", "worker.failed", "worker.created", "provision.*"]
 
 WORKER_CREATED = "worker.created"
 WORKER_REGISTERED = "worker.registered"
 WORKER_READY = "worker.ready"
 WORKER_TERMINATED = "worker.terminated"
+WORKER_TERMINATING = "worker.terminating"
 WORKER_FAILED = "worker.failed"
 PROVISION_REQUESTED = "provision.requested"
 PROVISION_FAILED = "provision.failed"
@@ -65,7 +66,10 @@ PROVISION_FAILED = "provision.failed"
 # --- per-worker subjects -----------------------------------------------------------------
 WORKER_STATUS_STREAM = "WORKER_STATUS"
 WORKER_STATUS_SUBJECTS = "worker.*.status"
+WORKER_ASSIGN_STREAM = "WORKER_ASSIGN"
+WORKER_ASSIGN_SUBJECTS = "worker.*.assign"
 WORKER_REGISTER = "hodei.worker.register"
+WORKER_HEARTBEATS = "worker.heartbeat.*"
 
 
 def worker_heartbeat(worker_id: UUID | str) -> str:
@@ -98,11 +102,27 @@ def job_logs(job_id: UUID | str) -> str:
     return f"job.{job_id}.logs"
 
 
+# --- durable consumers (shared by every replica of their service) ----------------------------
+SCHEDULER_DISPATCH_CONSUMER = "scheduler-dispatch"
+SCHEDULER_STATUS_CONSUMER = "scheduler-status"
+SCHEDULER_CANCEL_CONSUMER = "scheduler-cancel"
+PROVISIONER_REQUESTS_CONSUMER = "provisioner-requests"
+PROVISIONER_RELEASE_CONSUMER = "provisioner-release"
+LOGS_END_CONSUMER = "logs-end-markers"
+
 # --- headers -----------------------------------------------------------------------------
 HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_EVENT_TYPE = "Hodei-Event-Type"
 HEADER_TRACEPARENT = "traceparent"
 HEADER_TRACESTATE = "tracestate"
+
+PROVISIONER_SERVICE = "provisioner"
+PROVISIONER_QUEUE_GROUP = "hodei-provisioner"
+
+
+def msg_id(*parts: object) -> str:
+    """A ``Nats-Msg-Id`` from its parts (``job:attempt:kind``), stable across retries."""
+    return ":".join(str(p) for p in parts)
 
 # --- Postgres notification channels ----------------------------------------------------
 OUTBOX_NOTIFY_CHANNEL = "hodei_outbox"

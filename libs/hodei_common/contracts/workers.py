@@ -8,6 +8,8 @@ from uuid import UUID
 
 import msgspec
 
+from hodei_common.contracts.events import Event
+
 
 class WorkerState(enum.StrEnum):
     """Where a worker is in its life; TERMINATED and FAILED are final."""
@@ -56,3 +58,55 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True):
     settings: dict[str, object] = {}
     created_at: datetime
     updated_at: datetime
+
+
+# --- domain events --------------------------------------------------------------------
+class WorkerEvent(Event, frozen=True, kw_only=True):
+    """Fields every worker event carries."""
+
+    worker_id: UUID
+    provider: str
+
+
+class ProvisionRequested(WorkerEvent, frozen=True, kw_only=True):
+    """The scheduler wants a worker: its row exists, CREATING. Subject ``provision.requested``."""
+
+    mode: WorkerMode = WorkerMode.EPHEMERAL
+
+
+class ProvisionFailed(WorkerEvent, frozen=True, kw_only=True):
+    """The provider could not create the worker; the row is FAILED."""
+
+    error: str
+
+
+class WorkerCreated(WorkerEvent, frozen=True, kw_only=True):
+    """The provider created the worker's resource (a pid, a container id, a pod name)."""
+
+    provider_resource_id: str
+
+
+class WorkerRegistered(WorkerEvent, frozen=True, kw_only=True):
+    """The worker's agent exchanged its bootstrap token."""
+
+
+class WorkerReady(WorkerEvent, frozen=True, kw_only=True):
+    """The worker can take a job."""
+
+
+class WorkerTerminating(WorkerEvent, frozen=True, kw_only=True):
+    """The worker is done (or unwanted): the provisioner destroys its resource."""
+
+    reason: str
+
+
+class WorkerTerminated(WorkerEvent, frozen=True, kw_only=True):
+    """The worker's resource is gone."""
+
+    reason: str = ""
+
+
+class WorkerFailed(WorkerEvent, frozen=True, kw_only=True):
+    """The worker broke; its resource is destroyed."""
+
+    error: str

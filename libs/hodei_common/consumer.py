@@ -1,0 +1,109 @@
+"""Durable JetStream consumers: explicit ack, shared by every replica, one handler per message.
+
+A handler raises :class:`~hodei_common.errors.RetryLater` for a delayed nak and
+:class:`~hodei_common.errors.PermanentError` to terminate the message; any other error naks it
+with backoff. Handlers must be idempotent: a message may come again after a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from hodei_common import tracing
+from hodei_common.errors import PermanentError, RetryLater
+from hodei_common.messaging import ensure_consumer
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Msg], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable pull consumer on one stream."""
+
+    stream: str
+    durable: str
+    filter_subjects: list[str] = field(default_factory=list)
+    ack_wait_s: float = 30.0
+    max_deliver: int = 50
+    max_ack_pending: int = 1000
+    deliver_policy: DeliverPolicy = DeliverPolicy.ALL
+
+    def config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.durable,
+            filter_subjects=self.filter_subjects or None,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait_s,
+            max_deliver=self.max_deliver,
+            max_ack_pending=self.max_ack_pending,
+            deliver_policy=self.deliver_policy,
+        )
+
+
+def backoff_s(deliveries: int) -> float:
+    """Delay before the next try of a message that failed ``deliveries`` times."""
+    return float(min(0.1 * 2 ** max(deliveries - 1, 0), 10.0))
+
+
+async def handle(msg: Msg, handler: Handler, name: str) -> None:
+    """Run one message through ``handler`` inside its trace, then ack, nak or term it."""
+    with tracing.continued_span(f"{name} {msg.subject}", msg.headers):
+        try:
+            await handler(msg)
+        except RetryLater as e:
+            await msg.nak(delay=e.delay)
+        except PermanentError as e:
+            log.error("%s: dropping %s: %s", name, msg.subject, e)
+            await msg.term()
+        except Exception:
+            deliveries = msg.metadata.num_delivered or 1
+            log.exception("%s: %s failed (delivery %d); retrying", name, msg.subject, deliveries)
+            await msg.nak(delay=backoff_s(deliveries))
+        else:
+            await msg.ack()
+
+
+async def consume(
+    js: JetStreamContext,
+    spec: ConsumerSpec,
+    handler: Handler,
+    stopping: asyncio.Event,
+    *,
+    batch: int = 64,
+    poll_s: float = 1.0,
+) -> None:
+    """Fetch and handle messages until ``stopping`` is set; messages fetched but not yet
+    handled when it is set go back to the stream at once."""
+    await ensure_consumer(js, spec.stream, spec.config())
+    sub = await js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
+    try:
+        while not stopping.is_set():
+            try:
+                msgs = await sub.fetch(batch, timeout=poll_s)
+            except NatsTimeoutError:
+                continue
+            except NatsError as e:  # disconnected: the client reconnects on its own
+                log.warning("%s: fetch failed (%s)", spec.durable, e)
+                await asyncio.sleep(0.5)
+                continue
+            for i, msg in enumerate(msgs):
+                if stopping.is_set():
+                    for rest in msgs[i:]:
+                        await rest.nak()
+                    break
+                await handle(msg, handler, spec.durable)
+    finally:
+        with contextlib.suppress(NatsError):
+            await sub.unsubscribe()

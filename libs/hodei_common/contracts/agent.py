@@ -1,0 +1,106 @@
+"""What the worker agent and the platform say to each other.
+
+* ``hodei.worker.register`` (request/reply): the agent's one-time token for its worker id.
+* ``worker.<id>.assign`` (JetStream ``WORKER_ASSIGN``): the job to run, fenced by attempt.
+* ``worker.<id>.status`` (JetStream ``WORKER_STATUS``): accepted, started, finished.
+* ``worker.heartbeat.<id>`` (core NATS): I am alive, running this job.
+* ``worker.<id>.control`` (core NATS): cancel the running job, or stop.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from uuid import UUID
+
+import msgspec
+
+from hodei_common.contracts.workers import WorkerMode
+
+DEFAULT_HEARTBEAT_INTERVAL_S = 2.0
+
+
+class RegisterRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """An agent presents the bootstrap token its provisioner gave it."""
+
+    worker_id: UUID
+    token: str
+    hostname: str = ""
+    pid: int | None = None
+    agent_version: str = ""
+
+
+class RegisterReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The token was good (and is now spent): the agent may work."""
+
+    worker_id: UUID
+    mode: WorkerMode
+    heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
+    max_jobs: int | None = None
+    idle_ttl_s: float | None = None
+
+
+class Assignment(msgspec.Struct, frozen=True, kw_only=True):
+    """Run this job. A report must carry the same (job_id, attempt) to count."""
+
+    job_id: UUID
+    attempt: int
+    worker_id: UUID
+    command: str
+    args: list[str] = msgspec.field(default_factory=list)
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    timeout_s: float
+    assigned_at: datetime
+
+
+class StatusKind(enum.StrEnum):
+    ACCEPTED = "accepted"
+    STARTED = "started"
+    FINISHED = "finished"
+
+
+class Outcome(enum.StrEnum):
+    """How a finished job ended, as the agent saw it."""
+
+    SUCCEEDED = "succeeded"  # exit code 0
+    FAILED = "failed"  # non-zero exit, or the command could not start (``error`` says why)
+    TIMED_OUT = "timed_out"  # killed at its timeout
+    CANCELLED = "cancelled"  # killed on a cancel order
+
+
+class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
+    """One step of a job on its worker; ``Nats-Msg-Id`` is ``job:attempt:kind``."""
+
+    worker_id: UUID
+    job_id: UUID
+    attempt: int
+    kind: StatusKind
+    at: datetime
+    outcome: Outcome | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    duration_s: float | None = None
+    log_lines: int | None = None
+
+
+class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
+    """The agent is alive; ``job_id``/``attempt`` name what it runs, if anything."""
+
+    worker_id: UUID
+    at: datetime
+    job_id: UUID | None = None
+    attempt: int | None = None
+
+
+class ControlAction(enum.StrEnum):
+    CANCEL = "cancel"  # kill the named job's process group, report it CANCELLED
+    STOP = "stop"  # finish nothing new; exit (cancelling a running job)
+
+
+class Control(msgspec.Struct, frozen=True, kw_only=True):
+    """An order to one worker."""
+
+    action: ControlAction
+    job_id: UUID | None = None
+    attempt: int | None = None
+    reason: str = ""

@@ -1,0 +1,72 @@
+"""Durable consumers: ack on success, nak with delay on RetryLater, term on PermanentError."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from hodei_common.consumer import ConsumerSpec, consume
+from hodei_common.contracts import subjects
+from hodei_common.errors import PermanentError, RetryLater
+from hodei_common.testing import assert_eventually
+
+pytestmark = pytest.mark.nats
+
+SPEC = ConsumerSpec(stream=subjects.JOB_EVENTS_STREAM, durable="test-consumer",
+                    filter_subjects=[subjects.JOB_CREATED, subjects.JOB_CANCELLED], ack_wait_s=5)
+
+
+async def test_messages_are_acked_retried_or_dropped_as_the_handler_says(
+    js: JetStreamContext,
+) -> None:
+    seen: Counter[bytes] = Counter()
+
+    async def handler(msg: Msg) -> None:
+        seen[msg.data] += 1
+        if msg.data == b"retry" and seen[msg.data] < 3:
+            raise RetryLater(0.05)
+        if msg.data == b"poison":
+            raise PermanentError("cannot ever handle this")
+        if msg.data == b"flaky" and seen[msg.data] < 2:
+            raise ConnectionError("database went away")
+
+    for body in (b"ok", b"retry", b"poison", b"flaky"):
+        await js.publish(subjects.JOB_CREATED, body)
+    await js.publish(subjects.JOB_ASSIGNED, b"not ours")
+    stopping = asyncio.Event()
+    task = asyncio.create_task(consume(js, SPEC, handler, stopping, poll_s=0.2))
+    await assert_eventually(
+        lambda: seen == Counter({b"ok": 1, b"retry": 3, b"poison": 1, b"flaky": 2}),
+        within_s=10, message=f"seen {seen}")
+    stopping.set()
+    await task
+    info = await js.consumer_info(subjects.JOB_EVENTS_STREAM, SPEC.durable)
+    assert info.num_ack_pending == 0
+    assert info.num_pending == 0
+
+
+async def test_a_second_replica_shares_the_work_and_nothing_is_handled_twice(
+    js: JetStreamContext,
+) -> None:
+    handled: list[tuple[int, bytes]] = []
+
+    def handler_for(replica: int):  # type: ignore[no-untyped-def]
+        async def handler(msg: Msg) -> None:
+            handled.append((replica, msg.data))
+            await asyncio.sleep(0.001)
+        return handler
+
+    stopping = asyncio.Event()
+    tasks = [asyncio.create_task(consume(js, SPEC, handler_for(r), stopping, batch=5,
+                                         poll_s=0.2)) for r in (1, 2)]
+    for i in range(200):
+        await js.publish(subjects.JOB_CREATED, str(i).encode())
+    await assert_eventually(lambda: len(handled) >= 200, within_s=10)
+    stopping.set()
+    await asyncio.gather(*tasks)
+    assert sorted(int(d) for _, d in handled) == list(range(200))
+    assert {r for r, _ in handled} == {1, 2}
