@@ -1,0 +1,257 @@
+"""The agent's life: connect, register, heartbeat, take assignments one at a time, exit.
+
+``run()`` blocks until the agent is done (one job when ephemeral; ``max_jobs``, idle
+``idle_ttl_s`` or a stop order when reusable) and re-raises a fatal error;
+``request_stop()`` (a STOP order, SIGTERM) cancels the running job and ends the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+
+from hodei_agent.config import AgentSettings
+from hodei_agent.registration import RegistrationRefused, register
+from hodei_agent.runner import JobRun
+from hodei_common import messaging, tracing
+from hodei_common.contracts import subjects
+from hodei_common.contracts.agent import (
+    Assignment,
+    Control,
+    ControlAction,
+    Heartbeat,
+    RegisterReply,
+)
+from hodei_common.contracts.workers import WorkerMode
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Agent", "RegistrationRefused"]
+
+JobKey = tuple[UUID, int | None]
+
+
+class Agent:
+    """One worker's agent."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.worker_id = settings.worker_id
+        self.jobs_run = 0
+        self._stop_reason: str | None = None
+        self._stopping = asyncio.Event()
+        self._done = asyncio.Event()
+        self._started = False
+        self._inbox: asyncio.Queue[Msg | None] = asyncio.Queue()  # None: stop
+        self._current: JobRun | None = None
+        self._handled: set[JobKey] = set()
+        self._cancel_orders: dict[JobKey, str] = {}  # for a job not started yet
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Cancel the running job (it reports CANCELLED) and end the agent; idempotent."""
+        if self._stop_reason is not None:
+            return
+        log.info("stopping: %s", reason)
+        self._stop_reason = reason
+        self._stopping.set()
+        self._inbox.put_nowait(None)
+        if self._current is not None:
+            self._current.cancel(reason)
+
+    async def stop(self) -> None:
+        """Request a stop and wait until the agent has ended (safe before start)."""
+        self.request_stop()
+        if self._started:
+            await self._done.wait()
+
+    async def run(self) -> None:
+        """Run until done; raises RegistrationRefused, UnavailableError, PublishError..."""
+        self._started = True
+        try:
+            tracing.setup_tracing("agent")
+            started = await self._until_stopped(self._start())
+            if started is None:
+                return
+            nc, reply = started
+            try:
+                await self._serve(nc, reply)
+            except BaseException:
+                await nc.close()
+                raise
+            await self._drain(nc)
+        finally:
+            self._done.set()
+
+    async def _until_stopped(
+        self, start: Coroutine[Any, Any, tuple[NATS, RegisterReply]]
+    ) -> tuple[NATS, RegisterReply] | None:
+        """Connect and register, unless a stop comes first (then None)."""
+        task = asyncio.create_task(start)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            stopping.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+            return None
+        return task.result()
+
+    async def _start(self) -> tuple[NATS, RegisterReply]:
+        s = self.settings
+        nc = await messaging.connect(
+            s, f"hodei-agent-{self.worker_id}", initial_attempts=s.nats_connect_attempts
+        )
+        try:
+            reply = await register(nc, s)
+        except BaseException:
+            await nc.close()
+            raise
+        log.info("registered: %s worker, heartbeat every %gs, max_jobs %s, idle_ttl %s",
+                 reply.mode, reply.heartbeat_interval_s, reply.max_jobs, reply.idle_ttl_s)
+        return nc, reply
+
+    async def _serve(self, nc: NATS, reply: RegisterReply) -> None:
+        js = nc.jetstream()
+        await nc.subscribe(subjects.worker_control(self.worker_id), cb=self._on_control)
+        # Ordered ephemeral consumer from the stream's start: an assignment published before
+        # this agent subscribed is still delivered. Fencing drops anything already handled.
+        await js.subscribe(
+            subjects.worker_assign(self.worker_id),
+            stream=subjects.WORKER_ASSIGN_STREAM,
+            cb=self._on_assignment,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                beats = tg.create_task(self._heartbeats(nc, reply.heartbeat_interval_s))
+                await self._work(js, reply)
+                beats.cancel()
+        except BaseExceptionGroup as group:
+            # One failure at a time here (the body or the heartbeats): raise it as itself so
+            # that __main__ can tell a HodeiError from a bug.
+            raise group.exceptions[0] from None
+
+    async def _drain(self, nc: NATS) -> None:
+        try:
+            await asyncio.wait_for(nc.drain(), self.settings.drain_grace_s)
+        except (TimeoutError, NatsError) as e:
+            log.warning("nats: drain did not finish (%s); closing", e or type(e).__name__)
+            await nc.close()
+
+    async def _work(self, js: JetStreamContext, reply: RegisterReply) -> None:
+        while self._stop_reason is None:
+            try:
+                msg = await asyncio.wait_for(self._inbox.get(), reply.idle_ttl_s)
+            except TimeoutError:
+                log.info("no work for %gs: exiting", reply.idle_ttl_s)
+                return
+            if msg is None:
+                return
+            assignment = self._admit(msg)
+            if assignment is None:
+                continue
+            await self._run_job(js, msg, assignment)
+            self.jobs_run += 1
+            if reply.mode is WorkerMode.EPHEMERAL:
+                return
+            if reply.max_jobs is not None and self.jobs_run >= reply.max_jobs:
+                log.info("ran %d jobs (max_jobs): exiting", self.jobs_run)
+                return
+
+    def _admit(self, msg: Msg) -> Assignment | None:
+        """The assignment to run, or None (logged) when it is not for us or not new."""
+        try:
+            a = msgspec.json.decode(msg.data, type=Assignment)
+        except msgspec.DecodeError as e:
+            log.error("ignoring an undecodable assignment: %s", e)
+            return None
+        if a.worker_id != self.worker_id:
+            log.warning("ignoring job %s attempt %d: assigned to worker %s, not to us",
+                        a.job_id, a.attempt, a.worker_id)
+            return None
+        if (a.job_id, a.attempt) in self._handled:
+            log.info("ignoring job %s attempt %d: already handled", a.job_id, a.attempt)
+            return None
+        return a
+
+    async def _run_job(self, js: JetStreamContext, msg: Msg, a: Assignment) -> None:
+        self._handled.add((a.job_id, a.attempt))
+        job = JobRun(js, a, self.settings)
+        ordered = self._cancel_orders.pop((a.job_id, a.attempt), None) or self._cancel_orders.pop(
+            (a.job_id, None), None
+        )
+        if ordered is not None:
+            job.cancel(ordered)
+        if self._stop_reason is not None:
+            job.cancel(self._stop_reason)
+        self._current = job
+        attributes = {"hodei.job_id": str(a.job_id), "hodei.attempt": a.attempt,
+                      "hodei.worker_id": str(self.worker_id)}
+        # Neither the command nor its env is logged: either may hold a secret.
+        log.info("job %s attempt %d: assigned (timeout %gs)", a.job_id, a.attempt, a.timeout_s)
+        try:
+            with tracing.continued_span("agent run", msg.headers, attributes=attributes):
+                await job.run()
+        finally:
+            self._current = None
+
+    async def _on_assignment(self, msg: Msg) -> None:
+        await self._inbox.put(msg)
+
+    async def _on_control(self, msg: Msg) -> None:
+        try:
+            order = msgspec.json.decode(msg.data, type=Control)
+        except msgspec.DecodeError as e:
+            log.error("ignoring an undecodable control message: %s", e)
+            return
+        reason = order.reason or f"{order.action} ordered"
+        if order.action is ControlAction.STOP:
+            self.request_stop(reason)
+            return
+        if order.job_id is None:
+            log.warning("ignoring a cancel order without a job id")
+            return
+        job = self._current
+        if (
+            job is not None
+            and job.assignment.job_id == order.job_id
+            and order.attempt in (None, job.assignment.attempt)
+        ):
+            job.cancel(reason)
+        elif (order.job_id, order.attempt) not in self._handled:
+            self._cancel_orders[(order.job_id, order.attempt)] = reason  # cancel it on arrival
+        else:
+            log.info("ignoring a cancel of job %s attempt %s: not running", order.job_id,
+                     order.attempt)
+
+    async def _heartbeats(self, nc: NATS, interval_s: float) -> None:
+        subject = subjects.worker_heartbeat(self.worker_id)
+        while True:
+            job = self._current
+            beat = Heartbeat(
+                worker_id=self.worker_id,
+                at=datetime.now(UTC),
+                job_id=job.assignment.job_id if job else None,
+                attempt=job.assignment.attempt if job else None,
+            )
+            with contextlib.suppress(NatsError):  # reconnecting: the next beat will do
+                await nc.publish(subject, msgspec.json.encode(beat))
+            await asyncio.sleep(interval_s)

@@ -1,0 +1,40 @@
+"""Settings of the worker agent (``HODEI_*``), given to it by its provisioner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from uuid import UUID
+
+from pydantic import Field, SecretStr
+
+from hodei_common.settings import Settings
+
+AGENT_VERSION = "0.1.0"
+
+
+class AgentSettings(Settings):
+    """Where NATS is, who this worker is, its one-time token, and how to run and log jobs."""
+
+    nats_url: str  # required: a worker never falls back to the embedded platform's dev file
+    worker_id: UUID
+    bootstrap_token: SecretStr  # SecretStr: never shown by repr() or in a log line
+    # Base directory for the per-job working directories; None means the system temp dir.
+    worker_workdir: Path | None = None
+
+    nats_connect_attempts: int = Field(default=10, ge=1)
+    register_timeout_s: float = Field(default=10.0, gt=0)
+    # How long to keep asking while nobody answers: the provisioner may still be starting.
+    register_deadline_s: float = Field(default=30.0, gt=0)
+    # Between SIGTERM and SIGKILL of a job's process group.
+    kill_grace_s: float = Field(default=2.0, ge=0)
+    publish_timeout_s: float = Field(default=5.0, gt=0)
+    publish_attempts: int = Field(default=6, ge=1)
+
+    # A batch is sent when it holds this many lines or bytes, or this long after its first line.
+    log_batch_lines: int = Field(default=500, ge=1)
+    log_batch_bytes: int = Field(default=64 * 1024, ge=1024)
+    log_linger_s: float = Field(default=0.003, ge=0)
+    # Back-pressure: at most this many batches cut or in flight before reading stalls.
+    log_max_in_flight: int = Field(default=4, ge=1)
+    # A longer line is split into pieces of at most this many bytes.
+    log_max_line_bytes: int = Field(default=64 * 1024, ge=256)

@@ -1,0 +1,154 @@
+"""A job's process: its command line, its clean environment, its process group, its end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+SHELL = "/bin/sh"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Taken from the agent's environment when set; nothing else of it reaches a job (above all
+# not HODEI_BOOTSTRAP_TOKEN or the NATS credentials).
+INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME")
+GONE_POLL_S = 0.02
+KILL_WAIT_S = 2.0
+PROC = Path("/proc")
+READ_LIMIT = 64 * 1024  # asyncio's pipe buffer before it pauses reading (back-pressure)
+
+
+def command_line(command: str, args: list[str]) -> str:
+    """The shell text to run: the command, then each argument quoted as one shell word."""
+    return f"{command} {shlex.join(args)}" if args else command
+
+
+def job_environment(
+    job_env: Mapping[str, str], workdir: Path, agent_env: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """A clean base environment (never the agent's own variables) merged with the job's."""
+    source = os.environ if agent_env is None else agent_env
+    env = {key: source[key] for key in INHERITED if source.get(key)}
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.setdefault("HOME", str(workdir))
+    env.setdefault("LANG", "C.UTF-8")
+    env["PWD"] = str(workdir)
+    env.update(job_env)
+    return env
+
+
+class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's subprocess protocol, plus a future set the moment the process exits.
+
+    ``Process.wait()`` also waits for the pipes to close, which a straggler that holds them
+    (``sleep 100 &``) would put off until it ends by itself.
+    """
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+@dataclass(frozen=True)
+class JobProcess:
+    """A running job: its shell (the group leader), and when that shell exited."""
+
+    proc: asyncio.subprocess.Process
+    exited: asyncio.Future[None]
+
+    @property
+    def pgid(self) -> int:
+        return self.proc.pid  # the leader of a new session: its pid is the group's id
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+
+async def spawn(cmdline: str, env: Mapping[str, str], cwd: Path) -> JobProcess:
+    """Start ``sh -c cmdline`` as the leader of a new session (so of its own process group)."""
+    loop = asyncio.get_running_loop()
+    protocol = _ExitProtocol(READ_LIMIT, loop)
+    transport, _ = await loop.subprocess_exec(
+        lambda: protocol,
+        SHELL,
+        "-c",
+        cmdline,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=cwd,
+        env=dict(env),
+        start_new_session=True,
+    )
+    return JobProcess(asyncio.subprocess.Process(transport, protocol, loop), protocol.exited)
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a process group; False when no process of it is left."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, but changed user (a setuid program)
+        return True
+    return True
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs (a zombie waiting to be reaped does not)."""
+    if not signal_group(pgid, 0):
+        return False
+    if not PROC.is_dir():
+        return True
+    for entry in os.scandir(PROC):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (PROC / entry.name / "stat").read_bytes()
+        except OSError:  # it ended meanwhile
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
+
+
+async def wait_group_gone(pgid: int, timeout_s: float) -> bool:
+    """Wait until no process of the group runs; False on time-out."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while group_alive(pgid):
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(GONE_POLL_S)
+    return True
+
+
+async def kill_group(job: JobProcess, grace_s: float) -> None:
+    """End the job's whole process group: SIGTERM, then SIGKILL after ``grace_s``.
+
+    Returns once the leader is reaped and no process of the group runs (or, should one
+    survive SIGKILL, after a bounded wait).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    if signal_group(job.pgid, signal.SIGTERM):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(job.exited), grace_s)
+        left = max(deadline - loop.time(), 0.0)
+        if job.exited.done() and await wait_group_gone(job.pgid, left):
+            return
+    signal_group(job.pgid, signal.SIGKILL)
+    await job.exited
+    await wait_group_gone(job.pgid, KILL_WAIT_S)

@@ -1,0 +1,225 @@
+"""One assignment on this worker: ACCEPTED, the process and its logs, FINISHED."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nats.js import JetStreamContext
+
+from hodei_agent.config import AgentSettings
+from hodei_agent.logstream import LogPublisher, pump_lines
+from hodei_agent.process import JobProcess, command_line, job_environment, kill_group, spawn
+from hodei_agent.reporting import PublishError, StatusReporter
+from hodei_common.contracts.agent import Assignment, Outcome, StatusKind
+from hodei_common.contracts.logs import LogStream
+
+log = logging.getLogger(__name__)
+
+# After the job's group is gone its pipes close at once, unless a process escaped the group
+# (setsid) still holds them: then its output is given up on after this long.
+READ_DRAIN_S = 10.0
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """How the job ended, as the FINISHED report says it."""
+
+    outcome: Outcome
+    exit_code: int | None = None
+    error: str | None = None
+    duration_s: float = 0.0
+    log_lines: int = 0
+
+
+def exit_result(returncode: int) -> tuple[Outcome, int, str | None]:
+    """Outcome, exit code (128+N for signal N, as shells say it) and error of an exit."""
+    if returncode == 0:
+        return Outcome.SUCCEEDED, 0, None
+    if returncode < 0:
+        code = 128 - returncode
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return Outcome.FAILED, code, f"killed by {name} (exit {code})"
+    if returncode == 127:
+        return Outcome.FAILED, 127, "command not found (exit 127)"
+    if returncode == 126:
+        return Outcome.FAILED, 126, "command not executable (exit 126)"
+    return Outcome.FAILED, returncode, f"exit code {returncode}"
+
+
+def signal_code(returncode: int | None) -> int | None:
+    """The exit code of a process we killed (None when it is unknown)."""
+    if returncode is None:
+        return None
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class JobRun:
+    """Runs one assignment and reports it; :meth:`cancel` kills it from outside."""
+
+    def __init__(self, js: JetStreamContext, assignment: Assignment, settings: AgentSettings):
+        self.assignment = assignment
+        self._js = js
+        self._settings = settings
+        self._reporter = StatusReporter(
+            js, assignment, attempts=settings.publish_attempts, timeout_s=settings.publish_timeout_s
+        )
+        self._cancelled = asyncio.Event()
+        self._cancel_reason = ""
+
+    def cancel(self, reason: str) -> None:
+        """Kill the job's process group and report it CANCELLED (idempotent)."""
+        if not self._cancelled.is_set():
+            self._cancel_reason = reason
+            self._cancelled.set()
+
+    async def run(self) -> JobResult:
+        """Report ACCEPTED, run, report FINISHED. Raises PublishError when NATS is lost."""
+        await self._reporter.report(StatusKind.ACCEPTED)
+        try:
+            workdir = self._make_workdir()
+        except OSError as e:
+            result = JobResult(Outcome.FAILED, error=f"cannot create a working directory: {e}")
+        else:
+            try:
+                result = await self._execute(workdir)
+            finally:
+                await asyncio.to_thread(shutil.rmtree, workdir, True)
+        await self._reporter.report(
+            StatusKind.FINISHED,
+            outcome=result.outcome,
+            exit_code=result.exit_code,
+            error=result.error,
+            duration_s=result.duration_s,
+            log_lines=result.log_lines,
+        )
+        return result
+
+    def _make_workdir(self) -> Path:
+        """A fresh directory of the job's own, under ``worker_workdir`` (else the temp dir)."""
+        base = self._settings.worker_workdir
+        if base is not None:
+            base.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"job-{self.assignment.job_id}-", dir=base))
+
+    async def _execute(self, workdir: Path) -> JobResult:
+        a = self.assignment
+        if self._cancelled.is_set():
+            return JobResult(Outcome.CANCELLED, error=self._cancel_message())
+        env = job_environment(a.env, workdir)
+        started = time.monotonic()
+        try:
+            proc = await spawn(command_line(a.command, a.args), env, workdir)
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte in the command or env
+            return JobResult(Outcome.FAILED, error=f"cannot start the command: {e}")
+        logs = self._log_publisher()
+        logs.start()
+        try:
+            await self._reporter.report(StatusKind.STARTED)
+            result = await self._supervise(proc, logs)
+        except BaseException:
+            await logs.abort()
+            await kill_group(proc, 0.0)
+            raise
+        duration = time.monotonic() - started
+        try:
+            lines = await logs.close()
+        except PublishError as e:
+            return JobResult(Outcome.FAILED, result.exit_code,
+                             f"the job's output could not be published: {e}", duration, logs.count)
+        return JobResult(result.outcome, result.exit_code, result.error, duration, lines)
+
+    def _log_publisher(self) -> LogPublisher:
+        s = self._settings
+        return LogPublisher(
+            self._js,
+            self.assignment.job_id,
+            self.assignment.attempt,
+            max_lines=s.log_batch_lines,
+            max_bytes=s.log_batch_bytes,
+            linger_s=s.log_linger_s,
+            max_in_flight=s.log_max_in_flight,
+            publish_attempts=s.publish_attempts,
+            publish_timeout_s=s.publish_timeout_s,
+        )
+
+    def _cancel_message(self) -> str:
+        return f"cancelled: {self._cancel_reason}" if self._cancel_reason else "cancelled"
+
+    async def _supervise(self, proc: JobProcess, logs: LogPublisher) -> JobResult:
+        """Wait for the exit, the timeout, a cancel or a log failure; leave no process behind."""
+        stdout, stderr = proc.proc.stdout, proc.proc.stderr
+        assert stdout is not None
+        assert stderr is not None
+        max_line = self._settings.log_max_line_bytes
+        readers = [
+            asyncio.create_task(pump_lines(stdout, LogStream.STDOUT, logs, max_line)),
+            asyncio.create_task(pump_lines(stderr, LogStream.STDERR, logs, max_line)),
+        ]
+        cancelled = asyncio.ensure_future(self._cancelled.wait())
+        try:
+            verdict = await self._watch(proc.exited, cancelled, readers)
+            # Whether it ended or not, its group goes: stragglers (`sleep 100 &`) included.
+            await kill_group(proc, self._settings.kill_grace_s)
+            await self._drain(readers)
+        finally:
+            for task in (cancelled, *readers):
+                task.cancel()
+        if verdict is not None:
+            return JobResult(verdict.outcome, signal_code(proc.returncode), verdict.error)
+        assert proc.returncode is not None
+        outcome, code, error = exit_result(proc.returncode)
+        return JobResult(outcome, code, error)
+
+    async def _watch(
+        self,
+        exited: asyncio.Future[None],
+        cancelled: asyncio.Future[Any],
+        readers: list[asyncio.Task[None]],
+    ) -> JobResult | None:
+        """None when the process exited by itself, else why it must be killed."""
+        timeout_s = self.assignment.timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not exited.done():
+            watched: set[asyncio.Future[Any]] = {exited, cancelled}
+            watched.update(r for r in readers if not r.done())
+            done, _ = await asyncio.wait(
+                watched, timeout=max(deadline - loop.time(), 0.0),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if exited.done():
+                break
+            failed = [r.exception() for r in readers if r.done() and r.exception() is not None]
+            if failed:
+                return JobResult(
+                    Outcome.FAILED, error=f"the job's output could not be published: {failed[0]}"
+                )
+            if cancelled.done():
+                return JobResult(Outcome.CANCELLED, error=self._cancel_message())
+            if not done:
+                return JobResult(Outcome.TIMED_OUT, error=f"timed out after {timeout_s:g}s")
+        return None
+
+    async def _drain(self, readers: list[asyncio.Task[None]]) -> None:
+        """Let the readers reach EOF (the pipes close once the group is gone)."""
+        _, pending = await asyncio.wait(readers, timeout=READ_DRAIN_S)
+        if pending:
+            log.warning("job %s: its output pipes stayed open after its process group ended "
+                        "(a process escaped it?); giving up on the rest of its output",
+                        self.assignment.job_id)
+        for reader in readers:
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                # The publisher keeps the error; close() raises it for the FINISHED report.
+                log.warning("job %s: reading its output failed: %s",
+                            self.assignment.job_id, reader.exception())

@@ -1,0 +1,185 @@
+"""Running one job: its reports, its output, its environment, its end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hodei_common.contracts import subjects
+from hodei_common.contracts.agent import ControlAction, Outcome, StatusKind
+from hodei_common.contracts.logs import LogStream
+from hodei_common.testing import assert_eventually
+from tests.agent.harness import TOKEN, Platform
+
+pytestmark = pytest.mark.nats
+
+
+def live_members(pgid: int) -> list[int]:
+    """Pids of the processes of group ``pgid`` that still run (zombies do not)."""
+    pids = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stat = stat_file.read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            pids.append(int(stat_file.parent.name))
+    return pids
+
+
+async def test_echo_reports_accepted_started_finished_in_order_with_its_output(
+    platform: Platform,
+) -> None:
+    agent = await platform.start_agent()
+    job = await platform.assign("echo hello")
+    finished = await platform.finished(job)
+    assert [s.kind for s in platform.reports(job)] == [
+        StatusKind.ACCEPTED, StatusKind.STARTED, StatusKind.FINISHED]
+    assert (finished.outcome, finished.exit_code, finished.error) == (Outcome.SUCCEEDED, 0, None)
+    assert finished.log_lines == 1
+    assert finished.duration_s is not None
+    assert finished.duration_s >= 0
+    assert platform.texts(job) == ["hello"]  # every line is stored before FINISHED
+    assert await agent.exit_code() == 0
+
+
+async def test_stdout_and_stderr_are_both_captured_and_marked(platform: Platform) -> None:
+    await platform.start_agent()
+    job = await platform.assign("echo to-out; echo to-err >&2")
+    await platform.finished(job)
+    streams = {line.text: line.stream for line in platform.lines(job)}
+    assert streams == {"to-out": LogStream.STDOUT, "to-err": LogStream.STDERR}
+    assert sorted(line.seq for line in platform.lines(job)) == [1, 2]
+
+
+async def test_script_lines_arrive_in_order(platform: Platform) -> None:
+    await platform.start_agent()
+    job = await platform.assign("echo Step1; echo Step2; echo Step3")
+    await platform.finished(job)
+    assert platform.texts(job) == ["Step1", "Step2", "Step3"]
+    assert [line.seq for line in platform.lines(job)] == [1, 2, 3]
+
+
+async def test_job_env_reaches_the_command_but_the_agent_secrets_do_not(
+    platform: Platform,
+) -> None:
+    await platform.start_agent()
+    job = await platform.assign("env", env={"MY_VAR": "hello_world"})
+    await platform.finished(job)
+    texts = platform.texts(job)
+    assert "MY_VAR=hello_world" in texts
+    assert not [t for t in texts if t.startswith("HODEI_") or TOKEN in t]
+    assert any(t.startswith("PATH=") for t in texts)
+
+
+async def test_args_are_appended_as_shell_words(platform: Platform) -> None:
+    await platform.start_agent()
+    job = await platform.assign(
+        "bash", args=["-c", "echo Processing file test.txt && echo Done"])
+    finished = await platform.finished(job)
+    assert finished.outcome is Outcome.SUCCEEDED
+    assert platform.texts(job) == ["Processing file test.txt", "Done"]
+
+
+async def test_non_zero_exit_is_failed_with_its_exit_code(platform: Platform) -> None:
+    await platform.start_agent()
+    job = await platform.assign("echo failing; exit 3")
+    finished = await platform.finished(job)
+    assert (finished.outcome, finished.exit_code) == (Outcome.FAILED, 3)
+    assert platform.texts(job) == ["failing"]
+
+
+async def test_missing_binary_fails_with_127_and_a_clear_error(platform: Platform) -> None:
+    await platform.start_agent()
+    job = await platform.assign("no-such-binary-hodei --flag")
+    finished = await platform.finished(job)
+    assert (finished.outcome, finished.exit_code) == (Outcome.FAILED, 127)
+    assert finished.error == "command not found (exit 127)"
+    assert any("not found" in t for t in platform.texts(job))
+
+
+async def test_timeout_kills_the_whole_process_group(platform: Platform) -> None:
+    await platform.start_agent()
+    job = await platform.assign("echo $$; sleep 60 & sleep 60", timeout_s=1)
+    finished = await platform.finished(job)
+    assert finished.outcome is Outcome.TIMED_OUT
+    assert finished.exit_code == 143  # SIGTERM, as a shell reports it
+    assert finished.error == "timed out after 1s"
+    pgid = int(platform.texts(job)[0])
+    assert live_members(pgid) == []
+
+
+async def test_cancel_order_kills_the_job_and_reports_cancelled(platform: Platform) -> None:
+    await platform.start_agent()
+    job = await platform.assign("echo $$; echo ready; sleep 60")
+    await assert_eventually(lambda: "ready" in platform.texts(job))
+    await platform.control(ControlAction.CANCEL, job)
+    finished = await platform.finished(job)
+    assert finished.outcome is Outcome.CANCELLED
+    assert finished.error == "cancelled: test"
+    assert live_members(int(platform.texts(job)[0])) == []
+
+
+async def test_background_processes_do_not_outlive_the_job(platform: Platform) -> None:
+    await platform.start_agent()
+    job = await platform.assign("sleep 100 & echo $$")
+    finished = await platform.finished(job)
+    assert (finished.outcome, finished.exit_code) == (Outcome.SUCCEEDED, 0)
+    assert live_members(int(platform.texts(job)[0])) == []
+
+
+async def test_a_command_that_cannot_start_fails_without_an_exit_code(
+    platform: Platform,
+) -> None:
+    await platform.start_agent()
+    job = await platform.assign("echo never", env={"BAD": "nul\x00byte"})
+    finished = await platform.finished(job)
+    assert (finished.outcome, finished.exit_code) == (Outcome.FAILED, None)
+    assert finished.error is not None
+    assert finished.error.startswith("cannot start the command:")
+    assert [s.kind for s in platform.reports(job)] == [StatusKind.ACCEPTED, StatusKind.FINISHED]
+
+
+async def test_each_job_runs_in_a_fresh_directory_removed_afterwards(
+    platform: Platform,
+) -> None:
+    await platform.start_agent()
+    job = await platform.assign("pwd; touch scratch-file; ls")
+    await platform.finished(job)
+    workdir, listing = platform.texts(job)
+    assert Path(workdir).parent == platform.workdir / "jobs"
+    assert listing == "scratch-file"
+    assert not Path(workdir).exists()
+
+
+async def test_20000_lines_arrive_complete_and_in_order(platform: Platform) -> None:
+    await platform.start_agent()
+    job = await platform.assign("seq 1 20000")
+    finished = await platform.finished(job, within_s=30)
+    assert finished.log_lines == 20000
+    lines = platform.lines(job)
+    assert [line.seq for line in lines] == list(range(1, 20001))
+    assert [line.text for line in lines] == [str(i) for i in range(1, 20001)]
+
+
+async def test_a_huge_line_is_split_and_a_last_line_without_newline_counts(
+    platform: Platform,
+) -> None:
+    await platform.start_agent(HODEI_LOG_MAX_LINE_BYTES="1000")
+    job = await platform.assign("head -c 2500 /dev/zero | tr '\\0' x; echo; printf tail")
+    await platform.finished(job)
+    assert platform.texts(job) == ["x" * 1000, "x" * 1000, "x" * 500, "tail"]
+
+
+async def test_output_that_cannot_be_stored_fails_the_job_with_a_clear_error(
+    platform: Platform,
+) -> None:
+    await platform.js.delete_stream(subjects.LOGS_STREAM)
+    await platform.start_agent(HODEI_PUBLISH_ATTEMPTS="2")
+    job = await platform.assign("echo hello")
+    finished = await platform.reached(job, StatusKind.FINISHED)
+    assert (finished.outcome, finished.exit_code) == (Outcome.FAILED, 0)
+    assert finished.error is not None
+    assert finished.error.startswith("the job's output could not be published:")
