@@ -32,6 +32,7 @@ class ErrorCode(enum.StrEnum):
 
     INVALID_ARGUMENT = "invalid_argument"
     NOT_FOUND = "not_found"
+    PERMISSION_DENIED = "permission_denied"
     FAILED_PRECONDITION = "failed_precondition"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
@@ -39,6 +40,7 @@ class ErrorCode(enum.StrEnum):
 
 ERROR_STATUS = {
     ErrorCode.INVALID_ARGUMENT: 400,
+    ErrorCode.PERMISSION_DENIED: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.FAILED_PRECONDITION: 409,
     ErrorCode.UNAVAILABLE: 503,

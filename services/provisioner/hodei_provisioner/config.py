@@ -1,0 +1,42 @@
+"""Settings of the provisioner service (``HODEI_*`` plus ``HODEI_PROVISIONER_*``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pydantic import Field
+
+from hodei_common.contracts.agent import DEFAULT_HEARTBEAT_INTERVAL_S
+from hodei_common.settings import Settings
+
+
+def _default_agent_command() -> list[str]:
+    return [sys.executable, "-m", "hodei_agent"]
+
+
+class ProvisionerSettings(Settings):
+    """Everything a Hodei process needs, plus how workers are made and told to behave.
+
+    ``HODEI_PROVISIONER_AGENT_COMMAND`` is a JSON list, e.g. ``["hodei-agent"]``.
+    """
+
+    provisioner_token_ttl_s: float = Field(default=120.0, gt=0)
+    provisioner_heartbeat_interval_s: float = Field(default=DEFAULT_HEARTBEAT_INTERVAL_S, gt=0)
+    provisioner_agent_command: list[str] = Field(
+        default_factory=_default_agent_command, min_length=1
+    )
+    provisioner_agent_nats_url: str | None = None
+    provisioner_workers_dir: Path | None = None
+    provisioner_destroy_grace_s: float = Field(default=2.0, gt=0)
+    provisioner_max_in_flight: int = Field(default=32, ge=1)
+
+    def agent_nats_url(self) -> str:
+        """The NATS URL agents are given: the configured one, else the service's own."""
+        return self.provisioner_agent_nats_url or self.resolved_nats_url()
+
+    def workers_dir(self) -> Path:
+        """Where local agents' stdout/stderr go: ``$HODEI_HOME/workers`` unless configured."""
+        if self.provisioner_workers_dir is not None:
+            return self.provisioner_workers_dir.expanduser()
+        return self.home / "workers"

@@ -1,0 +1,56 @@
+"""The one interface every provider implements, and what it is given to create a worker."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+from uuid import UUID
+
+from hodei_common.contracts.workers import WorkerMode
+from hodei_common.errors import HodeiError
+
+
+class ProviderError(HodeiError):
+    """A provider could not do what it was asked; the message is one line, with no secret."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerSpec:
+    """Everything a provider needs to start one worker's agent."""
+
+    worker_id: UUID
+    # The one-time bootstrap token: handed to the agent only, never logged (hidden from repr).
+    token: str = field(repr=False)
+    nats_url: str = field(repr=False)  # may carry credentials
+    mode: WorkerMode
+    provider: str  # the provider_configs name the worker belongs to
+    image: str | None = None
+    settings: Mapping[str, object] = field(default_factory=dict)
+
+
+class Provider(ABC):
+    """Creates and destroys the resource (process, container, pod) behind a worker.
+
+    A resource id is whatever the provider needs to find the resource again. Every method
+    is given the worker id too, so a provider can check a resource really is that worker's
+    before touching it (a pid may have been reused, a container renamed).
+    """
+
+    kind: ClassVar[str]
+
+    @abstractmethod
+    async def create(self, spec: WorkerSpec) -> str:
+        """Start the worker's agent; return the resource id. Raise on failure."""
+
+    @abstractmethod
+    async def destroy(self, resource_id: str, *, worker_id: UUID) -> None:
+        """Stop and remove the resource. Idempotent: a resource already gone is success."""
+
+    @abstractmethod
+    async def exists(self, resource_id: str, *, worker_id: UUID) -> bool:
+        """Whether the worker's resource is still there (alive)."""
+
+    async def close(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
+        """Stop watching resources when the service stops; never destroys any."""

@@ -1,0 +1,178 @@
+"""SQL of the provisioner: workers, their bootstrap tokens and their providers' settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from hodei_common.contracts.workers import WorkerMode, WorkerState
+from hodei_common.database import Conn
+
+_WORKER = """
+SELECT w.id, w.state, w.provider, w.mode, w.provider_resource_id,
+       p.kind, p.enabled, p.image, p.settings
+FROM workers w JOIN provider_configs p ON p.name = w.provider
+WHERE w.id = $1
+"""
+_LOCK_WORKER = _WORKER + "FOR UPDATE OF w"
+
+# An unspent, unexpired token means an attempt to create the worker is under way (or died
+# less than a token lifetime ago): the token is that attempt's lease.
+_LIVE_TOKEN_LEFT_S = """
+SELECT extract(epoch FROM max(expires_at) - now())::float8 FROM worker_bootstrap_tokens
+WHERE worker_id = $1 AND used_at IS NULL AND expires_at > now()
+"""
+_RETIRE_TOKENS = """
+UPDATE worker_bootstrap_tokens SET expires_at = least(expires_at, now())
+WHERE worker_id = $1 AND used_at IS NULL
+"""
+_INSERT_TOKEN = """
+INSERT INTO worker_bootstrap_tokens (worker_id, token_hash, expires_at)
+VALUES ($1, $2, now() + make_interval(secs => $3))
+"""
+
+# The agent may have registered (READY, even BUSY) before its resource id is recorded.
+RECORD_RESOURCE = """
+UPDATE workers SET provider_resource_id = $2
+WHERE id = $1 AND provider_resource_id IS NULL AND state IN ('CREATING', 'READY', 'BUSY')
+RETURNING id
+"""
+FAIL_CREATING = """
+UPDATE workers SET state = 'FAILED', error = $2
+WHERE id = $1 AND state = 'CREATING'
+RETURNING id
+"""
+
+_SPEND_TOKEN = """
+UPDATE worker_bootstrap_tokens SET used_at = now()
+WHERE token_hash = $1 AND worker_id = $2 AND used_at IS NULL AND expires_at > now()
+RETURNING id
+"""
+_TOKEN = """
+SELECT worker_id, used_at IS NOT NULL AS used, expires_at <= now() AS expired
+FROM worker_bootstrap_tokens WHERE token_hash = $1
+"""
+_MARK_READY = """
+UPDATE workers w SET state = 'READY', registered_at = now(), idle_since = now(), hostname = $2
+FROM provider_configs p
+WHERE w.id = $1 AND w.state = 'CREATING' AND p.name = w.provider
+RETURNING w.mode, w.provider, p.settings
+"""
+_WORKER_STATE = "SELECT state FROM workers WHERE id = $1"
+
+TERMINATE = """
+UPDATE workers SET state = 'TERMINATED', terminated_at = now(), current_job_id = NULL
+WHERE id = $1 AND state = 'TERMINATING'
+RETURNING id
+"""
+# A FAILED worker stays FAILED; terminated_at records that its resource is gone too.
+_RELEASED_FAILED = """
+UPDATE workers SET terminated_at = now()
+WHERE id = $1 AND state = 'FAILED' AND terminated_at IS NULL
+"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerRow:
+    """A worker with its provider's configuration."""
+
+    id: UUID
+    state: WorkerState
+    provider: str
+    mode: WorkerMode
+    provider_resource_id: str | None
+    kind: str
+    enabled: bool
+    image: str | None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenRow:
+    """What the database knows of a presented token that could not be spent."""
+
+    worker_id: UUID
+    used: bool
+    expired: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class Registered:
+    """A worker that just became READY."""
+
+    mode: WorkerMode
+    provider: str
+    settings: dict[str, Any]
+
+
+def _worker(row: asyncpg.Record | None) -> WorkerRow | None:
+    if row is None:
+        return None
+    return WorkerRow(
+        id=row["id"], state=WorkerState(row["state"]), provider=row["provider"],
+        mode=WorkerMode(row["mode"]), provider_resource_id=row["provider_resource_id"],
+        kind=row["kind"], enabled=row["enabled"], image=row["image"],
+        settings=dict(row["settings"] or {}),
+    )
+
+
+async def get_worker(conn: Conn, worker_id: UUID) -> WorkerRow | None:
+    """A worker and its provider's configuration."""
+    return _worker(await conn.fetchrow(_WORKER, worker_id))
+
+
+async def lock_worker(conn: Conn, worker_id: UUID) -> WorkerRow | None:
+    """Like :func:`get_worker`, row-locked until the caller's transaction ends."""
+    return _worker(await conn.fetchrow(_LOCK_WORKER, worker_id))
+
+
+async def live_token_left_s(conn: Conn, worker_id: UUID) -> float | None:
+    """Seconds until the worker's live unspent token expires; None when it has none."""
+    left = await conn.fetchval(_LIVE_TOKEN_LEFT_S, worker_id)
+    return None if left is None else float(left)
+
+
+async def issue_token(conn: Conn, worker_id: UUID, token_hash: bytes, ttl_s: float) -> None:
+    """Store a new token's hash for the worker."""
+    await conn.execute(_INSERT_TOKEN, worker_id, token_hash, ttl_s)
+
+
+async def retire_tokens(conn: Conn, worker_id: UUID) -> None:
+    """Expire the worker's unspent tokens: their agents can no longer register."""
+    await conn.execute(_RETIRE_TOKENS, worker_id)
+
+
+async def spend_token(conn: Conn, token_hash: bytes, worker_id: UUID) -> bool:
+    """Mark the worker's live, unspent token used; False when there is no such token."""
+    return await conn.fetchval(_SPEND_TOKEN, token_hash, worker_id) is not None
+
+
+async def find_token(conn: Conn, token_hash: bytes) -> TokenRow | None:
+    """Whose token this is, and whether it is spent or expired."""
+    row = await conn.fetchrow(_TOKEN, token_hash)
+    if row is None:
+        return None
+    return TokenRow(worker_id=row["worker_id"], used=row["used"], expired=row["expired"])
+
+
+async def mark_ready(conn: Conn, worker_id: UUID, hostname: str | None) -> Registered | None:
+    """CREATING -> READY; None when the worker is not CREATING."""
+    row = await conn.fetchrow(_MARK_READY, worker_id, hostname)
+    if row is None:
+        return None
+    return Registered(mode=WorkerMode(row["mode"]), provider=row["provider"],
+                      settings=dict(row["settings"] or {}))
+
+
+async def worker_state(conn: Conn, worker_id: UUID) -> WorkerState | None:
+    """A worker's state, None when there is no such worker."""
+    state = await conn.fetchval(_WORKER_STATE, worker_id)
+    return None if state is None else WorkerState(state)
+
+
+async def mark_failed_released(conn: Conn, worker_id: UUID) -> None:
+    """Note that a FAILED worker's resource has been destroyed."""
+    await conn.execute(_RELEASED_FAILED, worker_id)

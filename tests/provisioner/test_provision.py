@@ -1,0 +1,175 @@
+"""Provision requests: a process per worker, its pid recorded once, failures fail the worker."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from datetime import UTC, datetime
+from uuid import uuid4
+
+import asyncpg
+import msgspec
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from hodei_common import outbox
+from hodei_common.contracts import subjects
+from hodei_common.contracts.workers import ProvisionRequested, WorkerState
+from hodei_common.testing import assert_eventually
+from hodei_provisioner import store, tokens
+from hodei_provisioner.config import ProvisionerSettings
+from hodei_provisioner.service import ProvisionerService
+from tests.provisioner.conftest import FAKE_AGENT, local_provider
+from tests.provisioner.helpers import (
+    INSERT_WORKER,
+    environ_of,
+    is_alive,
+    published,
+    register,
+    request_worker,
+    resource_pid,
+    stream_events,
+    worker,
+    worker_subjects,
+)
+
+pytestmark = [pytest.mark.nats, pytest.mark.postgres]
+
+AGENT_ENV = {"PATH", "HOME", "LANG", "HODEI_LOG_LEVEL", "HODEI_NATS_URL", "HODEI_WORKER_ID",
+             "HODEI_BOOTSTRAP_TOKEN"}
+NO_REGISTER = [sys.executable, str(FAKE_AGENT), "--no-register"]
+
+
+@pytest.mark.parametrize("agent_command", [NO_REGISTER])
+async def test_provision_request_spawns_an_agent_and_records_its_pid(
+    provisioner: ProvisionerService, pool: asyncpg.Pool, js: JetStreamContext,
+    provisioner_settings: ProvisionerSettings,
+) -> None:
+    worker_id = await request_worker(pool)
+    pid = await assert_eventually(lambda: resource_pid(pool, worker_id))
+    assert local_provider(provisioner).children() == {pid: worker_id}
+    assert is_alive(pid)
+    await assert_eventually(
+        lambda: published(js, worker_id, subjects.WORKER_CREATED))
+    created = [p for s, p in await stream_events(js) if s == subjects.WORKER_CREATED]
+    assert created[0]["provider_resource_id"] == str(pid)
+    assert (await worker(pool, worker_id))["state"] == WorkerState.CREATING
+    env = environ_of(pid)
+    assert set(env) <= AGENT_ENV, "the agent gets a minimal environment"
+    assert env["HODEI_WORKER_ID"] == str(worker_id)
+    assert env["HODEI_NATS_URL"] == provisioner_settings.resolved_nats_url()
+    assert provisioner_settings.workers_dir().joinpath(f"{worker_id}.log").exists()
+
+
+@pytest.mark.parametrize("agent_command", [NO_REGISTER])
+async def test_the_bootstrap_token_is_stored_only_as_its_sha256(
+    provisioner: ProvisionerService, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture,
+) -> None:
+    worker_id = await request_worker(pool)
+    pid = await assert_eventually(lambda: resource_pid(pool, worker_id))
+    token = environ_of(pid)["HODEI_BOOTSTRAP_TOKEN"]
+    assert len(token) >= 43  # 32 random bytes
+    rows = await pool.fetch("SELECT * FROM worker_bootstrap_tokens WHERE worker_id = $1",
+                            worker_id)
+    assert len(rows) == 1
+    assert bytes(rows[0]["token_hash"]) == hashlib.sha256(token.encode()).digest()
+    assert rows[0]["used_at"] is None
+    everything = " ".join([
+        *(str(dict(r)) for r in rows),
+        *(str(dict(r)) for r in await pool.fetch("SELECT * FROM domain_events")),
+        *(bytes(r["payload"]).decode() for r in await pool.fetch(
+            "SELECT payload FROM outbox_events")),
+        caplog.text,
+    ])
+    assert token not in everything
+
+
+@pytest.mark.parametrize("agent_command", [NO_REGISTER])
+async def test_a_redelivered_provision_request_does_not_spawn_a_second_agent(
+    provisioner: ProvisionerService, pool: asyncpg.Pool, js: JetStreamContext,
+) -> None:
+    worker_id = await request_worker(pool)
+    pid = await assert_eventually(lambda: resource_pid(pool, worker_id))
+    first = next(p for s, p in await stream_events(js) if s == subjects.PROVISION_REQUESTED)
+    # The same event again, after the duplicate window (so with a new message id).
+    ack = await js.publish(subjects.PROVISION_REQUESTED,
+                           msgspec.json.encode(msgspec.convert(first, ProvisionRequested)),
+                           headers={subjects.HEADER_MSG_ID: "redelivered"})
+
+    async def handled() -> bool:
+        info = await js.consumer_info(subjects.WORKER_EVENTS_STREAM,
+                                      subjects.PROVISIONER_REQUESTS_CONSUMER)
+        return info.ack_floor.stream_seq >= ack.seq
+
+    await assert_eventually(handled)
+    assert local_provider(provisioner).children() == {pid: worker_id}
+    assert await resource_pid(pool, worker_id) == pid
+    assert await pool.fetchval(
+        "SELECT count(*) FROM worker_bootstrap_tokens WHERE worker_id = $1", worker_id) == 1
+    assert (await worker_subjects(js, worker_id)).count(subjects.WORKER_CREATED) == 1
+
+
+@pytest.mark.parametrize("agent_command", [NO_REGISTER])
+async def test_a_request_waits_while_an_earlier_attempt_holds_a_live_token(
+    provisioner: ProvisionerService, pool: asyncpg.Pool, nc: NATS,
+) -> None:
+    worker_id = uuid4()
+    event = ProvisionRequested(event_id=uuid4(), occurred_at=datetime.now(UTC), actor="test",
+                               worker_id=worker_id, provider="local")
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(INSERT_WORKER, worker_id, "local", "ephemeral")
+        # An attempt that died after issuing its token, its agent maybe still starting.
+        await store.issue_token(conn, worker_id, tokens.digest("earlier-attempt"), 1.0)
+        await outbox.record(conn, subject=subjects.PROVISION_REQUESTED, event=event,
+                            aggregate_type="worker", aggregate_id=worker_id)
+    await assert_eventually(lambda: resource_pid(pool, worker_id))
+    earlier, new = await pool.fetch("""SELECT * FROM worker_bootstrap_tokens
+                                       WHERE worker_id = $1 ORDER BY created_at""", worker_id)
+    assert new["created_at"] >= earlier["expires_at"], "created only once the lease ran out"
+    assert list(local_provider(provisioner).children().values()) == [worker_id]
+    ok, reply = await register(nc, worker_id, "earlier-attempt")
+    assert (ok, reply["message"]) == (False, "bootstrap token expired")
+
+
+async def test_a_provider_kind_without_an_implementation_fails_the_worker(
+    provisioner: ProvisionerService, pool: asyncpg.Pool, js: JetStreamContext,
+) -> None:
+    worker_id = await request_worker(pool, provider="docker")
+    await assert_eventually(
+        lambda: published(js, worker_id, subjects.PROVISION_FAILED))
+    row = await worker(pool, worker_id)
+    assert row["state"] == WorkerState.FAILED
+    message = "provider kind 'docker' is not available in this build"
+    assert row["error"] == message
+    failed = [p for s, p in await stream_events(js) if s == subjects.PROVISION_FAILED]
+    assert failed[0]["error"] == message
+    assert row["provider_resource_id"] is None
+    assert local_provider(provisioner).children() == {}
+    assert await pool.fetchval("SELECT count(*) FROM worker_bootstrap_tokens") == 0
+
+
+async def test_a_disabled_provider_fails_the_worker(
+    provisioner: ProvisionerService, pool: asyncpg.Pool, js: JetStreamContext,
+) -> None:
+    await pool.execute("UPDATE provider_configs SET enabled = false WHERE name = 'local'")
+    worker_id = await request_worker(pool)
+    await assert_eventually(
+        lambda: published(js, worker_id, subjects.PROVISION_FAILED))
+    row = await worker(pool, worker_id)
+    assert (row["state"], row["error"]) == (WorkerState.FAILED, "provider 'local' is disabled")
+    assert local_provider(provisioner).children() == {}
+
+
+@pytest.mark.parametrize("agent_command", [["/nonexistent/hodei-agent"]])
+async def test_an_agent_that_cannot_start_fails_the_worker(
+    provisioner: ProvisionerService, pool: asyncpg.Pool, js: JetStreamContext,
+) -> None:
+    worker_id = await request_worker(pool)
+    await assert_eventually(
+        lambda: published(js, worker_id, subjects.PROVISION_FAILED))
+    row = await worker(pool, worker_id)
+    assert row["state"] == WorkerState.FAILED
+    assert row["error"].startswith("the local provider could not create the worker: "
+                                   "cannot start the agent (/nonexistent/hodei-agent)")
+    assert "\n" not in row["error"]
