@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -92,7 +91,7 @@ async def consume(
         while not stopping.is_set():
             try:
                 msgs = await sub.fetch(batch, timeout=poll_s)
-            except NatsTimeoutError:
+            except TimeoutError:  # nats-py raises its own or asyncio's: both mean "nothing yet"
                 continue
             except NatsError as e:  # disconnected: the client reconnects on its own
                 log.warning("%s: fetch failed (%s)", spec.durable, e)

@@ -1,0 +1,1 @@
+"""The logs service: per-job log streams and their end-of-log markers."""

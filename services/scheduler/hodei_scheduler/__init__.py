@@ -1,0 +1,1 @@
+"""The scheduler: matches queued jobs to workers and applies what agents report."""

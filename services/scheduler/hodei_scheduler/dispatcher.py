@@ -1,0 +1,144 @@
+"""The dispatch pass: pair QUEUED jobs with READY workers, then ask for the workers missing.
+
+Passes are serialised across replicas by a session advisory lock, so two schedulers never
+count the same demand twice. Any event that may make work possible pokes the dispatcher; a
+periodic pass catches whatever an event missed, so a QUEUED job with a capable worker is
+assigned within one interval even if every event about it was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from uuid import UUID, uuid4
+
+import asyncpg
+import msgspec
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+
+from hodei_common import outbox, tracing
+from hodei_common.contracts import subjects
+from hodei_common.contracts.agent import Assignment
+from hodei_common.contracts.jobs import JobAssigned
+from hodei_common.contracts.workers import ProvisionRequested, WorkerMode
+from hodei_common.database import LOCK_CLASS, LOCK_DISPATCH, Conn
+from hodei_scheduler import store
+
+log = logging.getLogger(__name__)
+
+ACTOR = "scheduler"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def assignment_from_row(row: asyncpg.Record, worker_id: UUID) -> Assignment:
+    return Assignment(
+        job_id=row["id"],
+        attempt=row["attempt"],
+        worker_id=worker_id,
+        command=row["command"],
+        args=list(row["args"]),
+        env=dict(row["env"]),
+        timeout_s=row["timeout_s"],
+        assigned_at=row["assigned_at"],
+    )
+
+
+class Dispatcher:
+    """Runs dispatch passes when poked and on an interval."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, js: JetStreamContext, *, interval_s: float, resend_s: float
+    ) -> None:
+        self._pool = pool
+        self._js = js
+        self._interval_s = interval_s
+        self._resend_s = resend_s
+        self._poked = asyncio.Event()
+
+    def poke(self) -> None:
+        """Something changed: run a pass soon."""
+        self._poked.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Pass after pass until ``stopping``: on a poke, or every interval."""
+        while not stopping.is_set():
+            self._poked.clear()
+            try:
+                await self.dispatch_pass()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                log.warning("dispatch pass failed (%s); retrying", e)
+            waiters = [asyncio.ensure_future(stopping.wait()),
+                       asyncio.ensure_future(self._poked.wait())]
+            await asyncio.wait(waiters, timeout=self._interval_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+
+    async def dispatch_pass(self) -> int:
+        """Assign what can be assigned, request missing workers; return assignments made."""
+        with tracing.tracer().start_as_current_span("scheduler dispatch"):
+            # One transaction: its advisory lock serialises passes across replicas and goes
+            # away with it, whatever happens to this process.
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_CLASS,
+                                   LOCK_DISPATCH)
+                assignments = []
+                while (made := await self._assign_one(conn)) is not None:
+                    assignments.append(made)
+                await self._provision(conn)
+                stale = await store.unanswered_assignments(conn, self._resend_s)
+            for assignment in assignments:
+                await self.send(assignment)
+            for row in stale:
+                log.info("job %s: assignment not accepted yet; sending it again", row["id"])
+                await self.send(assignment_from_row(row, row["worker_id"]))
+            return len(assignments)
+
+    async def _assign_one(self, conn: Conn) -> Assignment | None:
+        pair = await store.pick_pair(conn)
+        if pair is None:
+            return None
+        job_id, worker_id, attempt = pair["job_id"], pair["worker_id"], pair["attempt"]
+        event = JobAssigned(event_id=uuid4(), occurred_at=_now(), actor=ACTOR,
+                            job_id=job_id, attempt=attempt, worker_id=worker_id)
+        row = await outbox.change(
+            conn, store.ASSIGN_JOB, job_id, worker_id, attempt,
+            subject=subjects.JOB_ASSIGNED, event=event, aggregate_type="job",
+            aggregate_id=job_id,
+        )
+        if row is None or not await store.occupy_worker(conn, worker_id, job_id):
+            raise RuntimeError(f"job {job_id} or worker {worker_id} moved while locked")
+        return assignment_from_row(row, worker_id)
+
+    async def _provision(self, conn: Conn) -> None:
+        """Request a worker per waiting job (plus the warm pool), within max_workers."""
+        for p in await store.provider_demand(conn):
+            wanted = p["queued"] + p["min_idle"] - p["creating"] - p["ready"]
+            room = p["max_workers"] - p["active"]
+            for _ in range(max(0, min(wanted, room))):
+                worker_id = uuid4()
+                mode = WorkerMode(p["worker_mode"])
+                event = ProvisionRequested(event_id=uuid4(), occurred_at=_now(), actor=ACTOR,
+                                           worker_id=worker_id, provider=p["name"], mode=mode)
+                await outbox.change(
+                    conn, store.INSERT_WORKER, worker_id, p["name"], mode.value,
+                    subject=subjects.PROVISION_REQUESTED, event=event,
+                    aggregate_type="worker", aggregate_id=worker_id,
+                )
+
+    async def send(self, assignment: Assignment) -> None:
+        """Publish an assignment to its worker; a failure is retried by a later pass."""
+        try:
+            await self._js.publish(
+                subjects.worker_assign(assignment.worker_id),
+                msgspec.json.encode(assignment),
+                headers=tracing.inject({subjects.HEADER_MSG_ID: subjects.msg_id(
+                    assignment.job_id, assignment.attempt, "assign")}),
+            )
+        except (NatsError, OSError, TimeoutError) as e:
+            log.warning("job %s: could not send its assignment (%s)", assignment.job_id, e)

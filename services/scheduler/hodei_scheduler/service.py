@@ -1,0 +1,109 @@
+"""The scheduler service: dispatch loop, dispatch triggers, status reports, cancel orders."""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar, TypeVar
+from uuid import UUID
+
+import msgspec
+from nats.aio.msg import Msg
+
+from hodei_common import tracing
+from hodei_common.consumer import ConsumerSpec, consume
+from hodei_common.contracts import subjects
+from hodei_common.contracts.agent import Control, ControlAction, StatusReport
+from hodei_common.contracts.jobs import JobCancelRequested
+from hodei_common.errors import PermanentError
+from hodei_common.runner import HodeiService, Loop
+from hodei_scheduler import store
+from hodei_scheduler.config import SchedulerSettings
+from hodei_scheduler.dispatcher import Dispatcher
+from hodei_scheduler.reports import ReportHandler
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+JOB_TRIGGERS = ConsumerSpec(
+    stream=subjects.JOB_EVENTS_STREAM, durable=subjects.SCHEDULER_DISPATCH_CONSUMER,
+    filter_subjects=[subjects.JOB_CREATED, subjects.JOB_REQUEUED],
+)
+WORKER_TRIGGERS = ConsumerSpec(
+    stream=subjects.WORKER_EVENTS_STREAM, durable=subjects.SCHEDULER_DISPATCH_CONSUMER,
+    filter_subjects=[subjects.WORKER_READY],
+)
+STATUS_REPORTS = ConsumerSpec(
+    stream=subjects.WORKER_STATUS_STREAM, durable=subjects.SCHEDULER_STATUS_CONSUMER,
+)
+CANCEL_REQUESTS = ConsumerSpec(
+    stream=subjects.JOB_EVENTS_STREAM, durable=subjects.SCHEDULER_CANCEL_CONSUMER,
+    filter_subjects=[subjects.JOB_CANCEL_REQUESTED],
+)
+
+
+def decode(data: bytes, kind: type[T]) -> T:
+    """A message body as ``kind``; one that can never decode is dropped, not retried."""
+    try:
+        return msgspec.json.decode(data, type=kind)
+    except msgspec.DecodeError as e:
+        raise PermanentError(f"undecodable {kind.__name__}: {e}") from e
+
+
+class SchedulerService(HodeiService):
+    """Matches queued jobs to workers and moves jobs along as their agents report."""
+
+    name: ClassVar[str] = "scheduler"
+    description: ClassVar[str] = "Hodei scheduler: dispatch and job progress"
+
+    def __init__(self, settings: SchedulerSettings) -> None:
+        super().__init__(settings)
+        self.config = settings
+
+    async def setup(self) -> None:
+        self.dispatcher = Dispatcher(
+            self.pool, self.js, interval_s=self.config.dispatch_interval_s,
+            resend_s=self.config.assignment_resend_s,
+        )
+        self.reports = ReportHandler(self.pool, self.dispatcher.poke, self.send_cancel)
+
+    def loops(self) -> list[Loop]:
+        return [self._dispatch, self._job_triggers, self._worker_triggers, self._status,
+                self._cancels]
+
+    async def _dispatch(self) -> None:
+        await self.dispatcher.run(self.stopping)
+
+    async def _poke(self, _: Msg) -> None:
+        self.dispatcher.poke()
+
+    async def _job_triggers(self) -> None:
+        await consume(self.js, JOB_TRIGGERS, self._poke, self.stopping)
+
+    async def _worker_triggers(self) -> None:
+        await consume(self.js, WORKER_TRIGGERS, self._poke, self.stopping)
+
+    async def _status(self) -> None:
+        await consume(self.js, STATUS_REPORTS, self._on_report, self.stopping)
+
+    async def _cancels(self) -> None:
+        await consume(self.js, CANCEL_REQUESTS, self._on_cancel_request, self.stopping)
+
+    async def _on_report(self, msg: Msg) -> None:
+        report = decode(msg.data, StatusReport)
+        if msg.subject != subjects.worker_status(report.worker_id):
+            raise PermanentError(f"report for worker {report.worker_id} on {msg.subject}")
+        await self.reports.apply(report)
+
+    async def _on_cancel_request(self, msg: Msg) -> None:
+        event = decode(msg.data, JobCancelRequested)
+        async with self.pool.acquire() as conn:
+            target = await store.cancel_target(conn, event.job_id)
+        if target is not None:
+            await self.send_cancel(event.job_id, target["attempt"], target["worker_id"])
+
+    async def send_cancel(self, job_id: UUID, attempt: int, worker_id: UUID) -> None:
+        """Tell a worker to kill its job (core NATS: a worker that is gone misses it)."""
+        order = Control(action=ControlAction.CANCEL, job_id=job_id, attempt=attempt,
+                        reason="cancelled by request")
+        await self.nc.publish(subjects.worker_control(worker_id), msgspec.json.encode(order),
+                              headers=tracing.inject())

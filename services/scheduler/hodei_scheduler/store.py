@@ -1,0 +1,135 @@
+"""SQL of the scheduler: the dispatch queries and the job/worker transitions agents drive."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import asyncpg
+
+from hodei_common.database import Conn
+
+# The best job that has a READY worker of its provider, and the longest-idle such worker.
+PICK_PAIR = """
+WITH j AS (
+    SELECT id, provider, attempt FROM jobs
+    WHERE state = 'QUEUED'
+      AND provider IN (SELECT provider FROM workers WHERE state = 'READY')
+    ORDER BY priority DESC, queued_at, id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+SELECT j.id AS job_id, j.attempt, w.id AS worker_id
+FROM j, LATERAL (
+    SELECT workers.id FROM workers
+    WHERE workers.state = 'READY' AND workers.provider = j.provider
+    ORDER BY workers.idle_since NULLS FIRST, workers.id
+    LIMIT 1
+    FOR UPDATE OF workers SKIP LOCKED
+) AS w
+"""
+
+ASSIGN_JOB = """
+UPDATE jobs SET state = 'ASSIGNED', worker_id = $2, assigned_at = now()
+WHERE id = $1 AND state = 'QUEUED' AND attempt = $3
+RETURNING id, attempt, command, args, env, timeout_s, assigned_at
+"""
+
+OCCUPY_WORKER = """
+UPDATE workers SET state = 'BUSY', current_job_id = $2, idle_since = NULL
+WHERE id = $1 AND state = 'READY'
+"""
+
+PROVIDER_DEMAND = """
+SELECT p.name, p.worker_mode, p.max_workers, p.min_idle,
+       count(*) FILTER (WHERE w.state = 'CREATING') AS creating,
+       count(*) FILTER (WHERE w.state = 'READY') AS ready,
+       count(*) FILTER (WHERE w.state IN ('CREATING', 'READY', 'BUSY', 'TERMINATING')) AS active,
+       (SELECT count(*) FROM jobs WHERE jobs.state = 'QUEUED' AND jobs.provider = p.name)
+           AS queued
+FROM provider_configs p
+LEFT JOIN workers w ON w.provider = p.name
+WHERE p.enabled
+GROUP BY p.id
+"""
+
+INSERT_WORKER = """
+INSERT INTO workers (id, provider, mode, state) VALUES ($1, $2, $3, 'CREATING')
+RETURNING id
+"""
+
+UNANSWERED_ASSIGNMENTS = """
+SELECT id, attempt, worker_id, command, args, env, timeout_s, assigned_at FROM jobs
+WHERE state = 'ASSIGNED' AND accepted_at IS NULL
+  AND assigned_at < now() - make_interval(secs => $1)
+ORDER BY assigned_at
+LIMIT 100
+"""
+
+ACCEPT = """
+UPDATE jobs SET accepted_at = $4
+WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND state = 'ASSIGNED'
+  AND accepted_at IS NULL
+RETURNING id, cancel_requested_at
+"""
+
+START = """
+UPDATE jobs SET state = 'RUNNING', started_at = $4, accepted_at = coalesce(accepted_at, $4)
+WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND state = 'ASSIGNED'
+RETURNING id, cancel_requested_at
+"""
+
+FINISH = """
+UPDATE jobs SET state = $4, exit_code = $5, error = $6, completed_at = $7,
+                started_at = coalesce(started_at, $7), accepted_at = coalesce(accepted_at, $7)
+WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND state IN ('ASSIGNED', 'RUNNING')
+RETURNING id
+"""
+
+RETIRE_WORKER = """
+UPDATE workers SET state = 'TERMINATING', current_job_id = NULL, jobs_run = jobs_run + 1
+WHERE id = $1 AND state = 'BUSY'
+RETURNING provider
+"""
+
+FREE_WORKER = """
+UPDATE workers SET state = 'READY', current_job_id = NULL, jobs_run = jobs_run + 1,
+                   idle_since = now()
+WHERE id = $1 AND state = 'BUSY'
+RETURNING provider
+"""
+
+WORKER_FOR_RELEASE = """
+SELECT w.mode, w.jobs_run, w.provider, p.settings
+FROM workers w JOIN provider_configs p ON p.name = w.provider
+WHERE w.id = $1
+"""
+
+JOB_CANCEL_TARGET = """
+SELECT attempt, worker_id FROM jobs
+WHERE id = $1 AND state IN ('ASSIGNED', 'RUNNING') AND worker_id IS NOT NULL
+"""
+
+
+async def pick_pair(conn: Conn) -> asyncpg.Record | None:
+    """Lock the next (job, worker) to pair, or None when nothing can be paired now."""
+    return await conn.fetchrow(PICK_PAIR)
+
+
+async def occupy_worker(conn: Conn, worker_id: UUID, job_id: UUID) -> bool:
+    return await conn.execute(OCCUPY_WORKER, worker_id, job_id) == "UPDATE 1"
+
+
+async def provider_demand(conn: Conn) -> list[asyncpg.Record]:
+    return await conn.fetch(PROVIDER_DEMAND)
+
+
+async def unanswered_assignments(conn: Conn, older_than_s: float) -> list[asyncpg.Record]:
+    return await conn.fetch(UNANSWERED_ASSIGNMENTS, older_than_s)
+
+
+async def worker_for_release(conn: Conn, worker_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(WORKER_FOR_RELEASE, worker_id)
+
+
+async def cancel_target(conn: Conn, job_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(JOB_CANCEL_TARGET, job_id)

@@ -1,0 +1,187 @@
+"""Dispatch and job progress: queued jobs get workers, agents' reports move jobs to the end."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import msgspec
+import pytest
+from nats.js import JetStreamContext
+
+from hodei_common.client import ApiClient
+from hodei_common.contracts import subjects
+from hodei_common.contracts.agent import Assignment, Outcome, StatusKind
+from hodei_common.contracts.api import SubmitJob
+from hodei_common.contracts.jobs import JobState
+from hodei_common.contracts.logs import LogEnd, LogMessage
+from hodei_common.runner import HodeiService
+from hodei_common.testing import assert_eventually
+from tests.scheduler.conftest import make_ready, report
+
+pytestmark = [pytest.mark.nats, pytest.mark.postgres]
+
+
+async def workers(pool: asyncpg.Pool, state: str) -> list[asyncpg.Record]:
+    return await pool.fetch("SELECT * FROM workers WHERE state = $1 ORDER BY created_at", state)
+
+
+async def job_state(pool: asyncpg.Pool, job_id: uuid.UUID) -> str:
+    return str(await pool.fetchval("SELECT state FROM jobs WHERE id = $1", job_id))
+
+
+async def event_types(pool: asyncpg.Pool, aggregate_id: uuid.UUID) -> list[str]:
+    rows = await pool.fetch(
+        "SELECT event_type FROM domain_events WHERE aggregate_id = $1 ORDER BY seq", aggregate_id)
+    return [r["event_type"] for r in rows]
+
+
+async def test_a_queued_job_gets_one_new_worker_then_the_assignment(
+    api: ApiClient, pool: asyncpg.Pool, js: JetStreamContext
+) -> None:
+    job = (await api.submit(SubmitJob(command="echo hi", env={"K": "v"}))).job
+    creating = await assert_eventually(lambda: workers(pool, "CREATING"))
+    assert len(creating) == 1
+    worker_id = creating[0]["id"]
+    assert await event_types(pool, worker_id) == ["ProvisionRequested"]
+    sub = await js.subscribe(subjects.worker_assign(worker_id), ordered_consumer=True)
+    await make_ready(pool, worker_id)
+    msg = await sub.next_msg(timeout=5)
+    assignment = msgspec.json.decode(msg.data, type=Assignment)
+    assert (assignment.job_id, assignment.attempt, assignment.worker_id) == (job.id, 1, worker_id)
+    assert assignment.command == "echo hi"
+    assert assignment.env == {"K": "v"}
+    assert await job_state(pool, job.id) == "ASSIGNED"
+    assert (await workers(pool, "BUSY"))[0]["current_job_id"] == job.id
+    assert len(await workers(pool, "CREATING")) == 0  # never more requests than waiting jobs
+
+
+async def test_reports_take_a_job_to_succeeded_and_retire_its_ephemeral_worker(
+    api: ApiClient, pool: asyncpg.Pool, js: JetStreamContext
+) -> None:
+    job = (await api.submit(SubmitJob(command="echo hi"))).job
+    worker_id = (await assert_eventually(lambda: workers(pool, "CREATING")))[0]["id"]
+    await make_ready(pool, worker_id)
+    await assert_eventually(lambda: job_state(pool, job.id), within_s=5)
+    await assert_eventually(lambda: _is(job_state(pool, job.id), "ASSIGNED"))
+    await report(js, worker_id, job.id, 1, StatusKind.ACCEPTED)
+    await report(js, worker_id, job.id, 1, StatusKind.STARTED)
+    await assert_eventually(lambda: _is(job_state(pool, job.id), "RUNNING"))
+    await report(js, worker_id, job.id, 1, StatusKind.FINISHED, Outcome.SUCCEEDED, exit_code=0)
+    await assert_eventually(lambda: _is(job_state(pool, job.id), "SUCCEEDED"))
+    row = await pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job.id)
+    assert row["exit_code"] == 0
+    assert row["started_at"] <= row["completed_at"]
+    assert await event_types(pool, job.id) == [
+        "JobCreated", "JobAssigned", "JobAccepted", "JobStarted", "JobSucceeded"]
+    worker = await pool.fetchrow("SELECT * FROM workers WHERE id = $1", worker_id)
+    assert worker["state"] == "TERMINATING"
+    assert worker["current_job_id"] is None
+    assert (await event_types(pool, worker_id))[-1] == "WorkerTerminating"
+
+
+@pytest.mark.parametrize(
+    ("outcome", "exit_code", "state"),
+    [(Outcome.FAILED, 3, "FAILED"), (Outcome.TIMED_OUT, None, "TIMED_OUT"),
+     (Outcome.CANCELLED, None, "CANCELLED")],
+)
+async def test_each_outcome_ends_the_job_in_its_state_with_an_end_of_log_marker(
+    api: ApiClient, pool: asyncpg.Pool, js: JetStreamContext,
+    outcome: Outcome, exit_code: int | None, state: str,
+) -> None:
+    job = (await api.submit(SubmitJob(command="x"))).job
+    worker_id = (await assert_eventually(lambda: workers(pool, "CREATING")))[0]["id"]
+    await make_ready(pool, worker_id)
+    await assert_eventually(lambda: _is(job_state(pool, job.id), "ASSIGNED"))
+    await report(js, worker_id, job.id, 1, StatusKind.FINISHED, outcome, exit_code=exit_code,
+                 error="boom" if outcome is Outcome.FAILED else None)
+    await assert_eventually(lambda: _is(job_state(pool, job.id), state))
+
+    async def end_marker() -> LogEnd | None:
+        try:
+            last = await js.get_last_msg(subjects.LOGS_STREAM, subjects.job_logs(job.id))
+        except Exception:
+            return None
+        message = msgspec.json.decode(last.data, type=LogMessage)
+        return message if isinstance(message, LogEnd) else None
+
+    end = await assert_eventually(end_marker)
+    assert end.state is JobState(state)
+    assert end.exit_code == exit_code
+
+
+async def test_reports_from_another_attempt_or_worker_change_nothing(
+    api: ApiClient, pool: asyncpg.Pool, js: JetStreamContext
+) -> None:
+    job = (await api.submit(SubmitJob(command="x"))).job
+    worker_id = (await assert_eventually(lambda: workers(pool, "CREATING")))[0]["id"]
+    await make_ready(pool, worker_id)
+    await assert_eventually(lambda: _is(job_state(pool, job.id), "ASSIGNED"))
+    await report(js, worker_id, job.id, 7, StatusKind.FINISHED, Outcome.SUCCEEDED, exit_code=0)
+    await report(js, uuid.uuid4(), job.id, 1, StatusKind.FINISHED, Outcome.SUCCEEDED, 0)
+    await report(js, worker_id, job.id, 1, StatusKind.STARTED)
+    await assert_eventually(lambda: _is(job_state(pool, job.id), "RUNNING"))
+    assert "JobSucceeded" not in await event_types(pool, job.id)
+
+
+async def test_higher_priority_then_older_jobs_are_assigned_first(
+    core: list[HodeiService], pool: asyncpg.Pool
+) -> None:
+    await pool.execute("UPDATE provider_configs SET max_workers = 0 WHERE name = 'local'")
+    ids = {}
+    for name, priority in [("old-low", 0), ("new-high", 5), ("newer-low", 0)]:
+        ids[name] = uuid.uuid4()
+        await pool.execute(
+            "INSERT INTO jobs (id, name, command, timeout_s, provider, priority) "
+            "VALUES ($1, $2, 'true', 10, 'local', $3)", ids[name], name, priority)
+    order = []
+    for _ in range(3):
+        worker_id = uuid.uuid4()
+        await pool.execute(
+            "INSERT INTO workers (id, provider, state, idle_since) VALUES ($1, 'local', 'READY', "
+            "now())", worker_id)
+
+        async def assigned(w: uuid.UUID = worker_id) -> str | None:
+            return await pool.fetchval("SELECT name FROM jobs WHERE worker_id = $1", w)
+
+        order.append(await assert_eventually(assigned, within_s=5))
+    assert order == ["new-high", "old-low", "newer-low"]
+
+
+async def test_a_job_whose_events_were_all_lost_is_still_assigned_within_a_second(
+    core: list[HodeiService], pool: asyncpg.Pool
+) -> None:
+    worker_id = uuid.uuid4()
+    job_id = uuid.uuid4()
+    await pool.execute("INSERT INTO workers (id, provider, state, idle_since) "
+                       "VALUES ($1, 'local', 'READY', now())", worker_id)
+    await pool.execute("INSERT INTO jobs (id, command, timeout_s, provider) "
+                       "VALUES ($1, 'true', 10, 'local')", job_id)  # no event at all
+    await assert_eventually(lambda: _is(job_state(pool, job_id), "ASSIGNED"), within_s=1.0)
+
+
+async def test_provisioning_never_exceeds_max_workers_and_jobs_wait_queued(
+    api: ApiClient, pool: asyncpg.Pool
+) -> None:
+    await pool.execute("UPDATE provider_configs SET max_workers = 2 WHERE name = 'local'")
+    jobs = [(await api.submit(SubmitJob(command="x"))).job for _ in range(5)]
+    await assert_eventually(lambda: _count(workers(pool, "CREATING"), 2))
+    states = [await job_state(pool, j.id) for j in jobs]
+    assert states == ["QUEUED"] * 5
+    await api.cancel(jobs[0].id)
+    assert len(await workers(pool, "CREATING")) == 2
+
+
+async def test_warm_pool_keeps_min_idle_workers_requested(
+    core: list[HodeiService], pool: asyncpg.Pool
+) -> None:
+    await pool.execute("UPDATE provider_configs SET min_idle = 2 WHERE name = 'local'")
+    await assert_eventually(lambda: _count(workers(pool, "CREATING"), 2))
+
+
+async def _is(value: object, expected: str) -> bool:
+    return await value == expected  # type: ignore[misc]
+
+
+async def _count(rows: object, n: int) -> bool:
+    return len(await rows) == n  # type: ignore[misc]
