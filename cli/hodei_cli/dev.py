@@ -11,6 +11,7 @@ import typer
 
 from hodei_cli.connection import cli_settings
 from hodei_cli.embedded import read_dev_file, serve
+from hodei_cli.services import SERVICES
 from hodei_common import messaging
 from hodei_common.contracts import subjects
 from hodei_common.errors import UnavailableError
@@ -19,7 +20,7 @@ from hodei_common.settings import Settings
 
 app = typer.Typer(help="Run the whole platform on this machine.", no_args_is_help=True)
 
-PLATFORM_SERVICES = ("api", "relay")
+PLATFORM_SERVICES = tuple(SERVICES)
 
 
 @app.command("up")

@@ -18,6 +18,7 @@ from hodei_cli.parsing import (
     parse_job_id,
     parse_state,
 )
+from hodei_cli.run import run_job, show_logs
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.events import DomainEvent
 from hodei_common.contracts.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, Job, JobState
@@ -26,6 +27,24 @@ app = typer.Typer(help="Submit jobs and look at them.", no_args_is_help=True)
 
 IdArg = Annotated[str | None, typer.Argument(help="job id", show_default=False)]
 IdOpt = Annotated[str | None, typer.Option("--id", help="job id", show_default=False)]
+# The flags of `job queue` and `job run`, as the old CLI's users know them.
+CommandOpt = Annotated[str, typer.Option("--command", "-c", help="shell command to run")]
+NameOpt = Annotated[str | None, typer.Option("--name", "-n", help="a name for people")]
+ArgsOpt = Annotated[
+    str | None, typer.Option("--args", help="extra shell words appended to the command")
+]
+EnvOpt = Annotated[list[str] | None, typer.Option("--env", "-e", help='"K=V,K2=V2" (repeatable)')]
+TimeoutOpt = Annotated[
+    float | None, typer.Option("--timeout", help="seconds before the job is killed")
+]
+ProviderOpt = Annotated[str, typer.Option(help="local, docker or kubernetes")]
+KeyOpt = Annotated[
+    str | None, typer.Option("--idempotency-key", help="a repeated key returns the same job")
+]
+PriorityOpt = Annotated[int, typer.Option(help="higher runs first")]
+AttemptsOpt = Annotated[
+    int, typer.Option("--max-attempts", help="runs allowed when workers are lost")
+]
 
 
 def build_submit(
@@ -57,25 +76,15 @@ def build_submit(
 
 @app.command("queue")
 def queue(
-    command: Annotated[str, typer.Option("--command", "-c", help="shell command to run")],
-    name: Annotated[str | None, typer.Option("--name", "-n", help="a name for people")] = None,
-    args: Annotated[
-        str | None, typer.Option("--args", help="extra shell words appended to the command")
-    ] = None,
-    env: Annotated[
-        list[str] | None, typer.Option("--env", "-e", help='"K=V,K2=V2" (repeatable)')
-    ] = None,
-    timeout: Annotated[
-        float | None, typer.Option("--timeout", help="seconds before the job is killed")
-    ] = None,
-    provider: Annotated[str, typer.Option(help="local, docker or kubernetes")] = "local",
-    idempotency_key: Annotated[
-        str | None, typer.Option("--idempotency-key", help="a repeated key returns the same job")
-    ] = None,
-    priority: Annotated[int, typer.Option(help="higher runs first")] = 0,
-    max_attempts: Annotated[
-        int, typer.Option("--max-attempts", help="runs allowed when workers are lost")
-    ] = DEFAULT_MAX_ATTEMPTS,
+    command: CommandOpt,
+    name: NameOpt = None,
+    args: ArgsOpt = None,
+    env: EnvOpt = None,
+    timeout: TimeoutOpt = None,
+    provider: ProviderOpt = "local",
+    idempotency_key: KeyOpt = None,
+    priority: PriorityOpt = 0,
+    max_attempts: AttemptsOpt = DEFAULT_MAX_ATTEMPTS,
     out: Output = OutputOption,
 ) -> None:
     """Queue a job and print its id."""
@@ -94,6 +103,40 @@ def queue(
         output.emit_json(job)
     else:
         typer.echo(str(job.id))
+
+
+@app.command("run")
+def run(
+    command: CommandOpt,
+    name: NameOpt = None,
+    args: ArgsOpt = None,
+    env: EnvOpt = None,
+    timeout: TimeoutOpt = None,
+    provider: ProviderOpt = "local",
+    idempotency_key: KeyOpt = None,
+    priority: PriorityOpt = 0,
+    max_attempts: AttemptsOpt = DEFAULT_MAX_ATTEMPTS,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="print the id and return")] = False,
+) -> None:
+    """Run a job, show its output live, and exit with its exit code (124 timeout, 130 cancel)."""
+    request = build_submit(
+        command=command, name=name, args=args, env=env or [], timeout=timeout,
+        provider=provider, idempotency_key=idempotency_key, priority=priority,
+        max_attempts=max_attempts,
+    )
+    code = asyncio.run(run_job(request, detach=detach))
+    raise typer.Exit(code)
+
+
+@app.command("logs")
+def logs(
+    job_id: IdArg = None,
+    id_: IdOpt = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="until the job ends")] = False,
+) -> None:
+    """A job's output so far; with --follow, everything until it ends."""
+    jid = parse_job_id(job_id, id_)
+    raise typer.Exit(asyncio.run(show_logs(jid, follow=follow)))
 
 
 def show_job(job: Job) -> None:

@@ -32,7 +32,30 @@ def _settings(cls: type[S], base: Settings | None) -> S:
                          home=base.home)
 
 
+def _scheduler(base: Settings | None) -> HodeiService:
+    from hodei_scheduler.config import SchedulerSettings
+    from hodei_scheduler.service import SchedulerService
+
+    return SchedulerService(_settings(SchedulerSettings, base))
+
+
+def _provisioner(base: Settings | None) -> HodeiService:
+    from hodei_provisioner.config import ProvisionerSettings
+    from hodei_provisioner.service import ProvisionerService
+
+    return ProvisionerService(_settings(ProvisionerSettings, base))
+
+
+def _logs(base: Settings | None) -> HodeiService:
+    from hodei_logs.service import LogsService
+
+    return LogsService(_settings(Settings, base))
+
+
 SERVICES: dict[str, Callable[[Settings | None], HodeiService]] = {
     "api": _api,
     "relay": _relay,
+    "scheduler": _scheduler,
+    "provisioner": _provisioner,
+    "logs": _logs,
 }

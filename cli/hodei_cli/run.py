@@ -1,0 +1,94 @@
+"""``hodei job run`` and ``hodei job logs``: a job's output, live, from its first line."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from uuid import UUID
+
+from hodei_cli.connection import api_client
+from hodei_common.client import ApiClient
+from hodei_common.contracts.api import SubmitJob
+from hodei_common.contracts.jobs import JobState
+from hodei_common.contracts.logs import LogBatch, LogEnd, LogStream
+from hodei_common.logreader import read_log
+
+EXIT_TIMED_OUT = 124
+EXIT_CANCELLED = 130
+
+
+def exit_code_for(end: LogEnd) -> int:
+    """The CLI's exit code for a finished job: the command's own, 124 timeout, 130 cancel."""
+    if end.state is JobState.SUCCEEDED:
+        return 0
+    if end.state is JobState.TIMED_OUT:
+        return EXIT_TIMED_OUT
+    if end.state is JobState.CANCELLED:
+        return EXIT_CANCELLED
+    if end.exit_code is not None and 0 < end.exit_code < 256:
+        return end.exit_code
+    return 1
+
+
+def print_batch(batch: LogBatch) -> None:
+    for line in batch.lines:
+        out = sys.stderr if line.stream is LogStream.STDERR else sys.stdout
+        out.write(line.text + "\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def describe_end(end: LogEnd) -> str | None:
+    """One line for stderr when the job did not simply succeed."""
+    if end.state is JobState.SUCCEEDED:
+        return None
+    detail = f": {end.error}" if end.error and end.error != f"exit code {end.exit_code}" else ""
+    code = f" (exit code {end.exit_code})" if end.exit_code is not None else ""
+    return f"job {end.job_id} {end.state.value}{code}{detail}"
+
+
+async def stream_job(api: ApiClient, job_id: UUID, *, follow: bool) -> int | None:
+    """Print the job's log; return its exit code when the end marker was read."""
+    async for message in read_log(api.nc.jetstream(), job_id, follow=follow):
+        if isinstance(message, LogBatch):
+            print_batch(message)
+        else:
+            note = describe_end(message)
+            if note:
+                print(note, file=sys.stderr)
+            return exit_code_for(message)
+    return None
+
+
+async def run_job(request: SubmitJob, *, detach: bool) -> int:
+    """Submit, then follow the log to the end; Ctrl-C cancels the job and exits 130."""
+    async with api_client() as api:
+        job = (await api.submit(request)).job
+        if detach:
+            print(job.id)
+            return 0
+        loop = asyncio.get_running_loop()
+        interrupted = asyncio.Event()
+        loop.add_signal_handler(signal.SIGINT, interrupted.set)
+        try:
+            following = asyncio.create_task(stream_job(api, job.id, follow=True))
+            stop = asyncio.create_task(interrupted.wait())
+            await asyncio.wait([following, stop], return_when=asyncio.FIRST_COMPLETED)
+            if following.done():
+                stop.cancel()
+                return following.result() or 0
+            following.cancel()
+            await api.cancel(job.id)
+            print(f"job {job.id} cancelled", file=sys.stderr)
+            return EXIT_CANCELLED
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+
+async def show_logs(job_id: UUID, *, follow: bool) -> int:
+    """Print a job's log so far (or until it ends, with ``follow``)."""
+    async with api_client() as api:
+        await api.get(job_id)  # a clear "not found" for an unknown job
+        code = await stream_job(api, job_id, follow=follow)
+    return 0 if code is None or not follow else code

@@ -1,0 +1,62 @@
+"""The embedded platform (`hodei dev up`) as a user runs it, shared by a module's tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import HODEI
+
+
+@dataclass(frozen=True)
+class Platform:
+    home: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        return dict(json.loads((self.home / "dev.json").read_text()))
+
+
+def start_platform(home: Path, extra_env: dict[str, str] | None = None) -> Platform:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
+    env["HODEI_HOME"] = str(home)
+    env.update(extra_env or {})
+    with (home.parent / "dev-up.log").open("ab") as log:
+        proc = subprocess.Popen([HODEI, "dev", "up"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (home / "dev.json").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"hodei dev up failed:\n{(home.parent / 'dev-up.log').read_text()}")
+        time.sleep(0.05)
+    return Platform(home, env, proc)
+
+
+def stop_platform(platform: Platform) -> int:
+    platform.proc.send_signal(signal.SIGTERM)
+    return platform.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def platform() -> Iterator[Platform]:
+    root = Path(tempfile.mkdtemp(prefix="hodei-e2e-"))
+    root.chmod(0o755)
+    running = start_platform(root / "home")
+    try:
+        yield running
+    finally:
+        stop_platform(running)
+        shutil.rmtree(root, ignore_errors=True)
