@@ -52,10 +52,18 @@ def _logs(base: Settings | None) -> HodeiService:
     return LogsService(_settings(Settings, base))
 
 
+def _supervisor(base: Settings | None) -> HodeiService:
+    from hodei_supervisor.config import SupervisorSettings
+    from hodei_supervisor.service import SupervisorService
+
+    return SupervisorService(_settings(SupervisorSettings, base))
+
+
 SERVICES: dict[str, Callable[[Settings | None], HodeiService]] = {
     "api": _api,
     "relay": _relay,
     "scheduler": _scheduler,
     "provisioner": _provisioner,
     "logs": _logs,
+    "supervisor": _supervisor,
 }

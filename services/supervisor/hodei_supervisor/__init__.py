@@ -1,0 +1,1 @@
+"""The supervisor: watches workers' heartbeats (recovery comes with the failure-recovery work)."""
