@@ -27,6 +27,10 @@ class NotFoundError(HodeiError):
     """The thing asked for does not exist."""
 
 
+class PermissionDeniedError(HodeiError):
+    """The caller may not do this (a bad token, another worker's subject)."""
+
+
 class PreconditionError(HodeiError):
     """The request is valid but the thing is not in a state that allows it."""
 

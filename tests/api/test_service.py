@@ -100,7 +100,8 @@ async def test_unexpected_failure_is_one_line_internal_error_and_logged(
     await pool.execute("ALTER TABLE jobs ADD CONSTRAINT no_boom CHECK (command <> 'boom')")
     before = await row_counts(pool)
 
-    with caplog.at_level(logging.ERROR, logger="hodei_api"), pytest.raises(ApiError) as caught:
+    with (caplog.at_level(logging.ERROR, logger="hodei_common.endpoints"),
+          pytest.raises(ApiError) as caught):
         await client.submit(job("boom", env={"TOKEN": "hunter2"}))
 
     assert (caught.value.code, caught.value.message) == (ErrorCode.INTERNAL, INTERNAL_MESSAGE)

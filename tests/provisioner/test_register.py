@@ -145,7 +145,7 @@ async def test_a_worker_that_is_no_longer_creating_is_refused(
 
 
 @pytest.mark.parametrize(("body", "wanted"), [
-    (b"garbage", "malformed registration request: JSON is malformed"),
+    (b"garbage", "malformed request: JSON is malformed"),
     (b'{"token": "x"}', "Object missing required field `worker_id`"),
     (b'{"worker_id": "nope", "token": "x"}', "Invalid UUID"),
     (json.dumps({"worker_id": str(UUID(int=1)), "token": "x", "hostname": "h" * 300}).encode(),

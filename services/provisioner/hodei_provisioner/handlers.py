@@ -30,7 +30,8 @@ from hodei_common.contracts.workers import (
     WorkerTerminating,
 )
 from hodei_common.database import Conn
-from hodei_common.errors import HodeiError, RetryLater, ValidationError
+from hodei_common.endpoints import one_line
+from hodei_common.errors import PermissionDeniedError, RetryLater, ValidationError
 from hodei_provisioner import store, tokens
 from hodei_provisioner.providers import Provider, WorkerSpec
 
@@ -39,13 +40,12 @@ log = logging.getLogger(__name__)
 ACTOR = "provisioner"
 AGGREGATE_WORKER = "worker"
 MAX_HOSTNAME_CHARS = 255
-_MAX_ERROR_CHARS = 500
 _LEASE_SLACK_S = 0.5
 # States in which a worker's resource should go: TERMINATED again on a redelivery.
 _RELEASABLE = (WorkerState.TERMINATING, WorkerState.TERMINATED, WorkerState.FAILED)
 
 
-class RegistrationDenied(HodeiError):
+class RegistrationDenied(PermissionDeniedError):
     """An agent may not register; the message is one line and never quotes the token."""
 
 
@@ -58,12 +58,6 @@ class Deps:
     token_ttl_s: float
     heartbeat_interval_s: float
     agent_nats_url: str
-
-
-def one_line(message: str, limit: int = _MAX_ERROR_CHARS) -> str:
-    """``message`` on one line, cut to ``limit`` characters."""
-    line = " ".join(message.split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _meta() -> dict[str, Any]:
