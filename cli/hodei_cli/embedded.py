@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
+from uuid import uuid4
 
 import asyncpg
+import msgspec
 
 from hodei_cli.services import SERVICES
 from hodei_common.embedded import NatsServer, PostgresServer
@@ -123,7 +125,10 @@ async def serve(settings: Settings, announce: IO[str] = sys.stdout) -> None:
 async def _run(
     services: list[HodeiService], settings: Settings, endpoints: Endpoints, announce: IO[str]
 ) -> None:
-    running = asyncio.create_task(run_until_signalled(*services))
+    running = asyncio.create_task(run_until_signalled(
+        *services,
+        before_stop=lambda: retire_workers(endpoints, settings, settings.drain_grace_s),
+    ))
     ready = asyncio.ensure_future(_all_ready(services))
     await asyncio.wait([running, ready], return_when=asyncio.FIRST_COMPLETED)
     if running.done():
@@ -150,3 +155,53 @@ def read_dev_file(settings: Settings) -> dict[str, object] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+RETIRE_IDLE = """
+UPDATE workers SET state = 'TERMINATING', current_job_id = NULL
+WHERE id = $1 AND state IN ('CREATING', 'READY')
+RETURNING id
+"""
+
+
+async def retire_workers(endpoints: Endpoints, settings: Settings, within_s: float) -> None:
+    """Before the platform stops, end every worker it runs, through the normal path: idle
+    ones are retired (the provisioner destroys them), busy ones are told to stop (their
+    agent cancels the job, reports it, and exits). Nothing is left running behind it."""
+    from hodei_common import database, messaging, outbox
+    from hodei_common.contracts import subjects
+    from hodei_common.contracts.agent import Control, ControlAction
+    from hodei_common.contracts.workers import WorkerTerminating
+
+    base = settings.model_copy(update={"nats_url": endpoints.nats_url,
+                                       "database_url": endpoints.database_url})
+    pool = await database.create_pool(base, initial_attempts=1)
+    nc = await messaging.connect(base, name="hodei-dev-shutdown", initial_attempts=1)
+    try:
+        rows = await pool.fetch("SELECT id, provider, state FROM workers WHERE state IN "
+                                "('CREATING', 'READY', 'BUSY', 'TERMINATING')")
+        for row in rows:
+            if row["state"] == "BUSY":
+                order = Control(action=ControlAction.STOP, reason="the platform is stopping")
+                await nc.publish(subjects.worker_control(row["id"]),
+                                 msgspec.json.encode(order))
+                continue
+            event = WorkerTerminating(event_id=uuid4(), occurred_at=datetime.now(UTC),
+                                      actor="dev", worker_id=row["id"],
+                                      provider=row["provider"], reason="the platform is stopping")
+            async with pool.acquire() as conn:
+                await outbox.change(conn, RETIRE_IDLE, row["id"],
+                                    subject=subjects.WORKER_TERMINATING, event=event,
+                                    aggregate_type="worker", aggregate_id=row["id"])
+        await nc.flush()
+        deadline = asyncio.get_running_loop().time() + within_s
+        while asyncio.get_running_loop().time() < deadline:
+            left = await pool.fetchval("SELECT count(*) FROM workers WHERE state IN "
+                                       "('CREATING', 'READY', 'BUSY', 'TERMINATING')")
+            if not left:
+                return
+            await asyncio.sleep(0.05)
+        log.warning("%d workers were still running when the platform stopped", left)
+    finally:
+        await nc.close()
+        await pool.close()

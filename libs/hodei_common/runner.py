@@ -185,32 +185,54 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return first
 
 
-async def run_until_signalled(*services: HodeiService) -> None:
+async def run_until_signalled(
+    *services: HodeiService, before_stop: Callable[[], Awaitable[None]] | None = None
+) -> None:
     """Run services together until SIGINT/SIGTERM, then stop them all; a fatal error in one
-    stops the others and is re-raised."""
+    stops the others and is re-raised. ``before_stop`` runs on the signal, while every
+    service still works (a second signal skips it)."""
     loop = asyncio.get_running_loop()
+    wind_down: list[asyncio.Task[None]] = []
 
     def request_stop() -> None:
         for service in services:
             service.stopping.set()
 
+    async def stop_after_hook(hook: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await hook()
+        except Exception:
+            log.exception("shutdown step failed; stopping anyway")
+        request_stop()
+
+    def on_signal() -> None:
+        if before_stop is None or wind_down:
+            request_stop()
+        else:
+            wind_down.append(asyncio.create_task(stop_after_hook(before_stop)))
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, request_stop)
+        loop.add_signal_handler(sig, on_signal)
     try:
-        runs = [asyncio.create_task(s.run(), name=s.name) for s in services]
-        first_error: BaseException | None = None
-        for task in asyncio.as_completed(runs):
-            try:
-                await task
-            except Exception as e:  # one service died: stop the rest, then re-raise
-                if first_error is None:
-                    first_error = e
-                request_stop()
-        if first_error is not None:
-            raise first_error
+        await _run_all(services, request_stop)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def _run_all(services: tuple[HodeiService, ...], request_stop: Callable[[], None]) -> None:
+    """Run every service; the first to die stops the rest, and its error is re-raised."""
+    runs = [asyncio.create_task(s.run(), name=s.name) for s in services]
+    first_error: BaseException | None = None
+    for task in asyncio.as_completed(runs):
+        try:
+            await task
+        except Exception as e:
+            if first_error is None:
+                first_error = e
+            request_stop()
+    if first_error is not None:
+        raise first_error
 
 
 def main_for(settings_cls: type[S], build: Callable[[S], list[HodeiService]]) -> None:

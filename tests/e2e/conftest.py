@@ -28,6 +28,11 @@ class Platform:
     def endpoints(self) -> dict[str, str]:
         return dict(json.loads((self.home / "dev.json").read_text()))
 
+    def endpoints_only(self) -> dict[str, str]:
+        """The NATS and PostgreSQL URLs of the running platform."""
+        info = self.endpoints
+        return {"nats_url": info["nats_url"], "database_url": info["database_url"]}
+
 
 def start_platform(home: Path, extra_env: dict[str, str] | None = None) -> Platform:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
