@@ -7,7 +7,7 @@ from an older attempt, or a redelivered one, changes nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -26,6 +26,7 @@ from hodei_common.contracts.jobs import (
     JobSucceeded,
     JobTimedOut,
 )
+from hodei_common.contracts.logs import LogEnd
 from hodei_common.contracts.workers import WorkerMode, WorkerReady, WorkerTerminating
 from hodei_common.database import Conn
 from hodei_common.errors import PermanentError
@@ -54,8 +55,10 @@ class ReportHandler:
         pool: asyncpg.Pool,
         on_worker_ready: Callable[[], None],
         on_cancel_pending: Callable[[UUID, int, UUID], Any],
+        on_finished: Callable[[LogEnd], Awaitable[None]],
     ) -> None:
         self._pool = pool
+        self._on_finished = on_finished
         self._on_worker_ready = on_worker_ready
         self._on_cancel_pending = on_cancel_pending
 
@@ -110,6 +113,9 @@ class ReportHandler:
             freed = await self._release_worker(conn, report.worker_id)
         if freed:
             self._on_worker_ready()
+        await self._on_finished(LogEnd(job_id=report.job_id, attempt=report.attempt,
+                                       state=state, exit_code=report.exit_code,
+                                       error=report.error))
         return True
 
     async def _release_worker(self, conn: Conn, worker_id: UUID) -> bool:

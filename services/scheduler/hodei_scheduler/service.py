@@ -8,12 +8,14 @@ from uuid import UUID
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 
 from hodei_common import tracing
 from hodei_common.consumer import ConsumerSpec, consume
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import Control, ControlAction, StatusReport
 from hodei_common.contracts.jobs import JobCancelRequested
+from hodei_common.contracts.logs import LogEnd
 from hodei_common.errors import PermanentError
 from hodei_common.runner import HodeiService, Loop
 from hodei_scheduler import store
@@ -64,7 +66,8 @@ class SchedulerService(HodeiService):
             self.pool, self.js, interval_s=self.config.dispatch_interval_s,
             resend_s=self.config.assignment_resend_s,
         )
-        self.reports = ReportHandler(self.pool, self.dispatcher.poke, self.send_cancel)
+        self.reports = ReportHandler(self.pool, self.dispatcher.poke, self.send_cancel,
+                                     self.close_log)
 
     def loops(self) -> list[Loop]:
         return [self._dispatch, self._job_triggers, self._worker_triggers, self._status,
@@ -100,6 +103,18 @@ class SchedulerService(HodeiService):
             target = await store.cancel_target(conn, event.job_id)
         if target is not None:
             await self.send_cancel(event.job_id, target["attempt"], target["worker_id"])
+
+    async def close_log(self, end: LogEnd) -> None:
+        """End the job's log at once, as its terminal state commits. The logs service writes
+        the same marker from the terminal event (same Nats-Msg-Id): this only saves a hop."""
+        try:
+            await self.js.publish(
+                subjects.job_logs(end.job_id), msgspec.json.encode(end),
+                headers=tracing.inject({subjects.HEADER_MSG_ID: subjects.msg_id(end.job_id,
+                                                                                "end")}),
+            )
+        except (NatsError, OSError, TimeoutError) as e:
+            log.warning("job %s: end of log left to the logs service (%s)", end.job_id, e)
 
     async def send_cancel(self, job_id: UUID, attempt: int, worker_id: UUID) -> None:
         """Tell a worker to kill its job (core NATS: a worker that is gone misses it)."""
