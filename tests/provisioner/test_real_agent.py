@@ -38,7 +38,9 @@ async def test_the_real_agent_registers_and_is_destroyed_on_release(
                             within_s=20)
     pid = await assert_eventually(lambda: resource_pid(pool, worker_id))
     assert (await worker(pool, worker_id))["hostname"]
-    assert "registered" in log_text(provisioner_settings.workers_dir(), worker_id)
+    # The agent logs its registration after the reply; the line lands a moment later.
+    await assert_eventually(
+        lambda: "registered" in log_text(provisioner_settings.workers_dir(), worker_id))
     await retire_worker(pool, worker_id)
     await assert_eventually(lambda: _state_is(pool, worker_id, WorkerState.TERMINATED))
     assert not is_alive(pid)
