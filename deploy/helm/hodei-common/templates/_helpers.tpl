@@ -1,3 +1,8 @@
+{{/* The templates every Hodei chart includes, with the including chart's context (`.`), so
+     .Chart and .Values are that chart's. Each chart depends on this library chart through
+     `file://../hodei-common`; `helm dependency build CHART` (no network needed) or
+     `--dependency-update` copies it into the chart's charts/ folder. */}}
+
 {{/* Name of the chart's objects: the release name, with the chart name unless it holds it. */}}
 {{- define "hodei.fullname" -}}
 {{- if contains .Chart.Name .Release.Name -}}
@@ -24,8 +29,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
-{{/* The environment every Hodei process reads: where NATS and PostgreSQL are.
-     Kept identical in every Hodei chart. */}}
+{{/* The environment every Hodei process reads: where NATS and PostgreSQL are. */}}
 {{- define "hodei.env" -}}
 {{- with .Values.nats.url }}
 - name: HODEI_NATS_URL
