@@ -46,7 +46,9 @@ async def read_log(
         stream=subjects.LOGS_STREAM,
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.ALL,
-        inactive_threshold=60.0,
+        # Backstop only: the consumer is deleted below; a reader that dies leaves one that
+        # the server drops this long after its interest went away.
+        inactive_threshold=5.0,
     )
     try:
         while True:
@@ -63,5 +65,10 @@ async def read_log(
             if until is not None and msg.metadata.sequence.stream >= until:
                 return
     finally:
-        with contextlib.suppress(NatsError):
+        # Every `job run` and `job logs` makes a consumer; leaving them to expire piles up
+        # thousands under load and the stream refuses new readers.
+        with contextlib.suppress(NatsError, TimeoutError):
+            name = (await sub.consumer_info()).name
             await sub.unsubscribe()
+            if name:
+                await js.delete_consumer(subjects.LOGS_STREAM, name)
