@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import asyncpg
 import msgspec
+from nats.aio.client import Client as NATS
 
 from hodei_cli.services import SERVICES
 from hodei_common.embedded import NatsServer, PostgresServer
@@ -127,7 +128,7 @@ async def _run(
 ) -> None:
     running = asyncio.create_task(run_until_signalled(
         *services,
-        before_stop=lambda: retire_workers(endpoints, settings, settings.drain_grace_s),
+        before_stop=lambda: _wind_down(services, endpoints, settings),
     ))
     ready = asyncio.ensure_future(_all_ready(services))
     await asyncio.wait([running, ready], return_when=asyncio.FIRST_COMPLETED)
@@ -144,6 +145,14 @@ async def _run(
     await running
 
 
+async def _wind_down(
+    services: list[HodeiService], endpoints: Endpoints, settings: Settings
+) -> None:
+    for service in services:
+        service.wind_down()
+    await retire_workers(endpoints, settings, settings.drain_grace_s)
+
+
 async def _all_ready(services: list[HodeiService]) -> None:
     for service in services:
         await service.ready.wait()
@@ -157,6 +166,10 @@ def read_dev_file(settings: Settings) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
+LIVE_WORKERS = """
+SELECT id, provider, state FROM workers
+WHERE state IN ('CREATING', 'READY', 'BUSY', 'TERMINATING')
+"""
 RETIRE_IDLE = """
 UPDATE workers SET state = 'TERMINATING', current_job_id = NULL
 WHERE id = $1 AND state IN ('CREATING', 'READY')
@@ -164,44 +177,54 @@ RETURNING id
 """
 
 
+async def _end_worker(pool: asyncpg.Pool, nc: NATS, row: asyncpg.Record) -> None:
+    """Retire an idle worker through the provisioner, or tell a busy one to stop."""
+    from hodei_common import outbox
+    from hodei_common.contracts import subjects
+    from hodei_common.contracts.agent import Control, ControlAction
+    from hodei_common.contracts.workers import WorkerTerminating
+
+    if row["state"] == "BUSY":
+        order = Control(action=ControlAction.STOP, reason="the platform is stopping")
+        await nc.publish(subjects.worker_control(row["id"]), msgspec.json.encode(order))
+        return
+    event = WorkerTerminating(event_id=uuid4(), occurred_at=datetime.now(UTC), actor="dev",
+                              worker_id=row["id"], provider=row["provider"],
+                              reason="the platform is stopping")
+    async with pool.acquire() as conn:
+        await outbox.change(conn, RETIRE_IDLE, row["id"], subject=subjects.WORKER_TERMINATING,
+                            event=event, aggregate_type="worker", aggregate_id=row["id"])
+
+
 async def retire_workers(endpoints: Endpoints, settings: Settings, within_s: float) -> None:
     """Before the platform stops, end every worker it runs, through the normal path: idle
     ones are retired (the provisioner destroys them), busy ones are told to stop (their
     agent cancels the job, reports it, and exits). Nothing is left running behind it."""
-    from hodei_common import database, messaging, outbox
-    from hodei_common.contracts import subjects
-    from hodei_common.contracts.agent import Control, ControlAction
-    from hodei_common.contracts.workers import WorkerTerminating
+    from hodei_common import database, messaging
 
     base = settings.model_copy(update={"nats_url": endpoints.nats_url,
                                        "database_url": endpoints.database_url})
     pool = await database.create_pool(base, initial_attempts=1)
     nc = await messaging.connect(base, name="hodei-dev-shutdown", initial_attempts=1)
+    handled: set[tuple[UUID, str]] = set()
+    deadline = asyncio.get_running_loop().time() + within_s
     try:
-        rows = await pool.fetch("SELECT id, provider, state FROM workers WHERE state IN "
-                                "('CREATING', 'READY', 'BUSY', 'TERMINATING')")
-        for row in rows:
-            if row["state"] == "BUSY":
-                order = Control(action=ControlAction.STOP, reason="the platform is stopping")
-                await nc.publish(subjects.worker_control(row["id"]),
-                                 msgspec.json.encode(order))
-                continue
-            event = WorkerTerminating(event_id=uuid4(), occurred_at=datetime.now(UTC),
-                                      actor="dev", worker_id=row["id"],
-                                      provider=row["provider"], reason="the platform is stopping")
-            async with pool.acquire() as conn:
-                await outbox.change(conn, RETIRE_IDLE, row["id"],
-                                    subject=subjects.WORKER_TERMINATING, event=event,
-                                    aggregate_type="worker", aggregate_id=row["id"])
-        await nc.flush()
-        deadline = asyncio.get_running_loop().time() + within_s
-        while asyncio.get_running_loop().time() < deadline:
-            left = await pool.fetchval("SELECT count(*) FROM workers WHERE state IN "
-                                       "('CREATING', 'READY', 'BUSY', 'TERMINATING')")
-            if not left:
+        while True:
+            rows = await pool.fetch(LIVE_WORKERS)
+            if not rows:
                 return
+            if asyncio.get_running_loop().time() >= deadline:
+                log.warning("%d workers were still running when the platform stopped", len(rows))
+                return
+            # A worker requested just before the wind-down shows up late, and a reusable one
+            # told to stop may turn READY before its agent exits: end those too.
+            for row in rows:
+                if (row["id"], row["state"]) in handled or row["state"] == "TERMINATING":
+                    continue
+                handled.add((row["id"], row["state"]))
+                await _end_worker(pool, nc, row)
+            await nc.flush()
             await asyncio.sleep(0.05)
-        log.warning("%d workers were still running when the platform stopped", left)
     finally:
         await nc.close()
         await pool.close()

@@ -96,6 +96,10 @@ class HodeiService:
     async def stop_fetching(self) -> None:
         """First drain step: take no new work. The micro endpoints are already stopped."""
 
+    def wind_down(self) -> None:
+        """The whole platform is about to stop: start nothing new (e.g. no new workers), but
+        keep serving what is under way. Called before the platform's shutdown steps."""
+
     # --- lifecycle -----------------------------------------------------------------------
     async def run(self) -> None:
         """Run until :meth:`stop`; re-raise whatever killed the service."""

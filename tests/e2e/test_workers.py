@@ -109,7 +109,10 @@ async def test_stopping_the_platform_ends_every_worker_it_runs() -> None:
     try:
         conn = await asyncpg.connect(running.endpoints["database_url"])
         try:
-            await conn.execute("UPDATE provider_configs SET min_idle = 2 WHERE name = 'local'")
+            # Reusable workers and a warm pool: the scheduler would keep replacing what the
+            # shutdown retires if it went on provisioning.
+            await conn.execute("UPDATE provider_configs SET min_idle = 3, worker_mode = "
+                               "'reusable' WHERE name = 'local'")
             busy = await asyncio.create_subprocess_exec(
                 HODEI, "job", "run", "--command", "echo busy; sleep 60", env=running.env,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
@@ -118,7 +121,7 @@ async def test_stopping_the_platform_ends_every_worker_it_runs() -> None:
 
             async def pool_ready() -> bool:
                 return await conn.fetchval(
-                    "SELECT count(*) FROM workers WHERE state = 'READY'") >= 2
+                    "SELECT count(*) FROM workers WHERE state = 'READY'") >= 3
 
             await assert_eventually(pool_ready, within_s=15)
             assert len(agent_processes()) >= 3

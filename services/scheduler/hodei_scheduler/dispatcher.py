@@ -59,6 +59,7 @@ class Dispatcher:
         self._interval_s = interval_s
         self._resend_s = resend_s
         self._poked = asyncio.Event()
+        self.provisioning = True
 
     def poke(self) -> None:
         """Something changed: run a pass soon."""
@@ -90,7 +91,8 @@ class Dispatcher:
                 assignments = []
                 while (made := await self._assign_one(conn)) is not None:
                     assignments.append(made)
-                await self._provision(conn)
+                if self.provisioning:
+                    await self._provision(conn)
                 stale = await store.unanswered_assignments(conn, self._resend_s)
             for assignment in assignments:
                 await self.send(assignment)

@@ -104,6 +104,10 @@ class SchedulerService(HodeiService):
         if target is not None:
             await self.send_cancel(event.job_id, target["attempt"], target["worker_id"])
 
+    def wind_down(self) -> None:
+        """Request no more workers: the platform is retiring the ones it has."""
+        self.dispatcher.provisioning = False
+
     async def close_log(self, end: LogEnd) -> None:
         """End the job's log at once, as its terminal state commits. The logs service writes
         the same marker from the terminal event (same Nats-Msg-Id): this only saves a hop."""
