@@ -8,10 +8,9 @@ import sys
 
 import typer
 
-try:  # typer vendors click since 0.2x; older releases use click itself
-    from typer._click.exceptions import ClickException
-except ImportError:  # pragma: no cover
-    from click.exceptions import ClickException  # type: ignore[no-redef,import-not-found]
+# typer (>= 0.29, pinned in pyproject) carries its own copy of click; its usage errors are
+# these, whether or not click itself is installed too.
+from typer._click.exceptions import ClickException
 
 from hodei_cli import admin, dev, jobs
 from hodei_common.errors import HodeiError

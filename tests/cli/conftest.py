@@ -14,6 +14,7 @@ import pytest
 from hodei_cli.services import SERVICES
 from hodei_common.runner import HodeiService
 from hodei_common.settings import Settings
+from hodei_common.testing.services import running
 
 HODEI = str(Path(sys.executable).with_name("hodei"))
 
@@ -30,15 +31,8 @@ async def platform(settings: Settings) -> AsyncIterator[list[HodeiService]]:
     """The intake side of the platform (api and relay): jobs are accepted and stay QUEUED,
     so the CLI's view of them holds still while a test looks."""
     services = [SERVICES[name](settings) for name in ("api", "relay")]
-    runs = [asyncio.create_task(s.run()) for s in services]
-    ready = asyncio.gather(*(s.ready.wait() for s in services))
-    done, _ = await asyncio.wait([ready, *runs], timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    for task in runs:
-        if task in done:
-            task.result()
-    yield services
-    await asyncio.gather(*(s.stop() for s in services))
-    await asyncio.gather(*runs)
+    async with running(services):
+        yield services
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from uuid import UUID
@@ -21,19 +20,10 @@ from hodei_common.contracts.agent import Outcome, StatusKind, StatusReport
 from hodei_common.relay import RelayService, RelaySettings
 from hodei_common.runner import HodeiService
 from hodei_common.settings import Settings
+from hodei_common.testing.services import running
 from hodei_logs.service import LogsService
 from hodei_scheduler.config import SchedulerSettings
 from hodei_scheduler.service import SchedulerService
-
-
-async def start(services: list[HodeiService]) -> list[asyncio.Task[None]]:
-    runs = [asyncio.create_task(s.run()) for s in services]
-    ready = asyncio.gather(*(s.ready.wait() for s in services))
-    done, _ = await asyncio.wait([ready, *runs], timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    for task in runs:
-        if task in done:
-            task.result()
-    return runs
 
 
 @pytest.fixture
@@ -46,10 +36,8 @@ async def core(settings: Settings) -> AsyncIterator[list[HodeiService]]:
         SchedulerService(SchedulerSettings(**base, dispatch_interval_s=0.2)),
         LogsService(settings),
     ]
-    runs = await start(services)
-    yield services
-    await asyncio.gather(*(s.stop() for s in services))
-    await asyncio.gather(*runs)
+    async with running(services):
+        yield services
 
 
 @pytest.fixture
