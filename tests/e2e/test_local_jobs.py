@@ -13,25 +13,9 @@ import pytest
 
 from hodei_common.testing import assert_eventually
 from tests.cli.conftest import CliResult, run_cli
-from tests.e2e.conftest import Platform
+from tests.e2e.conftest import Platform, agent_processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-def agent_processes() -> list[str]:
-    """Command lines of running `hodei_agent` processes."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if "hodei_agent" in cmd and state != "Z":
-            found.append(cmd)
-    return found
 
 
 async def finished_job(platform: Platform, result: CliResult, within_s: float) -> dict[str, object]:
@@ -49,7 +33,7 @@ async def finished_job(platform: Platform, result: CliResult, within_s: float) -
         return any(w["id"] == job["worker_id"] and w["state"] == "TERMINATED" for w in workers)
 
     await assert_eventually(worker_terminated, within_s=10)
-    await assert_eventually(lambda: not agent_processes(), within_s=10,
+    await assert_eventually(lambda: not agent_processes(platform.nats_url), within_s=10,
                             message="agent processes left behind")
     return job
 
@@ -147,7 +131,7 @@ async def test_a_batch_of_five_runs_at_once(platform: Platform) -> None:
         assert result.code == 0, result.stderr
         assert result.stdout == f"job {i}\ndone {i}\n"
         assert took < 15
-    await assert_eventually(lambda: not agent_processes(), within_s=10)
+    await assert_eventually(lambda: not agent_processes(platform.nats_url), within_s=10)
 
 
 async def test_queue_then_logs_follow_never_misses_a_line_of_a_finished_job(
@@ -175,4 +159,4 @@ def _cmdline(proc: Path) -> bytes:
 
 def test_no_agent_is_left_running_after_the_module(platform: Platform) -> None:
     assert os.path.exists(platform.home / "dev.json")
-    assert agent_processes() == []
+    assert agent_processes(platform.nats_url) == []

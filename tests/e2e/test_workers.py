@@ -17,8 +17,7 @@ from hodei_cli.embedded import Endpoints, retire_workers
 from hodei_common.settings import Settings
 from hodei_common.testing import assert_eventually
 from tests.cli.conftest import HODEI, run_cli
-from tests.e2e.conftest import Platform, start_platform, stop_platform
-from tests.e2e.test_local_jobs import agent_processes
+from tests.e2e.conftest import Platform, agent_processes, start_platform, stop_platform
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -53,7 +52,7 @@ async def test_ctrl_c_in_job_run_cancels_the_running_job_and_exits_130(
     events = [r["event_type"] for r in await db.fetch(
         "SELECT event_type FROM domain_events WHERE aggregate_id = $1 ORDER BY seq", job_id)]
     await assert_eventually(cancelled, within_s=10, message=f"events so far: {events}")
-    await assert_eventually(lambda: not agent_processes(), within_s=10)
+    await assert_eventually(lambda: not agent_processes(platform.nats_url), within_s=10)
     events = [r["event_type"] for r in await db.fetch(
         "SELECT event_type FROM domain_events WHERE aggregate_id = $1 ORDER BY seq", job_id)]
     assert events[-2:] == ["JobCancelRequested", "JobCancelled"]
@@ -98,8 +97,12 @@ async def test_a_reusable_worker_runs_jobs_one_after_another_in_clean_directorie
         return bool(row["state"] == "TERMINATED" and row["jobs_run"] == 3)
 
     await assert_eventually(retired, within_s=10)
-    shown = json.loads((await run_cli(platform.env, "worker", "list", "-o", "json")).stdout)
-    assert any(w["id"] == str(worker_id) and w["last_heartbeat"] for w in shown)
+    async def beat_recorded() -> bool:  # the supervisor writes beats once a second
+        shown = json.loads((await run_cli(platform.env, "worker", "list", "-o",
+                                          "json")).stdout)
+        return any(w["id"] == str(worker_id) and w["last_heartbeat"] for w in shown)
+
+    await assert_eventually(beat_recorded, within_s=5)
 
 
 async def test_stopping_the_platform_ends_every_worker_it_runs() -> None:
@@ -124,11 +127,12 @@ async def test_stopping_the_platform_ends_every_worker_it_runs() -> None:
                     "SELECT count(*) FROM workers WHERE state = 'READY'") >= 3
 
             await assert_eventually(pool_ready, within_s=15)
-            assert len(agent_processes()) >= 3
+            assert len(agent_processes(running.nats_url)) >= 3
         finally:
             await conn.close()
+        nats_url = running.nats_url
         assert stop_platform(running) == 0
-        assert agent_processes() == []
+        assert agent_processes(nats_url) == []
         code = await asyncio.wait_for(busy.wait(), 15)
         assert code == 130  # its job was cancelled as the platform stopped
     finally:
