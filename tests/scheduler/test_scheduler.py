@@ -185,3 +185,29 @@ async def _is(value: object, expected: str) -> bool:
 
 async def _count(rows: object, n: int) -> bool:
     return len(await rows) == n  # type: ignore[misc]
+
+
+async def test_workers_idle_past_their_ttl_are_retired_keeping_the_warm_pool(
+    core: list[HodeiService], pool: asyncpg.Pool
+) -> None:
+    await pool.execute("UPDATE provider_configs SET min_idle = 1, max_workers = 3, "
+                       "settings = '{\"idle_ttl_s\": 0.5}' WHERE name = 'local'")
+    ids = [uuid.uuid4() for _ in range(3)]
+    for age_s, worker_id in zip((30, 20, 10), ids, strict=True):
+        await pool.execute(
+            "INSERT INTO workers (id, provider, state, idle_since) VALUES "
+            "($1, 'local', 'READY', now() - make_interval(secs => $2))", worker_id, age_s)
+
+    async def states() -> list[str]:
+        rows = await pool.fetch("SELECT id, state FROM workers WHERE id = ANY($1)", ids)
+        by_id = {r["id"]: r["state"] for r in rows}
+        return [by_id[i] for i in ids]
+
+    await assert_eventually(
+        lambda: _is_list(states(), ["TERMINATING", "TERMINATING", "READY"]), within_s=5)
+    assert (await event_types(pool, ids[0]))[-1] == "WorkerTerminating"
+    assert await event_types(pool, ids[2]) == []
+
+
+async def _is_list(value: object, expected: list[str]) -> bool:
+    return await value == expected  # type: ignore[misc]

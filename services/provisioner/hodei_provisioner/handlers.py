@@ -41,6 +41,7 @@ ACTOR = "provisioner"
 AGGREGATE_WORKER = "worker"
 MAX_HOSTNAME_CHARS = 255
 _LEASE_SLACK_S = 0.5
+AGENT_IDLE_FACTOR = 2.0
 # States in which a worker's resource should go: TERMINATED again on a redelivery.
 _RELEASABLE = (WorkerState.TERMINATING, WorkerState.TERMINATED, WorkerState.FAILED)
 
@@ -207,12 +208,15 @@ async def register(deps: Deps, req: RegisterRequest) -> RegisterReply:
                             aggregate_type=AGGREGATE_WORKER, aggregate_id=req.worker_id)
     log.info("worker %s registered (host %s, pid %s)", req.worker_id, hostname, req.pid)
     max_jobs = _positive(registered.settings, "max_jobs")
+    idle_ttl_s = _positive(registered.settings, "idle_ttl_s")
     return RegisterReply(
         worker_id=req.worker_id,
         mode=registered.mode,
         heartbeat_interval_s=deps.heartbeat_interval_s,
         max_jobs=None if max_jobs is None else int(max_jobs),
-        idle_ttl_s=_positive(registered.settings, "idle_ttl_s"),
+        # The scheduler retires idle workers at idle_ttl_s; the agent's own limit is only a
+        # backstop for a platform that is gone, late enough never to race the scheduler.
+        idle_ttl_s=None if idle_ttl_s is None else AGENT_IDLE_FACTOR * idle_ttl_s + 30.0,
     )
 
 

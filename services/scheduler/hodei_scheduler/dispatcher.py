@@ -22,7 +22,7 @@ from hodei_common import outbox, tracing
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import Assignment
 from hodei_common.contracts.jobs import JobAssigned
-from hodei_common.contracts.workers import ProvisionRequested, WorkerMode
+from hodei_common.contracts.workers import ProvisionRequested, WorkerMode, WorkerTerminating
 from hodei_common.database import LOCK_CLASS, LOCK_DISPATCH, Conn
 from hodei_scheduler import store
 
@@ -92,6 +92,7 @@ class Dispatcher:
                 while (made := await self._assign_one(conn)) is not None:
                     assignments.append(made)
                 if self.provisioning:
+                    await self._retire_idle(conn)
                     await self._provision(conn)
                 stale = await store.unanswered_assignments(conn, self._resend_s)
             for assignment in assignments:
@@ -116,6 +117,17 @@ class Dispatcher:
         if row is None or not await store.occupy_worker(conn, worker_id, job_id):
             raise RuntimeError(f"job {job_id} or worker {worker_id} moved while locked")
         return assignment_from_row(row, worker_id)
+
+    async def _retire_idle(self, conn: Conn) -> None:
+        """Retire READY workers idle past their provider's ``idle_ttl_s`` (keeping min_idle):
+        the platform decides, so no job is ever assigned to an agent that left on its own."""
+        for w in await store.idle_surplus(conn):
+            event = WorkerTerminating(event_id=uuid4(), occurred_at=_now(), actor=ACTOR,
+                                      worker_id=w["id"], provider=w["provider"],
+                                      reason=f"idle for more than {w['ttl']:g}s")
+            await outbox.change(conn, store.RETIRE_IDLE, w["id"],
+                                subject=subjects.WORKER_TERMINATING, event=event,
+                                aggregate_type="worker", aggregate_id=w["id"])
 
     async def _provision(self, conn: Conn) -> None:
         """Request a worker per waiting job (plus the warm pool), within max_workers."""

@@ -52,6 +52,26 @@ WHERE p.enabled
 GROUP BY p.id
 """
 
+# READY workers idle past their provider's idle_ttl_s, beyond the min_idle freshest ones.
+IDLE_SURPLUS = """
+SELECT id, provider, ttl FROM (
+    SELECT w.id, w.provider, w.idle_since, p.min_idle,
+           (p.settings->>'idle_ttl_s')::float8 AS ttl,
+           row_number() OVER (PARTITION BY w.provider ORDER BY w.idle_since DESC, w.id)
+               AS freshness
+    FROM workers w JOIN provider_configs p ON p.name = w.provider
+    WHERE w.state = 'READY' AND p.settings ? 'idle_ttl_s'
+) AS ready
+WHERE freshness > min_idle AND idle_since < now() - make_interval(secs => ttl)
+ORDER BY idle_since
+LIMIT 100
+"""
+
+RETIRE_IDLE = """
+UPDATE workers SET state = 'TERMINATING' WHERE id = $1 AND state = 'READY'
+RETURNING id
+"""
+
 INSERT_WORKER = """
 INSERT INTO workers (id, provider, mode, state) VALUES ($1, $2, $3, 'CREATING')
 RETURNING id
@@ -121,6 +141,10 @@ async def occupy_worker(conn: Conn, worker_id: UUID, job_id: UUID) -> bool:
 
 async def provider_demand(conn: Conn) -> list[asyncpg.Record]:
     return await conn.fetch(PROVIDER_DEMAND)
+
+
+async def idle_surplus(conn: Conn) -> list[asyncpg.Record]:
+    return await conn.fetch(IDLE_SURPLUS)
 
 
 async def unanswered_assignments(conn: Conn, older_than_s: float) -> list[asyncpg.Record]:
