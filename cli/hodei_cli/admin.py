@@ -13,7 +13,8 @@ from hodei_cli.output import Output, OutputOption
 from hodei_cli.parsing import parse_state
 from hodei_cli.services import SERVICES
 from hodei_common import database
-from hodei_common.contracts.workers import ProviderConfig, Worker, WorkerState
+from hodei_common.contracts.api import UpdateProvider
+from hodei_common.contracts.workers import ProviderConfig, Worker, WorkerMode, WorkerState
 from hodei_common.errors import ValidationError
 from hodei_common.runner import configure_logging, run_until_signalled
 from hodei_common.settings import Settings
@@ -88,8 +89,52 @@ def list_providers(out: Output = OutputOption) -> None:
     if out is Output.JSON:
         output.emit_json(providers)
         return
+    _provider_table(providers)
+
+
+def _provider_table(providers: list[ProviderConfig]) -> None:
     output.table(
-        ["NAME", "KIND", "ENABLED", "MODE", "MAX WORKERS", "MIN IDLE", "IMAGE"],
+        ["NAME", "KIND", "ENABLED", "MODE", "MAX WORKERS", "MIN IDLE", "SETTINGS", "IMAGE"],
         [[p.name, p.kind, "yes" if p.enabled else "no", p.worker_mode, p.max_workers,
-          p.min_idle, p.image] for p in providers],
+          p.min_idle, p.settings, p.image] for p in providers],
     )
+
+
+@provider_app.command("set")
+def set_provider(
+    name: Annotated[str, typer.Argument(help="local, docker or kubernetes")],
+    enabled: Annotated[
+        bool | None, typer.Option("--enable/--disable", help="take jobs or not")
+    ] = None,
+    mode: Annotated[
+        str | None, typer.Option("--mode", help="ephemeral (one job) or reusable")
+    ] = None,
+    max_workers: Annotated[int | None, typer.Option("--max-workers", min=0)] = None,
+    min_idle: Annotated[
+        int | None, typer.Option("--min-idle", min=0, help="warm pool: workers kept waiting")
+    ] = None,
+    max_jobs: Annotated[
+        int | None,
+        typer.Option("--max-jobs", min=0, help="reusable: jobs per worker, 0 = no limit"),
+    ] = None,
+    idle_ttl: Annotated[
+        float | None,
+        typer.Option("--idle-ttl", min=0, help="seconds an idle worker is kept, 0 = forever"),
+    ] = None,
+    out: Output = OutputOption,
+) -> None:
+    """Change a provider's configuration: worker mode, pool sizes, limits, enabled."""
+    request = UpdateProvider(
+        name=name, enabled=enabled, worker_mode=parse_state(WorkerMode, mode),
+        max_workers=max_workers, min_idle=min_idle, max_jobs=max_jobs, idle_ttl_s=idle_ttl,
+    )
+
+    async def go() -> ProviderConfig:
+        async with api_client() as api:
+            return await api.update_provider(request)
+
+    provider = asyncio.run(go())
+    if out is Output.JSON:
+        output.emit_json(provider)
+    else:
+        _provider_table([provider])

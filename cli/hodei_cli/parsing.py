@@ -72,11 +72,12 @@ def parse_job_id(value: str | None, option: str | None = None) -> uuid.UUID:
 
 
 def parse_state(states: type[E], value: str | None) -> E | None:
-    """``--state`` of a job or worker, any case; None when not given."""
+    """``--state`` of a job or worker (or ``--mode``), any case; None when not given."""
     if value is None:
         return None
-    try:
-        return states(value.upper())
-    except ValueError:
-        known = ", ".join(s.value for s in states)
-        raise ValidationError(f"unknown state '{value}' (one of {known})") from None
+    for state in states:
+        if state.value.lower() == value.lower():
+            return state
+    known = ", ".join(s.value for s in states)
+    kind = "mode" if all(s.value.islower() for s in states) else "state"
+    raise ValidationError(f"unknown {kind} '{value}' (one of {known})")

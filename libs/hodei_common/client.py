@@ -24,8 +24,10 @@ from hodei_common.contracts.api import (
     ListJobs,
     ListWorkers,
     ProviderList,
+    ProviderReply,
     SubmitJob,
     SubmitJobReply,
+    UpdateProvider,
     WorkerList,
 )
 from hodei_common.contracts.events import DomainEvent
@@ -114,6 +116,10 @@ class ApiClient:
         """Workers newest first, optionally of one state."""
         query = ListWorkers(state=state, limit=limit)
         return (await self._call(subjects.API_WORKERS_LIST, query, WorkerList)).workers
+
+    async def update_provider(self, request: UpdateProvider) -> ProviderConfig:
+        """Change a provider's configuration; the fields left None stay as they are."""
+        return (await self._call(subjects.API_PROVIDERS_UPDATE, request, ProviderReply)).provider
 
     async def list_providers(self) -> list[ProviderConfig]:
         """Every provider configuration, by name."""

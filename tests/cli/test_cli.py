@@ -184,3 +184,39 @@ async def test_cli_without_a_platform_says_so_in_one_line(cli_env: dict[str, str
         line for line in result.stderr.strip().splitlines() if line.startswith("error: ")
     ]
     assert "cannot reach NATS" in result.stderr
+
+
+async def test_provider_set_changes_the_worker_mode_and_pool(
+    platform: list[HodeiService], cli_env: dict[str, str]
+) -> None:
+    result = await run_cli(cli_env, "provider", "set", "local", "--mode", "reusable",
+                           "--min-idle", "1", "--max-jobs", "5", "--idle-ttl", "30",
+                           "-o", "json")
+    assert result.code == 0, result.stderr
+    provider = json.loads(result.stdout)
+    assert (provider["worker_mode"], provider["min_idle"]) == ("reusable", 1)
+    assert provider["settings"] == {"max_jobs": 5, "idle_ttl_s": 30}
+    listed = json.loads((await run_cli(cli_env, "provider", "list", "-o", "json")).stdout)
+    assert {p["name"]: p["worker_mode"] for p in listed}["local"] == "reusable"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["provider", "set", "local", "--mode", "forever"], "unknown mode 'forever'"),
+        (["provider", "set", "local", "--min-idle", "-1"], "--min-idle"),
+        (["provider", "set", "mainframe", "--min-idle", "1"], "unknown provider"),
+        (["provider", "set", "local", "--min-idle", "500"], "larger than max_workers"),
+    ],
+)
+async def test_bad_provider_settings_are_one_error_line(
+    platform: list[HodeiService], cli_env: dict[str, str], pool: asyncpg.Pool,
+    args: list[str], message: str,
+) -> None:
+    before = await pool.fetch("SELECT * FROM provider_configs ORDER BY name")
+    result = await run_cli(cli_env, *args)
+    assert result.code != 0
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: ")
+    assert message in result.stderr
+    assert await pool.fetch("SELECT * FROM provider_configs ORDER BY name") == before

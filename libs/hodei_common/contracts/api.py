@@ -21,7 +21,7 @@ from hodei_common.contracts.jobs import (
     JobState,
     PositiveSeconds,
 )
-from hodei_common.contracts.workers import ProviderConfig, Worker, WorkerState
+from hodei_common.contracts.workers import ProviderConfig, Worker, WorkerMode, WorkerState
 
 MAX_REQUEST_BYTES = 256 * 1024
 MAX_LIST_LIMIT = 1000
@@ -131,6 +131,27 @@ class WorkerList(msgspec.Struct, frozen=True, kw_only=True):
 
 class ListProviders(msgspec.Struct, frozen=True, kw_only=True):
     """``providers.list``."""
+
+
+class UpdateProvider(msgspec.Struct, frozen=True, kw_only=True):
+    """``providers.update``: change the given fields of one provider; None leaves a field be.
+
+    ``max_jobs`` and ``idle_ttl_s`` live in the provider's settings; 0 clears them.
+    """
+
+    name: str
+    enabled: bool | None = None
+    worker_mode: WorkerMode | None = None
+    max_workers: Annotated[int, msgspec.Meta(ge=0, le=10_000)] | None = None
+    min_idle: Annotated[int, msgspec.Meta(ge=0, le=10_000)] | None = None
+    max_jobs: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    idle_ttl_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+
+class ProviderReply(msgspec.Struct, frozen=True, kw_only=True):
+    """One provider configuration."""
+
+    provider: ProviderConfig
 
 
 class ProviderList(msgspec.Struct, frozen=True, kw_only=True):

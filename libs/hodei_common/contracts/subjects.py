@@ -27,6 +27,7 @@ API_JOBS_CANCEL = api("jobs.cancel")
 API_JOBS_EVENTS = api("jobs.events")
 API_WORKERS_LIST = api("workers.list")
 API_PROVIDERS_LIST = api("providers.list")
+API_PROVIDERS_UPDATE = api("providers.update")
 
 
 def service_name(service: str) -> str:
@@ -52,7 +53,8 @@ JOB_REQUEUED = "job.requeued"
 # --- JetStream: worker events ------------------------------------------------------------
 WORKER_EVENTS_STREAM = "WORKER_EVENTS"
 WORKER_EVENTS_SUBJECTS = ["worker.registered", "worker.ready", "worker.terminating",
-                          "worker.terminated", "worker.failed", "worker.created", "provision.*"]
+                          "worker.terminated", "worker.failed", "worker.created", "provision.*",
+                          "provider.updated"]
 
 WORKER_CREATED = "worker.created"
 WORKER_REGISTERED = "worker.registered"
@@ -62,6 +64,7 @@ WORKER_TERMINATING = "worker.terminating"
 WORKER_FAILED = "worker.failed"
 PROVISION_REQUESTED = "provision.requested"
 PROVISION_FAILED = "provision.failed"
+PROVIDER_UPDATED = "provider.updated"
 
 # --- per-worker subjects -----------------------------------------------------------------
 WORKER_STATUS_STREAM = "WORKER_STATUS"

@@ -48,6 +48,7 @@ class Worker(msgspec.Struct, frozen=True, kw_only=True):
 class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True):
     """One provider's configuration row."""
 
+    id: UUID | None = None
     name: str
     kind: str
     enabled: bool
@@ -110,3 +111,10 @@ class WorkerFailed(WorkerEvent, frozen=True, kw_only=True):
     """The worker broke; its resource is destroyed."""
 
     error: str
+
+
+class ProviderUpdated(Event, frozen=True, kw_only=True):
+    """An operator changed a provider's configuration; ``changes`` holds the new values."""
+
+    provider: str
+    changes: dict[str, object]

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
 import asyncpg
+import msgspec
 from opentelemetry import trace
 
 from hodei_api import store
@@ -22,8 +23,10 @@ from hodei_common.contracts.api import (
     ListProviders,
     ListWorkers,
     ProviderList,
+    ProviderReply,
     SubmitJob,
     SubmitJobReply,
+    UpdateProvider,
     WorkerList,
 )
 from hodei_common.contracts.jobs import (
@@ -36,6 +39,7 @@ from hodei_common.contracts.jobs import (
     JobCreated,
     JobState,
 )
+from hodei_common.contracts.workers import ProviderUpdated
 from hodei_common.database import Conn
 from hodei_common.errors import NotFoundError, PreconditionError, ValidationError
 
@@ -229,6 +233,37 @@ async def list_providers(pool: asyncpg.Pool, req: ListProviders) -> ProviderList
     async with pool.acquire() as conn:
         providers = await store.list_providers(conn)
     return ProviderList(providers=providers)
+
+
+async def update_provider(pool: asyncpg.Pool, req: UpdateProvider) -> ProviderReply:
+    """Change a provider's configuration (mode, pool sizes, limits, enabled)."""
+    changes: dict[str, object] = {
+        key: value for key, value in msgspec.structs.asdict(req).items()
+        if key != "name" and value is not None
+    }
+    if not changes:
+        raise ValidationError("nothing to change: give at least one setting")
+    settings = {key: (None if changes[key] == 0 else changes[key])
+                for key in ("max_jobs", "idle_ttl_s") if key in changes}
+    event = ProviderUpdated(event_id=uuid4(), occurred_at=_now(),
+                            correlation_id=_correlation_id(), actor=ACTOR,
+                            provider=req.name, changes=changes)
+    async with pool.acquire() as conn:
+        current = await store.get_provider(conn, req.name)
+        if current is None:
+            known = ", ".join(await store.provider_names(conn))
+            raise NotFoundError(f"unknown provider {quote(req.name)} (known: {known})")
+        row = await outbox.change(
+            conn, store.UPDATE_PROVIDER, req.name, req.enabled,
+            None if req.worker_mode is None else req.worker_mode.value,
+            req.max_workers, req.min_idle, settings,
+            subject=subjects.PROVIDER_UPDATED, event=event,
+            aggregate_type="provider", aggregate_id=current.id or uuid4(),
+        )
+    provider = store.provider_from_row(row)
+    if provider is None:
+        raise ValidationError("min_idle cannot be larger than max_workers")
+    return ProviderReply(provider=provider)
 
 
 def _job_not_found(job_id: UUID) -> NotFoundError:

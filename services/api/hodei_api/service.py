@@ -22,6 +22,7 @@ from hodei_common.contracts.api import (
     ListProviders,
     ListWorkers,
     SubmitJob,
+    UpdateProvider,
 )
 from hodei_common.endpoints import UNAVAILABLE_MESSAGE, Endpoint, EndpointServer, internal_message
 from hodei_common.runner import HodeiService
@@ -38,6 +39,8 @@ ENDPOINTS: tuple[tuple[str, str, type[msgspec.Struct], Handler], ...] = (
     ("jobs_events", subjects.API_JOBS_EVENTS, JobRef, handlers.job_events),
     ("workers_list", subjects.API_WORKERS_LIST, ListWorkers, handlers.list_workers),
     ("providers_list", subjects.API_PROVIDERS_LIST, ListProviders, handlers.list_providers),
+    ("providers_update", subjects.API_PROVIDERS_UPDATE, UpdateProvider,
+     handlers.update_provider),
 )
 
 

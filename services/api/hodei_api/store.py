@@ -26,7 +26,7 @@ _WORKER_COLUMNS = """
     error, created_at, updated_at
 """
 _PROVIDER_COLUMNS = """
-    name, kind, enabled, max_workers, worker_mode, min_idle, image, settings, created_at,
+    id, name, kind, enabled, max_workers, worker_mode, min_idle, image, settings, created_at,
     updated_at
 """
 _EVENT_COLUMNS = """
@@ -78,6 +78,17 @@ LIMIT $2
 """
 _PROVIDER = f"SELECT {_PROVIDER_COLUMNS} FROM provider_configs WHERE name = $1"
 _LIST_PROVIDERS = f"SELECT {_PROVIDER_COLUMNS} FROM provider_configs ORDER BY name"
+# Fields left NULL keep their value; settings keys set to NULL are removed.
+UPDATE_PROVIDER = f"""
+UPDATE provider_configs SET
+    enabled = coalesce($2, enabled),
+    worker_mode = coalesce($3, worker_mode),
+    max_workers = coalesce($4, max_workers),
+    min_idle = coalesce($5, min_idle),
+    settings = jsonb_strip_nulls(settings || $6::jsonb)
+WHERE name = $1 AND coalesce($5, min_idle) <= coalesce($4, max_workers)
+RETURNING {_PROVIDER_COLUMNS}
+"""
 _PROVIDER_NAMES = "SELECT name FROM provider_configs ORDER BY name"
 
 
@@ -151,6 +162,11 @@ async def list_workers(conn: Conn, *, state: WorkerState | None, limit: int) -> 
 async def get_provider(conn: Conn, name: str) -> ProviderConfig | None:
     """One provider configuration by name."""
     return _maybe(ProviderConfig, await conn.fetchrow(_PROVIDER, name))
+
+
+def provider_from_row(row: asyncpg.Record | None) -> ProviderConfig | None:
+    """A provider struct from a row that holds the provider columns."""
+    return _maybe(ProviderConfig, row)
 
 
 async def list_providers(conn: Conn) -> list[ProviderConfig]:

@@ -32,7 +32,7 @@ JOB_TRIGGERS = ConsumerSpec(
 )
 WORKER_TRIGGERS = ConsumerSpec(
     stream=subjects.WORKER_EVENTS_STREAM, durable=subjects.SCHEDULER_DISPATCH_CONSUMER,
-    filter_subjects=[subjects.WORKER_READY],
+    filter_subjects=[subjects.WORKER_READY, subjects.PROVIDER_UPDATED],
 )
 STATUS_REPORTS = ConsumerSpec(
     stream=subjects.WORKER_STATUS_STREAM, durable=subjects.SCHEDULER_STATUS_CONSUMER,
