@@ -1,6 +1,6 @@
-"""The worker agent: registers with its bootstrap token, heartbeats, runs jobs, streams logs."""
+"""The worker agent: registers with its bootstrap token, heartbeats, runs jobs, streams logs.
 
-from hodei_agent.agent import Agent, RegistrationRefused
-from hodei_agent.config import AgentSettings
-
-__all__ = ["Agent", "AgentSettings", "RegistrationRefused"]
+Import the parts from their modules (``hodei_agent.agent``, ``hodei_agent.config``): this
+package imports nothing itself, so ``python -m hodei_agent`` can set up its process before
+the NATS client is loaded.
+"""

@@ -25,25 +25,18 @@ from nats.micro.service import Service as MicroService
 from hodei_common import database, messaging, tracing
 from hodei_common.contracts import subjects
 from hodei_common.errors import HodeiError
+from hodei_common.logconfig import configure_logging
 from hodei_common.settings import Settings, load_settings
 from hodei_migrations import check_schema
 
 log = logging.getLogger(__name__)
 
+__all__ = ["HodeiService", "Loop", "configure_logging", "main_for", "run_until_signalled"]
+
 VERSION = "0.1.0"
 
 Loop = Callable[[], Awaitable[None]]
 S = TypeVar("S", bound=Settings)
-
-
-def configure_logging(level: str = "INFO") -> None:
-    """One line per record on stderr, the same format in every service."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
 
 
 class HodeiService:

@@ -1,0 +1,50 @@
+"""The agent process: settings, signals, exit codes (``python -m hodei_agent``).
+
+Exit codes: 0 done (or stopped), 3 registration refused, 1 any other fatal error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+from hodei_agent.agent import Agent
+from hodei_agent.config import AgentSettings
+from hodei_agent.registration import RegistrationRefused
+from hodei_common import tracing
+from hodei_common.errors import HodeiError
+from hodei_common.logconfig import configure_logging
+from hodei_common.settings import load_settings
+
+EXIT_FATAL = 1
+EXIT_REFUSED = 3
+
+
+async def _run(settings: AgentSettings) -> None:
+    agent = Agent(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Like a STOP order: the running job is cancelled and reported, then the agent exits.
+        loop.add_signal_handler(sig, agent.request_stop, f"received {sig.name}")
+    try:
+        await agent.run()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def main() -> None:
+    """Build the settings from the environment and run the agent."""
+    try:
+        settings = load_settings(AgentSettings)
+        configure_logging(settings.log_level)
+        asyncio.run(_run(settings))
+    except RegistrationRefused as e:
+        print(f"error: registration refused: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_REFUSED) from None
+    except HodeiError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_FATAL) from None
+    finally:
+        tracing.shutdown_tracing()
