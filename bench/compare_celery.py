@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import queue
 import resource
@@ -52,8 +51,8 @@ from pathlib import Path
 from uuid import UUID
 
 import asyncpg
+from embedded import embedded_platform
 from execution import (
-    HODEI,
     agent_alive,
     configure,
     known_agents,
@@ -387,45 +386,27 @@ async def hodei_measure(ns: argparse.Namespace, settings: Settings,
 
 async def run_hodei(ns: argparse.Namespace, workdir: Path) -> tuple[Results, str, list[str]]:
     """Measure Hodei; return the results, its NATS URL (which names its agents) and notes."""
-    home = workdir / "hodei-home"
-    home.mkdir(mode=0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
-    env["HODEI_HOME"] = str(home)
-    platform = await asyncio.create_subprocess_exec(
-        HODEI, "dev", "up", env=env, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
-    db: asyncpg.Connection | None = None
     agents: dict[int, UUID] = {}
-    nats_url = ""
     notes: list[str] = []
     begun = time.perf_counter()
-    try:
-        while not (home / "dev.json").exists():
-            if platform.returncode is not None or time.perf_counter() - begun > 120:
-                raise SystemExit("hodei dev up failed")
-            await asyncio.sleep(0.05)
-        dev = json.loads((home / "dev.json").read_text())
-        nats_url = dev["nats_url"]
-        settings = Settings(nats_url=nats_url, database_url=dev["database_url"])
-        db = await asyncpg.connect(dev["database_url"])
-        results = await hodei_measure(ns, settings, db, time.perf_counter() - begun)
-        return results, nats_url, notes
-    finally:
-        if db is not None:
+    async with embedded_platform() as settings:
+        nats_url = settings.resolved_nats_url()
+        db = await asyncpg.connect(settings.resolved_database_url())
+        try:
+            results = await hodei_measure(ns, settings, db, time.perf_counter() - begun)
+        finally:
             with contextlib.suppress(Exception):
                 agents = await known_agents(db)
             await db.close()
         stopping = time.perf_counter()
-        if platform.returncode is None:
-            platform.send_signal(signal.SIGTERM)
-        await platform.wait()
-        notes.append(f"hodei: the platform stopped {time.perf_counter() - stopping:.1f}s after "
-                     f"SIGTERM (exit code {platform.returncode})")
-        # Backstop only: the platform retires its workers itself when it stops.
-        outlived = sum(agent_alive(pid, wid) for pid, wid in agents.items())
-        if outlived:
-            await stop_agents(agents, grace_s=5)
-            notes.append(f"hodei: {outlived} agents outlived the platform; stopped them")
+    notes.append(f"hodei: the platform stopped {time.perf_counter() - stopping:.1f}s after "
+                 f"SIGTERM")
+    # Backstop only: the platform retires its workers itself when it stops.
+    outlived = sum(agent_alive(pid, wid) for pid, wid in agents.items())
+    if outlived:
+        await stop_agents(agents, grace_s=5)
+        notes.append(f"hodei: {outlived} agents outlived the platform; stopped them")
+    return results, nats_url, notes
 
 
 # --- after both --------------------------------------------------------------------------

@@ -30,19 +30,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
 import asyncpg
+from embedded import embedded_platform
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -54,7 +52,6 @@ from hodei_common.contracts.logs import LogBatch, LogEnd
 from hodei_common.logreader import read_log
 from hodei_common.settings import Settings
 
-HODEI = str(Path(sys.executable).with_name("hodei"))
 JOB_DEADLINE_S = 120.0  # a job whose log stays silent this long counts as lost
 POOL_DEADLINE_S = 120.0
 ACTIVE_STATES = ("CREATING", "READY", "BUSY", "TERMINATING")
@@ -265,82 +262,66 @@ def print_throughput(results: list[tuple[str, int, float, list[Outcome]]]) -> No
 
 # --- main --------------------------------------------------------------------------------
 async def main(ns: argparse.Namespace) -> None:
-    home = Path(tempfile.mkdtemp(prefix="hodei-bench-"))
-    home.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
-    env["HODEI_HOME"] = str(home)
-    platform = await asyncio.create_subprocess_exec(
-        HODEI, "dev", "up", env=env, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    db: asyncpg.Connection | None = None
-    nc: NATS | None = None
     agents: dict[int, UUID] = {}
     begun = time.perf_counter()
-    try:
-        while not (home / "dev.json").exists():
-            if platform.returncode is not None:
-                raise SystemExit("hodei dev up failed")
-            await asyncio.sleep(0.05)
-        dev = json.loads((home / "dev.json").read_text())
-        settings = Settings(nats_url=dev["nats_url"], database_url=dev["database_url"])
-        db = await asyncpg.connect(dev["database_url"])
-        nc = await messaging.connect(settings, name="bench-exec", initial_attempts=3)
-        api = ApiClient(nc, timeout_s=30)
-        js = nc.jetstream()
-        print(f"platform up in {time.perf_counter() - begun:.1f}s; "
-              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
+    async with embedded_platform() as settings:
+        db: asyncpg.Connection | None = None
+        nc: NATS | None = None
+        try:
+            db = await asyncpg.connect(settings.resolved_database_url())
+            nc = await messaging.connect(settings, name="bench-exec", initial_attempts=3)
+            api = ApiClient(nc, timeout_s=30)
+            js = nc.jetstream()
+            print(f"platform up in {time.perf_counter() - begun:.1f}s; "
+                  f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
 
-        # Warm-up (unmeasured): imports on disk cache, connections, query plans.
-        await configure(db, mode="ephemeral", min_idle=0)
-        for _ in range(2):
-            await run_one(api, js, "echo hello")
+            # Warm-up (unmeasured): imports on disk cache, connections, query plans.
+            await configure(db, mode="ephemeral", min_idle=0)
+            for _ in range(2):
+                await run_one(api, js, "echo hello")
 
-        cold = await cold_path(api, js, ns.jobs)
-        print_cold(cold)
-        sys.stdout.flush()
+            cold = await cold_path(api, js, ns.jobs)
+            print_cold(cold)
+            sys.stdout.flush()
 
-        rounds: list[tuple[str, int, float, list[Outcome]]] = []
-        await configure(db, mode="ephemeral", min_idle=0, max_workers=8)
-        for count in ns.submitters:
+            rounds: list[tuple[str, int, float, list[Outcome]]] = []
+            await configure(db, mode="ephemeral", min_idle=0, max_workers=8)
+            for count in ns.submitters:
+                await wait_for_no_workers(db)
+                elapsed, outcomes = await throughput_round(settings, count, ns.round_jobs)
+                rounds.append(("ephemeral (min_idle 0, max 8)", count, elapsed, outcomes))
             await wait_for_no_workers(db)
-            elapsed, outcomes = await throughput_round(settings, count, ns.round_jobs)
-            rounds.append(("ephemeral (min_idle 0, max 8)", count, elapsed, outcomes))
-        await wait_for_no_workers(db)
 
-        pool_s, warm, rows = await warm_path(api, js, db, ns.jobs)
-        print_warm(pool_s, warm, rows)
-        sys.stdout.flush()
+            pool_s, warm, rows = await warm_path(api, js, db, ns.jobs)
+            print_warm(pool_s, warm, rows)
+            sys.stdout.flush()
 
-        await configure(db, mode="reusable", min_idle=8, max_workers=8)
-        for count in ns.submitters:
-            await wait_for_pool(db, ready=8)
-            elapsed, outcomes = await throughput_round(settings, count, ns.round_jobs)
-            rounds.append(("reusable (min_idle 8, max 8)", count, elapsed, outcomes))
-        print_throughput(rounds)
+            await configure(db, mode="reusable", min_idle=8, max_workers=8)
+            for count in ns.submitters:
+                await wait_for_pool(db, ready=8)
+                elapsed, outcomes = await throughput_round(settings, count, ns.round_jobs)
+                rounds.append(("reusable (min_idle 8, max 8)", count, elapsed, outcomes))
+            print_throughput(rounds)
 
-        # Let no new worker be spawned, then stop the idle ones while NATS is still up.
-        await configure(db, mode="ephemeral", min_idle=0)
-        await asyncio.sleep(0.6)  # one scheduler pass: nothing is being provisioned now
-        agents = await known_agents(db)
-        await stop_agents(agents, grace_s=10)
-        print(f"\ntotal {time.perf_counter() - begun:.0f}s; "
-              f"{sum(agent_alive(p, w) for p, w in agents.items())} agents left running",
-              flush=True)
-    finally:
-        if nc is not None:
-            await nc.close()
-        if db is not None:
-            with contextlib.suppress(Exception):
-                agents.update(await known_agents(db))
-            await db.close()
-        platform.send_signal(signal.SIGTERM)
-        await platform.wait()
-        # Whatever agent outlived the platform (a reusable one whose stop went unheard).
-        left = await stop_agents(agents, grace_s=5)
-        if left:
-            print(f"stopped {left} agents that outlived the platform", file=sys.stderr)
-        shutil.rmtree(home, ignore_errors=True)
+            # Let no new worker be spawned, then stop the idle ones while NATS is still up.
+            await configure(db, mode="ephemeral", min_idle=0)
+            await asyncio.sleep(0.6)  # one scheduler pass: nothing is being provisioned now
+            agents = await known_agents(db)
+            await stop_agents(agents, grace_s=10)
+            print(f"\ntotal {time.perf_counter() - begun:.0f}s; "
+                  f"{sum(agent_alive(p, w) for p, w in agents.items())} agents left running",
+                  flush=True)
+        finally:
+            if nc is not None:
+                await nc.close()
+            if db is not None:
+                with contextlib.suppress(Exception):
+                    agents.update(await known_agents(db))
+                await db.close()
+    # Whatever agent outlived the platform (a reusable one whose stop went unheard).
+    left = await stop_agents(agents, grace_s=5)
+    if left:
+        print(f"stopped {left} agents that outlived the platform", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Intake benchmark: jobs/s the API accepts (committed in PostgreSQL and published to JetStream).
 
 Starts the embedded platform (`hodei dev up`, durable PostgreSQL as users get it) in a
-throwaway HODEI_HOME, then submits jobs from 1 and from 16 concurrent clients, each on its own
-NATS connection. A run counts as done when every JobCreated is in the JOB_EVENTS stream.
+throwaway HODEI_HOME, sets the local provider's max_workers to 0 so that no job runs beside
+the measurement, then submits jobs from 1 and from 16 concurrent clients, each on its own NATS
+connection. A run counts as done when every JobCreated is in the JOB_EVENTS stream.
 
     .venv/bin/python bench/intake.py [--jobs 3000] [--clients 1,16]
 """
@@ -11,25 +12,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import shutil
-import signal
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 
+from embedded import embedded_platform
 from nats.aio.client import Client as NATS
 
 from hodei_common import messaging
 from hodei_common.client import ApiClient
 from hodei_common.contracts import subjects
-from hodei_common.contracts.api import SubmitJob
+from hodei_common.contracts.api import SubmitJob, UpdateProvider
 from hodei_common.settings import Settings
-
-HODEI = str(Path(sys.executable).with_name("hodei"))
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -81,22 +74,18 @@ async def run_round(settings: Settings, clients: int, jobs: int) -> dict[str, fl
     }
 
 
-async def main(jobs: int, client_counts: list[int]) -> None:
-    home = Path(tempfile.mkdtemp(prefix="hodei-bench-"))
-    home.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
-    env["HODEI_HOME"] = str(home)
-    platform = await asyncio.create_subprocess_exec(
-        HODEI, "dev", "up", env=env, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+async def hold_jobs_queued(settings: Settings) -> None:
+    """No workers (max_workers 0): this measures intake, not the jobs running beside it."""
+    nc = await messaging.connect(settings, name="bench-setup", initial_attempts=3)
     try:
-        while not (home / "dev.json").exists():
-            if platform.returncode is not None:
-                raise SystemExit("hodei dev up failed")
-            await asyncio.sleep(0.05)
-        dev = json.loads((home / "dev.json").read_text())
-        settings = Settings(nats_url=dev["nats_url"], database_url=dev["database_url"])
+        await ApiClient(nc).update_provider(UpdateProvider(name="local", max_workers=0))
+    finally:
+        await nc.close()
+
+
+async def main(jobs: int, client_counts: list[int]) -> None:
+    async with embedded_platform() as settings:
+        await hold_jobs_queued(settings)
         await run_round(settings, 4, 200)  # warm-up: connections, plans, JIT-free caches
         print(f"{'clients':>7} {'jobs':>6} {'accepted/s':>11} {'published/s':>12} "
               f"{'p50 ms':>7} {'p99 ms':>7}")
@@ -105,10 +94,6 @@ async def main(jobs: int, client_counts: list[int]) -> None:
             print(f"{r['clients']:>7} {r['jobs']:>6} {r['accepted_per_s']:>11.0f} "
                   f"{r['published_per_s']:>12.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f}",
                   flush=True)
-    finally:
-        platform.send_signal(signal.SIGTERM)
-        await platform.wait()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -38,12 +38,15 @@ class ConsumerSpec:
     max_deliver: int = 50
     max_ack_pending: int = 1000
     deliver_policy: DeliverPolicy = DeliverPolicy.ALL
+    # Triggers (messages that only say "look again") need no ack each: one ack of the last
+    # message of a fetched batch acknowledges the whole batch.
+    ack_batches: bool = False
 
     def config(self) -> ConsumerConfig:
         return ConsumerConfig(
             durable_name=self.durable,
             filter_subjects=self.filter_subjects or None,
-            ack_policy=AckPolicy.EXPLICIT,
+            ack_policy=AckPolicy.ALL if self.ack_batches else AckPolicy.EXPLICIT,
             ack_wait=self.ack_wait_s,
             max_deliver=self.max_deliver,
             max_ack_pending=self.max_ack_pending,
@@ -56,8 +59,9 @@ def backoff_s(deliveries: int) -> float:
     return float(min(0.1 * 2 ** max(deliveries - 1, 0), 10.0))
 
 
-async def handle(msg: Msg, handler: Handler, name: str) -> None:
-    """Run one message through ``handler`` inside its trace, then ack, nak or term it."""
+async def handle(msg: Msg, handler: Handler, name: str, *, ack: bool = True) -> None:
+    """Run one message through ``handler`` inside its trace, then ack (unless ``ack`` is
+    False: a later ack covers it), nak or term it."""
     with tracing.continued_span(f"{name} {msg.subject}", msg.headers):
         try:
             await handler(msg)
@@ -71,7 +75,8 @@ async def handle(msg: Msg, handler: Handler, name: str) -> None:
             log.exception("%s: %s failed (delivery %d); retrying", name, msg.subject, deliveries)
             await msg.nak(delay=backoff_s(deliveries))
         else:
-            await msg.ack()
+            if ack:
+                await msg.ack()
 
 
 async def consume(
@@ -102,7 +107,8 @@ async def consume(
                     for rest in msgs[i:]:
                         await rest.nak()
                     break
-                await handle(msg, handler, spec.durable)
+                last = i == len(msgs) - 1
+                await handle(msg, handler, spec.durable, ack=not spec.ack_batches or last)
     finally:
         with contextlib.suppress(NatsError):
             await sub.unsubscribe()

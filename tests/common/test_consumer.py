@@ -70,3 +70,29 @@ async def test_a_second_replica_shares_the_work_and_nothing_is_handled_twice(
     await asyncio.gather(*tasks)
     assert sorted(int(d) for _, d in handled) == list(range(200))
     assert {r for r, _ in handled} == {1, 2}
+
+
+async def test_a_trigger_consumer_acknowledges_whole_batches_with_one_ack(
+    js: JetStreamContext,
+) -> None:
+    spec = ConsumerSpec(stream=subjects.JOB_EVENTS_STREAM, durable="test-triggers",
+                        filter_subjects=[subjects.JOB_CREATED], ack_batches=True)
+    seen: list[bytes] = []
+
+    async def handler(msg: Msg) -> None:
+        seen.append(msg.data)
+
+    for i in range(50):
+        await js.publish(subjects.JOB_CREATED, str(i).encode())
+    stopping = asyncio.Event()
+    task = asyncio.create_task(consume(js, spec, handler, stopping, batch=16, poll_s=0.2))
+    await assert_eventually(lambda: len(seen) == 50, within_s=10)
+
+    async def all_acked() -> bool:
+        info = await js.consumer_info(subjects.JOB_EVENTS_STREAM, spec.durable)
+        return info.num_ack_pending == 0 and info.num_pending == 0
+
+    await assert_eventually(all_acked, within_s=5)
+    stopping.set()
+    await task
+    assert seen == [str(i).encode() for i in range(50)]

@@ -28,11 +28,11 @@ T = TypeVar("T")
 
 JOB_TRIGGERS = ConsumerSpec(
     stream=subjects.JOB_EVENTS_STREAM, durable=subjects.SCHEDULER_DISPATCH_CONSUMER,
-    filter_subjects=[subjects.JOB_CREATED, subjects.JOB_REQUEUED],
+    filter_subjects=[subjects.JOB_CREATED, subjects.JOB_REQUEUED], ack_batches=True,
 )
 WORKER_TRIGGERS = ConsumerSpec(
     stream=subjects.WORKER_EVENTS_STREAM, durable=subjects.SCHEDULER_DISPATCH_CONSUMER,
-    filter_subjects=[subjects.WORKER_READY, subjects.PROVIDER_UPDATED],
+    filter_subjects=[subjects.WORKER_READY, subjects.PROVIDER_UPDATED], ack_batches=True,
 )
 STATUS_REPORTS = ConsumerSpec(
     stream=subjects.WORKER_STATUS_STREAM, durable=subjects.SCHEDULER_STATUS_CONSUMER,

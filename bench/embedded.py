@@ -1,0 +1,42 @@
+"""The embedded platform for benchmarks: `hodei dev up` in a throwaway HODEI_HOME."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from hodei_common.settings import Settings
+
+HODEI = str(Path(sys.executable).with_name("hodei"))
+
+
+@asynccontextmanager
+async def embedded_platform() -> AsyncIterator[Settings]:
+    """Start the platform, yield settings pointing at it, stop it (SIGTERM) and clean up."""
+    home = Path(tempfile.mkdtemp(prefix="hodei-bench-"))
+    home.chmod(0o755)  # PostgreSQL runs unprivileged when the benchmark runs as root
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
+    env["HODEI_HOME"] = str(home)
+    platform = await asyncio.create_subprocess_exec(
+        HODEI, "dev", "up", env=env, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        while not (home / "dev.json").exists():
+            if platform.returncode is not None:
+                raise SystemExit("hodei dev up failed")
+            await asyncio.sleep(0.05)
+        dev = json.loads((home / "dev.json").read_text())
+        yield Settings(nats_url=dev["nats_url"], database_url=dev["database_url"], home=home)
+    finally:
+        platform.send_signal(signal.SIGTERM)
+        await platform.wait()
+        shutil.rmtree(home, ignore_errors=True)
