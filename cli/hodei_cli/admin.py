@@ -8,13 +8,13 @@ from typing import Annotated
 import typer
 
 from hodei_cli import output
-from hodei_cli.connection import api_client, cli_settings
+from hodei_cli.connection import call_api, cli_settings
 from hodei_cli.output import Output, OutputOption
 from hodei_cli.parsing import parse_state
 from hodei_cli.services import SERVICES
 from hodei_common import database
 from hodei_common.contracts.api import UpdateProvider
-from hodei_common.contracts.workers import ProviderConfig, Worker, WorkerMode, WorkerState
+from hodei_common.contracts.workers import ProviderConfig, WorkerMode, WorkerState
 from hodei_common.errors import ValidationError
 from hodei_common.runner import configure_logging, run_until_signalled
 from hodei_common.settings import Settings
@@ -62,11 +62,7 @@ def list_workers(
     """List workers, newest first."""
     wanted = parse_state(WorkerState, state)
 
-    async def go() -> list[Worker]:
-        async with api_client() as api:
-            return await api.list_workers(state=wanted)
-
-    workers = asyncio.run(go())
+    workers = call_api(lambda api: api.list_workers(state=wanted))
     if out is Output.JSON:
         output.emit_json(workers)
         return
@@ -81,11 +77,7 @@ def list_workers(
 def list_providers(out: Output = OutputOption) -> None:
     """List providers and their configuration."""
 
-    async def go() -> list[ProviderConfig]:
-        async with api_client() as api:
-            return await api.list_providers()
-
-    providers = asyncio.run(go())
+    providers = call_api(lambda api: api.list_providers())
     if out is Output.JSON:
         output.emit_json(providers)
         return
@@ -129,11 +121,7 @@ def set_provider(
         max_workers=max_workers, min_idle=min_idle, max_jobs=max_jobs, idle_ttl_s=idle_ttl,
     )
 
-    async def go() -> ProviderConfig:
-        async with api_client() as api:
-            return await api.update_provider(request)
-
-    provider = asyncio.run(go())
+    provider = call_api(lambda api: api.update_provider(request))
     if out is Output.JSON:
         output.emit_json(provider)
     else:

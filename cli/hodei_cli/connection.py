@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 from hodei_common import messaging
 from hodei_common.client import ApiClient
@@ -13,6 +15,19 @@ from hodei_common.settings import Settings, load_settings
 
 def cli_settings() -> Settings:
     return load_settings(Settings)
+
+
+T = TypeVar("T")
+
+
+def call_api(call: Callable[[ApiClient], Awaitable[T]]) -> T:
+    """Run one API call on a fresh connection, from synchronous CLI code."""
+
+    async def go() -> T:
+        async with api_client() as api:
+            return await call(api)
+
+    return asyncio.run(go())
 
 
 @asynccontextmanager

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from hodei_cli import output
-from hodei_cli.connection import api_client
+from hodei_cli.connection import call_api
 from hodei_cli.output import Output, OutputOption
 from hodei_cli.parsing import (
     check_command,
@@ -20,7 +20,6 @@ from hodei_cli.parsing import (
 )
 from hodei_cli.run import run_job, show_logs
 from hodei_common.contracts.api import SubmitJob
-from hodei_common.contracts.events import DomainEvent
 from hodei_common.contracts.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, Job, JobState
 
 app = typer.Typer(help="Submit jobs and look at them.", no_args_is_help=True)
@@ -94,11 +93,7 @@ def queue(
         max_attempts=max_attempts,
     )
 
-    async def go() -> Job:
-        async with api_client() as api:
-            return (await api.submit(request)).job
-
-    job = asyncio.run(go())
+    job = call_api(lambda api: api.submit(request)).job
     if out is Output.JSON:
         output.emit_json(job)
     else:
@@ -155,11 +150,7 @@ def get(job_id: IdArg = None, id_: IdOpt = None, out: Output = OutputOption) -> 
     """Show one job."""
     jid = parse_job_id(job_id, id_)
 
-    async def go() -> Job:
-        async with api_client() as api:
-            return await api.get(jid)
-
-    job = asyncio.run(go())
+    job = call_api(lambda api: api.get(jid))
     if out is Output.JSON:
         output.emit_json(job)
     else:
@@ -175,11 +166,7 @@ def list_(
     """List jobs, newest first."""
     wanted = parse_state(JobState, state)
 
-    async def go() -> list[Job]:
-        async with api_client() as api:
-            return await api.list_jobs(state=wanted, limit=limit)
-
-    jobs = asyncio.run(go())
+    jobs = call_api(lambda api: api.list_jobs(state=wanted, limit=limit))
     if out is Output.JSON:
         output.emit_json(jobs)
         return
@@ -194,15 +181,11 @@ def cancel(job_id: IdArg = None, id_: IdOpt = None, out: Output = OutputOption) 
     """Cancel a job: at once when queued, through its worker when running."""
     jid = parse_job_id(job_id, id_)
 
-    async def go() -> tuple[Job, bool]:
-        async with api_client() as api:
-            reply = await api.cancel(jid)
-            return reply.job, reply.cancelled
-
-    job, cancelled = asyncio.run(go())
+    reply = call_api(lambda api: api.cancel(jid))
+    job = reply.job
     if out is Output.JSON:
         output.emit_json(job)
-    elif cancelled:
+    elif reply.cancelled:
         typer.echo(f"{job.id} CANCELLED")
     else:
         typer.echo(f"{job.id} cancellation requested (job is {job.state.value})")
@@ -213,11 +196,7 @@ def events(job_id: IdArg = None, id_: IdOpt = None, out: Output = OutputOption) 
     """A job's domain events, oldest first, with their times."""
     jid = parse_job_id(job_id, id_)
 
-    async def go() -> list[DomainEvent]:
-        async with api_client() as api:
-            return await api.events(jid)
-
-    found = asyncio.run(go())
+    found = call_api(lambda api: api.events(jid))
     if out is Output.JSON:
         output.emit_json(found)
         return

@@ -12,7 +12,9 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
@@ -25,6 +27,16 @@ from hodei_common.messaging import ensure_consumer
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Msg], Awaitable[None]]
+T = TypeVar("T")
+
+
+def decode(msg: Msg, kind: type[T]) -> T:
+    """A message body as ``kind``; one that can never decode is dropped, not retried."""
+    try:
+        return msgspec.json.decode(msg.data, type=kind)
+    except msgspec.DecodeError as e:
+        raise PermanentError(f"undecodable {getattr(kind, '__name__', kind)} on "
+                             f"{msg.subject}: {e}") from e
 
 
 @dataclass(frozen=True)

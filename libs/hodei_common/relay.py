@@ -23,6 +23,7 @@ from hodei_common.contracts import subjects
 from hodei_common.database import LOCK_CLASS, LOCK_OUTBOX_RELAY
 from hodei_common.runner import HodeiService, Loop, main_for
 from hodei_common.settings import Settings
+from hodei_common.waiting import pause, wait_any
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +129,13 @@ class OutboxRelay:
                 except (OSError, NatsError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                     failures += 1
                     log.warning("relay: batch failed (%s); retrying", e)
-                    await _sleep_or(stopping, min(0.1 * 2**failures, 5.0))
+                    await pause(stopping, min(0.1 * 2**failures, 5.0))
                     continue
                 if count >= self._batch_size:
                     continue
-                await _wait_any(stopping, self._wake, self._poll_interval_s)
+                await wait_any(stopping, self._wake, within_s=self._poll_interval_s)
         finally:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await listener.remove_listener(subjects.OUTBOX_NOTIFY_CHANNEL, self.wake)
             await self._pool.release(listener)
 
@@ -142,20 +143,6 @@ class OutboxRelay:
         """Delete rows published longer ago than the keep period (the audit log keeps them)."""
         result = await self._pool.execute(_PURGE, self._keep_published_s)
         return int(result.split()[-1])
-
-
-async def _wait_any(stopping: asyncio.Event, wake: asyncio.Event, within_s: float) -> None:
-    waiters = [asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(wake.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=within_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
-
-
-async def _sleep_or(stopping: asyncio.Event, delay: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), timeout=delay)
 
 
 class RelayService(HodeiService):
@@ -190,7 +177,7 @@ class RelayService(HodeiService):
                 await self.relay.purge_published()
             except (OSError, asyncpg.PostgresError) as e:
                 log.warning("relay: purge failed (%s)", e)
-            await _sleep_or(self.stopping, 60.0)
+            await pause(self.stopping, 60.0)
 
 
 def main() -> None:

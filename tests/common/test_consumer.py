@@ -9,8 +9,9 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from hodei_common.consumer import ConsumerSpec, consume
+from hodei_common.consumer import ConsumerSpec, consume, decode
 from hodei_common.contracts import subjects
+from hodei_common.contracts.jobs import JobCreated
 from hodei_common.errors import PermanentError, RetryLater
 from hodei_common.testing import assert_eventually
 
@@ -96,3 +97,28 @@ async def test_a_trigger_consumer_acknowledges_whole_batches_with_one_ack(
     stopping.set()
     await task
     assert seen == [str(i).encode() for i in range(50)]
+
+
+async def test_an_undecodable_message_is_dropped_not_retried(js: JetStreamContext) -> None:
+    spec = ConsumerSpec(stream=subjects.JOB_EVENTS_STREAM, durable="test-decode",
+                        filter_subjects=[subjects.JOB_CREATED])
+    tries: list[bytes] = []
+
+    async def handler(msg: Msg) -> None:
+        tries.append(msg.data)
+        decode(msg, JobCreated)
+
+    await js.publish(subjects.JOB_CREATED, b"not json")
+    stopping = asyncio.Event()
+    task = asyncio.create_task(consume(js, spec, handler, stopping, poll_s=0.2))
+
+    async def settled() -> bool:
+        if not tries:  # the consumer exists once the message was handled
+            return False
+        info = await js.consumer_info(subjects.JOB_EVENTS_STREAM, spec.durable)
+        return info.num_ack_pending == 0 and info.num_pending == 0
+
+    await assert_eventually(settled, within_s=5)
+    stopping.set()
+    await task
+    assert tries == [b"not json"]  # terminated at once: never redelivered

@@ -16,11 +16,11 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from hodei_common import tracing
-from hodei_common.consumer import ConsumerSpec, consume
+from hodei_common.consumer import ConsumerSpec, consume, decode
 from hodei_common.contracts import subjects
 from hodei_common.contracts.jobs import JobEvent, JobState
 from hodei_common.contracts.logs import LogEnd, LogMessage
-from hodei_common.errors import PermanentError, RetryLater
+from hodei_common.errors import RetryLater
 from hodei_common.runner import HodeiService, Loop
 from hodei_logs import store
 
@@ -47,16 +47,14 @@ class LogsService(HodeiService):
         await consume(self.js, TERMINAL_EVENTS, self._close_log, self.stopping)
 
     async def _close_log(self, msg: Msg) -> None:
-        try:
-            event = msgspec.json.decode(msg.data, type=JobEvent)
-        except msgspec.DecodeError as e:
-            raise PermanentError(f"undecodable job event: {e}") from e
+        event = decode(msg, JobEvent)
+        # Usually the scheduler ended the log as the job finished: then there is nothing to do.
+        if await self._already_closed(event.job_id):
+            return
         async with self.pool.acquire() as conn:
             job = await store.final_state(conn, event.job_id)
         if job is None:
             raise RetryLater(1.0, f"job {event.job_id} is not finished yet")
-        if await self._already_closed(event.job_id):
-            return
         marker = LogEnd(job_id=job["id"], attempt=job["attempt"], state=JobState(job["state"]),
                         exit_code=job["exit_code"], error=job["error"])
         await self.js.publish(

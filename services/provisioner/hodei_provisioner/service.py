@@ -11,17 +11,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
-import msgspec
 from nats.aio.msg import Msg
 
-from hodei_common.consumer import ConsumerSpec, consume
+from hodei_common.consumer import ConsumerSpec, consume, decode
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import RegisterReply, RegisterRequest
 from hodei_common.contracts.workers import ProvisionRequested, WorkerTerminating
 from hodei_common.endpoints import Endpoint, EndpointServer
-from hodei_common.errors import PermanentError
 from hodei_common.runner import HodeiService, Loop
 from hodei_provisioner import handlers
 from hodei_provisioner.config import ProvisionerSettings
@@ -30,7 +28,6 @@ from hodei_provisioner.providers.local import LocalProvider, inherited_env
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T", bound=msgspec.Struct)
 
 MAX_REGISTER_BYTES = 16 * 1024
 
@@ -47,13 +44,6 @@ def default_providers(settings: ProvisionerSettings) -> list[Provider]:
     return [LocalProvider(settings.provisioner_agent_command, settings.workers_dir(),
                           env=inherited_env(os.environ),
                           grace_s=settings.provisioner_destroy_grace_s)]
-
-
-def _decode(msg: Msg, struct: type[T]) -> T:
-    try:
-        return msgspec.json.decode(msg.data, type=struct)
-    except msgspec.DecodeError as e:
-        raise PermanentError(f"undecodable {struct.__name__}: {e}") from e
 
 
 class ProvisionerService(HodeiService):
@@ -113,10 +103,10 @@ class ProvisionerService(HodeiService):
         await consume(self.js, RELEASE_SPEC, self._on_release, self.stopping)
 
     async def _on_provision(self, msg: Msg) -> None:
-        await handlers.provision(self.deps, _decode(msg, ProvisionRequested))
+        await handlers.provision(self.deps, decode(msg, ProvisionRequested))
 
     async def _on_release(self, msg: Msg) -> None:
-        await handlers.release(self.deps, _decode(msg, WorkerTerminating))
+        await handlers.release(self.deps, decode(msg, WorkerTerminating))
 
     # --- registration --------------------------------------------------------------------
     async def _register(self, request: RegisterRequest) -> RegisterReply:

@@ -24,6 +24,7 @@ from hodei_common.contracts.agent import Assignment
 from hodei_common.contracts.jobs import JobAssigned
 from hodei_common.contracts.workers import ProvisionRequested, WorkerMode, WorkerTerminating
 from hodei_common.database import LOCK_CLASS, LOCK_DISPATCH, Conn
+from hodei_common.waiting import wait_any
 from hodei_scheduler import store
 
 log = logging.getLogger(__name__)
@@ -83,12 +84,7 @@ class Dispatcher:
                 log.warning("dispatch pass failed (%s); retrying", e)
             if self._poked.is_set():
                 await asyncio.sleep(max(0.0, started + MIN_GAP_S - loop.time()))
-            waiters = [asyncio.ensure_future(stopping.wait()),
-                       asyncio.ensure_future(self._poked.wait())]
-            await asyncio.wait(waiters, timeout=self._interval_s,
-                               return_when=asyncio.FIRST_COMPLETED)
-            for w in waiters:
-                w.cancel()
+            await wait_any(stopping, self._poked, within_s=self._interval_s)
 
     async def dispatch_pass(self) -> int:
         """Assign what can be assigned, request missing workers; return assignments made."""

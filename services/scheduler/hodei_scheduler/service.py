@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 from uuid import UUID
 
 import msgspec
@@ -11,7 +11,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from hodei_common import tracing
-from hodei_common.consumer import ConsumerSpec, consume
+from hodei_common.consumer import ConsumerSpec, consume, decode
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import Control, ControlAction, StatusReport
 from hodei_common.contracts.jobs import JobCancelRequested
@@ -24,7 +24,6 @@ from hodei_scheduler.dispatcher import Dispatcher
 from hodei_scheduler.reports import ReportHandler
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 JOB_TRIGGERS = ConsumerSpec(
     stream=subjects.JOB_EVENTS_STREAM, durable=subjects.SCHEDULER_DISPATCH_CONSUMER,
@@ -41,14 +40,6 @@ CANCEL_REQUESTS = ConsumerSpec(
     stream=subjects.JOB_EVENTS_STREAM, durable=subjects.SCHEDULER_CANCEL_CONSUMER,
     filter_subjects=[subjects.JOB_CANCEL_REQUESTED],
 )
-
-
-def decode(data: bytes, kind: type[T]) -> T:
-    """A message body as ``kind``; one that can never decode is dropped, not retried."""
-    try:
-        return msgspec.json.decode(data, type=kind)
-    except msgspec.DecodeError as e:
-        raise PermanentError(f"undecodable {kind.__name__}: {e}") from e
 
 
 class SchedulerService(HodeiService):
@@ -92,13 +83,13 @@ class SchedulerService(HodeiService):
         await consume(self.js, CANCEL_REQUESTS, self._on_cancel_request, self.stopping)
 
     async def _on_report(self, msg: Msg) -> None:
-        report = decode(msg.data, StatusReport)
+        report = decode(msg, StatusReport)
         if msg.subject != subjects.worker_status(report.worker_id):
             raise PermanentError(f"report for worker {report.worker_id} on {msg.subject}")
         await self.reports.apply(report)
 
     async def _on_cancel_request(self, msg: Msg) -> None:
-        event = decode(msg.data, JobCancelRequested)
+        event = decode(msg, JobCancelRequested)
         async with self.pool.acquire() as conn:
             target = await store.cancel_target(conn, event.job_id)
         if target is not None:

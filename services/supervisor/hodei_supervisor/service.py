@@ -7,8 +7,6 @@ cost one UPDATE a second, not a thousand. Replicas share the beats through a que
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from datetime import datetime
 from typing import ClassVar
@@ -21,6 +19,7 @@ from nats.aio.msg import Msg
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import Heartbeat
 from hodei_common.runner import HodeiService, Loop
+from hodei_common.waiting import pause
 from hodei_supervisor import store
 from hodei_supervisor.config import SupervisorSettings
 
@@ -80,6 +79,5 @@ class SupervisorService(HodeiService):
 
     async def _flush_loop(self) -> None:
         while not self.stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.config.heartbeat_flush_s)
+            await pause(self.stopping, self.config.heartbeat_flush_s)
             await self.flush()
