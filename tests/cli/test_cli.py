@@ -94,6 +94,12 @@ async def test_idempotency_key_returns_the_same_job(
         (["job", "get", str(uuid.UUID(int=7))], "not found"),
         (["job", "list", "--state", "SLEEPING"], "unknown state"),
         (["service", "mailer"], "unknown service"),
+        (["job", "queue", "--command", "x", "--memory", "-5"], "--memory must be a size"),
+        (["job", "queue", "--command", "x", "--memory", "1x"], "--memory must be a size"),
+        (["job", "queue", "--command", "x", "--memory", "1m"], "from 32m"),
+        (["job", "queue", "--command", "x", "--cpus", "abc"], "--cpus must be a number"),
+        (["job", "run", "--command", "x", "--cpus", "0"], "--cpus must be a number"),
+        (["job", "queue", "--command", "x", "--cpus", "nan"], "--cpus must be a number"),
     ],
 )
 async def test_bad_input_is_one_error_line_and_changes_nothing(
@@ -113,6 +119,18 @@ async def test_bad_input_is_one_error_line_and_changes_nothing(
     assert message in lines[0]
     assert "Traceback" not in result.stderr
     assert await counts(pool) == before
+
+
+async def test_limits_are_stored_with_the_job(
+    platform: list[HodeiService], cli_env: dict[str, str], pool: asyncpg.Pool
+) -> None:
+    result = await run_cli(cli_env, "job", "queue", "--command", "x", "--cpus", "0.5",
+                           "--memory", "256m")
+    assert result.code == 0, result.stderr
+    row = await pool.fetchrow("SELECT cpus, memory_bytes FROM jobs WHERE id = $1",
+                              uuid.UUID(result.stdout.strip()))
+    assert row is not None
+    assert (row["cpus"], row["memory_bytes"]) == (0.5, 256 * 2**20)
 
 
 async def test_list_filters_by_state_newest_first(

@@ -172,6 +172,22 @@ async def test_provisioning_never_exceeds_max_workers_and_jobs_wait_queued(
     assert len(await workers(pool, "CREATING")) == 2
 
 
+async def test_a_job_with_limits_gets_a_worker_made_with_them_not_a_default_one(
+    api: ApiClient, pool: asyncpg.Pool
+) -> None:
+    default = (await api.submit(SubmitJob(command="x"))).job
+    limited = (await api.submit(SubmitJob(command="y", cpus=0.5, memory_bytes=64 * 2**20))).job
+    await assert_eventually(lambda: _count(workers(pool, "CREATING"), 2))
+    creating = await workers(pool, "CREATING")
+    limits = sorted((w["cpus"] or 0, w["memory_bytes"] or 0) for w in creating)
+    assert limits == [(0, 0), (0.5, 64 * 2**20)]
+    default_worker = next(w["id"] for w in creating if w["cpus"] is None)
+    await make_ready(pool, default_worker)
+    await assert_eventually(lambda: _is(job_state(pool, default.id), "ASSIGNED"))
+    assert await job_state(pool, limited.id) == "QUEUED"
+    assert (await workers(pool, "BUSY"))[0]["current_job_id"] == default.id
+
+
 async def test_warm_pool_keeps_min_idle_workers_requested(
     core: list[HodeiService], pool: asyncpg.Pool
 ) -> None:

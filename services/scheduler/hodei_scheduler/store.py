@@ -8,12 +8,16 @@ import asyncpg
 
 from hodei_common.database import Conn
 
-# The best job that has a READY worker of its provider, and the longest-idle such worker.
+# The best job that has a READY worker of its provider made with its limits (NULL: the
+# provider's defaults), and the longest-idle such worker.
 PICK_PAIR = """
 WITH j AS (
-    SELECT id, provider, attempt FROM jobs
+    SELECT id, provider, attempt, cpus, memory_bytes FROM jobs
     WHERE state = 'QUEUED'
-      AND provider IN (SELECT provider FROM workers WHERE state = 'READY')
+      AND EXISTS (SELECT 1 FROM workers w
+                  WHERE w.state = 'READY' AND w.provider = jobs.provider
+                    AND w.cpus IS NOT DISTINCT FROM jobs.cpus
+                    AND w.memory_bytes IS NOT DISTINCT FROM jobs.memory_bytes)
     ORDER BY priority DESC, queued_at, id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -22,6 +26,8 @@ SELECT j.id AS job_id, j.attempt, w.id AS worker_id
 FROM j, LATERAL (
     SELECT workers.id FROM workers
     WHERE workers.state = 'READY' AND workers.provider = j.provider
+      AND workers.cpus IS NOT DISTINCT FROM j.cpus
+      AND workers.memory_bytes IS NOT DISTINCT FROM j.memory_bytes
     ORDER BY workers.idle_since NULLS FIRST, workers.id
     LIMIT 1
     FOR UPDATE OF workers SKIP LOCKED
@@ -39,17 +45,31 @@ UPDATE workers SET state = 'BUSY', current_job_id = $2, idle_since = NULL
 WHERE id = $1 AND state = 'READY'
 """
 
+# Demand per enabled provider and per class of limits (a worker serves only jobs of its
+# class); the class of NULL limits also holds the warm pool. Oldest waiting class first.
 PROVIDER_DEMAND = """
-SELECT p.name, p.worker_mode, p.max_workers, p.min_idle,
-       count(*) FILTER (WHERE w.state = 'CREATING') AS creating,
-       count(*) FILTER (WHERE w.state = 'READY') AS ready,
-       count(*) FILTER (WHERE w.state IN ('CREATING', 'READY', 'BUSY', 'TERMINATING')) AS active,
-       (SELECT count(*) FROM jobs WHERE jobs.state = 'QUEUED' AND jobs.provider = p.name)
-           AS queued
-FROM provider_configs p
-LEFT JOIN workers w ON w.provider = p.name
-WHERE p.enabled
-GROUP BY p.id
+WITH p AS (
+    SELECT p.name, p.worker_mode, p.max_workers, p.min_idle,
+           (SELECT count(*) FROM workers w WHERE w.provider = p.name
+              AND w.state IN ('CREATING', 'READY', 'BUSY', 'TERMINATING')) AS active
+    FROM provider_configs p WHERE p.enabled
+), c AS (
+    SELECT provider, cpus, memory_bytes, count(*) AS queued, 0 AS creating, 0 AS ready,
+           min(queued_at) AS oldest
+    FROM jobs WHERE state = 'QUEUED' GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT provider, cpus, memory_bytes, 0, count(*) FILTER (WHERE state = 'CREATING'),
+           count(*) FILTER (WHERE state = 'READY'), NULL
+    FROM workers WHERE state IN ('CREATING', 'READY') GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT name, NULL, NULL, 0, 0, 0, NULL FROM p
+)
+SELECT p.name, p.worker_mode, p.max_workers, p.min_idle, p.active, c.cpus, c.memory_bytes,
+       sum(c.queued)::int AS queued, sum(c.creating)::int AS creating,
+       sum(c.ready)::int AS ready, min(c.oldest) AS oldest
+FROM p JOIN c ON c.provider = p.name
+GROUP BY p.name, p.worker_mode, p.max_workers, p.min_idle, p.active, c.cpus, c.memory_bytes
+ORDER BY p.name, min(c.oldest) NULLS LAST
 """
 
 # READY workers idle past their provider's idle_ttl_s, beyond the min_idle freshest ones.
@@ -73,7 +93,8 @@ RETURNING id
 """
 
 INSERT_WORKER = """
-INSERT INTO workers (id, provider, mode, state) VALUES ($1, $2, $3, 'CREATING')
+INSERT INTO workers (id, provider, mode, state, cpus, memory_bytes)
+VALUES ($1, $2, $3, 'CREATING', $4, $5)
 RETURNING id
 """
 
