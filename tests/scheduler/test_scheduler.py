@@ -43,6 +43,7 @@ async def test_a_queued_job_gets_one_new_worker_then_the_assignment(
     creating = await assert_eventually(lambda: workers(pool, "CREATING"))
     assert len(creating) == 1
     worker_id = creating[0]["id"]
+    assert creating[0]["for_job_id"] == job.id
     assert await event_types(pool, worker_id) == ["ProvisionRequested"]
     sub = await js.subscribe(subjects.worker_assign(worker_id), ordered_consumer=True)
     await make_ready(pool, worker_id)
@@ -186,6 +187,20 @@ async def test_a_job_with_limits_gets_a_worker_made_with_them_not_a_default_one(
     await assert_eventually(lambda: _is(job_state(pool, default.id), "ASSIGNED"))
     assert await job_state(pool, limited.id) == "QUEUED"
     assert (await workers(pool, "BUSY"))[0]["current_job_id"] == default.id
+
+
+async def test_a_worker_requested_for_a_job_is_not_taken_by_a_later_one(
+    api: ApiClient, pool: asyncpg.Pool
+) -> None:
+    first = (await api.submit(SubmitJob(command="x"))).job
+    await assert_eventually(lambda: _count(workers(pool, "CREATING"), 1))
+    urgent = (await api.submit(SubmitJob(command="y", priority=10))).job
+    await assert_eventually(lambda: _count(workers(pool, "CREATING"), 2))
+    for_first = next(w["id"] for w in await workers(pool, "CREATING")
+                     if w["for_job_id"] == first.id)
+    await make_ready(pool, for_first)
+    await assert_eventually(lambda: _is(job_state(pool, first.id), "ASSIGNED"))
+    assert await job_state(pool, urgent.id) == "QUEUED"
 
 
 async def test_warm_pool_keeps_min_idle_workers_requested(

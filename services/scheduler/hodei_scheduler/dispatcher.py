@@ -149,14 +149,21 @@ class Dispatcher:
             left = room.setdefault(p["name"], p["max_workers"] - p["active"])
             made = max(0, min(wanted, left))
             room[p["name"]] = left - made
-            for _ in range(made):
+            if made <= 0:
+                continue
+            # Each new worker is requested for a job of its own; the rest form the warm pool.
+            jobs: list[UUID | None] = list(await store.unserved_jobs(
+                conn, p["name"], p["cpus"], p["memory_bytes"], made))
+            jobs += [None] * (made - len(jobs))
+            for job_id in jobs:
                 worker_id = uuid4()
                 mode = WorkerMode(p["worker_mode"])
                 event = ProvisionRequested(event_id=uuid4(), occurred_at=_now(), actor=ACTOR,
-                                           worker_id=worker_id, provider=p["name"], mode=mode)
+                                           worker_id=worker_id, provider=p["name"], mode=mode,
+                                           job_id=job_id)
                 await outbox.change(
                     conn, store.INSERT_WORKER, worker_id, p["name"], mode.value, p["cpus"],
-                    p["memory_bytes"],
+                    p["memory_bytes"], job_id,
                     subject=subjects.PROVISION_REQUESTED, event=event,
                     aggregate_type="worker", aggregate_id=worker_id,
                 )

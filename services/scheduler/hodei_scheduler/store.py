@@ -8,29 +8,31 @@ import asyncpg
 
 from hodei_common.database import Conn
 
-# The best job that has a READY worker of its provider made with its limits (NULL: the
-# provider's defaults), and the longest-idle such worker.
-PICK_PAIR = """
+# Whether READY worker ``w`` may take job ``j``: same provider, made with the job's limits
+# (NULL: the provider's defaults), and not requested for another job that still waits.
+_FITS = """
+    w.state = 'READY' AND w.provider = j.provider
+    AND w.cpus IS NOT DISTINCT FROM j.cpus AND w.memory_bytes IS NOT DISTINCT FROM j.memory_bytes
+    AND (w.for_job_id IS NULL OR w.for_job_id = j.id
+         OR NOT EXISTS (SELECT 1 FROM jobs q WHERE q.id = w.for_job_id AND q.state = 'QUEUED'))
+"""
+# The best job that has a READY worker that fits, and the worker requested for it, else the
+# longest-idle one.
+PICK_PAIR = f"""
 WITH j AS (
-    SELECT id, provider, attempt, cpus, memory_bytes FROM jobs
-    WHERE state = 'QUEUED'
-      AND EXISTS (SELECT 1 FROM workers w
-                  WHERE w.state = 'READY' AND w.provider = jobs.provider
-                    AND w.cpus IS NOT DISTINCT FROM jobs.cpus
-                    AND w.memory_bytes IS NOT DISTINCT FROM jobs.memory_bytes)
+    SELECT id, provider, attempt, cpus, memory_bytes FROM jobs j
+    WHERE state = 'QUEUED' AND EXISTS (SELECT 1 FROM workers w WHERE {_FITS})
     ORDER BY priority DESC, queued_at, id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
 )
 SELECT j.id AS job_id, j.attempt, w.id AS worker_id
 FROM j, LATERAL (
-    SELECT workers.id FROM workers
-    WHERE workers.state = 'READY' AND workers.provider = j.provider
-      AND workers.cpus IS NOT DISTINCT FROM j.cpus
-      AND workers.memory_bytes IS NOT DISTINCT FROM j.memory_bytes
-    ORDER BY workers.idle_since NULLS FIRST, workers.id
+    SELECT w.id FROM workers w
+    WHERE {_FITS}
+    ORDER BY w.for_job_id IS NOT DISTINCT FROM j.id DESC, w.idle_since NULLS FIRST, w.id
     LIMIT 1
-    FOR UPDATE OF workers SKIP LOCKED
+    FOR UPDATE OF w SKIP LOCKED
 ) AS w
 """
 
@@ -93,9 +95,20 @@ RETURNING id
 """
 
 INSERT_WORKER = """
-INSERT INTO workers (id, provider, mode, state, cpus, memory_bytes)
-VALUES ($1, $2, $3, 'CREATING', $4, $5)
+INSERT INTO workers (id, provider, mode, state, cpus, memory_bytes, for_job_id)
+VALUES ($1, $2, $3, 'CREATING', $4, $5, $6)
 RETURNING id
+"""
+
+# Waiting jobs of a class that no live worker was requested for yet, best first.
+_UNSERVED_JOBS = """
+SELECT id FROM jobs j
+WHERE state = 'QUEUED' AND provider = $1
+  AND cpus IS NOT DISTINCT FROM $2 AND memory_bytes IS NOT DISTINCT FROM $3
+  AND NOT EXISTS (SELECT 1 FROM workers w
+                  WHERE w.for_job_id = j.id AND w.state IN ('CREATING', 'READY'))
+ORDER BY priority DESC, queued_at, id
+LIMIT $4
 """
 
 UNANSWERED_ASSIGNMENTS = """
@@ -162,6 +175,14 @@ async def occupy_worker(conn: Conn, worker_id: UUID, job_id: UUID) -> bool:
 
 async def provider_demand(conn: Conn) -> list[asyncpg.Record]:
     return await conn.fetch(PROVIDER_DEMAND)
+
+
+async def unserved_jobs(
+    conn: Conn, provider: str, cpus: float | None, memory_bytes: int | None, limit: int
+) -> list[UUID]:
+    """Up to ``limit`` waiting jobs of the class with no worker requested for them yet."""
+    rows = await conn.fetch(_UNSERVED_JOBS, provider, cpus, memory_bytes, limit)
+    return [row["id"] for row in rows]
 
 
 async def idle_surplus(conn: Conn) -> list[asyncpg.Record]:
