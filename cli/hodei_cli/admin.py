@@ -73,6 +73,30 @@ def list_workers(
     )
 
 
+@worker_app.command("build-image")
+def build_image(
+    tag: Annotated[
+        str | None,
+        typer.Option("--tag", help="image tag (default: $HODEI_WORKER_IMAGE or "
+                                   "hodei-agent:latest)"),
+    ] = None,
+    base_image: Annotated[
+        str | None, typer.Option("--base-image", help="base image with python3 and venv")
+    ] = None,
+    local_base: Annotated[
+        bool, typer.Option("--local-base", help="make the base here with debootstrap")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="build even if up to date")] = False,
+) -> None:
+    """Build the Docker worker image from this source tree (no network in the build)."""
+    from hodei_cli import image
+
+    if local_base and base_image is not None:
+        raise ValidationError("give --local-base or --base-image, not both")
+    image.build_worker_image(tag or image.default_tag(), base_image=base_image,
+                             local_base=local_base, force=force, say=typer.echo)
+
+
 @provider_app.command("list")
 def list_providers(out: Output = OutputOption) -> None:
     """List providers and their configuration."""
