@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 
 from hodei_agent.config import AgentSettings
 from hodei_agent.logstream import LogPublisher, pump_lines
+from hodei_agent.oom import OOM_KILLED, make_first_victim, oom_killed_since, oom_kills
 from hodei_agent.process import JobProcess, command_line, job_environment, kill_group, spawn
 from hodei_agent.reporting import PublishError, StatusReporter
 from hodei_common.contracts.agent import Assignment, Outcome, StatusKind
@@ -118,15 +119,20 @@ class JobRun:
             return JobResult(Outcome.CANCELLED, error=self._cancel_message())
         env = job_environment(a.env, workdir)
         started = time.monotonic()
+        ooms = oom_kills()
         try:
             proc = await spawn(command_line(a.command, a.args), env, workdir)
         except (OSError, ValueError) as e:  # ValueError: a NUL byte in the command or env
             return JobResult(Outcome.FAILED, error=f"cannot start the command: {e}")
+        make_first_victim(proc.pgid)
         logs = self._log_publisher()
         logs.start()
         try:
             await self._reporter.report(StatusKind.STARTED)
             result = await self._supervise(proc, logs)
+            if result.outcome is Outcome.FAILED and oom_killed_since(ooms):
+                result = JobResult(Outcome.FAILED, result.exit_code,
+                                   f"{OOM_KILLED}: the job ran out of memory ({result.error})")
         except BaseException:
             await logs.abort()
             await kill_group(proc, 0.0)
