@@ -96,7 +96,7 @@ async def test_idempotency_key_returns_the_same_job(
         (["service", "mailer"], "unknown service"),
         (["job", "queue", "--command", "x", "--memory", "-5"], "--memory must be a size"),
         (["job", "queue", "--command", "x", "--memory", "1x"], "--memory must be a size"),
-        (["job", "queue", "--command", "x", "--memory", "1m"], "from 32m"),
+        (["job", "queue", "--command", "x", "--memory", "63m"], "from 64m"),
         (["job", "queue", "--command", "x", "--cpus", "abc"], "--cpus must be a number"),
         (["job", "run", "--command", "x", "--cpus", "0"], "--cpus must be a number"),
         (["job", "queue", "--command", "x", "--cpus", "nan"], "--cpus must be a number"),

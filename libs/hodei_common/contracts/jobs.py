@@ -20,8 +20,8 @@ DEFAULT_MAX_ATTEMPTS = 3
 # Resource limits a job may ask for (enforced by providers that can: Docker).
 MIN_CPUS = 0.01
 MAX_CPUS = 1024.0
-# Below this the agent itself, which runs inside the same limit, cannot start.
-MIN_MEMORY_BYTES = 32 * 1024 * 1024
+# The agent runs inside the same limit and needs about 40 MiB of it.
+MIN_MEMORY_BYTES = 64 * 1024 * 1024
 MAX_MEMORY_BYTES = 1024**4
 
 
