@@ -117,8 +117,10 @@ async def main(jobs: int) -> None:
                     await wait_for_pool(db, ready=1)
                     warm.append(await run_one(api, js))
                 started = await db.fetch(
-                    "SELECT extract(epoch FROM started_at - created_at)::float8 AS s FROM jobs "
-                    "WHERE id = ANY($1::uuid[])", [r.job_id for r in warm])
+                    "SELECT extract(epoch FROM j.started_at - j.created_at)::float8 AS s, "
+                    "w.created_at < j.created_at AS waiting FROM jobs j "
+                    "JOIN workers w ON w.id = j.worker_id WHERE j.id = ANY($1::uuid[])",
+                    [r.job_id for r in warm])
                 await db.execute("UPDATE provider_configs SET min_idle = 0 WHERE name = 'docker'")
             finally:
                 await db.close()
@@ -128,7 +130,7 @@ async def main(jobs: int) -> None:
         engine.close()
     running = [events.started[str(r.job_id)] - r.submitted for r in cold
                if str(r.job_id) in events.started]
-    report(jobs, cold, warm, running, [r["s"] for r in started])
+    report(jobs, cold, warm, running, started)
 
 
 def report(jobs: int, cold: list[Run], warm: list[Run], running: list[float],
@@ -139,9 +141,11 @@ def report(jobs: int, cold: list[Run], warm: list[Run], running: list[float],
         print(row("cold: submit → container running", running))
     print(row("cold: submit → first log line", [r.first_line_s for r in cold]))
     print(row("cold: submit → end of log", [r.end_s for r in cold]))
-    print(row("warm (min_idle 1): submit → command started", started))
+    print(row("warm (min_idle 1): submit → command started", [r["s"] for r in started]))
     print(row("warm: submit → first log line", [r.first_line_s for r in warm]))
     print(row("warm: submit → end of log", [r.end_s for r in warm]))
+    waiting = sum(1 for r in started if r["waiting"])
+    print(f"\nwarm jobs given a container that was already waiting: {waiting} of {len(warm)}")
 
 
 if __name__ == "__main__":
