@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -22,11 +23,30 @@ from docker.errors import DockerException
 
 REQUIRE_ENV = "HODEI_REQUIRE_DOCKER"
 START_TIMEOUT_S = 60.0
+PING_API_VERSION = "1.24"
+DEFAULT_SOCKET = "/var/run/docker.sock"
+
+
+def _unix_socket_answers() -> bool:
+    """Whether the engine's unix socket (when it is one) accepts a connection. Checked here
+    because the SDK leaves the socket of a failed connection unclosed."""
+    host = os.environ.get("DOCKER_HOST", "unix://" + DEFAULT_SOCKET)
+    if not host.startswith("unix://"):
+        return True  # a TCP engine: the SDK's ping tells
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        try:
+            sock.connect(host.removeprefix("unix://"))
+        except OSError:
+            return False
+    return True
 
 
 def _ping() -> bool:
+    if not _unix_socket_answers():
+        return False
     try:
-        client = docker.from_env(timeout=5)
+        client = docker.from_env(timeout=5, version=PING_API_VERSION)
     except DockerException:
         return False
     try:

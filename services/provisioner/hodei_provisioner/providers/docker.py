@@ -32,6 +32,7 @@ LABEL_PROVIDER = "hodei.provider"
 LABEL_PROVIDER_ID = "hodei.provider_id"
 DEFAULT_NETWORK_MODE = "host"
 CONTAINER_PREFIX = "hodei-worker-"
+API_VERSION = "1.41"
 
 T = TypeVar("T")
 # Variables of the service's environment a container's agent gets (the rest stays behind).
@@ -53,11 +54,11 @@ class DockerProvider(Provider):
         *,
         env: Mapping[str, str] | None = None,
         stop_grace_s: float = 2.0,
-        client_factory: Callable[[], docker.DockerClient] = docker.from_env,
+        client_factory: Callable[[], docker.DockerClient] | None = None,
     ) -> None:
         self._env = dict(env or {})
         self._stop_grace_s = stop_grace_s
-        self._client_factory = client_factory
+        self._client_factory = client_factory or _default_client
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
 
@@ -195,6 +196,12 @@ class DockerProvider(Provider):
                 ended_at=_timestamp(state.get("FinishedAt")),
             ))
         return found
+
+
+def _default_client() -> docker.DockerClient:
+    # A fixed API version (Docker 20.10's; later engines still speak it): no round trip to
+    # ask the engine's version before the first real call.
+    return docker.from_env(version=API_VERSION)
 
 
 def _labels(container: Mapping[str, Any]) -> dict[str, str]:
