@@ -82,6 +82,7 @@ CASES: list[tuple[list[str], int, str]] = [
     (["--command", "definitely-not-a-command-xyz"], 127, ""),
     (["--command", "echo started; sleep 60", "--timeout", "2"], 124, "started\n"),
     (["--command", "seq 1 500"], 0, "".join(f"{i}\n" for i in range(1, 501))),
+    (["--command", "id -u"], 0, "10001\n"),  # the image's unprivileged user, not root
 ]
 
 
