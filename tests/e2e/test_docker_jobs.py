@@ -173,6 +173,26 @@ async def test_a_job_over_its_memory_limit_fails_as_oomkilled_with_its_log_kept(
     await _no_containers_left(docker_platform, docker_engine)
 
 
+async def test_a_job_whose_agent_the_oom_killer_takes_fails_as_oomkilled(
+    docker_platform: Platform, docker_engine: docker.DockerClient,
+) -> None:
+    # The job makes the agent (the container's first process, same user) the OOM killer's
+    # first choice and itself the last: the agent dies, and the container with it.
+    result = await docker_job(
+        docker_platform, "--memory", "64m", "--command",
+        "echo 1000 > /proc/1/oom_score_adj && echo protected && sleep 0.5 && "
+        "echo 0 > /proc/self/oom_score_adj && exec python3 -c 'b = bytearray(500 * 2**20)'")
+    assert result.code == 1, result.stderr
+    assert result.stdout == "protected\n"
+    job = (await cli_json(docker_platform, "job", "list", "--limit", "1"))[0]
+    assert (job["state"], job["error"]) == ("FAILED", "OOMKilled")
+    worker = next(w for w in await cli_json(docker_platform, "worker", "list")
+                  if w["id"] == job["worker_id"])
+    assert (worker["state"], worker["error"]) == (
+        "FAILED", "OOMKilled: its container ran out of memory")
+    await _no_containers_left(docker_platform, docker_engine)
+
+
 async def test_at_max_workers_jobs_wait_queued_and_all_run(
     docker_platform: Platform, docker_engine: docker.DockerClient,
 ) -> None:
