@@ -58,6 +58,7 @@ from execution import (
     known_agents,
     percentile,
     stop_agents,
+    submit_and_follow,
     wait_for_pool,
 )
 from nats.js import JetStreamContext
@@ -67,7 +68,6 @@ from hodei_common.client import ApiClient
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.jobs import JobState
 from hodei_common.contracts.logs import LogBatch, LogEnd
-from hodei_common.logreader import read_log
 from hodei_common.settings import Settings
 
 try:
@@ -314,12 +314,13 @@ def run_celery(ns: argparse.Namespace, workdir: Path, port: int) -> Results:
 # --- Hodei -----------------------------------------------------------------------------
 async def hodei_one(api: ApiClient, js: JetStreamContext, command: str,
                     expect: str | None = None) -> Sample:
-    """Submit ``command``, follow its log until the end marker (which has the exit code)."""
+    """Submit ``command`` as `hodei job run` does, follow its log until the end marker (which
+    has the exit code)."""
     started = time.perf_counter()
-    job = (await api.submit(SubmitJob(command=command, name="bench-compare"))).job
+    live = await submit_and_follow(api, js, SubmitJob(command=command, name="bench-compare"))
     first: float | None = None
     text: list[str] = []
-    async for message in read_log(js, job.id, follow=True, idle_timeout_s=JOB_DEADLINE_S):
+    async for message in live.messages(idle_timeout_s=JOB_DEADLINE_S):
         if isinstance(message, LogBatch):
             if first is None:
                 first = time.perf_counter() - started
@@ -328,7 +329,7 @@ async def hodei_one(api: ApiClient, js: JetStreamContext, command: str,
             ok = (message.state is JobState.SUCCEEDED and message.exit_code == 0
                   and expect in (None, "\n".join(text).strip()))
             return Sample(time.perf_counter() - started, ok, first)
-    raise SystemExit(f"job {job.id}: no end of log within {JOB_DEADLINE_S:g}s of silence")
+    raise SystemExit(f"job {live.job_id}: no end of log within {JOB_DEADLINE_S:g}s of silence")
 
 
 async def hodei_round(settings: Settings, submitters: int, jobs: int,

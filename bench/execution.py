@@ -37,9 +37,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
+import msgspec
 from embedded import embedded_platform
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -49,7 +50,7 @@ from hodei_common.client import ApiClient
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.jobs import JobState
 from hodei_common.contracts.logs import LogBatch, LogEnd
-from hodei_common.logreader import read_log
+from hodei_common.logreader import LiveLog
 from hodei_common.settings import Settings
 
 JOB_DEADLINE_S = 120.0  # a job whose log stays silent this long counts as lost
@@ -76,19 +77,26 @@ class Outcome:
     succeeded: bool
 
 
+async def submit_and_follow(api: ApiClient, js: JetStreamContext, request: SubmitJob) -> LiveLog:
+    """What `hodei job run` does: listen to the job's log, then submit the job."""
+    live = await LiveLog(api.nc, js, uuid4()).open()
+    await api.submit(msgspec.structs.replace(request, id=live.job_id))
+    return live
+
+
 async def run_one(api: ApiClient, js: JetStreamContext, command: str) -> Outcome:
-    """Submit ``command``, follow its log from right after the reply until the end marker."""
+    """Submit ``command`` as `hodei job run` does, follow its log until the end marker."""
     started = time.perf_counter()
-    job = (await api.submit(SubmitJob(command=command, name="bench-exec"))).job
+    live = await submit_and_follow(api, js, SubmitJob(command=command, name="bench-exec"))
     first: float | None = None
-    async for message in read_log(js, job.id, follow=True, idle_timeout_s=JOB_DEADLINE_S):
+    async for message in live.messages(idle_timeout_s=JOB_DEADLINE_S):
         now = time.perf_counter() - started
         if isinstance(message, LogBatch):
             if first is None:
                 first = now
         elif isinstance(message, LogEnd):
-            return Outcome(job.id, first, now, message.state is JobState.SUCCEEDED)
-    raise SystemExit(f"job {job.id}: no end of log within {JOB_DEADLINE_S:g}s of silence")
+            return Outcome(live.job_id, first, now, message.state is JobState.SUCCEEDED)
+    raise SystemExit(f"job {live.job_id}: no end of log within {JOB_DEADLINE_S:g}s of silence")
 
 
 # --- the platform ------------------------------------------------------------------------

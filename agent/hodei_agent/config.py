@@ -29,6 +29,9 @@ class AgentSettings(Settings):
     kill_grace_s: float = Field(default=2.0, ge=0)
     publish_timeout_s: float = Field(default=5.0, gt=0)
     publish_attempts: int = Field(default=6, ge=1)
+    # STARTED is reported this long after the start, unless the job ended by then: then its
+    # FINISHED report says when it started (one report, one database write fewer).
+    report_started_after_s: float = Field(default=0.02, ge=0)
 
     # A batch is sent when it holds this many lines or bytes, or this long after its first line.
     log_batch_lines: int = Field(default=500, ge=1)

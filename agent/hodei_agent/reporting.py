@@ -71,15 +71,19 @@ class StatusReporter:
         error: str | None = None,
         duration_s: float | None = None,
         log_lines: int | None = None,
+        at: datetime | None = None,
+        started_at: datetime | None = None,
     ) -> None:
-        """Publish one step and wait for JetStream to store it."""
+        """Publish one step (that happened ``at``, default now) and wait for JetStream to
+        store it."""
         a = self._assignment
         report = StatusReport(
             worker_id=a.worker_id,
             job_id=a.job_id,
             attempt=a.attempt,
             kind=kind,
-            at=datetime.now(UTC),
+            at=at or datetime.now(UTC),
+            started_at=started_at,
             outcome=outcome,
             exit_code=exit_code,
             error=error,

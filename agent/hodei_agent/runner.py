@@ -1,14 +1,20 @@
-"""One assignment on this worker: ACCEPTED, the process and its logs, FINISHED."""
+"""One assignment on this worker: the process and its logs, STARTED, FINISHED.
+
+The agent starts its job as soon as the assignment arrives, so STARTED also says it was
+accepted (one report fewer per job); a job that cannot start is reported FINISHED at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import signal
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +44,7 @@ class JobResult:
     error: str | None = None
     duration_s: float = 0.0
     log_lines: int = 0
+    started_at: datetime | None = None  # set when no STARTED report was sent
 
 
 def exit_result(returncode: int) -> tuple[Outcome, int, str | None]:
@@ -65,6 +72,34 @@ def signal_code(returncode: int | None) -> int | None:
     return 128 - returncode if returncode < 0 else returncode
 
 
+class StartedReport:
+    """STARTED, sent a moment after the start unless the job is over by then."""
+
+    def __init__(self, reporter: StatusReporter, at: datetime, delay_s: float) -> None:
+        self.at = at
+        self._sending = False
+        self._task = asyncio.create_task(self._send_later(reporter, delay_s))
+
+    async def _send_later(self, reporter: StatusReporter, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        self._sending = True
+        await reporter.report(StatusKind.STARTED, at=self.at)
+
+    async def settle(self) -> datetime | None:
+        """Once the job is over: when it started if STARTED was never sent (FINISHED says it
+        then), else None once STARTED is stored. Raises PublishError if that failed."""
+        if not self._sending:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            return self.at
+        await self._task
+        return None
+
+    def abort(self) -> None:
+        self._task.cancel()
+
+
 class JobRun:
     """Runs one assignment and reports it; :meth:`cancel` kills it from outside."""
 
@@ -85,8 +120,7 @@ class JobRun:
             self._cancelled.set()
 
     async def run(self) -> JobResult:
-        """Report ACCEPTED, run, report FINISHED. Raises PublishError when NATS is lost."""
-        await self._reporter.report(StatusKind.ACCEPTED)
+        """Run, report STARTED then FINISHED. Raises PublishError when NATS is lost."""
         try:
             workdir = self._make_workdir()
         except OSError as e:
@@ -103,6 +137,7 @@ class JobRun:
             error=result.error,
             duration_s=result.duration_s,
             log_lines=result.log_lines,
+            started_at=result.started_at,
         )
         return result
 
@@ -118,32 +153,36 @@ class JobRun:
         if self._cancelled.is_set():
             return JobResult(Outcome.CANCELLED, error=self._cancel_message())
         env = job_environment(a.env, workdir)
-        started = time.monotonic()
+        started_monotonic = time.monotonic()
         ooms = oom_kills()
         try:
             proc = await spawn(command_line(a.command, a.args), env, workdir)
         except (OSError, ValueError) as e:  # ValueError: a NUL byte in the command or env
             return JobResult(Outcome.FAILED, error=f"cannot start the command: {e}")
         make_first_victim(proc.pgid)
+        started = StartedReport(self._reporter, datetime.now(UTC),
+                                self._settings.report_started_after_s)
         logs = self._log_publisher()
         logs.start()
         try:
-            await self._reporter.report(StatusKind.STARTED)
             result = await self._supervise(proc, logs)
             if result.outcome is Outcome.FAILED and oom_killed_since(ooms):
-                result = JobResult(Outcome.FAILED, result.exit_code,
-                                   f"{OOM_KILLED}: the job ran out of memory ({result.error})")
+                result = replace(result, error=f"{OOM_KILLED}: the job ran out of memory "
+                                               f"({result.error})")
         except BaseException:
+            started.abort()
             await logs.abort()
             await kill_group(proc, 0.0)
             raise
-        duration = time.monotonic() - started
+        duration = time.monotonic() - started_monotonic
         try:
             lines = await logs.close()
         except PublishError as e:
             return JobResult(Outcome.FAILED, result.exit_code,
-                             f"the job's output could not be published: {e}", duration, logs.count)
-        return JobResult(result.outcome, result.exit_code, result.error, duration, lines)
+                             f"the job's output could not be published: {e}", duration, logs.count,
+                             await started.settle())
+        return JobResult(result.outcome, result.exit_code, result.error, duration, lines,
+                         await started.settle())
 
     def _log_publisher(self) -> LogPublisher:
         s = self._settings

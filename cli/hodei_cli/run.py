@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from uuid import UUID
+from collections.abc import AsyncIterator
+from uuid import UUID, uuid4
+
+import msgspec
 
 from hodei_cli.connection import api_client
 from hodei_common.client import ApiClient
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.jobs import JobState
-from hodei_common.contracts.logs import LogBatch, LogEnd, LogStream
-from hodei_common.logreader import read_log
+from hodei_common.contracts.logs import LogBatch, LogEnd, LogMessage, LogStream
+from hodei_common.logreader import LiveLog, read_log
 
 EXIT_TIMED_OUT = 124
 EXIT_CANCELLED = 130
@@ -50,7 +53,12 @@ def describe_end(end: LogEnd) -> str | None:
 
 async def stream_job(api: ApiClient, job_id: UUID, *, follow: bool) -> int | None:
     """Print the job's log; return its exit code when the end marker was read."""
-    async for message in read_log(api.nc.jetstream(), job_id, follow=follow):
+    return await print_log(read_log(api.nc.jetstream(), job_id, follow=follow))
+
+
+async def print_log(messages: AsyncIterator[LogMessage]) -> int | None:
+    """Print log messages; return the job's exit code when the end marker came."""
+    async for message in messages:
         if isinstance(message, LogBatch):
             print_batch(message)
         else:
@@ -62,17 +70,28 @@ async def stream_job(api: ApiClient, job_id: UUID, *, follow: bool) -> int | Non
 
 
 async def run_job(request: SubmitJob, *, detach: bool) -> int:
-    """Submit, then follow the log to the end; Ctrl-C cancels the job and exits 130."""
+    """Submit, then follow the log to the end; Ctrl-C cancels the job and exits 130.
+
+    The log is listened to before the job exists (the job's id is chosen here), so no line
+    can come before the CLI is there to print it.
+    """
     async with api_client() as api:
-        job = (await api.submit(request)).job
         if detach:
-            print(job.id)
+            print((await api.submit(request)).job.id)
             return 0
+        request = msgspec.structs.replace(request, id=request.id or uuid4())
+        assert request.id is not None
+        live = await LiveLog(api.nc, api.nc.jetstream(), request.id).open()
+        try:
+            job = (await api.submit(request)).job
+        except BaseException:
+            await live.close()
+            raise
         loop = asyncio.get_running_loop()
         interrupted = asyncio.Event()
         loop.add_signal_handler(signal.SIGINT, interrupted.set)
         try:
-            following = asyncio.create_task(stream_job(api, job.id, follow=True))
+            following = asyncio.create_task(print_log(live.messages()))
             stop = asyncio.create_task(interrupted.wait())
             await asyncio.wait([following, stop], return_when=asyncio.FIRST_COMPLETED)
             if following.done():

@@ -53,6 +53,13 @@ class ConsumerSpec:
     # Triggers (messages that only say "look again") need no ack each: one ack of the last
     # message of a fetched batch acknowledges the whole batch.
     ack_batches: bool = False
+    # Messages with the same key are handled one after another, in stream order; those with
+    # different keys (say, two workers' reports) concurrently. None: one at a time.
+    ordered_by: Callable[[Msg], str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.ack_batches and self.ordered_by is not None:
+            raise ValueError("a batch ack needs the batch handled in order")
 
     def config(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -114,13 +121,27 @@ async def consume(
                 log.warning("%s: fetch failed (%s)", spec.durable, e)
                 await asyncio.sleep(0.5)
                 continue
-            for i, msg in enumerate(msgs):
-                if stopping.is_set():
-                    for rest in msgs[i:]:
-                        await rest.nak()
-                    break
-                last = i == len(msgs) - 1
-                await handle(msg, handler, spec.durable, ack=not spec.ack_batches or last)
+            if spec.ordered_by is None:
+                await _handle_in_order(msgs, handler, spec, stopping)
+            else:
+                groups: dict[str, list[Msg]] = {}
+                for msg in msgs:
+                    groups.setdefault(spec.ordered_by(msg), []).append(msg)
+                await asyncio.gather(*(_handle_in_order(group, handler, spec, stopping)
+                                       for group in groups.values()))
     finally:
         with contextlib.suppress(NatsError):
             await sub.unsubscribe()
+
+
+async def _handle_in_order(
+    msgs: list[Msg], handler: Handler, spec: ConsumerSpec, stopping: asyncio.Event
+) -> None:
+    """Handle ``msgs`` one after another; once ``stopping`` is set, hand the rest back."""
+    for i, msg in enumerate(msgs):
+        if stopping.is_set():
+            for rest in msgs[i:]:
+                await rest.nak()
+            return
+        last = i == len(msgs) - 1
+        await handle(msg, handler, spec.durable, ack=not spec.ack_batches or last)

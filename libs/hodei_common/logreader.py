@@ -1,7 +1,9 @@
-"""Reading a job's log from its stream: everything so far, or everything until the end marker.
+"""Reading a job's log: everything so far, or everything until the end marker.
 
-Reading starts at the stream's first message for the job, so a reader that attaches after
-the job finished still gets every line, then the end marker.
+:func:`read_log` reads the stream from the job's first message, so a reader that attaches
+after the job finished still gets every line, then the end marker. :class:`LiveLog` follows
+a job it is about to submit (``hodei job run``) without making a stream consumer, falling back
+to :func:`read_log` whenever it cannot prove it saw every line.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections.abc import AsyncIterator
 from uuid import UUID
 
 import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -18,7 +22,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from hodei_common.contracts import subjects
-from hodei_common.contracts.logs import LogEnd, LogMessage
+from hodei_common.contracts.logs import LogBatch, LogEnd, LogMessage
 
 
 async def _last_seq(js: JetStreamContext, job_id: UUID) -> int:
@@ -72,3 +76,95 @@ async def read_log(
             await sub.unsubscribe()
             if name:
                 await js.delete_consumer(subjects.LOGS_STREAM, name)
+
+
+class LiveLog:
+    """A job's log, followed from before the job exists.
+
+    A plain subscription to ``job.<id>.logs`` taken before the submit sees every message as it
+    is published, at no cost to the stream. It is checked, not trusted: line numbers must run
+    on without a gap and the end marker must count the lines seen. Anything else (a message
+    dropped by a slow reader or a reconnect, a retried attempt, a marker without a count) and
+    the rest comes from the stream, skipping the lines already given.
+    """
+
+    def __init__(self, nc: NATS, js: JetStreamContext, job_id: UUID) -> None:
+        self.job_id = job_id
+        self._nc = nc
+        self._js = js
+        self._sub: Subscription | None = None
+        self.fell_back = False  # whether the stream had to be read (for tests and benchmarks)
+
+    async def open(self) -> LiveLog:
+        """Start listening; submit the job only after this returned."""
+        self._sub = await self._nc.subscribe(subjects.job_logs(self.job_id))
+        return self
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(NatsError):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def messages(self, *, idle_timeout_s: float | None = None) -> AsyncIterator[LogMessage]:
+        """Yield every log message once, in order, until the end marker (or until nothing
+        came for ``idle_timeout_s``, if given)."""
+        if self._sub is None:
+            raise RuntimeError("LiveLog.open() must be called before the job is submitted")
+        given: dict[int, int] = {}  # attempt -> last line number given
+        try:
+            async for message in self._live(given, idle_timeout_s):
+                yield message
+                if isinstance(message, LogEnd):
+                    return
+        finally:
+            await self.close()
+        if self.fell_back:
+            async for message in read_log(self._js, self.job_id, follow=True,
+                                          idle_timeout_s=idle_timeout_s):
+                if isinstance(message, LogBatch):
+                    seen = given.get(message.attempt, 0)
+                    lines = [line for line in message.lines if line.seq > seen]
+                    if not lines:
+                        continue
+                    message = LogBatch(job_id=message.job_id, attempt=message.attempt,
+                                       lines=lines)
+                    given[message.attempt] = lines[-1].seq
+                yield message
+                if isinstance(message, LogEnd):
+                    return
+
+    async def _live(
+        self, given: dict[int, int], idle_timeout_s: float | None
+    ) -> AsyncIterator[LogMessage]:
+        """What the subscription proves complete; sets ``fell_back`` where it stops short."""
+        assert self._sub is not None
+        while True:
+            try:
+                msg = await self._sub.next_msg(timeout=idle_timeout_s or 3600.0)
+            except NatsTimeoutError:
+                if idle_timeout_s is not None:
+                    return
+                continue
+            message = msgspec.json.decode(msg.data, type=LogMessage)
+            if isinstance(message, LogEnd):
+                complete = set(given) <= {message.attempt} and message.lines is not None \
+                    and given.get(message.attempt, 0) == message.lines
+                if not complete:
+                    self.fell_back = True
+                    return
+                yield message
+                return
+            seen = given.get(message.attempt)
+            if seen is None and given:  # a new attempt: the last one's tail is unproven
+                self.fell_back = True
+                return
+            lines = [line for line in message.lines if line.seq > (seen or 0)]
+            if not lines:
+                continue  # a batch published twice (a retried publish)
+            if lines[0].seq != (seen or 0) + 1:
+                self.fell_back = True
+                return
+            given[message.attempt] = lines[-1].seq
+            yield message if len(lines) == len(message.lines) else LogBatch(
+                job_id=message.job_id, attempt=message.attempt, lines=lines)

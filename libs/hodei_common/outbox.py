@@ -1,18 +1,23 @@
-"""The transactional outbox writer: a state change, its audit row and its event, one commit.
+"""The transactional outbox writer: a state change, its audit rows and its events, one commit.
 
 Two ways in, both atomic:
 
-* :func:`change` runs a conditional state change (a statement that returns the changed row,
-  or no row when the change does not apply) and records the event only if a row came back,
-  all in ONE statement: one round trip, no explicit transaction needed.
+* :func:`transition` runs one or more conditional state changes (statements that return the
+  changed rows, or none when the change does not apply) and records each event only if the
+  step it belongs to changed something, all in ONE statement: one round trip, no explicit
+  transaction needed. :func:`change` is its one-step, one-event form.
 * :func:`record` appends an event inside a transaction the caller already holds.
 
 Either way the event reaches JetStream through :mod:`hodei_common.relay`; the writer's trace
 context is stored with the row so the published message continues the trace that caused it.
+Events of one statement are stored (and so published) in the order given.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
@@ -24,41 +29,25 @@ from hodei_common.contracts.events import Event
 from hodei_common.contracts.subjects import OUTBOX_NOTIFY_CHANNEL
 from hodei_common.database import Conn
 
-_EVENT_PARAMS = 10
+FIRST_STEP = "state"
+# Every event column travels as one array parameter, whatever the number of events.
+_EVENT_COLUMNS = (
+    ("id", "uuid"), ("event_type", "text"), ("aggregate_type", "text"),
+    ("aggregate_id", "uuid"), ("correlation_id", "text"), ("actor", "text"),
+    ("payload", "text"), ("occurred_at", "timestamptz"), ("subject", "text"),
+    ("headers", "text"), ("step", "text"),
+)
 
 
-def _event_ctes(first: int, source: str) -> str:
-    """Audit + outbox inserts and the NOTIFY, taking event params from ``$first`` on."""
-    p = [f"${first + i}" for i in range(_EVENT_PARAMS)]
-    return f"""
-audit AS (
-    INSERT INTO domain_events (id, event_type, aggregate_type, aggregate_id, correlation_id,
-                               actor, payload, occurred_at)
-    SELECT {p[0]}::uuid, {p[1]}::text, {p[2]}::text, {p[3]}::uuid, {p[4]}::text, {p[5]}::text,
-           {p[6]}::text::jsonb, {p[7]}::timestamptz
-    FROM {source}
-),
-queued AS (
-    INSERT INTO outbox_events (id, subject, event_type, payload, headers)
-    SELECT {p[0]}::uuid, {p[8]}::text, {p[1]}::text, convert_to({p[6]}::text, 'UTF8'),
-           {p[9]}::jsonb
-    FROM {source}
-),
-notified AS (SELECT pg_notify('{OUTBOX_NOTIFY_CHANNEL}', '') FROM {source})"""
+@dataclass(frozen=True)
+class Emit:
+    """An event to record when step ``after`` of a transition changed at least one row."""
 
-
-def _change_sql(state_sql: str, state_params: int) -> str:
-    return f"""
-WITH state AS ({state_sql}),
-changed AS (SELECT 1 FROM state LIMIT 1),
-{_event_ctes(state_params + 1, "changed")}
-SELECT state.* FROM state, (SELECT count(*) FROM notified) AS delivered"""
-
-
-_RECORD_SQL = f"""
-WITH one AS (SELECT 1),
-{_event_ctes(1, "one")}
-SELECT count(*) FROM notified"""
+    event: Event
+    subject: str
+    aggregate_type: str
+    aggregate_id: UUID
+    after: str = FIRST_STEP
 
 
 def event_type(event: Event) -> str:
@@ -66,14 +55,83 @@ def event_type(event: Event) -> str:
     return type(event).__name__
 
 
-def _event_args(
-    event: Event, subject: str, aggregate_type: str, aggregate_id: UUID
-) -> list[Any]:
-    payload = msgspec.json.encode(event).decode()
-    return [
-        event.event_id, event_type(event), aggregate_type, aggregate_id, event.correlation_id,
-        event.actor, payload, event.occurred_at, subject, tracing.inject(),
+def _events_sql(first: int, steps: Sequence[str]) -> str:
+    """CTEs that record the events whose step applied, then NOTIFY the relay once."""
+    params = ", ".join(f"${first + i}::{kind}[]" for i, (_, kind) in enumerate(_EVENT_COLUMNS))
+    names = ", ".join(name for name, _ in _EVENT_COLUMNS)
+    applied = " UNION ALL ".join(
+        f"SELECT '{step}'::text AS step WHERE EXISTS (SELECT 1 FROM {step})" for step in steps
+    )
+    return f"""
+applied AS ({applied}),
+events AS (
+    SELECT e.*, e.ordinality AS n
+    FROM unnest({params}) WITH ORDINALITY AS e({names}, ordinality)
+    WHERE e.step IN (SELECT step FROM applied)
+),
+audit AS (
+    INSERT INTO domain_events (id, event_type, aggregate_type, aggregate_id, correlation_id,
+                               actor, payload, occurred_at)
+    SELECT id, event_type, aggregate_type, aggregate_id, correlation_id, actor,
+           payload::jsonb, occurred_at
+    FROM events ORDER BY n
+),
+queued AS (
+    INSERT INTO outbox_events (id, subject, event_type, payload, headers)
+    SELECT id, subject, event_type, convert_to(payload, 'UTF8'), headers::jsonb
+    FROM events ORDER BY n
+),
+notified AS (
+    SELECT pg_notify('{OUTBOX_NOTIFY_CHANNEL}', '')
+    FROM (SELECT 1 FROM events LIMIT 1) AS first_event
+)"""
+
+
+@lru_cache(maxsize=256)
+def _transition_sql(steps: tuple[tuple[str, str], ...], state_params: int) -> str:
+    names = [name for name, _ in steps]
+    ctes = ",\n".join(f"{name} AS ({sql})" for name, sql in steps)
+    counts = " UNION ALL ".join(
+        f"SELECT {i} AS i, count(*) AS n FROM {name}" for i, name in enumerate(names))
+    return f"""
+WITH {ctes},
+{_events_sql(state_params + 1, names)}
+SELECT {names[0]}.*, ARRAY(SELECT n FROM ({counts}) AS c ORDER BY i) AS step_rows
+FROM {names[0]}, (SELECT count(*) FROM notified) AS delivered"""
+
+
+_RECORD_SQL = f"""
+WITH {FIRST_STEP} AS (SELECT 1),
+{_events_sql(1, [FIRST_STEP])}
+SELECT count(*) FROM notified"""
+
+
+def _event_arrays(emits: Sequence[Emit]) -> list[list[Any]]:
+    headers = msgspec.json.encode(tracing.inject()).decode()
+    rows = [
+        (e.event.event_id, event_type(e.event), e.aggregate_type, e.aggregate_id,
+         e.event.correlation_id, e.event.actor, msgspec.json.encode(e.event).decode(),
+         e.event.occurred_at, e.subject, headers, e.after)
+        for e in emits
     ]
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [
+        [] for _ in _EVENT_COLUMNS
+    ]
+
+
+async def transition(
+    conn: Conn, steps: Sequence[tuple[str, str]], args: Sequence[Any], emits: Sequence[Emit]
+) -> list[asyncpg.Record]:
+    """Run conditional state changes and the events of those that applied, atomically.
+
+    ``steps`` are ``(name, sql)`` pairs: INSERT/UPDATE ... RETURNING statements using
+    ``$1..$n`` for ``args``; a later step may read an earlier one's rows by its name (a step
+    that must apply only when an earlier one did says ``WHERE EXISTS (SELECT 1 FROM name)``).
+    Returns the first step's rows, each with ``step_rows``: how many rows each step returned,
+    in order. No rows: the first step did not apply (and no event of it was kept).
+    """
+    sql = _transition_sql(tuple(steps), len(args))
+    return await conn.fetch(sql, *args, *_event_arrays(emits))
 
 
 async def change(
@@ -90,9 +148,9 @@ async def change(
     ``state_sql`` is an INSERT/UPDATE ... RETURNING using ``$1..$n`` for ``args``; the
     returned row (or None when the change did not apply) is given back.
     """
-    sql = _change_sql(state_sql, len(args))
-    return await conn.fetchrow(sql, *args, *_event_args(event, subject, aggregate_type,
-                                                         aggregate_id))
+    rows = await transition(conn, [(FIRST_STEP, state_sql)], args,
+                            [Emit(event, subject, aggregate_type, aggregate_id)])
+    return rows[0] if rows else None
 
 
 async def record(
@@ -106,4 +164,5 @@ async def record(
     """Append ``event`` to the audit log and the outbox in the caller's transaction."""
     if not conn.is_in_transaction():
         raise RuntimeError("outbox.record must run inside the state change's transaction")
-    await conn.fetchval(_RECORD_SQL, *_event_args(event, subject, aggregate_type, aggregate_id))
+    await conn.fetchval(_RECORD_SQL, *_event_arrays([Emit(event, subject, aggregate_type,
+                                                          aggregate_id)]))

@@ -29,20 +29,33 @@ def live_members(pgid: int) -> list[int]:
     return pids
 
 
-async def test_echo_reports_accepted_started_finished_in_order_with_its_output(
+async def test_a_job_ending_at_once_is_reported_once_with_its_start_and_output(
     platform: Platform,
 ) -> None:
     agent = await platform.start_agent()
     job = await platform.assign("echo hello")
     finished = await platform.finished(job)
-    assert [s.kind for s in platform.reports(job)] == [
-        StatusKind.ACCEPTED, StatusKind.STARTED, StatusKind.FINISHED]
+    assert [s.kind for s in platform.reports(job)] == [StatusKind.FINISHED]
+    assert finished.started_at is not None
+    assert finished.started_at <= finished.at
     assert (finished.outcome, finished.exit_code, finished.error) == (Outcome.SUCCEEDED, 0, None)
     assert finished.log_lines == 1
     assert finished.duration_s is not None
     assert finished.duration_s >= 0
     assert platform.texts(job) == ["hello"]  # every line is stored before FINISHED
     assert await agent.exit_code() == 0
+
+
+async def test_a_longer_job_reports_started_while_it_runs(platform: Platform) -> None:
+    await platform.start_agent()
+    job = await platform.assign("sleep 0.5; echo done")
+    await assert_eventually(lambda: platform.reports(job), within_s=5)
+    started = platform.reports(job)[0]
+    assert started.kind is StatusKind.STARTED  # reported while the job still sleeps
+    finished = await platform.finished(job)
+    assert [s.kind for s in platform.reports(job)] == [StatusKind.STARTED, StatusKind.FINISHED]
+    assert finished.started_at is None  # said once, by STARTED
+    assert (finished.at - started.at).total_seconds() >= 0.4
 
 
 async def test_stdout_and_stderr_are_both_captured_and_marked(platform: Platform) -> None:
@@ -139,7 +152,7 @@ async def test_a_command_that_cannot_start_fails_without_an_exit_code(
     assert (finished.outcome, finished.exit_code) == (Outcome.FAILED, None)
     assert finished.error is not None
     assert finished.error.startswith("cannot start the command:")
-    assert [s.kind for s in platform.reports(job)] == [StatusKind.ACCEPTED, StatusKind.FINISHED]
+    assert [s.kind for s in platform.reports(job)] == [StatusKind.FINISHED]
 
 
 async def test_each_job_runs_in_a_fresh_directory_removed_afterwards(

@@ -43,7 +43,7 @@ async def test_reusable_agent_runs_jobs_one_at_a_time_until_max_jobs(
     await platform.finished(jobs[1])
     assert [(s.job_id, s.kind) for s in platform.statuses] == [
         (job.job_id, kind) for job in jobs[:2]
-        for kind in (StatusKind.ACCEPTED, StatusKind.STARTED, StatusKind.FINISHED)]
+        for kind in (StatusKind.FINISHED,)]
     assert platform.texts(jobs[0]) == ["job0"]
     assert platform.texts(jobs[1]) == ["job1"]
     assert platform.reports(jobs[2]) == []
@@ -58,8 +58,7 @@ async def test_duplicate_and_foreign_assignments_are_ignored(platform: Platform)
     agent = await platform.start_agent()
     assert await agent.exit_code() == 0
     await platform.finished(retry)
-    assert [s.kind for s in platform.reports(job)] == [
-        StatusKind.ACCEPTED, StatusKind.STARTED, StatusKind.FINISHED]
+    assert [s.kind for s in platform.reports(job)] == [StatusKind.FINISHED]
     assert platform.texts(job) == ["once"]
     assert platform.reports(foreign) == []
     assert platform.texts(retry) == ["retried"]
@@ -114,7 +113,7 @@ async def test_cancel_ordered_before_the_assignment_arrives_cancels_it_unstarted
     job = await platform.assign("echo never", job_id=job_id)
     finished = await platform.finished(job)
     assert finished.outcome is Outcome.CANCELLED
-    assert [s.kind for s in platform.reports(job)] == [StatusKind.ACCEPTED, StatusKind.FINISHED]
+    assert [s.kind for s in platform.reports(job)] == [StatusKind.FINISHED]
     assert await agent.exit_code() == 0
 
 
@@ -124,7 +123,7 @@ async def test_reports_and_logs_continue_the_assignments_trace(platform: Platfor
         "echo traced", headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
     await platform.start_agent()
     await platform.finished(job)
-    # accepted, started, one log batch, finished
-    await assert_eventually(lambda: len(platform.headers) == 4)
+    # one log batch, finished (which also says when it started)
+    await assert_eventually(lambda: len(platform.headers) == 2)
     for headers in platform.headers:
         assert headers["traceparent"].split("-")[1] == trace_id

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import msgspec
 import pytest
 from asyncpg import Pool
@@ -10,7 +12,9 @@ from hodei_api.service import ApiService
 from hodei_common import tracing
 from hodei_common.client import ApiClient
 from hodei_common.contracts import subjects
+from hodei_common.contracts.api import ErrorCode
 from hodei_common.contracts.jobs import JobCreated, JobState
+from hodei_common.errors import ApiError
 from tests.api.helpers import job, row_counts
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
@@ -67,6 +71,34 @@ async def test_repeated_idempotency_key_returns_the_same_job_and_writes_nothing(
     assert first.created is True
     assert again.created is False
     assert again.job == first.job
+    assert await row_counts(pool) == before
+
+
+async def test_a_job_id_chosen_by_the_client_is_kept_and_a_resubmit_returns_that_job(
+    client: ApiClient, pool: Pool
+) -> None:
+    job_id = uuid.uuid4()
+    first = await client.submit(job("echo mine", id=job_id))
+    before = await row_counts(pool)
+    again = await client.submit(job("echo mine", id=job_id))
+
+    assert (first.created, first.job.id) == (True, job_id)
+    assert again.created is False
+    assert again.job == first.job
+    assert await row_counts(pool) == before
+
+
+async def test_a_job_id_already_taken_by_another_job_is_refused_and_changes_nothing(
+    client: ApiClient, pool: Pool
+) -> None:
+    job_id = uuid.uuid4()
+    await client.submit(job("echo first", id=job_id))
+    before = await row_counts(pool)
+    with pytest.raises(ApiError) as refused:
+        await client.submit(job("echo other", id=job_id))
+
+    assert refused.value.code == ErrorCode.INVALID_ARGUMENT
+    assert str(job_id) in refused.value.message
     assert await row_counts(pool) == before
 
 

@@ -122,3 +122,37 @@ async def test_an_undecodable_message_is_dropped_not_retried(js: JetStreamContex
     stopping.set()
     await task
     assert tries == [b"not json"]  # terminated at once: never redelivered
+
+
+async def test_ordered_by_keeps_each_keys_order_and_runs_keys_concurrently(
+    js: JetStreamContext,
+) -> None:
+    spec = ConsumerSpec(stream=subjects.JOB_EVENTS_STREAM, durable="test-ordered",
+                        filter_subjects=[subjects.JOB_CREATED], ack_wait_s=5,
+                        ordered_by=lambda msg: msg.data[:1].decode())
+    handled: list[bytes] = []
+    b_seen = asyncio.Event()
+
+    async def handler(msg: Msg) -> None:
+        if msg.data == b"a1":  # holds key a until key b ran: only possible concurrently
+            await asyncio.wait_for(b_seen.wait(), 5)
+        await asyncio.sleep(0.01 if msg.data.startswith(b"a") else 0)
+        handled.append(msg.data)
+        if msg.data.startswith(b"b"):
+            b_seen.set()
+
+    for body in (b"a1", b"a2", b"b1", b"a3", b"b2"):
+        await js.publish(subjects.JOB_CREATED, body)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(consume(js, spec, handler, stopping, poll_s=0.2))
+    await assert_eventually(lambda: len(handled) == 5, within_s=10, message=f"{handled}")
+    stopping.set()
+    await task
+    assert [m for m in handled if m.startswith(b"a")] == [b"a1", b"a2", b"a3"]
+    assert [m for m in handled if m.startswith(b"b")] == [b"b1", b"b2"]
+    assert handled.index(b"b1") < handled.index(b"a1")
+
+
+def test_a_batch_ack_cannot_be_combined_with_concurrent_handling() -> None:
+    with pytest.raises(ValueError, match="in order"):
+        ConsumerSpec(stream="S", durable="d", ack_batches=True, ordered_by=lambda m: m.subject)

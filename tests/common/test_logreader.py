@@ -7,12 +7,13 @@ import uuid
 
 import msgspec
 import pytest
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from hodei_common.contracts import subjects
 from hodei_common.contracts.jobs import JobState
 from hodei_common.contracts.logs import LogBatch, LogEnd, LogLine, LogMessage, LogStream
-from hodei_common.logreader import read_log
+from hodei_common.logreader import LiveLog, read_log
 
 pytestmark = pytest.mark.nats
 
@@ -72,3 +73,61 @@ async def test_readers_leave_no_consumer_behind(js: JetStreamContext) -> None:
         await collect(js, job_id, follow=False)
     info = await js.stream_info(subjects.LOGS_STREAM)
     assert info.state.consumer_count == 0
+
+
+def seqs(messages: list[LogMessage]) -> list[int]:
+    return [line.seq for m in messages if isinstance(m, LogBatch) for line in m.lines]
+
+
+async def follow_live(live: LiveLog) -> list[LogMessage]:
+    return [m async for m in live.messages(idle_timeout_s=5)]
+
+
+async def test_a_live_log_opened_before_the_job_sees_it_all_without_the_stream(
+    nc: NATS, js: JetStreamContext,
+) -> None:
+    job_id = uuid.uuid4()
+    live = await LiveLog(nc, js, job_id).open()
+    reading = asyncio.create_task(follow_live(live))
+    await publish(js, job_id, batch(job_id, 1, 3))
+    await publish(js, job_id, batch(job_id, 1, 3))  # a retried publish: said once only
+    await publish(js, job_id, batch(job_id, 4, 2))
+    end = LogEnd(job_id=job_id, attempt=1, state=JobState.SUCCEEDED, exit_code=0, lines=5)
+    await publish(js, job_id, end)
+    messages = await reading
+    assert seqs(messages) == [1, 2, 3, 4, 5]
+    assert messages[-1] == end
+    assert not live.fell_back
+
+
+async def test_a_live_log_that_missed_lines_reads_the_rest_from_the_stream_once(
+    nc: NATS, js: JetStreamContext,
+) -> None:
+    job_id = uuid.uuid4()
+    await publish(js, job_id, batch(job_id, 1, 2))  # before anyone listened
+    live = await LiveLog(nc, js, job_id).open()
+    reading = asyncio.create_task(follow_live(live))
+    await publish(js, job_id, batch(job_id, 3, 2))
+    await publish(js, job_id, LogEnd(job_id=job_id, attempt=1, state=JobState.FAILED,
+                                     exit_code=3, lines=4))
+    messages = await reading
+    assert seqs(messages) == [1, 2, 3, 4]
+    assert isinstance(messages[-1], LogEnd)
+    assert messages[-1].exit_code == 3
+    assert live.fell_back
+
+
+@pytest.mark.parametrize("lines", [None, 9])
+async def test_an_end_marker_that_does_not_vouch_for_the_lines_seen_means_reading_the_stream(
+    nc: NATS, js: JetStreamContext, lines: int | None,
+) -> None:
+    job_id = uuid.uuid4()
+    live = await LiveLog(nc, js, job_id).open()
+    reading = asyncio.create_task(follow_live(live))
+    await publish(js, job_id, batch(job_id, 1, 2))
+    await publish(js, job_id, LogEnd(job_id=job_id, attempt=1, state=JobState.SUCCEEDED,
+                                     exit_code=0, lines=lines))
+    messages = await reading
+    assert seqs(messages) == [1, 2]  # the stream holds nothing more, and nothing twice
+    assert isinstance(messages[-1], LogEnd)
+    assert live.fell_back

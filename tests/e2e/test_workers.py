@@ -55,7 +55,10 @@ async def test_ctrl_c_in_job_run_cancels_the_running_job_and_exits_130(
     await assert_eventually(lambda: not agent_processes(platform.nats_url), within_s=10)
     events = [r["event_type"] for r in await db.fetch(
         "SELECT event_type FROM domain_events WHERE aggregate_id = $1 ORDER BY seq", job_id)]
-    assert events[-2:] == ["JobCancelRequested", "JobCancelled"]
+    # The agent may report STARTED (moments after the start) after the cancel was asked for.
+    assert events[-1] == "JobCancelled"
+    assert "JobStarted" in events
+    assert events.index("JobCancelRequested") < events.index("JobCancelled")
 
 
 async def test_a_warm_pool_keeps_registered_workers_waiting(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
+from uuid import UUID
 
 import asyncpg
 import msgspec
@@ -13,7 +15,7 @@ from hodei_common.client import ApiClient
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import Assignment, Outcome, StatusKind
 from hodei_common.contracts.api import SubmitJob
-from hodei_common.contracts.jobs import JobState
+from hodei_common.contracts.jobs import Job, JobState
 from hodei_common.contracts.logs import LogEnd, LogMessage
 from hodei_common.runner import HodeiService
 from hodei_common.testing import assert_eventually
@@ -34,6 +36,15 @@ async def event_types(pool: asyncpg.Pool, aggregate_id: uuid.UUID) -> list[str]:
     rows = await pool.fetch(
         "SELECT event_type FROM domain_events WHERE aggregate_id = $1 ORDER BY seq", aggregate_id)
     return [r["event_type"] for r in rows]
+
+
+async def assigned_job(api: ApiClient, pool: asyncpg.Pool, command: str) -> tuple[Job, UUID]:
+    """Submit ``command``, play the provisioner (its worker READY), wait for the assignment."""
+    job = (await api.submit(SubmitJob(command=command))).job
+    worker_id = (await assert_eventually(lambda: workers(pool, "CREATING")))[0]["id"]
+    await make_ready(pool, worker_id)
+    await assert_eventually(lambda: _is(job_state(pool, job.id), "ASSIGNED"), within_s=5)
+    return job, worker_id
 
 
 async def test_a_queued_job_gets_one_new_worker_then_the_assignment(
@@ -60,11 +71,7 @@ async def test_a_queued_job_gets_one_new_worker_then_the_assignment(
 async def test_reports_take_a_job_to_succeeded_and_retire_its_ephemeral_worker(
     api: ApiClient, pool: asyncpg.Pool, js: JetStreamContext
 ) -> None:
-    job = (await api.submit(SubmitJob(command="echo hi"))).job
-    worker_id = (await assert_eventually(lambda: workers(pool, "CREATING")))[0]["id"]
-    await make_ready(pool, worker_id)
-    await assert_eventually(lambda: job_state(pool, job.id), within_s=5)
-    await assert_eventually(lambda: _is(job_state(pool, job.id), "ASSIGNED"))
+    job, worker_id = await assigned_job(api, pool, "echo hi")
     await report(js, worker_id, job.id, 1, StatusKind.ACCEPTED)
     await report(js, worker_id, job.id, 1, StatusKind.STARTED)
     await assert_eventually(lambda: _is(job_state(pool, job.id), "RUNNING"))
@@ -81,6 +88,47 @@ async def test_reports_take_a_job_to_succeeded_and_retire_its_ephemeral_worker(
     assert (await event_types(pool, worker_id))[-1] == "WorkerTerminating"
 
 
+async def test_a_started_report_alone_also_records_the_acceptance_once(
+    api: ApiClient, pool: asyncpg.Pool, js: JetStreamContext
+) -> None:
+    job, worker_id = await assigned_job(api, pool, "echo hi")
+    for _ in range(2):  # a redelivered report changes nothing
+        await report(js, worker_id, job.id, 1, StatusKind.STARTED)
+    await assert_eventually(lambda: _is(job_state(pool, job.id), "RUNNING"))
+    await report(js, worker_id, job.id, 1, StatusKind.FINISHED, Outcome.SUCCEEDED, exit_code=0)
+    await assert_eventually(lambda: _is(job_state(pool, job.id), "SUCCEEDED"))
+    row = await pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job.id)
+    assert row["accepted_at"] == row["started_at"]
+    assert await event_types(pool, job.id) == [
+        "JobCreated", "JobAssigned", "JobAccepted", "JobStarted", "JobSucceeded"]
+
+
+async def test_a_finished_report_that_says_when_the_job_started_records_the_start(
+    api: ApiClient, pool: asyncpg.Pool, js: JetStreamContext
+) -> None:
+    job, worker_id = await assigned_job(api, pool, "true")
+    started_at = datetime.now(UTC)
+    await report(js, worker_id, job.id, 1, StatusKind.FINISHED, Outcome.SUCCEEDED, exit_code=0,
+                 started_at=started_at)
+    await assert_eventually(lambda: _is(job_state(pool, job.id), "SUCCEEDED"))
+    row = await pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job.id)
+    assert row["started_at"] == row["accepted_at"] == started_at
+    assert row["completed_at"] >= started_at
+    assert await event_types(pool, job.id) == [
+        "JobCreated", "JobAssigned", "JobAccepted", "JobStarted", "JobSucceeded"]
+
+
+async def test_a_job_that_never_started_is_still_accepted_before_it_ends(
+    api: ApiClient, pool: asyncpg.Pool, js: JetStreamContext
+) -> None:
+    job, worker_id = await assigned_job(api, pool, "echo hi")
+    await report(js, worker_id, job.id, 1, StatusKind.FINISHED, Outcome.FAILED,
+                 error="cannot start the command: boom")
+    await assert_eventually(lambda: _is(job_state(pool, job.id), "FAILED"))
+    assert await event_types(pool, job.id) == [
+        "JobCreated", "JobAssigned", "JobAccepted", "JobFailed"]
+
+
 @pytest.mark.parametrize(
     ("outcome", "exit_code", "state"),
     [(Outcome.FAILED, 3, "FAILED"), (Outcome.TIMED_OUT, None, "TIMED_OUT"),
@@ -90,10 +138,7 @@ async def test_each_outcome_ends_the_job_in_its_state_with_an_end_of_log_marker(
     api: ApiClient, pool: asyncpg.Pool, js: JetStreamContext,
     outcome: Outcome, exit_code: int | None, state: str,
 ) -> None:
-    job = (await api.submit(SubmitJob(command="x"))).job
-    worker_id = (await assert_eventually(lambda: workers(pool, "CREATING")))[0]["id"]
-    await make_ready(pool, worker_id)
-    await assert_eventually(lambda: _is(job_state(pool, job.id), "ASSIGNED"))
+    job, worker_id = await assigned_job(api, pool, "x")
     await report(js, worker_id, job.id, 1, StatusKind.FINISHED, outcome, exit_code=exit_code,
                  error="boom" if outcome is Outcome.FAILED else None)
     await assert_eventually(lambda: _is(job_state(pool, job.id), state))
@@ -114,10 +159,7 @@ async def test_each_outcome_ends_the_job_in_its_state_with_an_end_of_log_marker(
 async def test_reports_from_another_attempt_or_worker_change_nothing(
     api: ApiClient, pool: asyncpg.Pool, js: JetStreamContext
 ) -> None:
-    job = (await api.submit(SubmitJob(command="x"))).job
-    worker_id = (await assert_eventually(lambda: workers(pool, "CREATING")))[0]["id"]
-    await make_ready(pool, worker_id)
-    await assert_eventually(lambda: _is(job_state(pool, job.id), "ASSIGNED"))
+    job, worker_id = await assigned_job(api, pool, "x")
     await report(js, worker_id, job.id, 7, StatusKind.FINISHED, Outcome.SUCCEEDED, exit_code=0)
     await report(js, uuid.uuid4(), job.id, 1, StatusKind.FINISHED, Outcome.SUCCEEDED, 0)
     await report(js, worker_id, job.id, 1, StatusKind.STARTED)

@@ -69,7 +69,11 @@ class Outcome(enum.StrEnum):
 
 
 class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
-    """One step of a job on its worker; ``Nats-Msg-Id`` is ``job:attempt:kind``."""
+    """One step of a job on its worker; ``Nats-Msg-Id`` is ``job:attempt:kind``.
+
+    A FINISHED report carries ``started_at`` when the job started but its STARTED report was
+    never sent (a job that ends within moments is reported once, not twice).
+    """
 
     worker_id: UUID
     job_id: UUID
@@ -81,6 +85,7 @@ class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
     duration_s: float | None = None
     log_lines: int | None = None
+    started_at: datetime | None = None
 
 
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):

@@ -72,6 +72,9 @@ class SubmitJob(msgspec.Struct, frozen=True, kw_only=True):
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = DEFAULT_MAX_ATTEMPTS
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     namespace: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "default"
+    # Chosen by the client, so that it can listen to the job's log before the job exists;
+    # submitting the same id again returns that job (an id already used by another is refused).
+    id: UUID | None = None
     # Resource limits; None takes the provider's defaults. Local workers are not limited.
     cpus: Cpus | None = None
     memory_bytes: MemoryBytes | None = None

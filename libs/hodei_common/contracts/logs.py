@@ -39,13 +39,18 @@ class LogBatch(msgspec.Struct, frozen=True, kw_only=True, tag="batch"):
 
 
 class LogEnd(msgspec.Struct, frozen=True, kw_only=True, tag="end"):
-    """Nothing follows: the job ended in ``state`` (with ``exit_code`` when it ran)."""
+    """Nothing follows: the job ended in ``state`` (with ``exit_code`` when it ran).
+
+    ``lines``: how many lines ``attempt`` logged, when known, so that a reader can tell it
+    got every one.
+    """
 
     job_id: UUID
     attempt: int
     state: JobState
     exit_code: int | None = None
     error: str | None = None
+    lines: int | None = None
 
 
 LogMessage = Annotated[LogBatch | LogEnd, msgspec.Meta(title="LogMessage")]

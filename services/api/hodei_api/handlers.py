@@ -121,7 +121,7 @@ def _now() -> datetime:
 async def submit_job(pool: asyncpg.Pool, req: SubmitJob) -> SubmitJobReply:
     """Store a QUEUED job and its JobCreated event atomically, in one round trip."""
     validate_submit(req)
-    job_id = uuid4()
+    job_id = req.id or uuid4()
     event = JobCreated(
         event_id=uuid4(),
         occurred_at=_now(),
@@ -160,6 +160,11 @@ async def _why_not_inserted(conn: Conn, req: SubmitJob) -> Job:
         existing = await store.job_by_idempotency_key(conn, req.namespace, req.idempotency_key)
         if existing is not None:
             return existing
+    if req.id is not None and (existing := await store.get_job(conn, req.id)) is not None:
+        if (existing.namespace, existing.command, existing.args) != (
+                req.namespace, req.command, req.args):
+            raise ValidationError(f"job id {req.id} is already taken by another job")
+        return existing
     # The provider was disabled (or the keyed job deleted) between the two statements.
     raise PreconditionError("the job could not be stored; try again")
 

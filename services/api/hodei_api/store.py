@@ -34,14 +34,14 @@ _EVENT_COLUMNS = """
     occurred_at
 """
 
-# Inserts nothing when the provider is unknown or disabled, or the idempotency key is taken;
-# the caller then finds out which (the rare path) with further queries.
+# Inserts nothing when the provider is unknown or disabled, or the id or idempotency key is
+# taken; the caller then finds out which (the rare path) with further queries.
 INSERT_JOB = f"""
 INSERT INTO jobs (id, namespace, name, state, command, args, env, timeout_s, provider, priority,
                   max_attempts, idempotency_key, cpus, memory_bytes)
 SELECT $1, $2, $3, 'QUEUED', $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13
 WHERE EXISTS (SELECT 1 FROM provider_configs WHERE name = $8 AND enabled)
-ON CONFLICT (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+ON CONFLICT DO NOTHING
 RETURNING {_JOB_COLUMNS}
 """
 _JOB_BY_KEY = f"""

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 ACTOR = "scheduler"
 MIN_GAP_S = 0.005
+HOUSEKEEPING_S = 0.25
+PICK_BATCH = 64
 
 
 def _now() -> datetime:
@@ -61,6 +63,7 @@ class Dispatcher:
         self._interval_s = interval_s
         self._resend_s = resend_s
         self._poked = asyncio.Event()
+        self._next_housekeeping = 0.0
         self.provisioning = True
 
     def poke(self) -> None:
@@ -87,20 +90,28 @@ class Dispatcher:
             await wait_any(stopping, self._poked, within_s=self._interval_s)
 
     async def dispatch_pass(self) -> int:
-        """Assign what can be assigned, request missing workers; return assignments made."""
+        """Assign what can be assigned, request missing workers; return assignments made.
+
+        Retiring idle workers and resending unanswered assignments are housekeeping that
+        nothing waits on: they run at most every ``HOUSEKEEPING_S``, not on every poke.
+        """
+        loop = asyncio.get_running_loop()
+        housekeeping = loop.time() >= self._next_housekeeping
+        if housekeeping:
+            self._next_housekeeping = loop.time() + HOUSEKEEPING_S
         with tracing.tracer().start_as_current_span("scheduler dispatch"):
             # One transaction: its advisory lock serialises passes across replicas and goes
             # away with it, whatever happens to this process.
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_CLASS,
                                    LOCK_DISPATCH)
-                assignments = []
-                while (made := await self._assign_one(conn)) is not None:
-                    assignments.append(made)
+                assignments = await self._assign(conn)
                 if self.provisioning:
-                    await self._retire_idle(conn)
+                    if housekeeping:
+                        await self._retire_idle(conn)
                     await self._provision(conn)
-                stale = await store.unanswered_assignments(conn, self._resend_s)
+                stale = (await store.unanswered_assignments(conn, self._resend_s)
+                         if housekeeping else [])
             for assignment in assignments:
                 await self.send(assignment)
             for row in stale:
@@ -108,21 +119,29 @@ class Dispatcher:
                 await self.send(assignment_from_row(row, row["worker_id"]))
             return len(assignments)
 
-    async def _assign_one(self, conn: Conn) -> Assignment | None:
-        pair = await store.pick_pair(conn)
-        if pair is None:
-            return None
-        job_id, worker_id, attempt = pair["job_id"], pair["worker_id"], pair["attempt"]
-        event = JobAssigned(event_id=uuid4(), occurred_at=_now(), actor=ACTOR,
-                            job_id=job_id, attempt=attempt, worker_id=worker_id)
-        row = await outbox.change(
-            conn, store.ASSIGN_JOB, job_id, worker_id, attempt,
-            subject=subjects.JOB_ASSIGNED, event=event, aggregate_type="job",
-            aggregate_id=job_id,
-        )
-        if row is None or not await store.occupy_worker(conn, worker_id, job_id):
-            raise RuntimeError(f"job {job_id} or worker {worker_id} moved while locked")
-        return assignment_from_row(row, worker_id)
+    async def _assign(self, conn: Conn) -> list[Assignment]:
+        """Pair jobs with workers, a batch per statement, until no more pairs fit."""
+        assignments: list[Assignment] = []
+        while pairs := await store.pick_pairs(conn, PICK_BATCH):
+            jobs = [p["job_id"] for p in pairs]
+            workers = [p["worker_id"] for p in pairs]
+            attempts = [p["attempt"] for p in pairs]
+            emits = [
+                outbox.Emit(JobAssigned(event_id=uuid4(), occurred_at=_now(), actor=ACTOR,
+                                        job_id=j, attempt=a, worker_id=w),
+                            subjects.JOB_ASSIGNED, "job", j)
+                for j, w, a in zip(jobs, workers, attempts, strict=True)
+            ]
+            rows = await outbox.transition(
+                conn, [(outbox.FIRST_STEP, store.ASSIGN_JOBS), ("occupied", store.OCCUPY_WORKERS)],
+                [jobs, workers, attempts], emits,
+            )
+            if len(rows) != len(pairs) or rows[0]["step_rows"] != [len(pairs), len(pairs)]:
+                raise RuntimeError("jobs or workers moved while locked by the dispatch pass")
+            assignments.extend(assignment_from_row(row, row["worker_id"]) for row in rows)
+            if pairs[0]["considered"] < PICK_BATCH:
+                break
+        return assignments
 
     async def _retire_idle(self, conn: Conn) -> None:
         """Retire READY workers idle past their provider's ``idle_ttl_s`` (keeping min_idle):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -47,6 +47,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+P = TypeVar("P", JobAccepted, JobStarted)
+
+
+def _progress(kind: type[P], report: StatusReport) -> P:
+    """The JobAccepted or JobStarted event a report stands for."""
+    return kind(event_id=uuid4(), occurred_at=_now(), actor=ACTOR, job_id=report.job_id,
+                attempt=report.attempt, worker_id=report.worker_id)
+
+
 class ReportHandler:
     """Applies one status report; ``on_worker_ready`` and ``on_cancel_pending`` are hooks."""
 
@@ -66,78 +75,92 @@ class ReportHandler:
         """Apply ``report``; False when it was stale or already applied."""
         if report.kind is StatusKind.FINISHED:
             return await self._finish(report)
-        accepted = report.kind is StatusKind.ACCEPTED
-        kind = JobAccepted if accepted else JobStarted
-        event = kind(event_id=uuid4(), occurred_at=_now(), actor=ACTOR, job_id=report.job_id,
-                     attempt=report.attempt, worker_id=report.worker_id)
-        sql = store.ACCEPT if accepted else store.START
-        subject = subjects.JOB_ACCEPTED if accepted else subjects.JOB_STARTED
+        accepted = _progress(JobAccepted, report)
+        emits = [outbox.Emit(accepted, subjects.JOB_ACCEPTED, "job", report.job_id)]
+        if report.kind is StatusKind.ACCEPTED:
+            steps = [(outbox.FIRST_STEP, store.ACCEPT)]
+        else:
+            # An agent that starts its job at once reports STARTED only: it says both.
+            steps = [(outbox.FIRST_STEP, store.START), ("accepted", store.NEWLY_ACCEPTED)]
+            emits[0] = outbox.Emit(accepted, subjects.JOB_ACCEPTED, "job", report.job_id,
+                                   after="accepted")
+            started = _progress(JobStarted, report)
+            emits.append(outbox.Emit(started, subjects.JOB_STARTED, "job", report.job_id))
         async with self._pool.acquire() as conn:
-            row = await outbox.change(
-                conn, sql, report.job_id, report.attempt, report.worker_id, report.at,
-                subject=subject, event=event, aggregate_type="job", aggregate_id=report.job_id,
-            )
-        if row is None:
+            rows = await outbox.transition(
+                conn, steps, [report.job_id, report.attempt, report.worker_id, report.at], emits)
+        if not rows:
             log.info("ignored %s report of job %s attempt %d from worker %s (stale or repeated)",
                      report.kind, report.job_id, report.attempt, report.worker_id)
             return False
-        if row["cancel_requested_at"] is not None:
+        if rows[0]["cancel_requested_at"] is not None:
             await self._on_cancel_pending(report.job_id, report.attempt, report.worker_id)
         return True
 
     async def _finish(self, report: StatusReport) -> bool:
+        """End the job and, in the same statement, free or retire its worker."""
         if report.outcome is None:
             raise PermanentError(f"finished report of job {report.job_id} has no outcome")
-        async with self._pool.acquire() as conn, conn.transaction():
-            if report.outcome is Outcome.CANCELLED:
-                state, subject = JobState.CANCELLED, subjects.JOB_CANCELLED
-                event: Any = JobCancelled(
-                    event_id=uuid4(), occurred_at=_now(), actor=ACTOR, job_id=report.job_id,
-                    attempt=report.attempt, reason=report.error or "cancelled by request")
-            else:
-                state, subject, kind = _TERMINAL[report.outcome]
-                event = kind(
-                    event_id=uuid4(), occurred_at=_now(), actor=ACTOR, job_id=report.job_id,
-                    attempt=report.attempt, state=state, exit_code=report.exit_code,
-                    error=report.error, worker_id=report.worker_id,
-                    duration_s=report.duration_s)
-            row = await outbox.change(
-                conn, store.FINISH, report.job_id, report.attempt, report.worker_id,
-                state.value, report.exit_code, report.error, report.at,
-                subject=subject, event=event, aggregate_type="job", aggregate_id=report.job_id,
+        if report.outcome is Outcome.CANCELLED:
+            state, subject = JobState.CANCELLED, subjects.JOB_CANCELLED
+            event: Any = JobCancelled(
+                event_id=uuid4(), occurred_at=_now(), actor=ACTOR, job_id=report.job_id,
+                attempt=report.attempt, reason=report.error or "cancelled by request")
+        else:
+            state, subject, kind = _TERMINAL[report.outcome]
+            event = kind(
+                event_id=uuid4(), occurred_at=_now(), actor=ACTOR, job_id=report.job_id,
+                attempt=report.attempt, state=state, exit_code=report.exit_code,
+                error=report.error, worker_id=report.worker_id, duration_s=report.duration_s)
+        # The steps a job skipped reporting are recorded before its end: it was accepted
+        # (even if it could not start), and it started (if it ended before saying so).
+        emits = [
+            outbox.Emit(_progress(JobAccepted, report), subjects.JOB_ACCEPTED, "job",
+                        report.job_id, after="accepted"),
+            outbox.Emit(_progress(JobStarted, report), subjects.JOB_STARTED, "job",
+                        report.job_id, after="started"),
+            outbox.Emit(event, subject, "job", report.job_id),
+        ]
+        steps = [(outbox.FIRST_STEP, store.FINISH), ("accepted", store.NEWLY_ACCEPTED),
+                 ("started", store.NEWLY_STARTED)]
+        async with self._pool.acquire() as conn:
+            release = await self._release(conn, report.worker_id)
+            if release is not None:
+                sql, worker_subject, worker_event = release
+                steps.append(("worker", sql))
+                emits.append(outbox.Emit(worker_event, worker_subject, "worker",
+                                         report.worker_id, after="worker"))
+            rows = await outbox.transition(
+                conn, steps,
+                [report.job_id, report.attempt, report.worker_id, state.value, report.exit_code,
+                 report.error, report.at, report.started_at],
+                emits,
             )
-            if row is None:
-                log.info("ignored finished report of job %s attempt %d (stale or repeated)",
-                         report.job_id, report.attempt)
-                return False
-            freed = await self._release_worker(conn, report.worker_id)
-        if freed:
+        if not rows:
+            log.info("ignored finished report of job %s attempt %d (stale or repeated)",
+                     report.job_id, report.attempt)
+            return False
+        if release is not None and release[0] is store.FREE_WORKER and rows[0]["step_rows"][-1]:
             self._on_worker_ready()
         await self._on_finished(LogEnd(job_id=report.job_id, attempt=report.attempt,
                                        state=state, exit_code=report.exit_code,
-                                       error=report.error))
+                                       error=report.error, lines=report.log_lines))
         return True
 
-    async def _release_worker(self, conn: Conn, worker_id: UUID) -> bool:
-        """Retire an ephemeral (or used-up) worker, or free a reusable one; True if freed."""
+    async def _release(self, conn: Conn, worker_id: UUID) -> tuple[str, str, Any] | None:
+        """How the worker leaves its finished job: freed (a reusable one with jobs left to
+        run) or retired (ephemeral, or used up); the statement, its subject and event."""
         worker = await store.worker_for_release(conn, worker_id)
         if worker is None:
-            return False
+            return None
         settings = worker["settings"] or {}
         max_jobs = settings.get("max_jobs")
         used_up = max_jobs is not None and worker["jobs_run"] + 1 >= int(max_jobs)
         if WorkerMode(worker["mode"]) is WorkerMode.REUSABLE and not used_up:
-            event: Any = WorkerReady(event_id=uuid4(), occurred_at=_now(), actor=ACTOR,
-                                     worker_id=worker_id, provider=worker["provider"])
-            row = await outbox.change(conn, store.FREE_WORKER, worker_id,
-                                      subject=subjects.WORKER_READY, event=event,
-                                      aggregate_type="worker", aggregate_id=worker_id)
-            return row is not None
+            return store.FREE_WORKER, subjects.WORKER_READY, WorkerReady(
+                event_id=uuid4(), occurred_at=_now(), actor=ACTOR, worker_id=worker_id,
+                provider=worker["provider"])
         reason = "job finished" if not used_up else f"ran its {max_jobs} jobs"
-        event = WorkerTerminating(event_id=uuid4(), occurred_at=_now(), actor=ACTOR,
-                                  worker_id=worker_id, provider=worker["provider"],
-                                  reason=reason)
-        await outbox.change(conn, store.RETIRE_WORKER, worker_id,
-                            subject=subjects.WORKER_TERMINATING, event=event,
-                            aggregate_type="worker", aggregate_id=worker_id)
-        return False
+        return store.RETIRE_WORKER, subjects.WORKER_TERMINATING, WorkerTerminating(
+            event_id=uuid4(), occurred_at=_now(), actor=ACTOR, worker_id=worker_id,
+            provider=worker["provider"], reason=reason)

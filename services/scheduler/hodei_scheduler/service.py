@@ -35,6 +35,7 @@ WORKER_TRIGGERS = ConsumerSpec(
 )
 STATUS_REPORTS = ConsumerSpec(
     stream=subjects.WORKER_STATUS_STREAM, durable=subjects.SCHEDULER_STATUS_CONSUMER,
+    ordered_by=lambda msg: msg.subject,  # each worker's reports in order, workers in parallel
 )
 CANCEL_REQUESTS = ConsumerSpec(
     stream=subjects.JOB_EVENTS_STREAM, durable=subjects.SCHEDULER_CANCEL_CONSUMER,

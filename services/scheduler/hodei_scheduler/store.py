@@ -8,43 +8,62 @@ import asyncpg
 
 from hodei_common.database import Conn
 
-# Whether READY worker ``w`` may take job ``j``: same provider, made with the job's limits
-# (NULL: the provider's defaults), and not requested for another job that still waits.
-_FITS = """
-    w.state = 'READY' AND w.provider = j.provider
-    AND w.cpus IS NOT DISTINCT FROM j.cpus AND w.memory_bytes IS NOT DISTINCT FROM j.memory_bytes
-    AND (w.for_job_id IS NULL OR w.for_job_id = j.id
-         OR NOT EXISTS (SELECT 1 FROM jobs q WHERE q.id = w.for_job_id AND q.state = 'QUEUED'))
-"""
-# The best job that has a READY worker that fits, and the worker requested for it, else the
-# longest-idle one.
-PICK_PAIR = f"""
+# Up to $1 QUEUED jobs of providers with READY workers, best first, each paired with a
+# different READY worker that fits it: the one requested for it when there is one, else one of
+# its provider made with its limits (NULL: the provider's defaults) and not requested for
+# another job that still waits, longest idle first. ``considered`` counts the jobs looked at:
+# fewer than $1 means no other job could be paired now.
+PICK_PAIRS = """
 WITH j AS (
-    SELECT id, provider, attempt, cpus, memory_bytes FROM jobs j
-    WHERE state = 'QUEUED' AND EXISTS (SELECT 1 FROM workers w WHERE {_FITS})
+    SELECT id, provider, attempt, priority, queued_at, cpus, memory_bytes FROM jobs
+    WHERE state = 'QUEUED'
+      AND provider IN (SELECT provider FROM workers WHERE state = 'READY')
     ORDER BY priority DESC, queued_at, id
-    LIMIT 1
+    LIMIT $1
     FOR UPDATE SKIP LOCKED
+),
+w AS (
+    SELECT id, provider, idle_since, cpus, memory_bytes, for_job_id,
+           EXISTS (SELECT 1 FROM jobs q WHERE q.id = workers.for_job_id AND q.state = 'QUEUED')
+               AS reserved
+    FROM workers
+    WHERE state = 'READY' AND provider IN (SELECT provider FROM j)
+    FOR UPDATE SKIP LOCKED
+),
+own AS (
+    SELECT j.id AS job_id, j.attempt, w.id AS worker_id FROM j JOIN w ON w.for_job_id = j.id
+),
+jr AS (
+    SELECT id, provider, attempt, cpus, memory_bytes, row_number() OVER (
+        PARTITION BY provider, cpus, memory_bytes ORDER BY priority DESC, queued_at, id) AS rank
+    FROM j WHERE id NOT IN (SELECT job_id FROM own)
+),
+wr AS (
+    SELECT id, provider, cpus, memory_bytes, row_number() OVER (
+        PARTITION BY provider, cpus, memory_bytes ORDER BY idle_since NULLS FIRST, id) AS rank
+    FROM w WHERE NOT reserved
 )
-SELECT j.id AS job_id, j.attempt, w.id AS worker_id
-FROM j, LATERAL (
-    SELECT w.id FROM workers w
-    WHERE {_FITS}
-    ORDER BY w.for_job_id IS NOT DISTINCT FROM j.id DESC, w.idle_since NULLS FIRST, w.id
-    LIMIT 1
-    FOR UPDATE OF w SKIP LOCKED
-) AS w
+SELECT job_id, attempt, worker_id, (SELECT count(*) FROM j) AS considered FROM own
+UNION ALL
+SELECT jr.id, jr.attempt, wr.id, (SELECT count(*) FROM j)
+FROM jr JOIN wr ON wr.provider = jr.provider AND wr.rank = jr.rank
+    AND wr.cpus IS NOT DISTINCT FROM jr.cpus
+    AND wr.memory_bytes IS NOT DISTINCT FROM jr.memory_bytes
 """
 
-ASSIGN_JOB = """
-UPDATE jobs SET state = 'ASSIGNED', worker_id = $2, assigned_at = now()
-WHERE id = $1 AND state = 'QUEUED' AND attempt = $3
-RETURNING id, attempt, command, args, env, timeout_s, assigned_at
+# The pairs ($1 jobs, $2 workers, $3 attempts), locked by PICK_PAIRS in this transaction.
+ASSIGN_JOBS = """
+UPDATE jobs SET state = 'ASSIGNED', worker_id = p.worker_id, assigned_at = now()
+FROM unnest($1::uuid[], $2::uuid[], $3::int[]) AS p(job_id, worker_id, attempt)
+WHERE jobs.id = p.job_id AND jobs.state = 'QUEUED' AND jobs.attempt = p.attempt
+RETURNING jobs.id, jobs.attempt, jobs.worker_id, command, args, env, timeout_s, assigned_at
 """
 
-OCCUPY_WORKER = """
-UPDATE workers SET state = 'BUSY', current_job_id = $2, idle_since = NULL
-WHERE id = $1 AND state = 'READY'
+OCCUPY_WORKERS = """
+UPDATE workers SET state = 'BUSY', current_job_id = a.id, idle_since = NULL
+FROM state AS a
+WHERE workers.id = a.worker_id AND workers.state = 'READY'
+RETURNING workers.id
 """
 
 # Demand per enabled provider and per class of limits (a worker serves only jobs of its
@@ -126,29 +145,41 @@ WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND state = 'ASSIGNED'
 RETURNING id, cancel_requested_at
 """
 
+# A STARTED report also says the assignment was accepted, when no ACCEPTED came before it.
 START = """
-UPDATE jobs SET state = 'RUNNING', started_at = $4, accepted_at = coalesce(accepted_at, $4)
-WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND state = 'ASSIGNED'
-RETURNING id, cancel_requested_at
+UPDATE jobs SET state = 'RUNNING', started_at = $4,
+                accepted_at = coalesce(jobs.accepted_at, $4)
+FROM (SELECT id, accepted_at FROM jobs WHERE id = $1 FOR UPDATE) AS before
+WHERE jobs.id = before.id AND jobs.attempt = $2 AND jobs.worker_id = $3
+  AND jobs.state = 'ASSIGNED'
+RETURNING jobs.id, jobs.cancel_requested_at, before.accepted_at IS NULL AS newly_accepted
 """
+NEWLY_ACCEPTED = "SELECT 1 FROM state WHERE newly_accepted"
 
+# $8: when the job started, from a FINISHED report whose STARTED was never sent.
 FINISH = """
 UPDATE jobs SET state = $4, exit_code = $5, error = $6, completed_at = $7,
-                started_at = coalesce(started_at, $7), accepted_at = coalesce(accepted_at, $7)
-WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND state IN ('ASSIGNED', 'RUNNING')
-RETURNING id
+                started_at = coalesce(jobs.started_at, $8::timestamptz, $7),
+                accepted_at = coalesce(jobs.accepted_at, $8::timestamptz, $7)
+FROM (SELECT id, accepted_at, started_at FROM jobs WHERE id = $1 FOR UPDATE) AS before
+WHERE jobs.id = before.id AND jobs.attempt = $2 AND jobs.worker_id = $3
+  AND jobs.state IN ('ASSIGNED', 'RUNNING')
+RETURNING jobs.id, before.accepted_at IS NULL AS newly_accepted,
+          before.started_at IS NULL AND $8::timestamptz IS NOT NULL AS newly_started
 """
+NEWLY_STARTED = "SELECT 1 FROM state WHERE newly_started"
 
+# The worker ($3) of a job FINISH just ended: retired, or freed for its next job.
 RETIRE_WORKER = """
 UPDATE workers SET state = 'TERMINATING', current_job_id = NULL, jobs_run = jobs_run + 1
-WHERE id = $1 AND state = 'BUSY'
+WHERE id = $3 AND state = 'BUSY' AND EXISTS (SELECT 1 FROM state)
 RETURNING provider
 """
 
 FREE_WORKER = """
 UPDATE workers SET state = 'READY', current_job_id = NULL, jobs_run = jobs_run + 1,
                    idle_since = now()
-WHERE id = $1 AND state = 'BUSY'
+WHERE id = $3 AND state = 'BUSY' AND EXISTS (SELECT 1 FROM state)
 RETURNING provider
 """
 
@@ -164,13 +195,9 @@ WHERE id = $1 AND state IN ('ASSIGNED', 'RUNNING') AND worker_id IS NOT NULL
 """
 
 
-async def pick_pair(conn: Conn) -> asyncpg.Record | None:
-    """Lock the next (job, worker) to pair, or None when nothing can be paired now."""
-    return await conn.fetchrow(PICK_PAIR)
-
-
-async def occupy_worker(conn: Conn, worker_id: UUID, job_id: UUID) -> bool:
-    return await conn.execute(OCCUPY_WORKER, worker_id, job_id) == "UPDATE 1"
+async def pick_pairs(conn: Conn, limit: int) -> list[asyncpg.Record]:
+    """Lock the next (job, worker) pairs, best job first; none when nothing fits now."""
+    return await conn.fetch(PICK_PAIRS, limit)
 
 
 async def provider_demand(conn: Conn) -> list[asyncpg.Record]:
