@@ -218,6 +218,20 @@ async def test_provider_set_changes_the_worker_mode_and_pool(
     assert {p["name"]: p["worker_mode"] for p in listed}["local"] == "reusable"
 
 
+async def test_provider_set_changes_the_docker_image_default_limits_and_network(
+    platform: list[HodeiService], cli_env: dict[str, str]
+) -> None:
+    result = await run_cli(cli_env, "provider", "set", "docker", "--image", "my/agent:1",
+                           "--cpus", "2", "--memory", "1g", "--network", "bridge", "-o", "json")
+    assert result.code == 0, result.stderr
+    provider = json.loads(result.stdout)
+    assert provider["image"] == "my/agent:1"
+    assert provider["settings"] == {"cpus": 2, "memory_bytes": 2**30, "network_mode": "bridge"}
+    cleared = await run_cli(cli_env, "provider", "set", "docker", "--cpus", "0", "--network", "",
+                            "-o", "json")
+    assert json.loads(cleared.stdout)["settings"] == {"memory_bytes": 2**30}
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -225,6 +239,9 @@ async def test_provider_set_changes_the_worker_mode_and_pool(
         (["provider", "set", "local", "--min-idle", "-1"], "--min-idle"),
         (["provider", "set", "mainframe", "--min-idle", "1"], "unknown provider"),
         (["provider", "set", "local", "--min-idle", "500"], "larger than max_workers"),
+        (["provider", "set", "docker", "--cpus", "abc"], "--cpus must be a number"),
+        (["provider", "set", "docker", "--memory", "-5"], "--memory must be a size"),
+        (["provider", "set", "docker", "--image", " "], "--image must not be empty"),
     ],
 )
 async def test_bad_provider_settings_are_one_error_line(
