@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -168,7 +169,7 @@ class Agent:
             assignment = self._admit(msg)
             if assignment is None:
                 continue
-            await self._run_job(js, msg, assignment)
+            await self._run_job(js, msg, assignment, functools.partial(self._leaving, reply))
             self.jobs_run += 1
             if reply.mode is WorkerMode.EPHEMERAL:
                 return
@@ -192,9 +193,20 @@ class Agent:
             return None
         return a
 
-    async def _run_job(self, js: JetStreamContext, msg: Msg, a: Assignment) -> None:
+    def _leaving(self, reply: RegisterReply) -> str | None:
+        """Why this agent exits after the job it runs now; None when it stays for more."""
+        if self._stop_reason is not None:
+            return f"its agent is stopping ({self._stop_reason})"
+        if reply.mode is WorkerMode.EPHEMERAL:
+            return "its one job finished (ephemeral)"
+        if reply.max_jobs is not None and self.jobs_run + 1 >= reply.max_jobs:
+            return f"ran its {reply.max_jobs} jobs (max_jobs)"
+        return None
+
+    async def _run_job(self, js: JetStreamContext, msg: Msg, a: Assignment,
+                       leaving: Callable[[], str | None]) -> None:
         self._handled.add((a.job_id, a.attempt))
-        job = JobRun(js, a, self.settings)
+        job = JobRun(js, a, self.settings, leaving)
         ordered = self._cancel_orders.pop((a.job_id, a.attempt), None) or self._cancel_orders.pop(
             (a.job_id, None), None
         )

@@ -73,6 +73,7 @@ class StatusReporter:
         log_lines: int | None = None,
         at: datetime | None = None,
         started_at: datetime | None = None,
+        leaving: str | None = None,
     ) -> None:
         """Publish one step (that happened ``at``, default now) and wait for JetStream to
         store it."""
@@ -84,6 +85,7 @@ class StatusReporter:
             kind=kind,
             at=at or datetime.now(UTC),
             started_at=started_at,
+            leaving=leaving,
             outcome=outcome,
             exit_code=exit_code,
             error=error,

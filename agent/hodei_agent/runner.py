@@ -13,6 +13,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -103,8 +104,15 @@ class StartedReport:
 class JobRun:
     """Runs one assignment and reports it; :meth:`cancel` kills it from outside."""
 
-    def __init__(self, js: JetStreamContext, assignment: Assignment, settings: AgentSettings):
+    def __init__(
+        self,
+        js: JetStreamContext,
+        assignment: Assignment,
+        settings: AgentSettings,
+        leaving: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self.assignment = assignment
+        self._leaving = leaving  # asked as the job ends: will the agent exit after it?
         self._js = js
         self._settings = settings
         self._reporter = StatusReporter(
@@ -125,11 +133,17 @@ class JobRun:
             workdir = self._make_workdir()
         except OSError as e:
             result = JobResult(Outcome.FAILED, error=f"cannot create a working directory: {e}")
-        else:
-            try:
-                result = await self._execute(workdir)
-            finally:
-                await asyncio.to_thread(shutil.rmtree, workdir, True)
+            await self._finished(result)
+            return result
+        try:
+            result = await self._execute(workdir)
+            # Reported before the directory goes: the job (all its processes) is over.
+            await self._finished(result)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
+        return result
+
+    async def _finished(self, result: JobResult) -> None:
         await self._reporter.report(
             StatusKind.FINISHED,
             outcome=result.outcome,
@@ -138,8 +152,8 @@ class JobRun:
             duration_s=result.duration_s,
             log_lines=result.log_lines,
             started_at=result.started_at,
+            leaving=self._leaving(),
         )
-        return result
 
     def _make_workdir(self) -> Path:
         """A fresh directory of the job's own, under ``worker_workdir`` (else the temp dir)."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -76,3 +78,18 @@ async def connect(settings: Settings, *, dsn: str | None = None) -> asyncpg.Conn
     conn = await asyncpg.connect(dsn or settings.resolved_database_url())
     await _init_connection(conn)
     return conn
+
+
+@contextlib.asynccontextmanager
+async def locked_transaction(conn: Conn, key: int) -> AsyncIterator[None]:
+    """A transaction that holds Hodei's advisory lock ``key`` until it ends, begun with the
+    lock in one round trip (one simple query)."""
+    await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {int(key)})")
+    try:
+        yield
+    except BaseException:
+        # A broken connection is rolled back by the server, and by the pool on release.
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Mapping
 
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 from nats.errors import NoServersError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, StorageType, StreamConfig
@@ -135,3 +136,11 @@ def headers_for(
     if extra:
         headers.update(extra)
     return tracing.inject(headers)
+
+
+async def wake_scheduler(nc: NATS) -> None:
+    """Hint the schedulers that work may be possible now (see ``SCHEDULER_WAKE``)."""
+    try:
+        await nc.publish(subjects.SCHEDULER_WAKE, b"")
+    except (NatsError, OSError) as e:  # the durable event still wakes them
+        log.debug("scheduler wake-up not sent: %s", e)

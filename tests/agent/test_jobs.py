@@ -36,6 +36,7 @@ async def test_a_job_ending_at_once_is_reported_once_with_its_start_and_output(
     job = await platform.assign("echo hello")
     finished = await platform.finished(job)
     assert [s.kind for s in platform.reports(job)] == [StatusKind.FINISHED]
+    assert finished.leaving == "its one job finished (ephemeral)"
     assert finished.started_at is not None
     assert finished.started_at <= finished.at
     assert (finished.outcome, finished.exit_code, finished.error) == (Outcome.SUCCEEDED, 0, None)
@@ -164,7 +165,8 @@ async def test_each_job_runs_in_a_fresh_directory_removed_afterwards(
     workdir, listing = platform.texts(job)
     assert Path(workdir).parent == platform.workdir / "jobs"
     assert listing == "scratch-file"
-    assert not Path(workdir).exists()
+    # Removed right after FINISHED is reported, before the agent exits.
+    await assert_eventually(lambda: not Path(workdir).exists(), within_s=5)
 
 
 async def test_20000_lines_arrive_complete_and_in_order(platform: Platform) -> None:

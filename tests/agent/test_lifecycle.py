@@ -44,6 +44,8 @@ async def test_reusable_agent_runs_jobs_one_at_a_time_until_max_jobs(
     assert [(s.job_id, s.kind) for s in platform.statuses] == [
         (job.job_id, kind) for job in jobs[:2]
         for kind in (StatusKind.FINISHED,)]
+    # The first FINISHED says the agent stays for more; the last one, why it leaves.
+    assert [s.leaving for s in platform.statuses] == [None, "ran its 2 jobs (max_jobs)"]
     assert platform.texts(jobs[0]) == ["job0"]
     assert platform.texts(jobs[1]) == ["job1"]
     assert platform.reports(jobs[2]) == []

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import msgspec
 import pytest
 from asyncpg import Pool
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from hodei_api.service import ApiService
 from hodei_common import tracing
@@ -15,6 +18,7 @@ from hodei_common.contracts import subjects
 from hodei_common.contracts.api import ErrorCode
 from hodei_common.contracts.jobs import JobCreated, JobState
 from hodei_common.errors import ApiError
+from hodei_common.testing import assert_eventually
 from tests.api.helpers import job, row_counts
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
@@ -110,6 +114,24 @@ async def test_same_idempotency_key_in_another_namespace_is_another_job(
 
     assert other.created is True
     assert other.job.id != first.job.id
+
+
+async def test_a_new_job_wakes_the_schedulers_and_a_repeated_submit_does_not(
+    client: ApiClient, nc: NATS
+) -> None:
+    wakes: list[bytes] = []
+
+    async def woken(msg: Msg) -> None:
+        wakes.append(msg.data)
+
+    await nc.subscribe(subjects.SCHEDULER_WAKE, cb=woken)
+    await nc.flush()
+    await client.submit(job("echo once", idempotency_key="wake-1"))
+    await assert_eventually(lambda: wakes == [b""])
+    await client.submit(job("echo once", idempotency_key="wake-1"))  # nothing new to do
+    await nc.flush()
+    await asyncio.sleep(0.2)
+    assert wakes == [b""]
 
 
 async def test_submit_continues_the_callers_trace_into_the_outbox(

@@ -55,11 +55,11 @@ async def make_ready(pool: asyncpg.Pool, worker_id: UUID) -> None:
 async def report(
     js: JetStreamContext, worker_id: UUID, job_id: UUID, attempt: int, kind: StatusKind,
     outcome: Outcome | None = None, exit_code: int | None = None, error: str | None = None,
-    started_at: datetime | None = None,
+    started_at: datetime | None = None, leaving: str | None = None,
 ) -> None:
     """Play the agent: one status report."""
     body = StatusReport(worker_id=worker_id, job_id=job_id, attempt=attempt, kind=kind,
                         at=datetime.now(UTC), outcome=outcome, exit_code=exit_code, error=error,
-                        started_at=started_at)
+                        started_at=started_at, leaving=leaving)
     await js.publish(subjects.worker_status(worker_id), msgspec.json.encode(body),
                      headers={subjects.HEADER_MSG_ID: subjects.msg_id(job_id, attempt, kind)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 from uuid import UUID
@@ -9,6 +10,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 import pytest
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from hodei_common.client import ApiClient
@@ -18,7 +20,11 @@ from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.jobs import Job, JobState
 from hodei_common.contracts.logs import LogEnd, LogMessage
 from hodei_common.runner import HodeiService
+from hodei_common.settings import Settings
 from hodei_common.testing import assert_eventually
+from hodei_common.testing.services import running
+from hodei_scheduler.config import SchedulerSettings
+from hodei_scheduler.service import SchedulerService
 from tests.scheduler.conftest import make_ready, report
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
@@ -118,6 +124,32 @@ async def test_a_finished_report_that_says_when_the_job_started_records_the_star
         "JobCreated", "JobAssigned", "JobAccepted", "JobStarted", "JobSucceeded"]
 
 
+@pytest.mark.parametrize(
+    ("max_jobs", "leaving", "state", "event"),
+    [(None, None, "READY", "WorkerReady"),
+     (None, "its agent is stopping (SIGTERM)", "TERMINATING", "WorkerTerminating"),
+     (1, None, "TERMINATING", "WorkerTerminating")],
+)
+async def test_a_reusable_worker_is_freed_after_its_job_unless_it_leaves_or_is_used_up(
+    api: ApiClient, pool: asyncpg.Pool, js: JetStreamContext,
+    max_jobs: int | None, leaving: str | None, state: str, event: str,
+) -> None:
+    await pool.execute("UPDATE provider_configs SET worker_mode = 'reusable', settings = $1 "
+                       "WHERE name = 'local'", {} if max_jobs is None else {"max_jobs": max_jobs})
+    job, worker_id = await assigned_job(api, pool, "true")
+    await report(js, worker_id, job.id, 1, StatusKind.FINISHED, Outcome.SUCCEEDED, exit_code=0,
+                 leaving=leaving)
+    await assert_eventually(lambda: _is(job_state(pool, job.id), "SUCCEEDED"))
+    worker = await pool.fetchrow("SELECT * FROM workers WHERE id = $1", worker_id)
+    assert (worker["state"], worker["jobs_run"], worker["current_job_id"]) == (state, 1, None)
+    last = await pool.fetchrow(
+        "SELECT event_type, payload FROM domain_events WHERE aggregate_id = $1 "
+        "ORDER BY seq DESC LIMIT 1", worker_id)
+    assert last["event_type"] == event
+    if leaving is not None:
+        assert last["payload"]["reason"] == leaving
+
+
 async def test_a_job_that_never_started_is_still_accepted_before_it_ends(
     api: ApiClient, pool: asyncpg.Pool, js: JetStreamContext
 ) -> None:
@@ -201,6 +233,23 @@ async def test_a_job_whose_events_were_all_lost_is_still_assigned_within_a_secon
     await pool.execute("INSERT INTO jobs (id, command, timeout_s, provider) "
                        "VALUES ($1, 'true', 10, 'local')", job_id)  # no event at all
     await assert_eventually(lambda: _is(job_state(pool, job_id), "ASSIGNED"), within_s=1.0)
+
+
+async def test_a_wake_up_hint_alone_gets_a_job_assigned_without_waiting_for_a_pass(
+    settings: Settings, pool: asyncpg.Pool, nc: NATS
+) -> None:
+    scheduler = SchedulerService(SchedulerSettings(**settings.model_dump(),
+                                                   dispatch_interval_s=3600))
+    worker_id, job_id = uuid.uuid4(), uuid.uuid4()
+    async with running([scheduler]):
+        await asyncio.sleep(0.3)  # the pass at start is over: the next is an hour away
+        await pool.execute("INSERT INTO workers (id, provider, state, idle_since) "
+                           "VALUES ($1, 'local', 'READY', now())", worker_id)
+        await pool.execute("INSERT INTO jobs (id, command, timeout_s, provider) "
+                           "VALUES ($1, 'true', 10, 'local')", job_id)  # no event at all
+        assert await job_state(pool, job_id) == "QUEUED"
+        await nc.publish(subjects.SCHEDULER_WAKE, b"")
+        await assert_eventually(lambda: _is(job_state(pool, job_id), "ASSIGNED"), within_s=2.0)
 
 
 async def test_provisioning_never_exceeds_max_workers_and_jobs_wait_queued(

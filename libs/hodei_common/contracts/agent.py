@@ -86,6 +86,8 @@ class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
     duration_s: float | None = None
     log_lines: int | None = None
     started_at: datetime | None = None
+    # FINISHED: why the agent exits after this job (None: it waits for its next one).
+    leaving: str | None = None
 
 
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):

@@ -72,6 +72,9 @@ WORKER_STATUS_SUBJECTS = "worker.*.status"
 WORKER_ASSIGN_STREAM = "WORKER_ASSIGN"
 WORKER_ASSIGN_SUBJECTS = "worker.*.assign"
 WORKER_REGISTER = "hodei.worker.register"
+# Core NATS, empty body: work may be possible now (a job was queued, a worker registered).
+# A hint that saves the durable event its trip through the outbox; lossy by design.
+SCHEDULER_WAKE = "hodei.scheduler.wake"
 WORKER_HEARTBEATS = "worker.heartbeat.*"
 
 

@@ -15,6 +15,7 @@ import msgspec
 
 from hodei_api import handlers
 from hodei_api.config import ApiSettings
+from hodei_common import messaging
 from hodei_common.contracts import subjects
 from hodei_common.contracts.api import (
     JobRef,
@@ -22,6 +23,7 @@ from hodei_common.contracts.api import (
     ListProviders,
     ListWorkers,
     SubmitJob,
+    SubmitJobReply,
     UpdateProvider,
 )
 from hodei_common.endpoints import UNAVAILABLE_MESSAGE, Endpoint, EndpointServer, internal_message
@@ -31,8 +33,8 @@ INTERNAL_MESSAGE = internal_message("api")
 __all__ = ["INTERNAL_MESSAGE", "UNAVAILABLE_MESSAGE", "ApiService"]
 
 Handler = Callable[[asyncpg.Pool, Any], Awaitable[msgspec.Struct]]
+# Every endpoint but jobs.submit, which also wakes the schedulers.
 ENDPOINTS: tuple[tuple[str, str, type[msgspec.Struct], Handler], ...] = (
-    ("jobs_submit", subjects.API_JOBS_SUBMIT, SubmitJob, handlers.submit_job),
     ("jobs_get", subjects.API_JOBS_GET, JobRef, handlers.get_job),
     ("jobs_list", subjects.API_JOBS_LIST, ListJobs, handlers.list_jobs),
     ("jobs_cancel", subjects.API_JOBS_CANCEL, JobRef, handlers.cancel_job),
@@ -66,10 +68,17 @@ class ApiService(HodeiService):
     async def setup(self) -> None:
         """Add one micro endpoint per API subject, all in the shared queue group."""
         endpoints: list[Endpoint[Any]] = [
-            Endpoint(name, subject, request_type, functools.partial(handler, self.pool))
-            for name, subject, request_type, handler in ENDPOINTS
+            Endpoint("jobs_submit", subjects.API_JOBS_SUBMIT, SubmitJob, self._submit),
+            *(Endpoint(name, subject, request_type, functools.partial(handler, self.pool))
+              for name, subject, request_type, handler in ENDPOINTS),
         ]
         await self.endpoints.add(self.micro, endpoints, subjects.API_QUEUE_GROUP)
+
+    async def _submit(self, request: SubmitJob) -> SubmitJobReply:
+        reply = await handlers.submit_job(self.pool, request)
+        if reply.created:
+            await messaging.wake_scheduler(self.nc)
+        return reply
 
     async def stop_fetching(self) -> None:
         """Let the requests in flight finish (up to the grace period), then cancel them."""

@@ -16,6 +16,7 @@ from typing import ClassVar
 import asyncpg
 from nats.aio.msg import Msg
 
+from hodei_common import messaging
 from hodei_common.consumer import ConsumerSpec, consume, decode
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import RegisterReply, RegisterRequest
@@ -136,4 +137,6 @@ class ProvisionerService(HodeiService):
 
     # --- registration --------------------------------------------------------------------
     async def _register(self, request: RegisterRequest) -> RegisterReply:
-        return await handlers.register(self.deps, request)
+        reply = await handlers.register(self.deps, request)
+        await messaging.wake_scheduler(self.nc)  # a READY worker: its job can go now
+        return reply

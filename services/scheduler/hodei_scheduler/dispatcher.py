@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
@@ -23,9 +24,10 @@ from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import Assignment
 from hodei_common.contracts.jobs import JobAssigned
 from hodei_common.contracts.workers import ProvisionRequested, WorkerMode, WorkerTerminating
-from hodei_common.database import LOCK_CLASS, LOCK_DISPATCH, Conn
+from hodei_common.database import LOCK_DISPATCH, Conn, locked_transaction
 from hodei_common.waiting import wait_any
 from hodei_scheduler import store
+from hodei_scheduler.directory import WorkerProviders
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +58,23 @@ class Dispatcher:
     """Runs dispatch passes when poked and on an interval."""
 
     def __init__(
-        self, pool: asyncpg.Pool, js: JetStreamContext, *, interval_s: float, resend_s: float
+        self,
+        pool: asyncpg.Pool,
+        js: JetStreamContext,
+        *,
+        interval_s: float,
+        resend_s: float,
+        providers: WorkerProviders,
     ) -> None:
         self._pool = pool
+        self._providers = providers
         self._js = js
         self._interval_s = interval_s
         self._resend_s = resend_s
         self._poked = asyncio.Event()
         self._next_housekeeping = 0.0
         self.provisioning = True
+        self.last_pass_started = 0.0  # wall clock: a pass that began later saw the earlier commits
 
     def poke(self) -> None:
         """Something changed: run a pass soon."""
@@ -96,15 +106,14 @@ class Dispatcher:
         nothing waits on: they run at most every ``HOUSEKEEPING_S``, not on every poke.
         """
         loop = asyncio.get_running_loop()
+        self.last_pass_started = time.time()
         housekeeping = loop.time() >= self._next_housekeeping
         if housekeeping:
             self._next_housekeeping = loop.time() + HOUSEKEEPING_S
         with tracing.tracer().start_as_current_span("scheduler dispatch"):
             # One transaction: its advisory lock serialises passes across replicas and goes
             # away with it, whatever happens to this process.
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_CLASS,
-                                   LOCK_DISPATCH)
+            async with self._pool.acquire() as conn, locked_transaction(conn, LOCK_DISPATCH):
                 assignments = await self._assign(conn)
                 if self.provisioning:
                     if housekeeping:
@@ -123,6 +132,8 @@ class Dispatcher:
         """Pair jobs with workers, a batch per statement, until no more pairs fit."""
         assignments: list[Assignment] = []
         while pairs := await store.pick_pairs(conn, PICK_BATCH):
+            for p in pairs:
+                self._providers.remember(p["worker_id"], p["provider"])
             jobs = [p["job_id"] for p in pairs]
             workers = [p["worker_id"] for p in pairs]
             attempts = [p["attempt"] for p in pairs]

@@ -27,10 +27,10 @@ from hodei_common.contracts.jobs import (
     JobTimedOut,
 )
 from hodei_common.contracts.logs import LogEnd
-from hodei_common.contracts.workers import WorkerMode, WorkerReady, WorkerTerminating
-from hodei_common.database import Conn
+from hodei_common.contracts.workers import WorkerReady, WorkerTerminating
 from hodei_common.errors import PermanentError
 from hodei_scheduler import store
+from hodei_scheduler.directory import WorkerProviders
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,10 @@ class ReportHandler:
         on_worker_ready: Callable[[], None],
         on_cancel_pending: Callable[[UUID, int, UUID], Any],
         on_finished: Callable[[LogEnd], Awaitable[None]],
+        providers: WorkerProviders,
     ) -> None:
         self._pool = pool
+        self._providers = providers
         self._on_finished = on_finished
         self._on_worker_ready = on_worker_ready
         self._on_cancel_pending = on_cancel_pending
@@ -123,44 +125,33 @@ class ReportHandler:
         ]
         steps = [(outbox.FIRST_STEP, store.FINISH), ("accepted", store.NEWLY_ACCEPTED),
                  ("started", store.NEWLY_STARTED)]
+        args: list[Any] = [report.job_id, report.attempt, report.worker_id, state.value,
+                           report.exit_code, report.error, report.at, report.started_at]
         async with self._pool.acquire() as conn:
-            release = await self._release(conn, report.worker_id)
-            if release is not None:
-                sql, worker_subject, worker_event = release
-                steps.append(("worker", sql))
-                emits.append(outbox.Emit(worker_event, worker_subject, "worker",
-                                         report.worker_id, after="worker"))
-            rows = await outbox.transition(
-                conn, steps,
-                [report.job_id, report.attempt, report.worker_id, state.value, report.exit_code,
-                 report.error, report.at, report.started_at],
-                emits,
-            )
+            provider = await self._providers.provider(conn, report.worker_id)
+            if provider is not None:  # the worker leaves its job in the same statement
+                steps += [("freed", store.FREE_WORKER), ("retired", store.RETIRE_WORKER)]
+                args.append(report.leaving)
+                emits += [
+                    outbox.Emit(WorkerReady(event_id=uuid4(), occurred_at=_now(), actor=ACTOR,
+                                            worker_id=report.worker_id, provider=provider),
+                                subjects.WORKER_READY, "worker", report.worker_id,
+                                after="freed"),
+                    outbox.Emit(WorkerTerminating(
+                        event_id=uuid4(), occurred_at=_now(), actor=ACTOR,
+                        worker_id=report.worker_id, provider=provider,
+                        reason=report.leaving or "its job finished"),
+                        subjects.WORKER_TERMINATING, "worker", report.worker_id,
+                        after="retired"),
+                ]
+            rows = await outbox.transition(conn, steps, args, emits)
         if not rows:
             log.info("ignored finished report of job %s attempt %d (stale or repeated)",
                      report.job_id, report.attempt)
             return False
-        if release is not None and release[0] is store.FREE_WORKER and rows[0]["step_rows"][-1]:
+        if provider is not None and rows[0]["step_rows"][3]:  # freed
             self._on_worker_ready()
         await self._on_finished(LogEnd(job_id=report.job_id, attempt=report.attempt,
                                        state=state, exit_code=report.exit_code,
                                        error=report.error, lines=report.log_lines))
         return True
-
-    async def _release(self, conn: Conn, worker_id: UUID) -> tuple[str, str, Any] | None:
-        """How the worker leaves its finished job: freed (a reusable one with jobs left to
-        run) or retired (ephemeral, or used up); the statement, its subject and event."""
-        worker = await store.worker_for_release(conn, worker_id)
-        if worker is None:
-            return None
-        settings = worker["settings"] or {}
-        max_jobs = settings.get("max_jobs")
-        used_up = max_jobs is not None and worker["jobs_run"] + 1 >= int(max_jobs)
-        if WorkerMode(worker["mode"]) is WorkerMode.REUSABLE and not used_up:
-            return store.FREE_WORKER, subjects.WORKER_READY, WorkerReady(
-                event_id=uuid4(), occurred_at=_now(), actor=ACTOR, worker_id=worker_id,
-                provider=worker["provider"])
-        reason = "job finished" if not used_up else f"ran its {max_jobs} jobs"
-        return store.RETIRE_WORKER, subjects.WORKER_TERMINATING, WorkerTerminating(
-            event_id=uuid4(), occurred_at=_now(), actor=ACTOR, worker_id=worker_id,
-            provider=worker["provider"], reason=reason)

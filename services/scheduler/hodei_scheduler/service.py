@@ -20,6 +20,7 @@ from hodei_common.errors import PermanentError
 from hodei_common.runner import HodeiService, Loop
 from hodei_scheduler import store
 from hodei_scheduler.config import SchedulerSettings
+from hodei_scheduler.directory import WorkerProviders
 from hodei_scheduler.dispatcher import Dispatcher
 from hodei_scheduler.reports import ReportHandler
 
@@ -54,12 +55,14 @@ class SchedulerService(HodeiService):
         self.config = settings
 
     async def setup(self) -> None:
+        providers = WorkerProviders()
         self.dispatcher = Dispatcher(
             self.pool, self.js, interval_s=self.config.dispatch_interval_s,
-            resend_s=self.config.assignment_resend_s,
+            resend_s=self.config.assignment_resend_s, providers=providers,
         )
         self.reports = ReportHandler(self.pool, self.dispatcher.poke, self.send_cancel,
-                                     self.close_log)
+                                     self.close_log, providers)
+        await self.nc.subscribe(subjects.SCHEDULER_WAKE, cb=self._poke)
 
     def loops(self) -> list[Loop]:
         return [self._dispatch, self._job_triggers, self._worker_triggers, self._status,
@@ -71,11 +74,18 @@ class SchedulerService(HodeiService):
     async def _poke(self, _: Msg) -> None:
         self.dispatcher.poke()
 
+    async def _poke_unless_seen(self, msg: Msg) -> None:
+        """Poke, unless a pass began after the event was stored: that pass saw the commit the
+        event reports (usually the wake-up hint started it). Across hosts a skewed clock can
+        only delay a job until the periodic pass."""
+        if msg.metadata.timestamp.timestamp() >= self.dispatcher.last_pass_started:
+            self.dispatcher.poke()
+
     async def _job_triggers(self) -> None:
-        await consume(self.js, JOB_TRIGGERS, self._poke, self.stopping)
+        await consume(self.js, JOB_TRIGGERS, self._poke_unless_seen, self.stopping)
 
     async def _worker_triggers(self) -> None:
-        await consume(self.js, WORKER_TRIGGERS, self._poke, self.stopping)
+        await consume(self.js, WORKER_TRIGGERS, self._poke_unless_seen, self.stopping)
 
     async def _status(self) -> None:
         await consume(self.js, STATUS_REPORTS, self._on_report, self.stopping)

@@ -31,7 +31,8 @@ w AS (
     FOR UPDATE SKIP LOCKED
 ),
 own AS (
-    SELECT j.id AS job_id, j.attempt, w.id AS worker_id FROM j JOIN w ON w.for_job_id = j.id
+    SELECT j.id AS job_id, j.attempt, w.id AS worker_id, j.provider
+    FROM j JOIN w ON w.for_job_id = j.id
 ),
 jr AS (
     SELECT id, provider, attempt, cpus, memory_bytes, row_number() OVER (
@@ -43,12 +44,13 @@ wr AS (
         PARTITION BY provider, cpus, memory_bytes ORDER BY idle_since NULLS FIRST, id) AS rank
     FROM w WHERE NOT reserved
 )
-SELECT job_id, attempt, worker_id, (SELECT count(*) FROM j) AS considered FROM own
+SELECT job_id, attempt, worker_id, provider, (SELECT count(*) FROM j) AS considered FROM own
 UNION ALL
-SELECT jr.id, jr.attempt, wr.id, (SELECT count(*) FROM j)
+SELECT jr.id, jr.attempt, wr.id, jr.provider, (SELECT count(*) FROM j)
 FROM jr JOIN wr ON wr.provider = jr.provider AND wr.rank = jr.rank
     AND wr.cpus IS NOT DISTINCT FROM jr.cpus
     AND wr.memory_bytes IS NOT DISTINCT FROM jr.memory_bytes
+ORDER BY provider
 """
 
 # The pairs ($1 jobs, $2 workers, $3 attempts), locked by PICK_PAIRS in this transaction.
@@ -169,25 +171,26 @@ RETURNING jobs.id, before.accepted_at IS NULL AS newly_accepted,
 """
 NEWLY_STARTED = "SELECT 1 FROM state WHERE newly_started"
 
-# The worker ($3) of a job FINISH just ended: retired, or freed for its next job.
+# The worker ($3) of a job FINISH just ended, in the same statement: freed for its next job
+# when it is reusable, has jobs left under its provider's max_jobs and its agent stays ($9:
+# why the agent leaves, if it does); retired otherwise.
+FREE_WORKER = """
+UPDATE workers SET state = 'READY', current_job_id = NULL, jobs_run = workers.jobs_run + 1,
+                   idle_since = now()
+FROM provider_configs p
+WHERE workers.id = $3 AND workers.state = 'BUSY' AND EXISTS (SELECT 1 FROM state)
+  AND p.name = workers.provider AND workers.mode = 'reusable' AND $9::text IS NULL
+  AND coalesce(workers.jobs_run + 1 < (p.settings->>'max_jobs')::float8, true)
+RETURNING workers.id
+"""
 RETIRE_WORKER = """
 UPDATE workers SET state = 'TERMINATING', current_job_id = NULL, jobs_run = jobs_run + 1
 WHERE id = $3 AND state = 'BUSY' AND EXISTS (SELECT 1 FROM state)
-RETURNING provider
+  AND NOT EXISTS (SELECT 1 FROM freed)
+RETURNING id
 """
 
-FREE_WORKER = """
-UPDATE workers SET state = 'READY', current_job_id = NULL, jobs_run = jobs_run + 1,
-                   idle_since = now()
-WHERE id = $3 AND state = 'BUSY' AND EXISTS (SELECT 1 FROM state)
-RETURNING provider
-"""
-
-WORKER_FOR_RELEASE = """
-SELECT w.mode, w.jobs_run, w.provider, p.settings
-FROM workers w JOIN provider_configs p ON p.name = w.provider
-WHERE w.id = $1
-"""
+WORKER_PROVIDER = "SELECT provider FROM workers WHERE id = $1"
 
 JOB_CANCEL_TARGET = """
 SELECT attempt, worker_id FROM jobs
@@ -220,8 +223,9 @@ async def unanswered_assignments(conn: Conn, older_than_s: float) -> list[asyncp
     return await conn.fetch(UNANSWERED_ASSIGNMENTS, older_than_s)
 
 
-async def worker_for_release(conn: Conn, worker_id: UUID) -> asyncpg.Record | None:
-    return await conn.fetchrow(WORKER_FOR_RELEASE, worker_id)
+async def worker_provider(conn: Conn, worker_id: UUID) -> str | None:
+    provider: str | None = await conn.fetchval(WORKER_PROVIDER, worker_id)
+    return provider
 
 
 async def cancel_target(conn: Conn, job_id: UUID) -> asyncpg.Record | None:
