@@ -49,13 +49,14 @@ async def docker_job(platform: Platform, *args: str, within_s: float = 30) -> Cl
 
 
 async def containers(platform: Platform, engine: docker.DockerClient,
-                     **labels: str) -> list[Any]:
-    """This platform's managed containers (with ``labels`` too), running or not."""
+                     **labels: str) -> list[dict[str, Any]]:
+    """This platform's managed containers (with ``labels`` too), running or not, as the
+    engine lists them (no inspection, which would race their removal)."""
     providers = await cli_json(platform, "provider", "list")
     scope = next(p["id"] for p in providers if p["name"] == "docker")
     wanted = [f"{LABEL_MANAGED}=true", f"{LABEL_PROVIDER_ID}={scope}",
               *(f"{k}={v}" for k, v in labels.items())]
-    return list(engine.containers.list(all=True, filters={"label": wanted}))
+    return list(engine.api.containers(all=True, filters={"label": wanted}))
 
 
 async def job_of(platform: Platform, job_id: str) -> dict[str, Any]:
@@ -140,7 +141,7 @@ async def test_a_container_killed_mid_job_fails_its_job_and_keeps_its_log(
 
     await assert_eventually(running, within_s=20)
     (container,) = await containers(docker_platform, docker_engine, **{LABEL_JOB: job_id})
-    container.kill()
+    docker_engine.api.kill(container["Id"])
 
     async def ended() -> bool:
         return (await job_of(docker_platform, job_id))["state"] not in {"ASSIGNED", "RUNNING"}
@@ -204,7 +205,7 @@ async def test_at_max_workers_jobs_wait_queued_and_all_run(
         nonlocal most
         while not done.is_set():
             running = [c for c in await containers(docker_platform, docker_engine)
-                       if c.status in ("created", "running")]
+                       if c["State"] in ("created", "running")]
             most = max(most, len(running))
             await asyncio.sleep(0.05)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from uuid import UUID, uuid4
 
 import asyncpg
 import docker
 import pytest
+from docker.errors import NotFound
 from docker.models.containers import Container
 
 from hodei_common.contracts.workers import WorkerMode, WorkerState
@@ -40,17 +42,20 @@ async def docker_provider(
     try:
         yield provider
     finally:
-        for container in await _containers(docker_engine, await _scope(pool)):
-            container.remove(force=True)
+        for container_id in await _containers(docker_engine, await _scope(pool)):
+            with contextlib.suppress(NotFound):
+                docker_engine.api.remove_container(container_id, force=True)
 
 
 async def _scope(pool: asyncpg.Pool) -> str:
     return str(await pool.fetchval("SELECT id FROM provider_configs WHERE name = 'docker'"))
 
 
-async def _containers(client: docker.DockerClient, scope: str) -> list[Container]:
-    return list(client.containers.list(all=True, filters={
-        "label": [f"{LABEL_MANAGED}=true", f"{LABEL_PROVIDER_ID}={scope}"]}))
+async def _containers(client: docker.DockerClient, scope: str) -> list[str]:
+    """Ids of the provider row's containers, as the engine lists them (no inspection, which
+    would race their removal)."""
+    return [c["Id"] for c in client.api.containers(all=True, filters={
+        "label": [f"{LABEL_MANAGED}=true", f"{LABEL_PROVIDER_ID}={scope}"]})]
 
 
 async def _state(pool: asyncpg.Pool, worker_id: UUID) -> WorkerState:
@@ -126,7 +131,7 @@ async def test_reconciliation_removes_a_labelled_container_nobody_owns_and_no_ot
                               LABEL_PROVIDER_ID: str(uuid4())})
     try:
         async def orphan_gone() -> bool:
-            return orphan.id not in [c.id for c in await _containers(docker_engine, scope)]
+            return orphan.id not in await _containers(docker_engine, scope)
 
         await assert_eventually(orphan_gone, within_s=15)
         for survivor in (unlabelled, other_platform):

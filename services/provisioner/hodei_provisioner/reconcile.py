@@ -105,10 +105,12 @@ def _why_lost(state: WorkerState, resource: Resource | None) -> str | None:
         return "its container is gone"
     if resource.alive:
         return None
+    if state is WorkerState.BUSY and resource.exit_code == 0:
+        # The agent reported its job before exiting (even one whose process the OOM killer
+        # took, which marks the container OOMKilled too); the scheduler retires it.
+        return None
     if resource.oom_killed:
         return f"{OOM_KILLED}: its container ran out of memory"
-    if state is WorkerState.BUSY and resource.exit_code == 0:
-        return None  # it reported its job; the scheduler retires it
     return f"its container exited with code {resource.exit_code}"
 
 
