@@ -25,6 +25,7 @@ LOCK_CLASS = 0x484F4445  # "HODE"
 LOCK_MIGRATIONS = 1
 LOCK_OUTBOX_RELAY = 2
 LOCK_DISPATCH = 3
+LOCK_LOG_SWEEP = 5
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
