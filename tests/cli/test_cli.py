@@ -94,6 +94,11 @@ async def test_idempotency_key_returns_the_same_job(
         (["job", "get", str(uuid.UUID(int=7))], "not found"),
         (["job", "list", "--state", "SLEEPING"], "unknown state"),
         (["service", "mailer"], "unknown service"),
+        (["job", "logs", str(uuid.UUID(int=7)), "--tail", "-1"], "--tail must be"),
+        (["job", "logs", str(uuid.UUID(int=7)), "--since", "garbage"], "--since 'garbage'"),
+        (["job", "logs", str(uuid.UUID(int=7)), "--since", "0:5"], "numbered from 1"),
+        (["job", "logs", str(uuid.UUID(int=7)), "--stream", "foo"], "stdout or stderr"),
+        (["job", "logs", str(uuid.UUID(int=7))], "not found"),
     ],
 )
 async def test_bad_input_is_one_error_line_and_changes_nothing(
