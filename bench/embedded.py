@@ -19,12 +19,14 @@ HODEI = str(Path(sys.executable).with_name("hodei"))
 
 
 @asynccontextmanager
-async def embedded_platform() -> AsyncIterator[Settings]:
-    """Start the platform, yield settings pointing at it, stop it (SIGTERM) and clean up."""
+async def embedded_platform(extra_env: dict[str, str] | None = None) -> AsyncIterator[Settings]:
+    """Start the platform (``extra_env`` added to its environment), yield settings pointing
+    at it, stop it (SIGTERM) and clean up."""
     home = Path(tempfile.mkdtemp(prefix="hodei-bench-"))
     home.chmod(0o755)  # PostgreSQL runs unprivileged when the benchmark runs as root
     env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
     env["HODEI_HOME"] = str(home)
+    env.update(extra_env or {})
     platform = await asyncio.create_subprocess_exec(
         HODEI, "dev", "up", env=env, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,

@@ -14,7 +14,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 
 from hodei_agent.config import AgentSettings
 from hodei_agent.logstream import LogPublisher, pump_lines
+from hodei_agent.oom import OOM_KILLED, make_first_victim, oom_killed_since, oom_kills
 from hodei_agent.process import JobProcess, command_line, job_environment, kill_group, spawn
 from hodei_agent.reporting import PublishError, StatusReporter
 from hodei_common.contracts.agent import Assignment, Outcome, StatusKind
@@ -167,16 +168,21 @@ class JobRun:
             return JobResult(Outcome.CANCELLED, error=self._cancel_message())
         env = job_environment(a.env, workdir)
         started_monotonic = time.monotonic()
+        ooms = oom_kills()
         try:
             proc = await spawn(command_line(a.command, a.args), env, workdir)
         except (OSError, ValueError) as e:  # ValueError: a NUL byte in the command or env
             return JobResult(Outcome.FAILED, error=f"cannot start the command: {e}")
+        make_first_victim(proc.pgid)
         started = StartedReport(self._reporter, datetime.now(UTC),
                                 self._settings.report_started_after_s)
         logs = self._log_publisher()
         logs.start()
         try:
             result = await self._supervise(proc, logs)
+            if result.outcome is Outcome.FAILED and oom_killed_since(ooms):
+                result = replace(result, error=f"{OOM_KILLED}: the job ran out of memory "
+                                               f"({result.error})")
         except BaseException:
             started.abort()
             await logs.abort()

@@ -10,7 +10,7 @@ import typer
 from hodei_cli import output
 from hodei_cli.connection import call_api, cli_settings
 from hodei_cli.output import Output, OutputOption
-from hodei_cli.parsing import parse_state
+from hodei_cli.parsing import parse_cpus, parse_memory, parse_state
 from hodei_cli.services import SERVICES
 from hodei_common import database
 from hodei_common.contracts.api import UpdateProvider
@@ -73,6 +73,30 @@ def list_workers(
     )
 
 
+@worker_app.command("build-image")
+def build_image(
+    tag: Annotated[
+        str | None,
+        typer.Option("--tag", help="image tag (default: $HODEI_WORKER_IMAGE or "
+                                   "hodei-agent:latest)"),
+    ] = None,
+    base_image: Annotated[
+        str | None, typer.Option("--base-image", help="base image with python3 and venv")
+    ] = None,
+    local_base: Annotated[
+        bool, typer.Option("--local-base", help="make the base here with debootstrap")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="build even if up to date")] = False,
+) -> None:
+    """Build the Docker worker image from this source tree (no network in the build)."""
+    from hodei_cli import image
+
+    if local_base and base_image is not None:
+        raise ValidationError("give --local-base or --base-image, not both")
+    image.build_worker_image(tag or image.default_tag(), base_image=base_image,
+                             local_base=local_base, force=force, say=typer.echo)
+
+
 @provider_app.command("list")
 def list_providers(out: Output = OutputOption) -> None:
     """List providers and their configuration."""
@@ -113,12 +137,27 @@ def set_provider(
         float | None,
         typer.Option("--idle-ttl", min=0, help="seconds an idle worker is kept, 0 = forever"),
     ] = None,
+    image: Annotated[
+        str | None, typer.Option("--image", help="worker image (docker, kubernetes)")
+    ] = None,
+    cpus: Annotated[
+        str | None, typer.Option("--cpus", help="default CPUs of a job, 0 = no default")
+    ] = None,
+    memory: Annotated[
+        str | None, typer.Option("--memory", help="default memory of a job, 0 = no default")
+    ] = None,
+    network: Annotated[
+        str | None, typer.Option("--network", help="docker network mode, e.g. host")
+    ] = None,
     out: Output = OutputOption,
 ) -> None:
-    """Change a provider's configuration: worker mode, pool sizes, limits, enabled."""
+    """Change a provider's configuration: worker mode, pool sizes, limits, image, enabled."""
     request = UpdateProvider(
         name=name, enabled=enabled, worker_mode=parse_state(WorkerMode, mode),
         max_workers=max_workers, min_idle=min_idle, max_jobs=max_jobs, idle_ttl_s=idle_ttl,
+        image=_non_empty("--image", image), network_mode=network,
+        cpus=0.0 if _is_zero(cpus) else parse_cpus(cpus),
+        memory_bytes=0 if _is_zero(memory) else parse_memory(memory),
     )
 
     provider = call_api(lambda api: api.update_provider(request))
@@ -126,3 +165,13 @@ def set_provider(
         output.emit_json(provider)
     else:
         _provider_table([provider])
+
+
+def _is_zero(raw: str | None) -> bool:
+    return raw is not None and raw.strip() in ("0", "0.0")
+
+
+def _non_empty(option: str, raw: str | None) -> str | None:
+    if raw is not None and not raw.strip():
+        raise ValidationError(f"{option} must not be empty")
+    return raw

@@ -25,10 +25,16 @@ PLATFORM_SERVICES = tuple(SERVICES)
 
 @app.command("up")
 def up() -> None:
-    """Start NATS, PostgreSQL and every service in the foreground until Ctrl-C."""
+    """Start NATS, PostgreSQL and every service in the foreground until Ctrl-C.
+
+    HODEI_DOCKER_ENABLED=1 enables the Docker provider (image: $HODEI_WORKER_IMAGE, else the
+    configured one); `hodei provider set docker` changes it later.
+    """
     settings = cli_settings()
     configure_logging(os.environ.get("HODEI_LOG_LEVEL", "WARNING"))
-    asyncio.run(serve(settings))
+    docker = os.environ.get("HODEI_DOCKER_ENABLED", "").lower() in ("1", "true", "yes")
+    asyncio.run(serve(settings, docker=docker,
+                      worker_image=os.environ.get("HODEI_WORKER_IMAGE") or None))
 
 
 @app.command("down")

@@ -101,8 +101,29 @@ def write_dev_file(settings: Settings, endpoints: Endpoints) -> None:
     tmp.replace(path)
 
 
-async def serve(settings: Settings, announce: IO[str] = sys.stdout) -> None:
-    """Start servers and services, announce readiness, run until signalled, then stop all."""
+ENABLE_DOCKER = """
+UPDATE provider_configs SET enabled = true, image = coalesce($1, image)
+WHERE name = 'docker'
+"""
+
+
+async def _enable_docker(server: PostgresServer, image: str | None) -> None:
+    conn = await asyncpg.connect(server.url(DATABASE))
+    try:
+        await conn.execute(ENABLE_DOCKER, image)
+    finally:
+        await conn.close()
+
+
+async def serve(
+    settings: Settings, announce: IO[str] = sys.stdout, *, docker: bool = False,
+    worker_image: str | None = None,
+) -> None:
+    """Start servers and services, announce readiness, run until signalled, then stop all.
+
+    ``docker`` enables the Docker provider (with ``worker_image`` when given) before the
+    services start.
+    """
     home = settings.home
     nats = NatsServer(home / "nats")
     postgres = PostgresServer(home / "postgres", durable=True)
@@ -111,6 +132,8 @@ async def serve(settings: Settings, announce: IO[str] = sys.stdout) -> None:
             nats.start()
             postgres.start()
             await _ensure_database(postgres)
+            if docker:
+                await _enable_docker(postgres, worker_image)
             endpoints = Endpoints(nats.url, postgres.url(DATABASE))
             base = settings.model_copy(update={
                 "nats_url": endpoints.nats_url, "database_url": endpoints.database_url,

@@ -17,8 +17,10 @@ from hodei_cli.parsing import (
     check_tail,
     check_timeout,
     parse_args,
+    parse_cpus,
     parse_env,
     parse_job_id,
+    parse_memory,
     parse_since,
     parse_state,
     parse_stream,
@@ -49,6 +51,13 @@ PriorityOpt = Annotated[int, typer.Option(help="higher runs first")]
 AttemptsOpt = Annotated[
     int, typer.Option("--max-attempts", help="runs allowed when workers are lost")
 ]
+CpusOpt = Annotated[
+    str | None, typer.Option("--cpus", help="CPUs the job may use, e.g. 0.5 (Docker)")
+]
+MemoryOpt = Annotated[
+    str | None,
+    typer.Option("--memory", help="memory limit, e.g. 256m or 2g (Docker; default 512m)"),
+]
 
 
 def build_submit(
@@ -62,6 +71,8 @@ def build_submit(
     idempotency_key: str | None,
     priority: int,
     max_attempts: int,
+    cpus: str | None = None,
+    memory: str | None = None,
 ) -> SubmitJob:
     """The submit request from ``job queue``/``job run`` flags, validated locally first."""
     check_command(command)
@@ -75,6 +86,8 @@ def build_submit(
         idempotency_key=idempotency_key,
         priority=priority,
         max_attempts=max_attempts,
+        cpus=parse_cpus(cpus),
+        memory_bytes=parse_memory(memory),
     )
 
 
@@ -89,13 +102,15 @@ def queue(
     idempotency_key: KeyOpt = None,
     priority: PriorityOpt = 0,
     max_attempts: AttemptsOpt = DEFAULT_MAX_ATTEMPTS,
+    cpus: CpusOpt = None,
+    memory: MemoryOpt = None,
     out: Output = OutputOption,
 ) -> None:
     """Queue a job and print its id."""
     request = build_submit(
         command=command, name=name, args=args, env=env or [], timeout=timeout,
         provider=provider, idempotency_key=idempotency_key, priority=priority,
-        max_attempts=max_attempts,
+        max_attempts=max_attempts, cpus=cpus, memory=memory,
     )
 
     job = call_api(lambda api: api.submit(request)).job
@@ -116,13 +131,15 @@ def run(
     idempotency_key: KeyOpt = None,
     priority: PriorityOpt = 0,
     max_attempts: AttemptsOpt = DEFAULT_MAX_ATTEMPTS,
+    cpus: CpusOpt = None,
+    memory: MemoryOpt = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="print the id and return")] = False,
 ) -> None:
     """Run a job, show its output live, and exit with its exit code (124 timeout, 130 cancel)."""
     request = build_submit(
         command=command, name=name, args=args, env=env or [], timeout=timeout,
         provider=provider, idempotency_key=idempotency_key, priority=priority,
-        max_attempts=max_attempts,
+        max_attempts=max_attempts, cpus=cpus, memory=memory,
     )
     code = asyncio.run(run_job(request, detach=detach))
     raise typer.Exit(code)
@@ -152,7 +169,8 @@ def show_job(job: Job) -> None:
     output.details([
         ("id", job.id), ("name", job.name), ("state", job.state), ("command", job.command),
         ("args", job.args), ("env", sorted(job.env)), ("provider", job.provider),
-        ("timeout", f"{job.timeout_s:g}s"), ("attempt", f"{job.attempt}/{job.max_attempts}"),
+        ("timeout", f"{job.timeout_s:g}s"), ("cpus", job.cpus),
+        ("memory", job.memory_bytes), ("attempt", f"{job.attempt}/{job.max_attempts}"),
         ("worker", job.worker_id), ("exit code", job.exit_code), ("error", job.error),
         ("created", job.created_at), ("started", job.started_at),
         ("completed", job.completed_at), ("cancel requested", job.cancel_requested_at),

@@ -11,12 +11,20 @@ from datetime import datetime
 from typing import TypeVar
 
 from hodei_cli.logview import Since
-from hodei_common.contracts.jobs import MAX_TIMEOUT_S
+from hodei_common.contracts.jobs import (
+    MAX_CPUS,
+    MAX_MEMORY_BYTES,
+    MAX_TIMEOUT_S,
+    MIN_CPUS,
+    MIN_MEMORY_BYTES,
+)
 from hodei_common.contracts.logs import LogStream
 from hodei_common.errors import ValidationError
 
 E = TypeVar("E", bound=enum.StrEnum)
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _LINE = re.compile(r"^(?:(\d+):)?(\d+)$")
 _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -93,6 +101,31 @@ def parse_state(states: type[E], value: str | None) -> E | None:
     raise ValidationError(f"unknown {kind} '{value}' (one of {known})")
 
 
+def parse_cpus(raw: str | None, option: str = "--cpus") -> float | None:
+    """``--cpus 0.5``: how many CPUs a job may use; None when not given."""
+    if raw is None:
+        return None
+    try:
+        cpus = float(raw)
+    except ValueError:
+        cpus = float("nan")
+    if not MIN_CPUS <= cpus <= MAX_CPUS:  # also refuses nan and inf
+        raise ValidationError(
+            f"{option} must be a number of CPUs from {MIN_CPUS:g} to {MAX_CPUS:g}")
+    return cpus
+
+
+def parse_memory(raw: str | None, option: str = "--memory") -> int | None:
+    """``--memory 512m`` (k, m, g, t: powers of 1024; plain digits: bytes); None when not given."""
+    if raw is None:
+        return None
+    match = _SIZE.fullmatch(raw.strip())
+    size = int(float(match.group(1)) * _UNITS[match.group(2).lower()]) if match else 0
+    if not MIN_MEMORY_BYTES <= size <= MAX_MEMORY_BYTES:
+        raise ValidationError(
+            f"{option} must be a size from {MIN_MEMORY_BYTES // 2**20}m to "
+            f"{MAX_MEMORY_BYTES // 2**40}t, like 512m or 2g")
+    return size
 def parse_since(value: str | None, now: float | None = None) -> Since | None:
     """``--since``: after a line number, within a duration, or from a timestamp."""
     if value is None:

@@ -110,4 +110,5 @@ async def test_providers_list_is_every_provider_by_name(client: ApiClient) -> No
     assert [(p.name, p.enabled) for p in providers] == [
         ("docker", False), ("kubernetes", False), ("local", True)]
     assert providers[0].image == "hodei-agent:latest"
-    assert providers[0].settings == {}
+    assert providers[0].settings == {"cpus": 1, "memory_bytes": 512 * 2**20,
+                                     "network_mode": "host"}

@@ -94,6 +94,12 @@ async def test_idempotency_key_returns_the_same_job(
         (["job", "get", str(uuid.UUID(int=7))], "not found"),
         (["job", "list", "--state", "SLEEPING"], "unknown state"),
         (["service", "mailer"], "unknown service"),
+        (["job", "queue", "--command", "x", "--memory", "-5"], "--memory must be a size"),
+        (["job", "queue", "--command", "x", "--memory", "1x"], "--memory must be a size"),
+        (["job", "queue", "--command", "x", "--memory", "63m"], "from 64m"),
+        (["job", "queue", "--command", "x", "--cpus", "abc"], "--cpus must be a number"),
+        (["job", "run", "--command", "x", "--cpus", "0"], "--cpus must be a number"),
+        (["job", "queue", "--command", "x", "--cpus", "nan"], "--cpus must be a number"),
         (["job", "logs", str(uuid.UUID(int=7)), "--tail", "-1"], "--tail must be"),
         (["job", "logs", str(uuid.UUID(int=7)), "--since", "garbage"], "--since 'garbage'"),
         (["job", "logs", str(uuid.UUID(int=7)), "--since", "0:5"], "numbered from 1"),
@@ -118,6 +124,18 @@ async def test_bad_input_is_one_error_line_and_changes_nothing(
     assert message in lines[0]
     assert "Traceback" not in result.stderr
     assert await counts(pool) == before
+
+
+async def test_limits_are_stored_with_the_job(
+    platform: list[HodeiService], cli_env: dict[str, str], pool: asyncpg.Pool
+) -> None:
+    result = await run_cli(cli_env, "job", "queue", "--command", "x", "--cpus", "0.5",
+                           "--memory", "256m")
+    assert result.code == 0, result.stderr
+    row = await pool.fetchrow("SELECT cpus, memory_bytes FROM jobs WHERE id = $1",
+                              uuid.UUID(result.stdout.strip()))
+    assert row is not None
+    assert (row["cpus"], row["memory_bytes"]) == (0.5, 256 * 2**20)
 
 
 async def test_list_filters_by_state_newest_first(
@@ -205,6 +223,20 @@ async def test_provider_set_changes_the_worker_mode_and_pool(
     assert {p["name"]: p["worker_mode"] for p in listed}["local"] == "reusable"
 
 
+async def test_provider_set_changes_the_docker_image_default_limits_and_network(
+    platform: list[HodeiService], cli_env: dict[str, str]
+) -> None:
+    result = await run_cli(cli_env, "provider", "set", "docker", "--image", "my/agent:1",
+                           "--cpus", "2", "--memory", "1g", "--network", "bridge", "-o", "json")
+    assert result.code == 0, result.stderr
+    provider = json.loads(result.stdout)
+    assert provider["image"] == "my/agent:1"
+    assert provider["settings"] == {"cpus": 2, "memory_bytes": 2**30, "network_mode": "bridge"}
+    cleared = await run_cli(cli_env, "provider", "set", "docker", "--cpus", "0", "--network", "",
+                            "-o", "json")
+    assert json.loads(cleared.stdout)["settings"] == {"memory_bytes": 2**30}
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -212,6 +244,9 @@ async def test_provider_set_changes_the_worker_mode_and_pool(
         (["provider", "set", "local", "--min-idle", "-1"], "--min-idle"),
         (["provider", "set", "mainframe", "--min-idle", "1"], "unknown provider"),
         (["provider", "set", "local", "--min-idle", "500"], "larger than max_workers"),
+        (["provider", "set", "docker", "--cpus", "abc"], "--cpus must be a number"),
+        (["provider", "set", "docker", "--memory", "-5"], "--memory must be a size"),
+        (["provider", "set", "docker", "--image", " "], "--image must not be empty"),
     ],
 )
 async def test_bad_provider_settings_are_one_error_line(

@@ -135,12 +135,12 @@ async def test_a_request_waits_while_an_earlier_attempt_holds_a_live_token(
 async def test_a_provider_kind_without_an_implementation_fails_the_worker(
     provisioner: ProvisionerService, pool: asyncpg.Pool, js: JetStreamContext,
 ) -> None:
-    worker_id = await request_worker(pool, provider="docker")
+    worker_id = await request_worker(pool, provider="kubernetes")
     await assert_eventually(
         lambda: published(js, worker_id, subjects.PROVISION_FAILED))
     row = await worker(pool, worker_id)
     assert row["state"] == WorkerState.FAILED
-    message = "provider kind 'docker' is not available in this build"
+    message = "provider kind 'kubernetes' is not available in this build"
     assert row["error"] == message
     failed = [p for s, p in await stream_events(js) if s == subjects.PROVISION_FAILED]
     assert failed[0]["error"] == message

@@ -60,6 +60,7 @@ async def test_a_queued_job_gets_one_new_worker_then_the_assignment(
     creating = await assert_eventually(lambda: workers(pool, "CREATING"))
     assert len(creating) == 1
     worker_id = creating[0]["id"]
+    assert creating[0]["for_job_id"] == job.id
     assert await event_types(pool, worker_id) == ["ProvisionRequested"]
     sub = await js.subscribe(subjects.worker_assign(worker_id), ordered_consumer=True)
     await make_ready(pool, worker_id)
@@ -261,6 +262,36 @@ async def test_provisioning_never_exceeds_max_workers_and_jobs_wait_queued(
     assert states == ["QUEUED"] * 5
     await api.cancel(jobs[0].id)
     assert len(await workers(pool, "CREATING")) == 2
+
+
+async def test_a_job_with_limits_gets_a_worker_made_with_them_not_a_default_one(
+    api: ApiClient, pool: asyncpg.Pool
+) -> None:
+    default = (await api.submit(SubmitJob(command="x"))).job
+    limited = (await api.submit(SubmitJob(command="y", cpus=0.5, memory_bytes=64 * 2**20))).job
+    await assert_eventually(lambda: _count(workers(pool, "CREATING"), 2))
+    creating = await workers(pool, "CREATING")
+    limits = sorted((w["cpus"] or 0, w["memory_bytes"] or 0) for w in creating)
+    assert limits == [(0, 0), (0.5, 64 * 2**20)]
+    default_worker = next(w["id"] for w in creating if w["cpus"] is None)
+    await make_ready(pool, default_worker)
+    await assert_eventually(lambda: _is(job_state(pool, default.id), "ASSIGNED"))
+    assert await job_state(pool, limited.id) == "QUEUED"
+    assert (await workers(pool, "BUSY"))[0]["current_job_id"] == default.id
+
+
+async def test_a_worker_requested_for_a_job_is_not_taken_by_a_later_one(
+    api: ApiClient, pool: asyncpg.Pool
+) -> None:
+    first = (await api.submit(SubmitJob(command="x"))).job
+    await assert_eventually(lambda: _count(workers(pool, "CREATING"), 1))
+    urgent = (await api.submit(SubmitJob(command="y", priority=10))).job
+    await assert_eventually(lambda: _count(workers(pool, "CREATING"), 2))
+    for_first = next(w["id"] for w in await workers(pool, "CREATING")
+                     if w["for_job_id"] == first.id)
+    await make_ready(pool, for_first)
+    await assert_eventually(lambda: _is(job_state(pool, first.id), "ASSIGNED"))
+    assert await job_state(pool, urgent.id) == "QUEUED"
 
 
 async def test_warm_pool_keeps_min_idle_workers_requested(

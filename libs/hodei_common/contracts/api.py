@@ -16,9 +16,13 @@ from hodei_common.contracts.events import DomainEvent
 from hodei_common.contracts.jobs import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_TIMEOUT_S,
+    MAX_CPUS,
+    MAX_MEMORY_BYTES,
     MAX_NAME_CHARS,
+    Cpus,
     Job,
     JobState,
+    MemoryBytes,
     PositiveSeconds,
 )
 from hodei_common.contracts.workers import ProviderConfig, Worker, WorkerMode, WorkerState
@@ -71,6 +75,9 @@ class SubmitJob(msgspec.Struct, frozen=True, kw_only=True):
     # Chosen by the client, so that it can listen to the job's log before the job exists;
     # submitting the same id again returns that job (an id already used by another is refused).
     id: UUID | None = None
+    # Resource limits; None takes the provider's defaults. Local workers are not limited.
+    cpus: Cpus | None = None
+    memory_bytes: MemoryBytes | None = None
 
 
 class SubmitJobReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -139,7 +146,8 @@ class ListProviders(msgspec.Struct, frozen=True, kw_only=True):
 class UpdateProvider(msgspec.Struct, frozen=True, kw_only=True):
     """``providers.update``: change the given fields of one provider; None leaves a field be.
 
-    ``max_jobs`` and ``idle_ttl_s`` live in the provider's settings; 0 clears them.
+    ``max_jobs``, ``idle_ttl_s`` and the default limits ``cpus`` and ``memory_bytes`` live in
+    the provider's settings; 0 clears them, as an empty ``network_mode`` does.
     """
 
     name: str
@@ -149,6 +157,10 @@ class UpdateProvider(msgspec.Struct, frozen=True, kw_only=True):
     min_idle: Annotated[int, msgspec.Meta(ge=0, le=10_000)] | None = None
     max_jobs: Annotated[int, msgspec.Meta(ge=0)] | None = None
     idle_ttl_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    image: Annotated[str, msgspec.Meta(min_length=1, max_length=500)] | None = None
+    cpus: Annotated[float, msgspec.Meta(ge=0, le=MAX_CPUS)] | None = None
+    memory_bytes: Annotated[int, msgspec.Meta(ge=0, le=MAX_MEMORY_BYTES)] | None = None
+    network_mode: Annotated[str, msgspec.Meta(max_length=200)] | None = None
 
 
 class ProviderReply(msgspec.Struct, frozen=True, kw_only=True):

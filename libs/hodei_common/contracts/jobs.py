@@ -17,6 +17,12 @@ MAX_ENV_ENTRIES = 256
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 DEFAULT_TIMEOUT_S = 3600.0
 DEFAULT_MAX_ATTEMPTS = 3
+# Resource limits a job may ask for (enforced by providers that can: Docker).
+MIN_CPUS = 0.01
+MAX_CPUS = 1024.0
+# The agent runs inside the same limit and needs about 40 MiB of it.
+MIN_MEMORY_BYTES = 64 * 1024 * 1024
+MAX_MEMORY_BYTES = 1024**4
 
 
 class JobState(enum.StrEnum):
@@ -40,6 +46,8 @@ TERMINAL_JOB_STATES = frozenset(
 )
 
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT_S)]
+Cpus = Annotated[float, msgspec.Meta(ge=MIN_CPUS, le=MAX_CPUS)]
+MemoryBytes = Annotated[int, msgspec.Meta(ge=MIN_MEMORY_BYTES, le=MAX_MEMORY_BYTES)]
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,6 +68,8 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     worker_id: UUID | None = None
     exit_code: int | None = None
     error: str | None = None
+    cpus: float | None = None  # None: the provider's default
+    memory_bytes: int | None = None
     idempotency_key: str | None = None
     cancel_requested_at: datetime | None = None
     created_at: datetime

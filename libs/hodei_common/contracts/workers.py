@@ -70,9 +70,13 @@ class WorkerEvent(Event, frozen=True, kw_only=True):
 
 
 class ProvisionRequested(WorkerEvent, frozen=True, kw_only=True):
-    """The scheduler wants a worker: its row exists, CREATING. Subject ``provision.requested``."""
+    """The scheduler wants a worker: its row exists, CREATING. Subject ``provision.requested``.
+
+    ``job_id`` is the waiting job it is requested for (None: a warm-pool worker).
+    """
 
     mode: WorkerMode = WorkerMode.EPHEMERAL
+    job_id: UUID | None = None
 
 
 class ProvisionFailed(WorkerEvent, frozen=True, kw_only=True):

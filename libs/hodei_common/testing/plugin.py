@@ -22,6 +22,9 @@ from nats.js import JetStreamContext
 from hodei_common import database, messaging
 from hodei_common.embedded import NatsServer, PostgresServer
 from hodei_common.settings import Settings
+from hodei_common.testing.docker import docker_engine
+
+__all__ = ["docker_engine"]
 
 TEMPLATE_DB = "hodei_template"
 _db_counter = itertools.count(1)

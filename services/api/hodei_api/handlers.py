@@ -31,8 +31,12 @@ from hodei_common.contracts.api import (
 )
 from hodei_common.contracts.jobs import (
     MAX_COMMAND_BYTES,
+    MAX_CPUS,
     MAX_ENV_ENTRIES,
+    MAX_MEMORY_BYTES,
     MAX_TIMEOUT_S,
+    MIN_CPUS,
+    MIN_MEMORY_BYTES,
     Job,
     JobCancelled,
     JobCancelRequested,
@@ -47,10 +51,15 @@ ACTOR = "api"
 AGGREGATE_JOB = "job"
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _QUOTE_LIMIT = 60
+# UpdateProvider fields kept in provider_configs.settings rather than in columns.
+_PROVIDER_SETTINGS = ("max_jobs", "idle_ttl_s", "cpus", "memory_bytes", "network_mode")
 # msgspec names the field but not the unit; these constraint failures get a plainer line.
 _CONSTRAINT_HINTS = {
     "$.timeout_s": "timeout_s must be a positive number of seconds, at most "
     f"{MAX_TIMEOUT_S:g} (7 days)",
+    "$.cpus": f"cpus must be a number of CPUs from {MIN_CPUS:g} to {MAX_CPUS:g}",
+    "$.memory_bytes": f"memory_bytes must be from {MIN_MEMORY_BYTES // 2**20} MiB to "
+    f"{MAX_MEMORY_BYTES // 2**40} TiB",
 }
 
 
@@ -248,8 +257,13 @@ async def update_provider(pool: asyncpg.Pool, req: UpdateProvider) -> ProviderRe
     }
     if not changes:
         raise ValidationError("nothing to change: give at least one setting")
-    settings = {key: (None if changes[key] == 0 else changes[key])
-                for key in ("max_jobs", "idle_ttl_s") if key in changes}
+    if req.memory_bytes and req.memory_bytes < MIN_MEMORY_BYTES:
+        raise ValidationError(f"memory_bytes must be 0 (no default) or at least "
+                              f"{MIN_MEMORY_BYTES // 2**20} MiB")
+    if req.cpus and req.cpus < MIN_CPUS:
+        raise ValidationError(f"cpus must be 0 (no default) or at least {MIN_CPUS:g}")
+    settings = {key: (None if changes[key] in (0, "") else changes[key])
+                for key in _PROVIDER_SETTINGS if key in changes}
     event = ProviderUpdated(event_id=uuid4(), occurred_at=_now(),
                             correlation_id=_correlation_id(), actor=ACTOR,
                             provider=req.name, changes=changes)
@@ -261,7 +275,7 @@ async def update_provider(pool: asyncpg.Pool, req: UpdateProvider) -> ProviderRe
         row = await outbox.change(
             conn, store.UPDATE_PROVIDER, req.name, req.enabled,
             None if req.worker_mode is None else req.worker_mode.value,
-            req.max_workers, req.min_idle, settings,
+            req.max_workers, req.min_idle, settings, req.image,
             subject=subjects.PROVIDER_UPDATED, event=event,
             aggregate_type="provider", aggregate_id=current.id or uuid4(),
         )

@@ -18,8 +18,8 @@ T = TypeVar("T", bound=msgspec.Struct)
 
 _JOB_COLUMNS = """
     id, namespace, name, state, command, args, env, timeout_s, provider, priority, attempt,
-    max_attempts, worker_id, exit_code, error, idempotency_key, cancel_requested_at,
-    created_at, started_at, completed_at, updated_at, log_truncated
+    max_attempts, worker_id, exit_code, error, cpus, memory_bytes, idempotency_key,
+    cancel_requested_at, created_at, started_at, completed_at, updated_at, log_truncated
 """
 _WORKER_COLUMNS = """
     id, state, provider, mode, provider_resource_id, last_heartbeat, current_job_id, jobs_run,
@@ -38,8 +38,8 @@ _EVENT_COLUMNS = """
 # taken; the caller then finds out which (the rare path) with further queries.
 INSERT_JOB = f"""
 INSERT INTO jobs (id, namespace, name, state, command, args, env, timeout_s, provider, priority,
-                  max_attempts, idempotency_key)
-SELECT $1, $2, $3, 'QUEUED', $4, $5, $6::jsonb, $7, $8, $9, $10, $11
+                  max_attempts, idempotency_key, cpus, memory_bytes)
+SELECT $1, $2, $3, 'QUEUED', $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13
 WHERE EXISTS (SELECT 1 FROM provider_configs WHERE name = $8 AND enabled)
 ON CONFLICT DO NOTHING
 RETURNING {_JOB_COLUMNS}
@@ -85,6 +85,7 @@ UPDATE provider_configs SET
     worker_mode = coalesce($3, worker_mode),
     max_workers = coalesce($4, max_workers),
     min_idle = coalesce($5, min_idle),
+    image = coalesce($7, image),
     settings = jsonb_strip_nulls(settings || $6::jsonb)
 WHERE name = $1 AND coalesce($5, min_idle) <= coalesce($4, max_workers)
 RETURNING {_PROVIDER_COLUMNS}
@@ -105,7 +106,8 @@ def insert_job_args(job_id: UUID, req: SubmitJob) -> tuple[object, ...]:
     """The parameters of :data:`INSERT_JOB`."""
     return (
         job_id, req.namespace, req.name, req.command, req.args, req.env, req.timeout_s,
-        req.provider, req.priority, req.max_attempts, req.idempotency_key,
+        req.provider, req.priority, req.max_attempts, req.idempotency_key, req.cpus,
+        req.memory_bytes,
     )
 
 

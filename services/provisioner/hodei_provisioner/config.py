@@ -30,6 +30,8 @@ class ProvisionerSettings(Settings):
     provisioner_workers_dir: Path | None = None
     provisioner_destroy_grace_s: float = Field(default=2.0, gt=0)
     provisioner_max_in_flight: int = Field(default=32, ge=1)
+    # Seconds between reconciliation passes (one also runs at start).
+    provisioner_reconcile_interval_s: float = Field(default=2.0, gt=0)
 
     def agent_nats_url(self) -> str:
         """The NATS URL agents are given: the configured one, else the service's own."""

@@ -108,8 +108,11 @@ async def provision(deps: Deps, event: ProvisionRequested) -> None:
         return
     provider = deps.providers[worker.kind]
     spec = WorkerSpec(worker_id=worker.id, token=token, nats_url=deps.agent_nats_url,
-                      mode=worker.mode, provider=worker.provider, image=worker.image,
-                      settings=worker.settings)
+                      mode=worker.mode, provider=worker.provider, scope=str(worker.provider_id),
+                      image=worker.image, settings=worker.settings, job_id=worker.for_job_id,
+                      cpus=worker.cpus or _positive(worker.settings, "cpus"),
+                      memory_bytes=_whole(worker.memory_bytes
+                                          or _positive(worker.settings, "memory_bytes")))
     try:
         resource_id = await provider.create(spec)
     except Exception as e:  # whatever broke, this worker will not come up: fail it
@@ -239,6 +242,10 @@ def _positive(settings: Mapping[str, Any], key: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         return None
     return float(value)
+
+
+def _whole(value: float | None) -> int | None:
+    return None if value is None else int(value)
 
 
 # --- release -----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from typing import ClassVar
 
+import asyncpg
 from nats.aio.msg import Msg
 
 from hodei_common import messaging
@@ -21,11 +22,15 @@ from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import RegisterReply, RegisterRequest
 from hodei_common.contracts.workers import ProvisionRequested, WorkerTerminating
 from hodei_common.endpoints import Endpoint, EndpointServer
+from hodei_common.errors import HodeiError
 from hodei_common.runner import HodeiService, Loop
+from hodei_common.waiting import wait_any
 from hodei_provisioner import handlers
 from hodei_provisioner.config import ProvisionerSettings
 from hodei_provisioner.providers import Provider
+from hodei_provisioner.providers.docker import DockerProvider, container_env
 from hodei_provisioner.providers.local import LocalProvider, inherited_env
+from hodei_provisioner.reconcile import reconcile
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +46,15 @@ RELEASE_SPEC = ConsumerSpec(stream=subjects.WORKER_EVENTS_STREAM,
 
 
 def default_providers(settings: ProvisionerSettings) -> list[Provider]:
-    """The providers this build has: the local-process one (Docker, Kubernetes: later)."""
-    return [LocalProvider(settings.provisioner_agent_command, settings.workers_dir(),
-                          env=inherited_env(os.environ),
-                          grace_s=settings.provisioner_destroy_grace_s)]
+    """The providers this build has: local processes and Docker containers (the engine is
+    only contacted once a Docker worker is wanted or reconciled)."""
+    return [
+        LocalProvider(settings.provisioner_agent_command, settings.workers_dir(),
+                      env=inherited_env(os.environ),
+                      grace_s=settings.provisioner_destroy_grace_s),
+        DockerProvider(env=container_env(os.environ),
+                       stop_grace_s=settings.provisioner_destroy_grace_s),
+    ]
 
 
 class ProvisionerService(HodeiService):
@@ -90,7 +100,7 @@ class ProvisionerService(HodeiService):
         await self.endpoints.add(self.micro, [register], subjects.PROVISIONER_QUEUE_GROUP)
 
     def loops(self) -> list[Loop]:
-        return [self._provision_loop, self._release_loop]
+        return [self._provision_loop, self._release_loop, self._reconcile_loop]
 
     async def stop_fetching(self) -> None:
         """Let registrations in flight finish (up to the grace period), then cancel them."""
@@ -108,6 +118,22 @@ class ProvisionerService(HodeiService):
 
     async def _on_release(self, msg: Msg) -> None:
         await handlers.release(self.deps, decode(msg, WorkerTerminating))
+
+    # --- reconciliation ------------------------------------------------------------------
+    async def _reconcile_loop(self) -> None:
+        """A pass at start, then every interval, until stopping."""
+        failing = False
+        while not self.stopping.is_set():
+            try:
+                await reconcile(self.deps)
+                failing = False
+            except (HodeiError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                # An engine that is down (or not installed) is said once, not every pass.
+                if not failing:
+                    log.warning("reconciliation failed (%s); retrying every %gs", e,
+                                self.config.provisioner_reconcile_interval_s)
+                failing = True
+            await wait_any(self.stopping, within_s=self.config.provisioner_reconcile_interval_s)
 
     # --- registration --------------------------------------------------------------------
     async def _register(self, request: RegisterRequest) -> RegisterReply:

@@ -12,8 +12,8 @@ from hodei_common.contracts.workers import WorkerMode, WorkerState
 from hodei_common.database import Conn
 
 _WORKER = """
-SELECT w.id, w.state, w.provider, w.mode, w.provider_resource_id,
-       p.kind, p.enabled, p.image, p.settings
+SELECT w.id, w.state, w.provider, w.mode, w.provider_resource_id, w.cpus, w.memory_bytes,
+       w.for_job_id, p.id AS provider_id, p.kind, p.enabled, p.image, p.settings
 FROM workers w JOIN provider_configs p ON p.name = w.provider
 WHERE w.id = $1
 """
@@ -88,6 +88,10 @@ class WorkerRow:
     enabled: bool
     image: str | None
     settings: dict[str, Any] = field(default_factory=dict)
+    provider_id: UUID | None = None
+    cpus: float | None = None  # None: the provider's default
+    memory_bytes: int | None = None
+    for_job_id: UUID | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,7 +119,8 @@ def _worker(row: asyncpg.Record | None) -> WorkerRow | None:
         id=row["id"], state=WorkerState(row["state"]), provider=row["provider"],
         mode=WorkerMode(row["mode"]), provider_resource_id=row["provider_resource_id"],
         kind=row["kind"], enabled=row["enabled"], image=row["image"],
-        settings=dict(row["settings"] or {}),
+        settings=dict(row["settings"] or {}), provider_id=row["provider_id"],
+        cpus=row["cpus"], memory_bytes=row["memory_bytes"], for_job_id=row["for_job_id"],
     )
 
 
@@ -176,3 +181,60 @@ async def worker_state(conn: Conn, worker_id: UUID) -> WorkerState | None:
 async def mark_failed_released(conn: Conn, worker_id: UUID) -> None:
     """Note that a FAILED worker's resource has been destroyed."""
     await conn.execute(_RELEASED_FAILED, worker_id)
+
+
+# --- reconciliation ----------------------------------------------------------------------
+# Providers that may have resources: enabled ones, and any that ever had a worker.
+_PROVIDER_SCOPES = """
+SELECT name, kind, id FROM provider_configs p
+WHERE enabled OR EXISTS (SELECT 1 FROM workers w WHERE w.provider = p.name)
+ORDER BY name
+"""
+_LIVE_WITH_RESOURCE = """
+SELECT id, state, provider_resource_id FROM workers
+WHERE provider = $1 AND state IN ('CREATING', 'READY', 'BUSY')
+  AND provider_resource_id IS NOT NULL
+"""
+_WORKER_STATES = "SELECT id, state FROM workers WHERE id = ANY($1::uuid[])"
+LOSE_WORKER = """
+UPDATE workers SET state = 'FAILED', error = $2, current_job_id = NULL, idle_since = NULL
+WHERE id = $1 AND state IN ('CREATING', 'READY', 'BUSY')
+RETURNING id
+"""
+LOCK_JOB_OF_WORKER = """
+SELECT id, attempt FROM jobs WHERE worker_id = $1 AND state IN ('ASSIGNED', 'RUNNING')
+FOR UPDATE
+"""
+FAIL_JOB = """
+UPDATE jobs SET state = 'FAILED', error = $3, completed_at = now(),
+                started_at = coalesce(started_at, now())
+WHERE id = $1 AND attempt = $2 AND state IN ('ASSIGNED', 'RUNNING')
+RETURNING id
+"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LiveWorker:
+    """A worker that should have a live resource."""
+
+    id: UUID
+    state: WorkerState
+    resource_id: str
+
+
+async def provider_scopes(conn: Conn) -> list[tuple[str, str, UUID]]:
+    """(name, kind, id) of every provider that may have resources to reconcile."""
+    return [(r["name"], r["kind"], r["id"]) for r in await conn.fetch(_PROVIDER_SCOPES)]
+
+
+async def live_workers_with_resource(conn: Conn, provider: str) -> list[LiveWorker]:
+    """The provider's CREATING/READY/BUSY workers that have a recorded resource."""
+    rows = await conn.fetch(_LIVE_WITH_RESOURCE, provider)
+    return [LiveWorker(id=r["id"], state=WorkerState(r["state"]),
+                       resource_id=r["provider_resource_id"]) for r in rows]
+
+
+async def worker_states(conn: Conn, worker_ids: list[UUID]) -> dict[UUID, WorkerState]:
+    """The state of each of these workers that exists."""
+    rows = await conn.fetch(_WORKER_STATES, worker_ids)
+    return {r["id"]: WorkerState(r["state"]) for r in rows}

@@ -172,17 +172,34 @@ class Dispatcher:
                                 aggregate_type="worker", aggregate_id=w["id"])
 
     async def _provision(self, conn: Conn) -> None:
-        """Request a worker per waiting job (plus the warm pool), within max_workers."""
+        """Request a worker per waiting job (plus the warm pool), within max_workers.
+
+        A worker is made with its job's limits, so demand is counted per class of limits;
+        the provider's room goes to the class whose job has waited longest.
+        """
+        room: dict[str, int] = {}
         for p in await store.provider_demand(conn):
-            wanted = p["queued"] + p["min_idle"] - p["creating"] - p["ready"]
-            room = p["max_workers"] - p["active"]
-            for _ in range(max(0, min(wanted, room))):
+            default_class = p["cpus"] is None and p["memory_bytes"] is None
+            wanted = (p["queued"] + (p["min_idle"] if default_class else 0)
+                      - p["creating"] - p["ready"])
+            left = room.setdefault(p["name"], p["max_workers"] - p["active"])
+            made = max(0, min(wanted, left))
+            room[p["name"]] = left - made
+            if made <= 0:
+                continue
+            # Each new worker is requested for a job of its own; the rest form the warm pool.
+            jobs: list[UUID | None] = list(await store.unserved_jobs(
+                conn, p["name"], p["cpus"], p["memory_bytes"], made))
+            jobs += [None] * (made - len(jobs))
+            for job_id in jobs:
                 worker_id = uuid4()
                 mode = WorkerMode(p["worker_mode"])
                 event = ProvisionRequested(event_id=uuid4(), occurred_at=_now(), actor=ACTOR,
-                                           worker_id=worker_id, provider=p["name"], mode=mode)
+                                           worker_id=worker_id, provider=p["name"], mode=mode,
+                                           job_id=job_id)
                 await outbox.change(
-                    conn, store.INSERT_WORKER, worker_id, p["name"], mode.value,
+                    conn, store.INSERT_WORKER, worker_id, p["name"], mode.value, p["cpus"],
+                    p["memory_bytes"], job_id,
                     subject=subjects.PROVISION_REQUESTED, event=event,
                     aggregate_type="worker", aggregate_id=worker_id,
                 )

@@ -9,11 +9,13 @@ import asyncpg
 from hodei_common.database import Conn
 
 # Up to $1 QUEUED jobs of providers with READY workers, best first, each paired with a
-# different READY worker of its provider (longest idle first). ``considered`` counts the jobs
-# looked at: fewer than $1 means no other job could be paired now.
+# different READY worker that fits it: the one requested for it when there is one, else one of
+# its provider made with its limits (NULL: the provider's defaults) and not requested for
+# another job that still waits, longest idle first. ``considered`` counts the jobs looked at:
+# fewer than $1 means no other job could be paired now.
 PICK_PAIRS = """
 WITH j AS (
-    SELECT id, provider, attempt, priority, queued_at FROM jobs
+    SELECT id, provider, attempt, priority, queued_at, cpus, memory_bytes FROM jobs
     WHERE state = 'QUEUED'
       AND provider IN (SELECT provider FROM workers WHERE state = 'READY')
     ORDER BY priority DESC, queued_at, id
@@ -21,24 +23,34 @@ WITH j AS (
     FOR UPDATE SKIP LOCKED
 ),
 w AS (
-    SELECT id, provider, idle_since FROM workers
+    SELECT id, provider, idle_since, cpus, memory_bytes, for_job_id,
+           EXISTS (SELECT 1 FROM jobs q WHERE q.id = workers.for_job_id AND q.state = 'QUEUED')
+               AS reserved
+    FROM workers
     WHERE state = 'READY' AND provider IN (SELECT provider FROM j)
     FOR UPDATE SKIP LOCKED
 ),
+own AS (
+    SELECT j.id AS job_id, j.attempt, w.id AS worker_id, j.provider
+    FROM j JOIN w ON w.for_job_id = j.id
+),
 jr AS (
-    SELECT id, provider, attempt, row_number() OVER (
-        PARTITION BY provider ORDER BY priority DESC, queued_at, id) AS rank
-    FROM j
+    SELECT id, provider, attempt, cpus, memory_bytes, row_number() OVER (
+        PARTITION BY provider, cpus, memory_bytes ORDER BY priority DESC, queued_at, id) AS rank
+    FROM j WHERE id NOT IN (SELECT job_id FROM own)
 ),
 wr AS (
-    SELECT id, provider, row_number() OVER (
-        PARTITION BY provider ORDER BY idle_since NULLS FIRST, id) AS rank
-    FROM w
+    SELECT id, provider, cpus, memory_bytes, row_number() OVER (
+        PARTITION BY provider, cpus, memory_bytes ORDER BY idle_since NULLS FIRST, id) AS rank
+    FROM w WHERE NOT reserved
 )
-SELECT jr.id AS job_id, jr.attempt, wr.id AS worker_id, jr.provider,
-       (SELECT count(*) FROM j) AS considered
-FROM jr JOIN wr USING (provider, rank)
-ORDER BY jr.provider, jr.rank
+SELECT job_id, attempt, worker_id, provider, (SELECT count(*) FROM j) AS considered FROM own
+UNION ALL
+SELECT jr.id, jr.attempt, wr.id, jr.provider, (SELECT count(*) FROM j)
+FROM jr JOIN wr ON wr.provider = jr.provider AND wr.rank = jr.rank
+    AND wr.cpus IS NOT DISTINCT FROM jr.cpus
+    AND wr.memory_bytes IS NOT DISTINCT FROM jr.memory_bytes
+ORDER BY provider
 """
 
 # The pairs ($1 jobs, $2 workers, $3 attempts), locked by PICK_PAIRS in this transaction.
@@ -56,17 +68,31 @@ WHERE workers.id = a.worker_id AND workers.state = 'READY'
 RETURNING workers.id
 """
 
+# Demand per enabled provider and per class of limits (a worker serves only jobs of its
+# class); the class of NULL limits also holds the warm pool. Oldest waiting class first.
 PROVIDER_DEMAND = """
-SELECT p.name, p.worker_mode, p.max_workers, p.min_idle,
-       count(*) FILTER (WHERE w.state = 'CREATING') AS creating,
-       count(*) FILTER (WHERE w.state = 'READY') AS ready,
-       count(*) FILTER (WHERE w.state IN ('CREATING', 'READY', 'BUSY', 'TERMINATING')) AS active,
-       (SELECT count(*) FROM jobs WHERE jobs.state = 'QUEUED' AND jobs.provider = p.name)
-           AS queued
-FROM provider_configs p
-LEFT JOIN workers w ON w.provider = p.name
-WHERE p.enabled
-GROUP BY p.id
+WITH p AS (
+    SELECT p.name, p.worker_mode, p.max_workers, p.min_idle,
+           (SELECT count(*) FROM workers w WHERE w.provider = p.name
+              AND w.state IN ('CREATING', 'READY', 'BUSY', 'TERMINATING')) AS active
+    FROM provider_configs p WHERE p.enabled
+), c AS (
+    SELECT provider, cpus, memory_bytes, count(*) AS queued, 0 AS creating, 0 AS ready,
+           min(queued_at) AS oldest
+    FROM jobs WHERE state = 'QUEUED' GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT provider, cpus, memory_bytes, 0, count(*) FILTER (WHERE state = 'CREATING'),
+           count(*) FILTER (WHERE state = 'READY'), NULL
+    FROM workers WHERE state IN ('CREATING', 'READY') GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT name, NULL, NULL, 0, 0, 0, NULL FROM p
+)
+SELECT p.name, p.worker_mode, p.max_workers, p.min_idle, p.active, c.cpus, c.memory_bytes,
+       sum(c.queued)::int AS queued, sum(c.creating)::int AS creating,
+       sum(c.ready)::int AS ready, min(c.oldest) AS oldest
+FROM p JOIN c ON c.provider = p.name
+GROUP BY p.name, p.worker_mode, p.max_workers, p.min_idle, p.active, c.cpus, c.memory_bytes
+ORDER BY p.name, min(c.oldest) NULLS LAST
 """
 
 # READY workers idle past their provider's idle_ttl_s, beyond the min_idle freshest ones.
@@ -90,8 +116,20 @@ RETURNING id
 """
 
 INSERT_WORKER = """
-INSERT INTO workers (id, provider, mode, state) VALUES ($1, $2, $3, 'CREATING')
+INSERT INTO workers (id, provider, mode, state, cpus, memory_bytes, for_job_id)
+VALUES ($1, $2, $3, 'CREATING', $4, $5, $6)
 RETURNING id
+"""
+
+# Waiting jobs of a class that no live worker was requested for yet, best first.
+_UNSERVED_JOBS = """
+SELECT id FROM jobs j
+WHERE state = 'QUEUED' AND provider = $1
+  AND cpus IS NOT DISTINCT FROM $2 AND memory_bytes IS NOT DISTINCT FROM $3
+  AND NOT EXISTS (SELECT 1 FROM workers w
+                  WHERE w.for_job_id = j.id AND w.state IN ('CREATING', 'READY'))
+ORDER BY priority DESC, queued_at, id
+LIMIT $4
 """
 
 UNANSWERED_ASSIGNMENTS = """
@@ -167,6 +205,14 @@ async def pick_pairs(conn: Conn, limit: int) -> list[asyncpg.Record]:
 
 async def provider_demand(conn: Conn) -> list[asyncpg.Record]:
     return await conn.fetch(PROVIDER_DEMAND)
+
+
+async def unserved_jobs(
+    conn: Conn, provider: str, cpus: float | None, memory_bytes: int | None, limit: int
+) -> list[UUID]:
+    """Up to ``limit`` waiting jobs of the class with no worker requested for them yet."""
+    rows = await conn.fetch(_UNSERVED_JOBS, provider, cpus, memory_bytes, limit)
+    return [row["id"] for row in rows]
 
 
 async def idle_surplus(conn: Conn) -> list[asyncpg.Record]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import ClassVar
 from uuid import UUID
 
@@ -26,8 +27,25 @@ class WorkerSpec:
     nats_url: str = field(repr=False)  # may carry credentials
     mode: WorkerMode
     provider: str  # the provider_configs name the worker belongs to
+    # The provider_configs row's id: resources are labelled with it and listed by it.
+    scope: str = ""
     image: str | None = None
     settings: Mapping[str, object] = field(default_factory=dict)
+    job_id: UUID | None = None  # the job the worker is requested for, if any
+    cpus: float | None = None  # limits; None: unlimited
+    memory_bytes: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resource:
+    """A resource a provider found: whose it is, and if it has ended, how."""
+
+    resource_id: str
+    worker_id: UUID | None  # None: its label is missing or garbled
+    alive: bool
+    exit_code: int | None = None
+    oom_killed: bool = False
+    ended_at: datetime | None = None
 
 
 class Provider(ABC):
@@ -51,6 +69,11 @@ class Provider(ABC):
     @abstractmethod
     async def exists(self, resource_id: str, *, worker_id: UUID) -> bool:
         """Whether the worker's resource is still there (alive)."""
+
+    async def resources(self, scope: str) -> list[Resource] | None:
+        """Every resource this provider made for ``scope`` (a provider_configs id), alive or
+        ended; None when the provider cannot list its resources (nothing is reconciled)."""
+        return None
 
     async def close(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Stop watching resources when the service stops; never destroys any."""

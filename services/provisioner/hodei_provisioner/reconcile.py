@@ -1,0 +1,154 @@
+"""Reconciliation: what providers run and what the database says, brought back in line.
+
+Both directions, for every provider that can list its resources (Docker):
+
+* a resource whose worker row is missing, ``TERMINATED`` or ``FAILED`` is destroyed;
+* a worker row that is ``CREATING`` (with a resource), ``READY`` or ``BUSY`` whose resource
+  is gone, or has ended while the row still counts on it, is marked ``FAILED`` with the
+  reason, and its ``ASSIGNED``/``RUNNING`` job ends ``FAILED`` (``OOMKilled`` when the
+  container ran out of memory, else "worker lost: ..."); the resource is then destroyed.
+
+A ``BUSY`` worker whose agent exited 0 is left to the normal path: the agent reported its
+job before exiting, and the scheduler retires the worker as it applies that report.
+``TERMINATING`` workers are the release consumer's. One pass at a time runs across
+replicas (a session advisory lock), at start and then every interval.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from uuid import UUID, uuid4
+
+from hodei_common import outbox
+from hodei_common.contracts import subjects
+from hodei_common.contracts.jobs import JobFailed, JobState
+from hodei_common.contracts.workers import WorkerFailed, WorkerState
+from hodei_common.database import LOCK_CLASS, LOCK_RECONCILE
+from hodei_provisioner import store
+from hodei_provisioner.handlers import ACTOR, AGGREGATE_WORKER, Deps
+from hodei_provisioner.providers import Provider, Resource
+
+log = logging.getLogger(__name__)
+
+OOM_KILLED = "OOMKilled"
+
+
+@dataclass
+class Outcome:
+    """What one pass did: resources destroyed, and workers declared lost (with why)."""
+
+    destroyed: list[str] = field(default_factory=list)
+    lost: dict[UUID, str] = field(default_factory=dict)
+
+
+async def reconcile(deps: Deps) -> Outcome | None:
+    """One pass over every provider that can list its resources; None if another replica
+    is running one."""
+    async with deps.pool.acquire() as lock_conn:
+        if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS,
+                                        LOCK_RECONCILE):
+            return None
+        try:
+            outcome = Outcome()
+            async with deps.pool.acquire() as conn:
+                configs = await store.provider_scopes(conn)
+            for name, kind, scope in configs:
+                provider = deps.providers.get(kind)
+                if provider is not None:
+                    await _reconcile_provider(deps, provider, name, str(scope), outcome)
+            return outcome
+        finally:
+            await lock_conn.execute("SELECT pg_advisory_unlock($1, $2)", LOCK_CLASS,
+                                    LOCK_RECONCILE)
+
+
+async def _reconcile_provider(
+    deps: Deps, provider: Provider, name: str, scope: str, outcome: Outcome
+) -> None:
+    # Order matters. Live rows are read before the listing: a row that had its resource id
+    # then had a resource, so a resource missing from the later listing is really gone.
+    # The rows of listed resources are read after it: every worker row is inserted before
+    # its resource is made, so a listed resource without a row has none.
+    async with deps.pool.acquire() as conn:
+        live = await store.live_workers_with_resource(conn, name)
+    found = await provider.resources(scope)
+    if found is None:
+        return
+    by_id = {r.resource_id: r for r in found}
+    for row in live:
+        resource = by_id.get(row.resource_id)
+        reason = _why_lost(row.state, resource)
+        if reason is not None:
+            await _lose(deps, row.id, name, reason, oom=resource is not None and
+                        resource.oom_killed)
+            outcome.lost[row.id] = reason
+            if resource is None:
+                async with deps.pool.acquire() as conn:
+                    await store.mark_failed_released(conn, row.id)
+    owned = [r.worker_id for r in found if r.worker_id is not None]
+    async with deps.pool.acquire() as conn:
+        states = await store.worker_states(conn, owned)
+    for resource in found:
+        if resource.worker_id is None:
+            continue  # not one of ours to judge: its worker label is missing or garbled
+        state = states.get(resource.worker_id)
+        if state is None or state in (WorkerState.TERMINATED, WorkerState.FAILED):
+            await _destroy(deps, provider, resource, resource.worker_id, state)
+            outcome.destroyed.append(resource.resource_id)
+
+
+def _why_lost(state: WorkerState, resource: Resource | None) -> str | None:
+    """Why a live worker is lost, or None when its resource is as it should be."""
+    if resource is None:
+        return "its container is gone"
+    if resource.alive:
+        return None
+    if state is WorkerState.BUSY and resource.exit_code == 0:
+        # The agent reported its job before exiting (even one whose process the OOM killer
+        # took, which marks the container OOMKilled too); the scheduler retires it.
+        return None
+    if resource.oom_killed:
+        return f"{OOM_KILLED}: its container ran out of memory"
+    return f"its container exited with code {resource.exit_code}"
+
+
+async def _lose(deps: Deps, worker_id: UUID, provider: str, reason: str, *, oom: bool) -> None:
+    """Worker FAILED with ``reason`` and its unfinished job FAILED, in one transaction."""
+    now = datetime.now(UTC)
+    job_error = OOM_KILLED if oom else f"worker lost: {reason}"
+    async with deps.pool.acquire() as conn, conn.transaction():
+        row = await outbox.change(
+            conn, store.LOSE_WORKER, worker_id, reason,
+            subject=subjects.WORKER_FAILED,
+            event=WorkerFailed(event_id=uuid4(), occurred_at=now, actor=ACTOR,
+                               worker_id=worker_id, provider=provider, error=reason),
+            aggregate_type=AGGREGATE_WORKER, aggregate_id=worker_id,
+        )
+        if row is None:
+            return  # it moved on meanwhile (retired, or another pass got it)
+        job = await conn.fetchrow(store.LOCK_JOB_OF_WORKER, worker_id)
+        if job is not None:
+            await outbox.change(
+                conn, store.FAIL_JOB, job["id"], job["attempt"], job_error,
+                subject=subjects.JOB_FAILED,
+                event=JobFailed(event_id=uuid4(), occurred_at=now, actor=ACTOR,
+                                job_id=job["id"], attempt=job["attempt"],
+                                state=JobState.FAILED, error=job_error, worker_id=worker_id),
+                aggregate_type="job", aggregate_id=job["id"],
+            )
+    log.warning("worker %s lost: %s%s", worker_id, reason,
+                f"; job {job['id']} FAILED" if job is not None else "")
+
+
+async def _destroy(
+    deps: Deps, provider: Provider, resource: Resource, worker_id: UUID,
+    state: WorkerState | None,
+) -> None:
+    log.info("removing %s of %s worker %s", resource.resource_id[:12], state or "unknown",
+             worker_id)
+    await provider.destroy(resource.resource_id, worker_id=worker_id)
+    if state is WorkerState.FAILED:
+        async with deps.pool.acquire() as conn:
+            await store.mark_failed_released(conn, worker_id)
