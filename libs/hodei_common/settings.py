@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     drain_grace_s: float = Field(default=10.0, gt=0)
     request_timeout_s: float = Field(default=5.0, gt=0)
     log_level: str = "INFO"
+    # How long the LOGS stream keeps log lines (every service declares the stream: give them
+    # all the same value). Finished jobs' logs stay readable from their archive.
+    logs_max_age_s: float = Field(default=7 * 24 * 3600.0, ge=1)
 
     @field_validator("home", mode="after")
     @classmethod

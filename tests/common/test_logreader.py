@@ -131,3 +131,31 @@ async def test_an_end_marker_that_does_not_vouch_for_the_lines_seen_means_readin
     assert seqs(messages) == [1, 2]  # the stream holds nothing more, and nothing twice
     assert isinstance(messages[-1], LogEnd)
     assert live.fell_back
+
+
+async def test_batches_stored_out_of_order_or_twice_are_read_in_line_order_once(
+    js: JetStreamContext,
+) -> None:
+    job_id = uuid.uuid4()
+    # A publish retried while the next batches got through: the stream holds 3-4 late.
+    for first, count in [(1, 2), (5, 2), (3, 2), (3, 2), (7, 1)]:
+        await publish(js, job_id, batch(job_id, first, count))
+    await publish(js, job_id, LogEnd(job_id=job_id, attempt=1, state=JobState.SUCCEEDED,
+                                     exit_code=0, lines=7))
+    assert seqs(await collect(js, job_id, follow=True)) == [1, 2, 3, 4, 5, 6, 7]
+    assert seqs(await collect(js, job_id, follow=False)) == [1, 2, 3, 4, 5, 6, 7]
+
+
+async def test_every_attempt_is_shown_in_turn_each_from_its_first_line(
+    js: JetStreamContext,
+) -> None:
+    job_id = uuid.uuid4()
+    await publish(js, job_id, batch(job_id, 1, 3))
+    second = LogBatch(job_id=job_id, attempt=2, lines=[
+        LogLine(seq, LogStream.STDERR, 0.0, f"again {seq}") for seq in (1, 2)])
+    await publish(js, job_id, second)
+    await publish(js, job_id, LogEnd(job_id=job_id, attempt=2, state=JobState.SUCCEEDED,
+                                     exit_code=0, lines=2))
+    messages = await collect(js, job_id, follow=True)
+    assert [(m.attempt, line.seq) for m in messages if isinstance(m, LogBatch)
+            for line in m.lines] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2)]
