@@ -19,7 +19,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from hodei_common import logarchive
@@ -104,6 +104,9 @@ class LogAssembler:
         return out
 
 
+DIRECT_READS = 8
+
+
 async def _last_seq(js: JetStreamContext, job_id: UUID) -> int:
     """The stream sequence of the job's newest log message, 0 when it has none."""
     try:
@@ -148,7 +151,7 @@ class LogReader:
             if not follow:
                 return
         assembler = LogAssembler()
-        async with contextlib.aclosing(self._stream(idle_timeout_s)) as stream:
+        async with contextlib.aclosing(self._stream(idle_timeout_s, until, follow)) as stream:
             async for message in self._assembled(stream, assembler, until, follow):
                 yield message
                 if isinstance(message, LogEnd):
@@ -175,19 +178,41 @@ class LogReader:
                 return
 
     async def _stream(
-        self, idle_timeout_s: float | None
+        self, idle_timeout_s: float | None, until: int, follow: bool
     ) -> AsyncGenerator[tuple[LogMessage, int], None]:
-        """The job's stream messages with their stream sequence, from the first."""
+        """The job's stream messages with their stream sequence, from the first.
+
+        Most logs are a few messages: the first ``DIRECT_READS`` are fetched one by one
+        (next message on the job's subject), which costs less than making a consumer; a longer
+        log, or one followed past what exists, goes on with an ordered consumer.
+        """
+        subject = subjects.job_logs(self.job_id)
+        decoder = msgspec.json.Decoder(LogMessage)
+        seq = 0
+        for _ in range(DIRECT_READS):
+            if seq >= until:
+                break
+            try:
+                raw = await self._js.get_msg(subjects.LOGS_STREAM, seq=seq + 1, subject=subject,
+                                             next=True)
+            except NotFoundError:  # the rest expired meanwhile
+                break
+            seq = int(raw.seq or 0)
+            yield decoder.decode(raw.data or b""), seq
+        if seq >= until and not follow:
+            return
+        start = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                               opt_start_seq=seq + 1) if seq else None
         sub = await self._js.subscribe(
-            subjects.job_logs(self.job_id),
+            subject,
             stream=subjects.LOGS_STREAM,
             ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=None if seq else DeliverPolicy.ALL,
+            config=start,
             # Backstop only: the consumer is deleted below; a reader that dies leaves one
             # that the server drops this long after its interest went away.
             inactive_threshold=5.0,
         )
-        decoder = msgspec.json.Decoder(LogMessage)
         try:
             while True:
                 try:

@@ -12,6 +12,7 @@ deleted by a sweep that one replica at a time runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import ClassVar
 from uuid import UUID
@@ -38,10 +39,6 @@ log = logging.getLogger(__name__)
 
 TERMINAL = [subjects.JOB_SUCCEEDED, subjects.JOB_FAILED, subjects.JOB_CANCELLED,
             subjects.JOB_TIMED_OUT]
-TERMINAL_EVENTS = ConsumerSpec(
-    stream=subjects.JOB_EVENTS_STREAM, durable=subjects.LOGS_END_CONSUMER,
-    filter_subjects=TERMINAL,
-)
 ARCHIVE_EVENTS = ConsumerSpec(
     stream=subjects.JOB_EVENTS_STREAM, durable=subjects.LOGS_ARCHIVE_CONSUMER,
     filter_subjects=TERMINAL,
@@ -65,26 +62,27 @@ class LogsService(HodeiService):
 
     async def setup(self) -> None:
         await logarchive.ensure_bucket(self.js)
+        # Ending logs is now the archiver's first step: its old consumer goes.
+        with contextlib.suppress(NotFoundError):
+            await self.js.delete_consumer(subjects.JOB_EVENTS_STREAM,
+                                          subjects.LOGS_END_CONSUMER)
 
     def loops(self) -> list[Loop]:
-        return [self._end_markers, self._archives, self._sweep]
-
-    async def _end_markers(self) -> None:
-        await consume(self.js, TERMINAL_EVENTS, self._close_log, self.stopping)
+        return [self._archives, self._sweep]
 
     async def _archives(self) -> None:
         await consume(self.js, ARCHIVE_EVENTS, self._archive, self.stopping,
                       batch=ARCHIVE_BATCH)
 
-    async def _close_log(self, msg: Msg) -> None:
-        event = decode(msg, JobEvent)
-        # Usually the scheduler ended the log as the job finished: then there is nothing to do.
-        if await self._already_closed(event.job_id):
+    async def _close_log(self, job_id: UUID) -> None:
+        """Write the end marker unless the log has one: usually the scheduler ended the log as
+        the job finished; not for a job cancelled while queued, or when its publish failed."""
+        if await self._already_closed(job_id):
             return
         async with self.pool.acquire() as conn:
-            job = await store.final_state(conn, event.job_id)
+            job = await store.final_state(conn, job_id)
         if job is None:
-            raise RetryLater(1.0, f"job {event.job_id} is not finished yet")
+            raise RetryLater(1.0, f"job {job_id} is not finished yet")
         marker = LogEnd(job_id=job["id"], attempt=job["attempt"], state=JobState(job["state"]),
                         exit_code=job["exit_code"], error=job["error"])
         await self.js.publish(
@@ -104,11 +102,13 @@ class LogsService(HodeiService):
             return False
 
     async def _archive(self, msg: Msg) -> None:
-        """Store the finished job's whole log and record it (idempotent)."""
+        """End the finished job's log if nobody did, then store it whole and record it
+        (idempotent)."""
         job_id = decode(msg, JobEvent).job_id
         async with self.pool.acquire() as conn:
             if await store.archived(conn, job_id):
                 return
+        await self._close_log(job_id)
         writer = logarchive.ArchiveWriter()
         end: LogEnd | None = None
         truncated = False
