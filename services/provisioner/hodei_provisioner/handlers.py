@@ -23,6 +23,7 @@ from hodei_common.contracts.workers import (
     ProvisionFailed,
     ProvisionRequested,
     WorkerCreated,
+    WorkerFailed,
     WorkerReady,
     WorkerRegistered,
     WorkerState,
@@ -32,6 +33,7 @@ from hodei_common.contracts.workers import (
 from hodei_common.database import Conn
 from hodei_common.endpoints import one_line
 from hodei_common.errors import PermissionDeniedError, RetryLater, ValidationError
+from hodei_common.recovery import Recovery
 from hodei_provisioner import store, tokens
 from hodei_provisioner.providers import Provider, WorkerSpec
 
@@ -59,6 +61,7 @@ class Deps:
     token_ttl_s: float
     heartbeat_interval_s: float
     agent_nats_url: str
+    recovery: Recovery
 
 
 def _meta() -> dict[str, Any]:
@@ -249,7 +252,7 @@ def _whole(value: float | None) -> int | None:
 
 
 # --- release -----------------------------------------------------------------------------
-async def release(deps: Deps, event: WorkerTerminating) -> None:
+async def release(deps: Deps, event: WorkerTerminating | WorkerFailed) -> None:
     """Destroy a terminating (or failed) worker's resource; TERMINATING becomes TERMINATED."""
     async with deps.pool.acquire() as conn:
         worker = await store.get_worker(conn, event.worker_id)
@@ -272,7 +275,8 @@ async def release(deps: Deps, event: WorkerTerminating) -> None:
                 conn, store.TERMINATE, worker.id,
                 subject=subjects.WORKER_TERMINATED,
                 event=WorkerTerminated(**_meta(), worker_id=worker.id,
-                                       provider=worker.provider, reason=event.reason),
+                                       provider=worker.provider,
+                                       reason=getattr(event, "reason", "")),
                 aggregate_type=AGGREGATE_WORKER, aggregate_id=worker.id,
             )
         elif worker.state is WorkerState.FAILED:

@@ -196,21 +196,6 @@ WHERE provider = $1 AND state IN ('CREATING', 'READY', 'BUSY')
   AND provider_resource_id IS NOT NULL
 """
 _WORKER_STATES = "SELECT id, state FROM workers WHERE id = ANY($1::uuid[])"
-LOSE_WORKER = """
-UPDATE workers SET state = 'FAILED', error = $2, current_job_id = NULL, idle_since = NULL
-WHERE id = $1 AND state IN ('CREATING', 'READY', 'BUSY')
-RETURNING id
-"""
-LOCK_JOB_OF_WORKER = """
-SELECT id, attempt FROM jobs WHERE worker_id = $1 AND state IN ('ASSIGNED', 'RUNNING')
-FOR UPDATE
-"""
-FAIL_JOB = """
-UPDATE jobs SET state = 'FAILED', error = $3, completed_at = now(),
-                started_at = coalesce(started_at, now())
-WHERE id = $1 AND attempt = $2 AND state IN ('ASSIGNED', 'RUNNING')
-RETURNING id
-"""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-from uuid import UUID, uuid4
+from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 import asyncpg
 
@@ -25,6 +25,7 @@ from hodei_common.contracts.jobs import (
     JobState,
     JobSucceeded,
     JobTimedOut,
+    StaleReportRefused,
 )
 from hodei_common.contracts.logs import LogEnd
 from hodei_common.contracts.workers import WorkerReady, WorkerTerminating
@@ -66,12 +67,14 @@ class ReportHandler:
         on_cancel_pending: Callable[[UUID, int, UUID], Any],
         on_finished: Callable[[LogEnd], Awaitable[None]],
         providers: WorkerProviders,
+        on_stale_worker: Callable[[UUID, str], Awaitable[None]],
     ) -> None:
         self._pool = pool
         self._providers = providers
         self._on_finished = on_finished
         self._on_worker_ready = on_worker_ready
         self._on_cancel_pending = on_cancel_pending
+        self._on_stale_worker = on_stale_worker
 
     async def apply(self, report: StatusReport) -> bool:
         """Apply ``report``; False when it was stale or already applied."""
@@ -92,8 +95,7 @@ class ReportHandler:
             rows = await outbox.transition(
                 conn, steps, [report.job_id, report.attempt, report.worker_id, report.at], emits)
         if not rows:
-            log.info("ignored %s report of job %s attempt %d from worker %s (stale or repeated)",
-                     report.kind, report.job_id, report.attempt, report.worker_id)
+            await self._refuse(report)
             return False
         if rows[0]["cancel_requested_at"] is not None:
             await self._on_cancel_pending(report.job_id, report.attempt, report.worker_id)
@@ -146,8 +148,7 @@ class ReportHandler:
                 ]
             rows = await outbox.transition(conn, steps, args, emits)
         if not rows:
-            log.info("ignored finished report of job %s attempt %d (stale or repeated)",
-                     report.job_id, report.attempt)
+            await self._refuse(report)
             return False
         if provider is not None and rows[0]["step_rows"][3]:  # freed
             self._on_worker_ready()
@@ -155,3 +156,33 @@ class ReportHandler:
                                        state=state, exit_code=report.exit_code,
                                        error=report.error, lines=report.log_lines))
         return True
+
+    async def _refuse(self, report: StatusReport) -> None:
+        """A report that changed nothing: repeated (ignored), or stale: about an attempt the
+        job has moved past, or from a worker that no longer holds it. A stale one is recorded
+        once (``StaleReportRefused``), and its worker, if declared dead, is told to stop."""
+        async with self._pool.acquire() as conn:
+            now = await store.job_now(conn, report.job_id, report.worker_id)
+            stale = now is not None and (
+                now["attempt"] > report.attempt
+                or (now["attempt"] == report.attempt and now["worker_id"] != report.worker_id))
+            if not stale:
+                log.info("ignored a repeated %s report of job %s attempt %d", report.kind,
+                         report.job_id, report.attempt)
+                return
+            assert now is not None
+            event_id = uuid5(NAMESPACE_URL, f"hodei:stale:{report.job_id}:{report.attempt}:"
+                                            f"{report.kind}:{report.worker_id}")
+            event = StaleReportRefused(
+                event_id=event_id, occurred_at=_now(), actor=ACTOR, job_id=report.job_id,
+                attempt=report.attempt, worker_id=report.worker_id, kind=report.kind.value,
+                current_attempt=now["attempt"])
+            await outbox.change(conn, store.STALE_ONCE, report.job_id, event_id,
+                                subject=subjects.JOB_STALE_REPORT, event=event,
+                                aggregate_type="job", aggregate_id=report.job_id)
+        log.warning("refused a %s report of job %s attempt %d from worker %s: the job is at "
+                    "attempt %d", report.kind, report.job_id, report.attempt, report.worker_id,
+                    now["attempt"])
+        if now["reporter_state"] in ("FAILED", "TERMINATED"):
+            await self._on_stale_worker(report.worker_id, f"this worker is "
+                                        f"{now['reporter_state']} to the platform")

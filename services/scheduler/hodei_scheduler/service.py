@@ -17,6 +17,7 @@ from hodei_common.contracts.agent import Control, ControlAction, StatusReport
 from hodei_common.contracts.jobs import JobCancelRequested
 from hodei_common.contracts.logs import LogEnd
 from hodei_common.errors import PermanentError
+from hodei_common.recovery import send_stop
 from hodei_common.runner import HodeiService, Loop
 from hodei_scheduler import store
 from hodei_scheduler.config import SchedulerSettings
@@ -61,7 +62,7 @@ class SchedulerService(HodeiService):
             resend_s=self.config.assignment_resend_s, providers=providers,
         )
         self.reports = ReportHandler(self.pool, self.dispatcher.poke, self.send_cancel,
-                                     self.close_log, providers)
+                                     self.close_log, providers, self._stop_worker)
         await self.nc.subscribe(subjects.SCHEDULER_WAKE, cb=self._poke)
 
     def loops(self) -> list[Loop]:
@@ -121,6 +122,9 @@ class SchedulerService(HodeiService):
             )
         except (NatsError, OSError, TimeoutError) as e:
             log.warning("job %s: end of log left to the logs service (%s)", end.job_id, e)
+
+    async def _stop_worker(self, worker_id: UUID, reason: str) -> None:
+        await send_stop(self.nc, worker_id, reason)
 
     async def send_cancel(self, job_id: UUID, attempt: int, worker_id: UUID) -> None:
         """Tell a worker to kill its job (core NATS: a worker that is gone misses it)."""
