@@ -172,14 +172,16 @@ RETURNING jobs.id, before.accepted_at IS NULL AS newly_accepted,
 NEWLY_STARTED = "SELECT 1 FROM state WHERE newly_started"
 
 # The worker ($3) of a job FINISH just ended, in the same statement: freed for its next job
-# when it is reusable, has jobs left under its provider's max_jobs and its agent stays ($9:
-# why the agent leaves, if it does); retired otherwise.
+# when it is reusable, has jobs left under its provider's max_jobs, its agent stays ($9:
+# why the agent leaves, if it does) and its job was not cancelled ($4: a cancelled job's
+# worker is destroyed, whatever the job left behind); retired otherwise.
 FREE_WORKER = """
 UPDATE workers SET state = 'READY', current_job_id = NULL, jobs_run = workers.jobs_run + 1,
                    idle_since = now()
 FROM provider_configs p
 WHERE workers.id = $3 AND workers.state = 'BUSY' AND EXISTS (SELECT 1 FROM state)
   AND p.name = workers.provider AND workers.mode = 'reusable' AND $9::text IS NULL
+  AND $4::text <> 'CANCELLED'
   AND coalesce(workers.jobs_run + 1 < (p.settings->>'max_jobs')::float8, true)
 RETURNING workers.id
 """
