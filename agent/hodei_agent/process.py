@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import shlex
 import signal
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,8 @@ GONE_POLL_S = 0.02
 KILL_WAIT_S = 2.0
 PROC = Path("/proc")
 READ_LIMIT = 64 * 1024  # asyncio's pipe buffer before it pauses reading (back-pressure)
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
 def command_line(command: str, args: list[str]) -> str:
@@ -74,6 +78,13 @@ class JobProcess:
         return self.proc.returncode
 
 
+def _die_with_the_agent() -> None:
+    """In the job's shell before exec: be killed when the agent dies (Linux), so an agent
+    killed -9 does not leave its job running with nobody to report it."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 async def spawn(cmdline: str, env: Mapping[str, str], cwd: Path) -> JobProcess:
     """Start ``sh -c cmdline`` as the leader of a new session (so of its own process group)."""
     loop = asyncio.get_running_loop()
@@ -89,6 +100,7 @@ async def spawn(cmdline: str, env: Mapping[str, str], cwd: Path) -> JobProcess:
         cwd=cwd,
         env=dict(env),
         start_new_session=True,
+        preexec_fn=_die_with_the_agent if _LIBC is not None else None,
     )
     return JobProcess(asyncio.subprocess.Process(transport, protocol, loop), protocol.exited)
 
