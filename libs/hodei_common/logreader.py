@@ -41,6 +41,8 @@ async def read_log(
 
     Without ``follow`` it stops at the newest message that existed when called; with it, it
     stops after the end marker (or when nothing arrives for ``idle_timeout_s``, if given).
+    Lines of an attempt stored after a later attempt's are refused: they come from a worker
+    declared dead that kept writing before it was stopped (the stream keeps them).
     """
     until = None if follow else await _last_seq(js, job_id)
     if until == 0:
@@ -54,6 +56,7 @@ async def read_log(
         # the server drops this long after its interest went away.
         inactive_threshold=5.0,
     )
+    newest_attempt = 0
     try:
         while True:
             try:
@@ -63,6 +66,9 @@ async def read_log(
                     return
                 continue
             message = msgspec.json.decode(msg.data, type=LogMessage)
+            if isinstance(message, LogBatch) and message.attempt < newest_attempt:
+                continue  # a stale attempt's late lines
+            newest_attempt = max(newest_attempt, message.attempt)
             yield message
             if isinstance(message, LogEnd):
                 return
