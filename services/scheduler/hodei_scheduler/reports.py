@@ -29,6 +29,7 @@ from hodei_common.contracts.jobs import (
 )
 from hodei_common.contracts.logs import LogEnd
 from hodei_common.contracts.workers import WorkerReady, WorkerTerminating
+from hodei_common.database import Conn
 from hodei_common.errors import PermanentError
 from hodei_scheduler import store
 from hodei_scheduler.directory import WorkerProviders
@@ -158,31 +159,39 @@ class ReportHandler:
         return True
 
     async def _refuse(self, report: StatusReport) -> None:
-        """A report that changed nothing: repeated (ignored), or stale: about an attempt the
-        job has moved past, or from a worker that no longer holds it. A stale one is recorded
-        once (``StaleReportRefused``), and its worker, if declared dead, is told to stop."""
+        """A report that changed nothing: repeated (ignored), or stale: the result of an
+        attempt the job has moved past, or from a worker that never held this attempt. A stale
+        one is recorded once (``StaleReportRefused``). Either way a reporter declared dead is
+        told to stop."""
         async with self._pool.acquire() as conn:
             now = await store.job_now(conn, report.job_id, report.worker_id)
-            stale = now is not None and (
-                now["attempt"] > report.attempt
-                or (now["attempt"] == report.attempt and now["worker_id"] != report.worker_id))
-            if not stale:
+            if now is None:
+                return
+            # A FINISHED report of an older attempt always comes from a worker declared lost
+            # (a finished attempt is never requeued); an earlier kind may just be an applied
+            # report delivered again, so it is only ignored.
+            stale = ((now["attempt"] > report.attempt and report.kind is StatusKind.FINISHED)
+                     or (now["attempt"] == report.attempt
+                         and now["worker_id"] != report.worker_id))
+            if stale:
+                await self._record_stale(conn, report, now["attempt"])
+            else:
                 log.info("ignored a repeated %s report of job %s attempt %d", report.kind,
                          report.job_id, report.attempt)
-                return
-            assert now is not None
-            event_id = uuid5(NAMESPACE_URL, f"hodei:stale:{report.job_id}:{report.attempt}:"
-                                            f"{report.kind}:{report.worker_id}")
-            event = StaleReportRefused(
-                event_id=event_id, occurred_at=_now(), actor=ACTOR, job_id=report.job_id,
-                attempt=report.attempt, worker_id=report.worker_id, kind=report.kind.value,
-                current_attempt=now["attempt"])
-            await outbox.change(conn, store.STALE_ONCE, report.job_id, event_id,
-                                subject=subjects.JOB_STALE_REPORT, event=event,
-                                aggregate_type="job", aggregate_id=report.job_id)
+        if now["reporter_state"] in ("FAILED", "TERMINATED"):
+            await self._on_stale_worker(report.worker_id, "this worker is "
+                                        f"{now['reporter_state']} to the platform")
+
+    async def _record_stale(self, conn: Conn, report: StatusReport, current: int) -> None:
+        event_id = uuid5(NAMESPACE_URL, f"hodei:stale:{report.job_id}:{report.attempt}:"
+                                        f"{report.kind}:{report.worker_id}")
+        event = StaleReportRefused(
+            event_id=event_id, occurred_at=_now(), actor=ACTOR, job_id=report.job_id,
+            attempt=report.attempt, worker_id=report.worker_id, kind=report.kind.value,
+            current_attempt=current)
+        await outbox.change(conn, store.STALE_ONCE, report.job_id, event_id,
+                            subject=subjects.JOB_STALE_REPORT, event=event,
+                            aggregate_type="job", aggregate_id=report.job_id)
         log.warning("refused a %s report of job %s attempt %d from worker %s: the job is at "
                     "attempt %d", report.kind, report.job_id, report.attempt, report.worker_id,
-                    now["attempt"])
-        if now["reporter_state"] in ("FAILED", "TERMINATED"):
-            await self._on_stale_worker(report.worker_id, f"this worker is "
-                                        f"{now['reporter_state']} to the platform")
+                    current)
