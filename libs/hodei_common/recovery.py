@@ -29,7 +29,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 
-from hodei_common import outbox, tracing
+from hodei_common import outbox, sagas, tracing
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import Control, ControlAction, StatusKind, StatusReport
 from hodei_common.contracts.jobs import (
@@ -136,6 +136,13 @@ UPDATE jobs SET state = 'TIMED_OUT', error = $5, completed_at = now()
 {_HELD} AND cancel_requested_at IS NULL AND $7 = 'time_out'
 RETURNING id
 """
+# Recorded with the loss ($1 the worker, $2 why): the recovery saga, its first two steps
+# done by this very statement; a provisioning saga still open ends compensated by it.
+_SAGAS = [
+    *sagas.start(sagas.RECOVERY, sagas.RECOVERY_STEPS, "$1", done=2, error="$2"),
+    *sagas.step(sagas.PROVISIONING, "await_registration", sagas.StepState.FAILED, "$1",
+                error="$2", saga_state="COMPENSATED"),
+]
 _JOB_STEPS = [("requeued", REQUEUE_JOB), ("cancelled", CANCEL_JOB), ("failed", FAIL_JOB),
               ("timed_out", TIME_OUT_JOB)]
 
@@ -238,7 +245,7 @@ class Recovery:
             WorkerFailed(event_id=uuid4(), **meta, worker_id=worker.id, provider=worker.provider,
                          error=reason, job_id=job.id if job else None),
             subjects.WORKER_FAILED, "worker", worker.id))
-        steps: list[tuple[str, str]] = [(outbox.FIRST_STEP, LOSE_WORKER)]
+        steps: list[tuple[str, str]] = [(outbox.FIRST_STEP, LOSE_WORKER), *_SAGAS]
         error = job_error or f"{WORKER_LOST}: {reason}"
         delay = 0.0
         if job is not None:
@@ -270,7 +277,7 @@ class Recovery:
             return None
         if job is None:
             return "none"
-        counts = rows[0]["step_rows"][1:]
+        counts = rows[0]["step_rows"][1 + len(_SAGAS):]
         for (name, _), n in zip(_JOB_STEPS, counts, strict=True):
             if n:
                 return name

@@ -49,9 +49,17 @@ async def test_an_agent_killed_mid_job_loses_its_worker_and_requeues_the_job(
     job = await pool.fetchrow("SELECT state, attempt, error FROM jobs WHERE id = $1", job_id)
     assert (job["state"], job["attempt"]) == ("QUEUED", 2)
     assert job["error"] == "worker lost: its agent exited with code -9"
-    # The release consumer saw worker.failed: the (already gone) resource is marked released.
+    # The release consumer saw worker.failed: the (already gone) resource is marked released,
+    # which ends the recovery saga; the provisioning saga had completed at registration.
     await assert_eventually(lambda: pool.fetchval(
         "SELECT terminated_at IS NOT NULL FROM workers WHERE id = $1", worker_id))
+    sagas = await pool.fetch(
+        "SELECT g.saga_type, g.state, array_agg(s.state ORDER BY s.position) AS steps "
+        "FROM sagas g JOIN saga_steps s ON s.saga_id = g.id WHERE g.aggregate_id = $1 "
+        "GROUP BY g.id ORDER BY g.created_at", worker_id)
+    assert [(r["saga_type"], r["state"], r["steps"]) for r in sagas] == [
+        ("provisioning", "COMPLETED", ["COMPLETED"] * 3),
+        ("recovery", "COMPLETED", ["COMPLETED"] * 3)]
 
 
 @pytest.mark.parametrize("agent_command", [[sys.executable, str(FAKE_AGENT), "--then", "exit"]])

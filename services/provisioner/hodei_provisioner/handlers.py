@@ -16,7 +16,7 @@ from uuid import UUID, uuid4
 import asyncpg
 from opentelemetry import trace
 
-from hodei_common import outbox
+from hodei_common import outbox, sagas
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import RegisterReply, RegisterRequest
 from hodei_common.contracts.workers import (
@@ -44,6 +44,21 @@ AGGREGATE_WORKER = "worker"
 MAX_HOSTNAME_CHARS = 255
 _LEASE_SLACK_S = 0.5
 AGENT_IDLE_FACTOR = 2.0
+# The provisioning saga's steps this service moves ($1: the worker; $2: an error).
+CREATING_RESOURCE = sagas.step(sagas.PROVISIONING, "create_resource", sagas.StepState.RUNNING,
+                               "$1")
+RESOURCE_CREATED = [
+    *sagas.step(sagas.PROVISIONING, "create_resource", sagas.StepState.COMPLETED, "$1"),
+    *sagas.step(sagas.PROVISIONING, "await_registration", sagas.StepState.RUNNING, "$1"),
+]
+# The worker is FAILED and has no resource: nothing more to undo, its job gets another.
+CREATE_FAILED = sagas.step(sagas.PROVISIONING, "create_resource", sagas.StepState.FAILED, "$1",
+                           error="$2", saga_state="COMPENSATED")
+REGISTERED = [
+    *sagas.step(sagas.PROVISIONING, "create_resource", sagas.StepState.COMPLETED, "$1"),
+    *sagas.step(sagas.PROVISIONING, "await_registration", sagas.StepState.COMPLETED, "$1",
+                saga_state="COMPLETED"),
+]
 # States in which a worker's resource should go: TERMINATED again on a redelivery.
 _RELEASABLE = (WorkerState.TERMINATING, WorkerState.TERMINATED, WorkerState.FAILED)
 
@@ -106,6 +121,7 @@ async def provision(deps: Deps, event: ProvisionRequested) -> None:
         reason = unavailable_reason(worker, deps.providers)
         if reason is None:
             await store.issue_token(conn, worker.id, tokens.digest(token), deps.token_ttl_s)
+            await sagas.apply(conn, CREATING_RESOURCE, worker.id)
     if reason is not None:
         await _fail(deps, worker, reason)
         return
@@ -135,11 +151,11 @@ async def _record_resource(
                           provider_resource_id=resource_id)
     try:
         async with deps.pool.acquire() as conn:
-            row = await outbox.change(
-                conn, store.RECORD_RESOURCE, worker.id, resource_id,
-                subject=subjects.WORKER_CREATED, event=event,
-                aggregate_type=AGGREGATE_WORKER, aggregate_id=worker.id,
-            )
+            rows = await outbox.transition(
+                conn, [(outbox.FIRST_STEP, store.RECORD_RESOURCE), *RESOURCE_CREATED],
+                [worker.id, resource_id],
+                [outbox.Emit(event, subjects.WORKER_CREATED, AGGREGATE_WORKER, worker.id)])
+            row = rows[0] if rows else None
     except BaseException:
         # Unrecorded, nothing would ever destroy it: undo, and let the redelivery start over.
         await _destroy_quietly(provider, resource_id, worker.id)
@@ -173,12 +189,11 @@ async def _fail(deps: Deps, worker: store.WorkerRow, error: str) -> None:
     event = ProvisionFailed(**_meta(), worker_id=worker.id, provider=worker.provider,
                             error=error)
     async with deps.pool.acquire() as conn:
-        row = await outbox.change(
-            conn, store.FAIL_CREATING, worker.id, error,
-            subject=subjects.PROVISION_FAILED, event=event,
-            aggregate_type=AGGREGATE_WORKER, aggregate_id=worker.id,
-        )
-    if row is None:
+        rows = await outbox.transition(
+            conn, [(outbox.FIRST_STEP, store.FAIL_CREATING), *CREATE_FAILED],
+            [worker.id, error],
+            [outbox.Emit(event, subjects.PROVISION_FAILED, AGGREGATE_WORKER, worker.id)])
+    if not rows:
         log.info("worker %s left CREATING before it could be failed", worker.id)
 
 
@@ -205,6 +220,7 @@ async def register(deps: Deps, req: RegisterRequest) -> RegisterReply:
             if state is None:
                 raise RegistrationDenied(f"worker {req.worker_id} does not exist")
             raise RegistrationDenied(f"worker {req.worker_id} is {state}; it cannot register")
+        await sagas.apply(conn, REGISTERED, req.worker_id)
         common: dict[str, Any] = {"worker_id": req.worker_id, "provider": registered.provider}
         await outbox.record(conn, subject=subjects.WORKER_REGISTERED,
                             event=WorkerRegistered(**_meta(), **common),

@@ -8,6 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
+from hodei_common import sagas
 from hodei_common.contracts.workers import WorkerMode, WorkerState
 from hodei_common.database import Conn
 
@@ -72,7 +73,13 @@ RETURNING id
 _RELEASED_FAILED = """
 UPDATE workers SET terminated_at = now()
 WHERE id = $1 AND state = 'FAILED' AND terminated_at IS NULL
+RETURNING id
 """
+# The last step of the worker's recovery saga, and of a provisioning saga left compensating.
+_RESOURCE_DESTROYED = [
+    *sagas.step(sagas.RECOVERY, "destroy_resource", sagas.StepState.COMPLETED, "$1",
+                saga_state="COMPLETED"),
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,7 +187,7 @@ async def worker_state(conn: Conn, worker_id: UUID) -> WorkerState | None:
 
 async def mark_failed_released(conn: Conn, worker_id: UUID) -> None:
     """Note that a FAILED worker's resource has been destroyed."""
-    await conn.execute(_RELEASED_FAILED, worker_id)
+    await sagas.apply(conn, _RESOURCE_DESTROYED, worker_id, state_sql=_RELEASED_FAILED)
 
 
 # --- reconciliation ----------------------------------------------------------------------
