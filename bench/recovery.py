@@ -126,7 +126,7 @@ async def chaos_round(platform: ProcessPlatform, nc: NATS, pool: asyncpg.Pool) -
 
 
 def _line(name: str, values: list[float]) -> str:
-    q = statistics.quantiles(values, n=10) if len(values) > 1 else values
+    q = statistics.quantiles(values, n=10, method="inclusive") if len(values) > 1 else values
     return (f"| {name} | {len(values)} | {statistics.median(values):.2f} | {q[-1]:.2f} | "
             f"{max(values):.2f} |")
 

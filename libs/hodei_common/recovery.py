@@ -173,12 +173,21 @@ async def last_report(nc: NATS, worker_id: UUID) -> StatusReport | None:
 
 async def send_stop(nc: NATS, worker_id: UUID, reason: str) -> None:
     """Tell a worker's agent to stop (core NATS, best effort: it is said again if it beats)."""
-    order = Control(action=ControlAction.STOP, reason=reason)
+    await _order(nc, worker_id, Control(action=ControlAction.STOP, reason=reason))
+
+
+async def send_cancel(nc: NATS, job_id: UUID, attempt: int, worker_id: UUID) -> None:
+    """Tell a worker to kill its job (core NATS: said again until the job ends)."""
+    await _order(nc, worker_id, Control(action=ControlAction.CANCEL, job_id=job_id,
+                                        attempt=attempt, reason="cancelled by request"))
+
+
+async def _order(nc: NATS, worker_id: UUID, order: Control) -> None:
     try:
         await nc.publish(subjects.worker_control(worker_id), msgspec.json.encode(order),
                          headers=tracing.inject())
     except (NatsError, OSError) as e:
-        log.warning("worker %s: could not send a stop order (%s)", worker_id, e)
+        log.warning("worker %s: could not send a %s order (%s)", worker_id, order.action, e)
 
 
 class Recovery:

@@ -26,7 +26,7 @@ def supervisor_settings(settings: Settings) -> SupervisorSettings:
         **{**settings.model_dump(), "heartbeat_interval_s": HEARTBEAT_S},
         heartbeat_flush_s=0.1, supervisor_sweep_interval_s=0.1,
         supervisor_accept_timeout_s=1.0, supervisor_register_timeout_s=1.5,
-        supervisor_timeout_grace_s=0.5)
+        supervisor_timeout_grace_s=0.5, supervisor_cancel_resend_s=0.5)
 
 
 @pytest.fixture

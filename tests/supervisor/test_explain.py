@@ -36,6 +36,7 @@ async def test_a_requeued_job_says_its_backoff_its_lost_worker_and_why(
 ) -> None:
     job, worker_id = await assigned_job(api, pool, "true")
     await report(js, worker_id, job.id, 1, StatusKind.STARTED)
+    await assert_eventually(lambda: _is(job_state(pool, job.id), "RUNNING"))
     running = await api.explain(job.id)
     assert running.waiting_for.startswith("its command to finish (running for ")
     await assert_eventually(lambda: _is(job_state(pool, job.id), "QUEUED"), within_s=10)

@@ -258,3 +258,27 @@ async def test_a_requeued_job_waits_for_its_backoff(
         await beats
     assert uuid.UUID(str(await pool.fetchval("SELECT worker_id FROM jobs WHERE id = $1",
                                              job.id))) == worker_id
+
+
+async def test_a_cancel_order_is_said_again_until_the_job_ends(
+    api: ApiClient, pool: asyncpg.Pool, js: JetStreamContext, nc: NATS
+) -> None:
+    job, worker_id = await assigned_job(api, pool, "sleep 100")
+    orders: asyncio.Queue[Control] = asyncio.Queue()
+
+    async def on_order(msg: object) -> None:
+        await orders.put(msgspec.json.decode(msg.data, type=Control))  # type: ignore[attr-defined]
+
+    await nc.subscribe(subjects.worker_control(worker_id), cb=on_order)
+    stop = asyncio.Event()
+    beats = asyncio.create_task(beating(nc, worker_id, stop))
+    try:
+        await report(js, worker_id, job.id, 1, StatusKind.STARTED)
+        await api.cancel(job.id)
+        for _ in range(3):  # the scheduler's order, then the supervisor's, again and again
+            order = await asyncio.wait_for(orders.get(), 5)
+            assert (order.action, order.job_id, order.attempt) == (
+                ControlAction.CANCEL, job.id, 1)
+    finally:
+        stop.set()
+        await beats

@@ -13,11 +13,11 @@ from nats.errors import Error as NatsError
 from hodei_common import tracing
 from hodei_common.consumer import ConsumerSpec, consume, decode
 from hodei_common.contracts import subjects
-from hodei_common.contracts.agent import Control, ControlAction, StatusReport
+from hodei_common.contracts.agent import StatusReport
 from hodei_common.contracts.jobs import JobCancelRequested
 from hodei_common.contracts.logs import LogEnd
 from hodei_common.errors import PermanentError
-from hodei_common.recovery import send_stop
+from hodei_common.recovery import send_cancel, send_stop
 from hodei_common.runner import HodeiService, Loop
 from hodei_scheduler import store
 from hodei_scheduler.config import SchedulerSettings
@@ -127,8 +127,5 @@ class SchedulerService(HodeiService):
         await send_stop(self.nc, worker_id, reason)
 
     async def send_cancel(self, job_id: UUID, attempt: int, worker_id: UUID) -> None:
-        """Tell a worker to kill its job (core NATS: a worker that is gone misses it)."""
-        order = Control(action=ControlAction.CANCEL, job_id=job_id, attempt=attempt,
-                        reason="cancelled by request")
-        await self.nc.publish(subjects.worker_control(worker_id), msgspec.json.encode(order),
-                              headers=tracing.inject())
+        """Tell a worker to kill its job (the supervisor says it again while unobeyed)."""
+        await send_cancel(self.nc, job_id, attempt, worker_id)

@@ -20,6 +20,8 @@ class SupervisorSettings(Settings):
     supervisor_register_timeout_s: float = Field(default=60.0, gt=0)
     # A RUNNING job is TIMED_OUT this long after its own timeout when no result came.
     supervisor_timeout_grace_s: float = Field(default=15.0, gt=0)
+    # A cancel order still unobeyed after this is sent again (and again, this often).
+    supervisor_cancel_resend_s: float = Field(default=2.0, gt=0)
 
     def silence_limit_s(self) -> float:
         """How long a worker may go unheard before it is declared lost."""

@@ -54,7 +54,7 @@ class SupervisorService(HodeiService):
     async def setup(self) -> None:
         self.recovery = Recovery(self.pool, self.nc, actor=ACTOR,
                                  backoff=Backoff.from_settings(self.config))
-        self.sweeper = Sweeper(self.pool, self.recovery, self.config)
+        self.sweeper = Sweeper(self.pool, self.nc, self.recovery, self.config)
         self._listening_since = asyncio.get_running_loop().time()
         self._sub = await self.nc.subscribe(subjects.WORKER_HEARTBEATS,
                                             queue=HEARTBEAT_QUEUE_GROUP, cb=self._on_beat)

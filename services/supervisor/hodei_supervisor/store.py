@@ -55,6 +55,14 @@ ORDER BY started_at
 LIMIT 200
 """
 
+# Jobs still running this long after a cancel was asked for: the order (core NATS) may be lost.
+CANCELS_PENDING = """
+SELECT id, attempt, worker_id FROM jobs
+WHERE state IN ('ASSIGNED', 'RUNNING') AND worker_id IS NOT NULL
+  AND cancel_requested_at < now() - make_interval(secs => $1)
+LIMIT 200
+"""
+
 UNREGISTERED_WORKERS = """
 SELECT id FROM workers
 WHERE state = 'CREATING' AND created_at < now() - make_interval(secs => $1)
@@ -82,3 +90,7 @@ async def overdue_jobs(conn: Conn, grace_s: float) -> list[asyncpg.Record]:
 
 async def unregistered_workers(conn: Conn, limit_s: float) -> list[asyncpg.Record]:
     return await conn.fetch(UNREGISTERED_WORKERS, limit_s)
+
+
+async def cancels_pending(conn: Conn, older_than_s: float) -> list[asyncpg.Record]:
+    return await conn.fetch(CANCELS_PENDING, older_than_s)
