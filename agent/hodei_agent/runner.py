@@ -210,6 +210,7 @@ class JobRun:
             max_in_flight=s.log_max_in_flight,
             publish_attempts=s.publish_attempts,
             publish_timeout_s=s.publish_timeout_s,
+            max_total_bytes=self.assignment.log_max_bytes,
         )
 
     def _cancel_message(self) -> str:

@@ -9,16 +9,21 @@ import typer
 
 from hodei_cli import output
 from hodei_cli.connection import call_api
+from hodei_cli.logview import LogFilter, LogPrinter
 from hodei_cli.output import Output, OutputOption
 from hodei_cli.parsing import (
+    SINCE_HELP,
     check_command,
+    check_tail,
     check_timeout,
     parse_args,
     parse_cpus,
     parse_env,
     parse_job_id,
     parse_memory,
+    parse_since,
     parse_state,
+    parse_stream,
 )
 from hodei_cli.run import run_job, show_logs
 from hodei_common.contracts.api import SubmitJob
@@ -145,10 +150,19 @@ def logs(
     job_id: IdArg = None,
     id_: IdOpt = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="until the job ends")] = False,
+    since: Annotated[str | None, typer.Option(help=f"only lines after {SINCE_HELP}",
+                                              show_default=False)] = None,
+    tail: Annotated[int | None, typer.Option(help="only the last N lines (then new ones, "
+                                                  "with --follow)", show_default=False)] = None,
+    stream: Annotated[str | None, typer.Option(help="stdout or stderr only",
+                                               show_default=False)] = None,
+    timestamps: Annotated[bool, typer.Option(help="prefix lines with their time (UTC)")] = False,
 ) -> None:
     """A job's output so far; with --follow, everything until it ends."""
     jid = parse_job_id(job_id, id_)
-    raise typer.Exit(asyncio.run(show_logs(jid, follow=follow)))
+    keep = LogFilter(since=parse_since(since), stream=parse_stream(stream))
+    printer = LogPrinter(keep, timestamps=timestamps, tail=check_tail(tail))
+    raise typer.Exit(asyncio.run(show_logs(jid, follow=follow, printer=printer)))
 
 
 def show_job(job: Job) -> None:
@@ -160,6 +174,7 @@ def show_job(job: Job) -> None:
         ("worker", job.worker_id), ("exit code", job.exit_code), ("error", job.error),
         ("created", job.created_at), ("started", job.started_at),
         ("completed", job.completed_at), ("cancel requested", job.cancel_requested_at),
+        ("log", "truncated at its byte cap" if job.log_truncated else None),
     ])
 
 

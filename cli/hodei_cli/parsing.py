@@ -5,9 +5,12 @@ from __future__ import annotations
 import enum
 import re
 import shlex
+import time
 import uuid
+from datetime import datetime
 from typing import TypeVar
 
+from hodei_cli.logview import Since
 from hodei_common.contracts.jobs import (
     MAX_CPUS,
     MAX_MEMORY_BYTES,
@@ -15,12 +18,19 @@ from hodei_common.contracts.jobs import (
     MIN_CPUS,
     MIN_MEMORY_BYTES,
 )
+from hodei_common.contracts.logs import LogStream
 from hodei_common.errors import ValidationError
 
 E = TypeVar("E", bound=enum.StrEnum)
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_LINE = re.compile(r"^(?:(\d+):)?(\d+)$")
+_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+SINCE_HELP = ("a line number (120, or ATTEMPT:LINE like 2:120), a duration (90s, 5m, 1h30m) "
+              "or a timestamp (2024-05-01T12:00:00Z)")
 
 
 def parse_env(entries: list[str]) -> dict[str, str]:
@@ -116,3 +126,38 @@ def parse_memory(raw: str | None, option: str = "--memory") -> int | None:
             f"{option} must be a size from {MIN_MEMORY_BYTES // 2**20}m to "
             f"{MAX_MEMORY_BYTES // 2**40}t, like 512m or 2g")
     return size
+def parse_since(value: str | None, now: float | None = None) -> Since | None:
+    """``--since``: after a line number, within a duration, or from a timestamp."""
+    if value is None:
+        return None
+    text = value.strip()
+    if match := _LINE.match(text):
+        attempt = int(match.group(1)) if match.group(1) else None
+        if attempt == 0:
+            raise ValidationError("--since ATTEMPT:LINE: attempts are numbered from 1")
+        return Since(seq=int(match.group(2)), attempt=attempt)
+    if _DURATION.match(text):
+        seconds = sum(float(n) * _UNIT_S[unit] for n, unit in _DURATION_PART.findall(text))
+        return Since(ts=(time.time() if now is None else now) - seconds)
+    try:
+        when = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        raise ValidationError(f"--since '{value}' is not {SINCE_HELP}") from None
+    return Since(ts=when.timestamp())  # a time without zone is local time
+
+
+def check_tail(lines: int | None) -> int | None:
+    if lines is not None and lines < 0:
+        raise ValidationError("--tail must be a number of lines, 0 or more")
+    return lines
+
+
+def parse_stream(value: str | None) -> LogStream | None:
+    """``--stream stdout|stderr``; None shows both."""
+    if value is None:
+        return None
+    streams = {"stdout": LogStream.STDOUT, "stderr": LogStream.STDERR}
+    try:
+        return streams[value.lower()]
+    except KeyError:
+        raise ValidationError(f"--stream must be stdout or stderr, not '{value}'") from None

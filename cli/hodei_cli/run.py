@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -11,14 +12,17 @@ from uuid import UUID, uuid4
 import msgspec
 
 from hodei_cli.connection import api_client
-from hodei_common.client import ApiClient
+from hodei_cli.logview import LogPrinter
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.jobs import JobState
-from hodei_common.contracts.logs import LogBatch, LogEnd, LogMessage, LogStream
-from hodei_common.logreader import LiveLog, read_log
+from hodei_common.contracts.logs import LogBatch, LogEnd, LogMessage
+from hodei_common.errors import NotFoundError
+from hodei_common.logreader import LiveLog, LogReader
 
 EXIT_TIMED_OUT = 124
 EXIT_CANCELLED = 130
+# A finished job's reader that hears nothing for this long finds its log gone.
+GONE_AFTER_S = 5.0
 
 
 def exit_code_for(end: LogEnd) -> int:
@@ -34,14 +38,6 @@ def exit_code_for(end: LogEnd) -> int:
     return 1
 
 
-def print_batch(batch: LogBatch) -> None:
-    for line in batch.lines:
-        out = sys.stderr if line.stream is LogStream.STDERR else sys.stdout
-        out.write(line.text + "\n")
-    sys.stdout.flush()
-    sys.stderr.flush()
-
-
 def describe_end(end: LogEnd) -> str | None:
     """One line for stderr when the job did not simply succeed."""
     if end.state is JobState.SUCCEEDED:
@@ -51,21 +47,28 @@ def describe_end(end: LogEnd) -> str | None:
     return f"job {end.job_id} {end.state.value}{code}{detail}"
 
 
-async def stream_job(api: ApiClient, job_id: UUID, *, follow: bool) -> int | None:
-    """Print the job's log; return its exit code when the end marker was read."""
-    return await print_log(read_log(api.nc.jetstream(), job_id, follow=follow))
-
-
-async def print_log(messages: AsyncIterator[LogMessage]) -> int | None:
-    """Print log messages; return the job's exit code when the end marker came."""
+async def print_log(
+    messages: AsyncIterator[LogMessage],
+    printer: LogPrinter | None = None,
+    reader: LogReader | None = None,
+) -> int | None:
+    """Print log messages; return the job's exit code when the end marker came. With a
+    ``reader``, the printer's tail is released once the reader caught up."""
+    printer = printer or LogPrinter()
+    if reader is not None and reader.caught_up:
+        printer.release_tail()
     async for message in messages:
         if isinstance(message, LogBatch):
-            print_batch(message)
-        else:
-            note = describe_end(message)
-            if note:
-                print(note, file=sys.stderr)
-            return exit_code_for(message)
+            printer.batch(message)
+            if reader is not None and reader.caught_up:
+                printer.release_tail()
+            continue
+        printer.release_tail()
+        note = describe_end(message)
+        if note:
+            printer.note(note)
+        return exit_code_for(message)
+    printer.release_tail()
     return None
 
 
@@ -105,9 +108,20 @@ async def run_job(request: SubmitJob, *, detach: bool) -> int:
             loop.remove_signal_handler(signal.SIGINT)
 
 
-async def show_logs(job_id: UUID, *, follow: bool) -> int:
-    """Print a job's log so far (or until it ends, with ``follow``)."""
+async def show_logs(
+    job_id: UUID, *, follow: bool, printer: LogPrinter | None = None
+) -> int:
+    """Print a job's log so far (or until it ends, with ``follow``); from the stream or, once
+    the job is archived, the archive."""
+    printer = printer or LogPrinter()
     async with api_client() as api:
-        await api.get(job_id)  # a clear "not found" for an unknown job
-        code = await stream_job(api, job_id, follow=follow)
+        job = await api.get(job_id)  # a clear "not found" for an unknown job
+        reader = LogReader(api.nc.jetstream(), job_id)
+        # A finished job's log is complete: its end marker is there or a moment away.
+        idle = GONE_AFTER_S if job.state.terminal else None
+        reading = reader.messages(follow=follow or job.state.terminal, idle_timeout_s=idle)
+        async with contextlib.aclosing(reading) as messages:
+            code = await print_log(messages, printer, reader)
+    if code is None and job.state.terminal and not printer.lines:
+        raise NotFoundError(f"the log of job {job_id} is no longer kept (past its retention)")
     return 0 if code is None or not follow else code

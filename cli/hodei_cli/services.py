@@ -47,9 +47,10 @@ def _provisioner(base: Settings | None) -> HodeiService:
 
 
 def _logs(base: Settings | None) -> HodeiService:
+    from hodei_logs.config import LogsSettings
     from hodei_logs.service import LogsService
 
-    return LogsService(_settings(Settings, base))
+    return LogsService(_settings(LogsSettings, base))
 
 
 def _supervisor(base: Settings | None) -> HodeiService:

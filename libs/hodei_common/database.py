@@ -26,6 +26,7 @@ LOCK_MIGRATIONS = 1
 LOCK_OUTBOX_RELAY = 2
 LOCK_DISPATCH = 3
 LOCK_RECONCILE = 4
+LOCK_LOG_SWEEP = 5
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

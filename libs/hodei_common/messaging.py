@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 DUPLICATE_WINDOW_S = 120.0
 DAY_S = 24 * 3600.0
+LOGS_MAX_AGE_S = 7 * DAY_S
 
 
 def _stream(name: str, subject_filters: list[str], max_age_s: float) -> StreamConfig:
@@ -33,13 +34,18 @@ def _stream(name: str, subject_filters: list[str], max_age_s: float) -> StreamCo
         name=name,
         subjects=subject_filters,
         storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW_S,
+        # JetStream refuses a duplicate window longer than the stream keeps messages.
+        duplicate_window=min(DUPLICATE_WINDOW_S, max_age_s),
         max_age=max_age_s,
     )
 
 
-def stream_configs(logs_max_age_s: float = 7 * DAY_S) -> list[StreamConfig]:
-    """The JetStream streams Hodei owns. Duplicate windows make outbox publishing exactly-once."""
+def stream_configs(logs_max_age_s: float = LOGS_MAX_AGE_S) -> list[StreamConfig]:
+    """The JetStream streams Hodei owns. Duplicate windows make outbox publishing exactly-once.
+
+    ``logs_max_age_s`` (``HODEI_LOGS_MAX_AGE_S``) is how long the LOGS stream keeps lines;
+    finished jobs' logs are read from their archive after that.
+    """
     return [
         _stream(subjects.JOB_EVENTS_STREAM, [subjects.JOB_EVENTS_SUBJECTS], 30 * DAY_S),
         _stream(subjects.WORKER_EVENTS_STREAM, list(subjects.WORKER_EVENTS_SUBJECTS), 30 * DAY_S),

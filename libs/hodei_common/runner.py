@@ -125,7 +125,8 @@ class HodeiService:
                 await check_schema(conn)
         self._nc = await messaging.connect(self.settings, name=subjects.service_name(self.name))
         self._js = self._nc.jetstream()
-        await messaging.ensure_streams(self._js)
+        await messaging.ensure_streams(
+            self._js, messaging.stream_configs(self.settings.logs_max_age_s))
         self._micro = await add_service(
             self._nc,
             name=subjects.service_name(self.name),

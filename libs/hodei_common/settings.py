@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # A requeued job waits base * 2^(n-1) s after its n-th lost attempt, at most max.
     requeue_backoff_s: float = Field(default=DEFAULT_BACKOFF_BASE_S, ge=0)
     requeue_backoff_max_s: float = Field(default=DEFAULT_BACKOFF_MAX_S, ge=0)
+    # How long the LOGS stream keeps log lines (every service declares the stream: give them
+    # all the same value). Finished jobs' logs stay readable from their archive.
+    logs_max_age_s: float = Field(default=7 * 24 * 3600.0, ge=1)
 
     @field_validator("home", mode="after")
     @classmethod

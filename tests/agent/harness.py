@@ -32,7 +32,7 @@ from hodei_common.contracts.agent import (
     StatusReport,
 )
 from hodei_common.contracts.api import ErrorCode, ErrorReply
-from hodei_common.contracts.logs import LogBatch, LogLine
+from hodei_common.contracts.logs import LogBatch, LogLine, LogStream
 from hodei_common.contracts.workers import WorkerMode
 from hodei_common.testing import assert_eventually
 
@@ -166,11 +166,12 @@ class Platform:
         attempt: int = 1,
         worker_id: UUID | None = None,
         headers: dict[str, str] | None = None,
+        log_max_bytes: int | None = None,
     ) -> Assignment:
         assignment = Assignment(
             job_id=job_id or uuid4(), attempt=attempt, worker_id=worker_id or self.worker_id,
             command=command, args=args or [], env=env or {}, timeout_s=timeout_s,
-            assigned_at=datetime.now(UTC))
+            assigned_at=datetime.now(UTC), log_max_bytes=log_max_bytes)
         # No Nats-Msg-Id: a duplicate assignment must reach the agent to test its fencing.
         await self.js.publish(subjects.worker_assign(self.worker_id),
                               msgspec.json.encode(assignment), headers=headers)
@@ -212,3 +213,9 @@ class Platform:
 
     def texts(self, job: Assignment) -> list[str]:
         return [line.text for line in self.lines(job)]
+
+    def output(self, job: Assignment, stream: LogStream) -> bytes:
+        """What the job wrote on ``stream``, rebuilt byte for byte from its log."""
+        return b"".join(b.data_of(line) for b in self.batches
+                        if (b.job_id, b.attempt) == (job.job_id, job.attempt)
+                        for line in b.lines if line.stream is stream)

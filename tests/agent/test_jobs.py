@@ -170,16 +170,6 @@ async def test_each_job_runs_in_a_fresh_directory_removed_afterwards(
     await assert_eventually(lambda: not Path(workdir).exists(), within_s=5)
 
 
-async def test_20000_lines_arrive_complete_and_in_order(platform: Platform) -> None:
-    await platform.start_agent()
-    job = await platform.assign("seq 1 20000")
-    finished = await platform.finished(job, within_s=30)
-    assert finished.log_lines == 20000
-    lines = platform.lines(job)
-    assert [line.seq for line in lines] == list(range(1, 20001))
-    assert [line.text for line in lines] == [str(i) for i in range(1, 20001)]
-
-
 async def test_a_huge_line_is_split_and_a_last_line_without_newline_counts(
     platform: Platform,
 ) -> None:

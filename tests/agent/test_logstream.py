@@ -115,3 +115,31 @@ async def test_lines_are_split_capped_and_decoded(data: bytes, expected: list[st
     await pump_lines(reader, LogStream.STDOUT, logs, max_line_bytes=10)
     await logs.close()
     assert [line.text for b in js.batches for line in b.lines] == expected
+
+
+async def test_a_carriage_return_split_from_its_newline_by_a_read_is_one_terminator() -> None:
+    js = FakeJetStream()
+    logs = publisher(js)
+    reader = asyncio.StreamReader()
+    reader.feed_data(b"10%\r20%\r")
+    await asyncio.sleep(0)
+    pumping = asyncio.create_task(pump_lines(reader, LogStream.STDOUT, logs, 100))
+    await asyncio.sleep(0.01)
+    reader.feed_data(b"\ndone")
+    reader.feed_eof()
+    await pumping
+    await logs.close()
+    batch_lines = [(b, line) for b in js.batches for line in b.lines]
+    assert [b.data_of(line) for b, line in batch_lines] == [b"10%\r", b"20%\r\n", b"done"]
+
+
+async def test_writers_past_the_cap_are_not_held_up_and_the_drop_is_told() -> None:
+    js = FakeJetStream()
+    logs = publisher(js, max_total_bytes=11)
+    for text in ["12345", "6789", "dropped", "also dropped"]:
+        await logs.write(LogStream.STDOUT, text)
+    assert await logs.close() == 4  # two lines and two notices
+    lines = [line for b in js.batches for line in b.lines]
+    assert [line.stream for line in lines] == [LogStream.STDOUT, LogStream.STDOUT,
+                                               LogStream.SYSTEM, LogStream.SYSTEM]
+    assert lines[3].text.startswith("output truncated: 21 bytes in 2 lines")

@@ -102,6 +102,11 @@ async def test_idempotency_key_returns_the_same_job(
         (["job", "queue", "--command", "x", "--cpus", "abc"], "--cpus must be a number"),
         (["job", "run", "--command", "x", "--cpus", "0"], "--cpus must be a number"),
         (["job", "queue", "--command", "x", "--cpus", "nan"], "--cpus must be a number"),
+        (["job", "logs", str(uuid.UUID(int=7)), "--tail", "-1"], "--tail must be"),
+        (["job", "logs", str(uuid.UUID(int=7)), "--since", "garbage"], "--since 'garbage'"),
+        (["job", "logs", str(uuid.UUID(int=7)), "--since", "0:5"], "numbered from 1"),
+        (["job", "logs", str(uuid.UUID(int=7)), "--stream", "foo"], "stdout or stderr"),
+        (["job", "logs", str(uuid.UUID(int=7))], "not found"),
     ],
 )
 async def test_bad_input_is_one_error_line_and_changes_nothing(

@@ -13,7 +13,7 @@ from nats.js import JetStreamContext
 from hodei_common.contracts import subjects
 from hodei_common.contracts.jobs import JobState
 from hodei_common.contracts.logs import LogBatch, LogEnd, LogLine, LogMessage, LogStream
-from hodei_common.logreader import LiveLog, read_log
+from hodei_common.logreader import DIRECT_READS, LiveLog, read_log
 
 pytestmark = pytest.mark.nats
 
@@ -63,9 +63,28 @@ async def test_follow_waits_for_lines_written_later(js: JetStreamContext) -> Non
     assert [type(m) for m in messages] == [LogBatch, LogEnd]
 
 
+async def test_a_log_longer_than_the_direct_reads_continues_through_a_consumer(
+    js: JetStreamContext,
+) -> None:
+    job_id = uuid.uuid4()
+    count = DIRECT_READS + 5
+    for first in range(1, count + 1):
+        await publish(js, job_id, batch(job_id, first, 1))
+    assert seqs(await collect(js, job_id, follow=False)) == list(range(1, count + 1))
+    following = asyncio.create_task(collect(js, job_id, follow=True))
+    await asyncio.sleep(0.2)  # past what existed: these come through the consumer
+    await publish(js, job_id, batch(job_id, count + 1, 2))
+    await publish(js, job_id, LogEnd(job_id=job_id, attempt=1, state=JobState.SUCCEEDED,
+                                     exit_code=0, lines=count + 2))
+    messages = await asyncio.wait_for(following, 10)
+    assert seqs(messages) == list(range(1, count + 3))
+    assert isinstance(messages[-1], LogEnd)
+
+
 async def test_readers_leave_no_consumer_behind(js: JetStreamContext) -> None:
     job_id = uuid.uuid4()
-    await publish(js, job_id, batch(job_id, 1, 1))
+    for first in range(1, DIRECT_READS + 3):  # long enough to need a consumer
+        await publish(js, job_id, batch(job_id, first, 1))
     await publish(js, job_id, LogEnd(job_id=job_id, attempt=1, state=JobState.SUCCEEDED,
                                      exit_code=0))
     for _ in range(20):
@@ -131,3 +150,31 @@ async def test_an_end_marker_that_does_not_vouch_for_the_lines_seen_means_readin
     assert seqs(messages) == [1, 2]  # the stream holds nothing more, and nothing twice
     assert isinstance(messages[-1], LogEnd)
     assert live.fell_back
+
+
+async def test_batches_stored_out_of_order_or_twice_are_read_in_line_order_once(
+    js: JetStreamContext,
+) -> None:
+    job_id = uuid.uuid4()
+    # A publish retried while the next batches got through: the stream holds 3-4 late.
+    for first, count in [(1, 2), (5, 2), (3, 2), (3, 2), (7, 1)]:
+        await publish(js, job_id, batch(job_id, first, count))
+    await publish(js, job_id, LogEnd(job_id=job_id, attempt=1, state=JobState.SUCCEEDED,
+                                     exit_code=0, lines=7))
+    assert seqs(await collect(js, job_id, follow=True)) == [1, 2, 3, 4, 5, 6, 7]
+    assert seqs(await collect(js, job_id, follow=False)) == [1, 2, 3, 4, 5, 6, 7]
+
+
+async def test_every_attempt_is_shown_in_turn_each_from_its_first_line(
+    js: JetStreamContext,
+) -> None:
+    job_id = uuid.uuid4()
+    await publish(js, job_id, batch(job_id, 1, 3))
+    second = LogBatch(job_id=job_id, attempt=2, lines=[
+        LogLine(seq, LogStream.STDERR, 0.0, f"again {seq}") for seq in (1, 2)])
+    await publish(js, job_id, second)
+    await publish(js, job_id, LogEnd(job_id=job_id, attempt=2, state=JobState.SUCCEEDED,
+                                     exit_code=0, lines=2))
+    messages = await collect(js, job_id, follow=True)
+    assert [(m.attempt, line.seq) for m in messages if isinstance(m, LogBatch)
+            for line in m.lines] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2)]

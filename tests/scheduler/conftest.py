@@ -21,6 +21,7 @@ from hodei_common.relay import RelayService, RelaySettings
 from hodei_common.runner import HodeiService
 from hodei_common.settings import Settings
 from hodei_common.testing.services import running
+from hodei_logs.config import LogsSettings
 from hodei_logs.service import LogsService
 from hodei_scheduler.config import SchedulerSettings
 from hodei_scheduler.service import SchedulerService
@@ -33,7 +34,7 @@ def core_services(settings: Settings) -> list[HodeiService]:
         ApiService(ApiSettings(**base)),
         RelayService(RelaySettings(**base)),
         SchedulerService(SchedulerSettings(**base, dispatch_interval_s=0.2)),
-        LogsService(settings),
+        LogsService(LogsSettings(**base)),
     ]
 
 

@@ -52,6 +52,9 @@ class Assignment(msgspec.Struct, frozen=True, kw_only=True):
     env: dict[str, str] = msgspec.field(default_factory=dict)
     timeout_s: float
     assigned_at: datetime
+    # Bytes of output the job's log keeps; past it the agent writes a truncation notice and
+    # drops the rest. None: no cap.
+    log_max_bytes: int | None = None
 
 
 class StatusKind(enum.StrEnum):

@@ -77,6 +77,8 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     updated_at: datetime
+    # Its output passed the log's byte cap: the log ends with a truncation notice.
+    log_truncated: bool = False
 
 
 # --- domain events --------------------------------------------------------------------

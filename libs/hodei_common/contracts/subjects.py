@@ -112,13 +112,25 @@ def job_logs(job_id: UUID | str) -> str:
     return f"job.{job_id}.logs"
 
 
+# Finished jobs' logs, one object per job (named by its id) in a JetStream object store; the
+# store's own subjects (``$O.<bucket>.*``) follow the object store protocol.
+LOG_ARCHIVE_BUCKET = "HODEI_LOG_ARCHIVE"
+LOG_ARCHIVE_STREAM = f"OBJ_{LOG_ARCHIVE_BUCKET}"
+
+
+def log_archive_chunks(nuid: str) -> str:
+    """Subject of the chunks of one stored object (``nuid`` from its info)."""
+    return f"$O.{LOG_ARCHIVE_BUCKET}.C.{nuid}"
+
+
 # --- durable consumers (shared by every replica of their service) ----------------------------
 SCHEDULER_DISPATCH_CONSUMER = "scheduler-dispatch"
 SCHEDULER_STATUS_CONSUMER = "scheduler-status"
 SCHEDULER_CANCEL_CONSUMER = "scheduler-cancel"
 PROVISIONER_REQUESTS_CONSUMER = "provisioner-requests"
 PROVISIONER_RELEASE_CONSUMER = "provisioner-release"
-LOGS_END_CONSUMER = "logs-end-markers"
+LOGS_END_CONSUMER = "logs-end-markers"  # retired: the archiver ends logs now (deleted at start)
+LOGS_ARCHIVE_CONSUMER = "logs-archive"
 
 # --- headers -----------------------------------------------------------------------------
 HEADER_MSG_ID = "Nats-Msg-Id"

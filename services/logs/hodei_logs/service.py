@@ -1,60 +1,88 @@
-"""The logs service: closes every finished job's log with an end-of-log marker.
+"""The logs service: ends every finished job's log, archives it, and sweeps old archives.
 
-The marker is written after the job reached its terminal state, and the agent publishes
+The end marker is written after the job reached its terminal state, and the agent publishes
 every line (acknowledged) before it reports the job finished, so the marker is the last
 message on ``job.<id>.logs``. A reader can always wait for it.
+
+Once the marker is there, the whole log (every line once, in order, then the marker) is
+stored in the archive bucket and recorded in ``job_log_files``; readers take it from there
+when the stream no longer has it. Archives older than ``HODEI_LOG_ARCHIVE_MAX_AGE_S`` are
+deleted by a sweep that one replica at a time runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import ClassVar
 from uuid import UUID
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 
-from hodei_common import tracing
+from hodei_common import logarchive, tracing
 from hodei_common.consumer import ConsumerSpec, consume, decode
 from hodei_common.contracts import subjects
 from hodei_common.contracts.jobs import JobEvent, JobState
-from hodei_common.contracts.logs import LogEnd, LogMessage
+from hodei_common.contracts.logs import LogBatch, LogEnd, LogMessage, LogStream
+from hodei_common.database import LOCK_CLASS, LOCK_LOG_SWEEP
 from hodei_common.errors import RetryLater
+from hodei_common.logreader import read_log
 from hodei_common.runner import HodeiService, Loop
+from hodei_common.waiting import pause
 from hodei_logs import store
+from hodei_logs.config import LogsSettings
 
 log = logging.getLogger(__name__)
 
-TERMINAL_EVENTS = ConsumerSpec(
-    stream=subjects.JOB_EVENTS_STREAM,
-    durable=subjects.LOGS_END_CONSUMER,
-    filter_subjects=[subjects.JOB_SUCCEEDED, subjects.JOB_FAILED, subjects.JOB_CANCELLED,
-                     subjects.JOB_TIMED_OUT],
+TERMINAL = [subjects.JOB_SUCCEEDED, subjects.JOB_FAILED, subjects.JOB_CANCELLED,
+            subjects.JOB_TIMED_OUT]
+ARCHIVE_EVENTS = ConsumerSpec(
+    stream=subjects.JOB_EVENTS_STREAM, durable=subjects.LOGS_ARCHIVE_CONSUMER,
+    filter_subjects=TERMINAL,
+    ack_wait_s=300.0,  # a log of millions of lines takes a while to store
+    # Every event is another job's: archive a fetched batch's logs side by side.
+    ordered_by=lambda msg: str(msg.metadata.sequence.stream),
 )
+ARCHIVE_BATCH = 8
+SWEEP_BATCH = 100
 
 
 class LogsService(HodeiService):
-    """Writes end-of-log markers (retention and archives come with the log store)."""
+    """Writes end-of-log markers, archives finished logs, deletes expired archives."""
 
     name: ClassVar[str] = "logs"
     description: ClassVar[str] = "Hodei logs: per-job log streams"
 
+    def __init__(self, settings: LogsSettings) -> None:
+        super().__init__(settings)
+        self.config = settings
+
+    async def setup(self) -> None:
+        await logarchive.ensure_bucket(self.js)
+        # Ending logs is now the archiver's first step: its old consumer goes.
+        with contextlib.suppress(NotFoundError):
+            await self.js.delete_consumer(subjects.JOB_EVENTS_STREAM,
+                                          subjects.LOGS_END_CONSUMER)
+
     def loops(self) -> list[Loop]:
-        return [self._end_markers]
+        return [self._archives, self._sweep]
 
-    async def _end_markers(self) -> None:
-        await consume(self.js, TERMINAL_EVENTS, self._close_log, self.stopping)
+    async def _archives(self) -> None:
+        await consume(self.js, ARCHIVE_EVENTS, self._archive, self.stopping,
+                      batch=ARCHIVE_BATCH)
 
-    async def _close_log(self, msg: Msg) -> None:
-        event = decode(msg, JobEvent)
-        # Usually the scheduler ended the log as the job finished: then there is nothing to do.
-        if await self._already_closed(event.job_id):
+    async def _close_log(self, job_id: UUID) -> None:
+        """Write the end marker unless the log has one: usually the scheduler ended the log as
+        the job finished; not for a job cancelled while queued, or when its publish failed."""
+        if await self._already_closed(job_id):
             return
         async with self.pool.acquire() as conn:
-            job = await store.final_state(conn, event.job_id)
+            job = await store.final_state(conn, job_id)
         if job is None:
-            raise RetryLater(1.0, f"job {event.job_id} is not finished yet")
+            raise RetryLater(1.0, f"job {job_id} is not finished yet")
         marker = LogEnd(job_id=job["id"], attempt=job["attempt"], state=JobState(job["state"]),
                         exit_code=job["exit_code"], error=job["error"])
         await self.js.publish(
@@ -72,3 +100,70 @@ class LogsService(HodeiService):
             return isinstance(msgspec.json.decode(last.data or b"", type=LogMessage), LogEnd)
         except msgspec.DecodeError:
             return False
+
+    async def _archive(self, msg: Msg) -> None:
+        """End the finished job's log if nobody did, then store it whole and record it
+        (idempotent)."""
+        job_id = decode(msg, JobEvent).job_id
+        async with self.pool.acquire() as conn:
+            if await store.archived(conn, job_id):
+                return
+        await self._close_log(job_id)
+        writer = logarchive.ArchiveWriter()
+        end: LogEnd | None = None
+        truncated = False
+        try:
+            async for message in read_log(self.js, job_id, follow=False):
+                writer.add(message)
+                if isinstance(message, LogEnd):
+                    end = message
+                elif _has_notice(message):
+                    truncated = True
+            if end is None:
+                raise RetryLater(1.0, f"job {job_id}: its log has no end marker yet")
+            written = await writer.store(self.js, job_id, truncated=truncated)
+        finally:
+            writer.discard()
+        async with self.pool.acquire() as conn:
+            await store.record_archive(conn, job_id, end.attempt, logarchive.storage_uri(job_id),
+                                       written)
+        log.debug("job %s: log archived (%d lines, %d bytes)", job_id, written.lines,
+                  written.size_bytes)
+
+    async def _sweep(self) -> None:
+        """Delete archives past their age, every ``log_archive_sweep_s``, one replica at a
+        time."""
+        while not self.stopping.is_set():
+            if self.config.log_archive_max_age_s > 0:
+                try:
+                    await self._sweep_once()
+                except (NatsError, OSError, TimeoutError) as e:
+                    log.warning("archive sweep failed (%s); next one retries", e)
+            await pause(self.stopping, self.config.log_archive_sweep_s)
+
+    async def _sweep_once(self) -> int:
+        swept = 0
+        async with self.pool.acquire() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS,
+                                       LOCK_LOG_SWEEP):
+                return 0
+            try:
+                while jobs := await store.expired(conn, self.config.log_archive_max_age_s,
+                                                  SWEEP_BATCH):
+                    for job_id in jobs:
+                        await logarchive.delete(self.js, job_id)
+                    await store.forget(conn, jobs)
+                    swept += len(jobs)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1, $2)", LOCK_CLASS,
+                                   LOCK_LOG_SWEEP)
+        if swept:
+            log.info("deleted %d archived logs older than %gs", swept,
+                     self.config.log_archive_max_age_s)
+        return swept
+
+
+def _has_notice(message: LogMessage) -> bool:
+    """Whether a batch holds a line of the platform's own (a truncation notice)."""
+    return isinstance(message, LogBatch) and any(
+        line.stream is LogStream.SYSTEM for line in message.lines)

@@ -42,7 +42,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def assignment_from_row(row: asyncpg.Record, worker_id: UUID) -> Assignment:
+def assignment_from_row(
+    row: asyncpg.Record, worker_id: UUID, log_max_bytes: int | None = None
+) -> Assignment:
     return Assignment(
         job_id=row["id"],
         attempt=row["attempt"],
@@ -52,6 +54,7 @@ def assignment_from_row(row: asyncpg.Record, worker_id: UUID) -> Assignment:
         env=dict(row["env"]),
         timeout_s=row["timeout_s"],
         assigned_at=row["assigned_at"],
+        log_max_bytes=log_max_bytes,
     )
 
 
@@ -66,7 +69,9 @@ class Dispatcher:
         interval_s: float,
         resend_s: float,
         providers: WorkerProviders,
+        log_max_bytes: int | None = None,
     ) -> None:
+        self._log_max_bytes = log_max_bytes
         self._pool = pool
         self._providers = providers
         self._js = js
@@ -126,7 +131,7 @@ class Dispatcher:
                 await self.send(assignment)
             for row in stale:
                 log.info("job %s: assignment not accepted yet; sending it again", row["id"])
-                await self.send(assignment_from_row(row, row["worker_id"]))
+                await self.send(assignment_from_row(row, row["worker_id"], self._log_max_bytes))
             return len(assignments)
 
     async def _assign(self, conn: Conn) -> list[Assignment]:
@@ -150,7 +155,8 @@ class Dispatcher:
             )
             if len(rows) != len(pairs) or rows[0]["step_rows"] != [len(pairs), len(pairs)]:
                 raise RuntimeError("jobs or workers moved while locked by the dispatch pass")
-            assignments.extend(assignment_from_row(row, row["worker_id"]) for row in rows)
+            assignments.extend(assignment_from_row(row, row["worker_id"], self._log_max_bytes)
+                               for row in rows)
             if pairs[0]["considered"] < PICK_BATCH:
                 break
         return assignments

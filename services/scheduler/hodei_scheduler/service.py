@@ -60,6 +60,7 @@ class SchedulerService(HodeiService):
         self.dispatcher = Dispatcher(
             self.pool, self.js, interval_s=self.config.dispatch_interval_s,
             resend_s=self.config.assignment_resend_s, providers=providers,
+            log_max_bytes=self.config.log_max_bytes or None,
         )
         self.reports = ReportHandler(self.pool, self.dispatcher.poke, self.send_cancel,
                                      self.close_log, providers, self._stop_worker)
