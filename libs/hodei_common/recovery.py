@@ -137,14 +137,33 @@ UPDATE jobs SET state = 'TIMED_OUT', error = $5, completed_at = now()
 RETURNING id
 """
 # Recorded with the loss ($1 the worker, $2 why): the recovery saga, its first two steps
-# done by this very statement; a provisioning saga still open ends compensated by it.
-_SAGAS = [
-    *sagas.start(sagas.RECOVERY, sagas.RECOVERY_STEPS, "$1", done=2, error="$2"),
-    *sagas.step(sagas.PROVISIONING, "await_registration", sagas.StepState.FAILED, "$1",
-                error="$2", saga_state="COMPENSATED"),
-]
+# done by this very statement; and for a worker lost while CREATING, its provisioning saga
+# ends compensated by it.
+_RECOVERY_SAGA = sagas.start(sagas.RECOVERY, sagas.RECOVERY_STEPS, "$1", done=2, error="$2")
+_PROVISIONING_FAILED = sagas.step(sagas.PROVISIONING, "await_registration",
+                                  sagas.StepState.FAILED, "$1", error="$2",
+                                  saga_state="COMPENSATED")
 _JOB_STEPS = [("requeued", REQUEUE_JOB), ("cancelled", CANCEL_JOB), ("failed", FAIL_JOB),
               ("timed_out", TIME_OUT_JOB)]
+# After the job steps: the job's execution saga fails the step under way with the job's
+# error ($5), and ends COMPENSATED when the job was requeued, FAILED otherwise.
+_EXECUTION_SAGA = [
+    ("execution_lost", f"""
+UPDATE saga_steps AS s SET state = 'FAILED', error = $5, completed_at = now()
+FROM sagas AS g
+WHERE g.id = s.saga_id AND g.saga_type = '{sagas.EXECUTION}' AND g.aggregate_id = $3
+  AND g.state = 'RUNNING' AND s.state IN ('PENDING', 'RUNNING')
+  AND s.position = (SELECT min(x.position) FROM saga_steps x
+                    WHERE x.saga_id = g.id AND x.state IN ('PENDING', 'RUNNING'))
+  AND EXISTS (SELECT 1 FROM state)
+RETURNING s.saga_id, s.step_name"""),
+    ("execution_lost_saga", """
+UPDATE sagas AS g SET current_step = l.step_name, error = $5, completed_at = now(),
+    state = CASE WHEN EXISTS (SELECT 1 FROM requeued) THEN 'COMPENSATED' ELSE 'FAILED' END
+FROM execution_lost AS l
+WHERE g.id = l.saga_id
+RETURNING g.id"""),
+]
 
 
 async def live_worker(conn: Conn, worker_id: UUID) -> LiveWorker | None:
@@ -254,11 +273,13 @@ class Recovery:
             WorkerFailed(event_id=uuid4(), **meta, worker_id=worker.id, provider=worker.provider,
                          error=reason, job_id=job.id if job else None),
             subjects.WORKER_FAILED, "worker", worker.id))
-        steps: list[tuple[str, str]] = [(outbox.FIRST_STEP, LOSE_WORKER), *_SAGAS]
+        steps: list[tuple[str, str]] = [(outbox.FIRST_STEP, LOSE_WORKER), *_RECOVERY_SAGA]
+        if worker.state == "CREATING":
+            steps += _PROVISIONING_FAILED
         error = job_error or f"{WORKER_LOST}: {reason}"
         delay = 0.0
         if job is not None:
-            steps += _JOB_STEPS
+            steps += [*_JOB_STEPS, *_EXECUTION_SAGA]
             delay = self.backoff.delay_s(job.attempt)
             common: dict[str, Any] = {"job_id": job.id, "attempt": job.attempt, **meta}
             final: dict[str, Any] = {**common, "error": error, "worker_id": worker.id}
@@ -286,7 +307,8 @@ class Recovery:
             return None
         if job is None:
             return "none"
-        counts = rows[0]["step_rows"][1 + len(_SAGAS):]
+        at = [name for name, _ in steps].index(_JOB_STEPS[0][0])
+        counts = rows[0]["step_rows"][at:at + len(_JOB_STEPS)]
         for (name, _), n in zip(_JOB_STEPS, counts, strict=True):
             if n:
                 return name

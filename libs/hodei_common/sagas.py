@@ -1,4 +1,4 @@
-"""Sagas: the long processes around a worker, recorded step by step in ``sagas`` and
+"""Sagas: the long processes around a worker and a job, recorded step by step in ``sagas`` and
 ``saga_steps`` (state, retry count, error), with every step change kept in
 ``saga_step_history`` by a trigger (the audit trail).
 
@@ -7,6 +7,10 @@
   agent's token exchange). A step that fails compensates: the worker is marked FAILED, its
   resource destroyed (the provisioner's release), and its job, still QUEUED, gets another
   worker from the next dispatch pass. The saga ends ``COMPENSATED``.
+* ``execution`` (aggregate: the job; one per attempt): ``assign`` (the dispatch pass) →
+  ``start`` (its STARTED report, or its FINISHED one) → ``finish`` (its FINISHED report). A
+  lost worker fails the step under way with the reason; the saga ends ``COMPENSATED`` when the
+  job is requeued (the next attempt opens a new one), ``FAILED`` otherwise.
 * ``recovery`` (aggregate: the lost worker): ``declare_worker_failed`` (why, in its error) →
   ``settle_job`` (requeued, failed, cancelled or timed out, in the same statement) →
   ``destroy_resource`` (the provisioner's release of the FAILED worker).
@@ -24,8 +28,10 @@ from collections.abc import Sequence
 from hodei_common.database import Conn
 
 PROVISIONING = "provisioning"
+EXECUTION = "execution"
 RECOVERY = "recovery"
 PROVISIONING_STEPS = ("create_worker_row", "create_resource", "await_registration")
+EXECUTION_STEPS = ("assign", "start", "finish")
 RECOVERY_STEPS = ("declare_worker_failed", "settle_job", "destroy_resource")
 
 
@@ -41,10 +47,11 @@ _ENDS = (StepState.COMPLETED, StepState.FAILED, StepState.COMPENSATED)
 
 
 def start(saga_type: str, steps: Sequence[str], aggregate: str, *, done: int,
-          error: str = "NULL", after: str = "state") -> list[tuple[str, str]]:
-    """Transition steps opening a saga for ``aggregate`` (a SQL parameter such as ``$1``)
-    when step ``after`` applied: its first ``done`` steps COMPLETED (the first with
-    ``error``, a SQL parameter or NULL), the rest PENDING."""
+          error: str = "NULL", rows: str = "(SELECT 1 FROM state LIMIT 1) AS applied",
+          ) -> list[tuple[str, str]]:
+    """Transition steps opening a saga for ``aggregate`` (a SQL parameter such as ``$1``, or
+    a column of ``rows``: one saga per row) when the state step applied: its first ``done``
+    steps COMPLETED (the first with ``error``, a SQL parameter or NULL), the rest PENDING."""
     values = ", ".join(f"({i + 1}, '{name}')" for i, name in enumerate(steps))
     saga = f"""
 INSERT INTO sagas (id, saga_type, aggregate_id, state, current_step, completed_at)
@@ -52,7 +59,7 @@ SELECT gen_random_uuid(), '{saga_type}', {aggregate}::uuid,
        CASE WHEN {done} >= {len(steps)} THEN 'COMPLETED' ELSE 'RUNNING' END,
        '{steps[min(done, len(steps) - 1)]}',
        CASE WHEN {done} >= {len(steps)} THEN now() END
-FROM (SELECT 1 FROM {after} LIMIT 1) AS applied
+FROM {rows}
 RETURNING id"""
     saga_steps = f"""
 INSERT INTO saga_steps (saga_id, position, step_name, state, error, started_at, completed_at)
@@ -67,12 +74,13 @@ RETURNING id"""
 
 
 def step(saga_type: str, name: str, to: StepState, aggregate: str, *, error: str = "NULL",
-         saga_state: str | None = None, after: str = "state",
-         cte: str | None = None) -> list[tuple[str, str]]:
+         saga_state: str | None = None, after: str = "state", cte: str | None = None,
+         touch_saga: bool = True) -> list[tuple[str, str]]:
     """Transition steps moving step ``name`` of the aggregate's open saga to ``to`` (with
     ``error``) when step ``after`` applied, and the saga's ``current_step`` (and state, if
     given: ``COMPLETED``, ``COMPENSATED``...) with it. Moving a step that is RUNNING or FAILED
-    to RUNNING again counts a retry."""
+    to RUNNING again counts a retry. Of several steps of one saga moved in one statement,
+    only the last may ``touch_saga``: a statement must not update the same row twice."""
     cte = cte or f"{saga_type}_{name}"
     ended = "now()" if to in _ENDS else "NULL"
     moved = f"""
@@ -85,6 +93,8 @@ WHERE g.id = s.saga_id AND g.saga_type = '{saga_type}' AND g.aggregate_id = {agg
   AND g.state IN ('RUNNING', 'COMPENSATING') AND s.step_name = '{name}'
   AND EXISTS (SELECT 1 FROM {after})
 RETURNING s.saga_id"""
+    if not touch_saga:
+        return [(cte, moved)]
     new_state = f"'{saga_state}'" if saga_state else "g.state"
     done = "now()" if saga_state in ("COMPLETED", "COMPENSATED", "FAILED") else "NULL"
     saga = f"""

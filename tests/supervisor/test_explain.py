@@ -43,7 +43,7 @@ async def test_a_requeued_job_says_its_backoff_its_lost_worker_and_why(
     found = await api.explain(job.id)
     assert (found.job.attempt, found.job.error[:30]) == (2, "worker lost: no heartbeat for ")
     assert found.last_failure is not None
-    assert found.last_failure.startswith("recovery/declare_worker_failed: no heartbeat for ")
+    assert found.last_failure.startswith("execution/finish: worker lost: no heartbeat for ")
 
     shown = await run_cli(cli_env, "job", "explain", str(job.id))
     assert shown.code == 0, shown.stderr
@@ -51,6 +51,6 @@ async def test_a_requeued_job_says_its_backoff_its_lost_worker_and_why(
     assert lines[0] == f"job {job.id}: QUEUED, attempt 2 of 3"
     assert lines[1].startswith("waiting for: ")
     assert lines[2].startswith("worker: ")
-    assert any(line.startswith("last failed step: recovery/declare_worker_failed: ")
+    assert any(line.startswith("last failed step: execution/finish: worker lost: ")
                for line in lines)
     assert len(lines) <= 6

@@ -9,10 +9,10 @@ import pytest
 from nats.js import JetStreamContext
 
 from hodei_common.client import ApiClient
-from hodei_common.contracts.agent import StatusKind
+from hodei_common.contracts.agent import Outcome, StatusKind
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.testing import assert_eventually
-from tests.scheduler.conftest import report
+from tests.scheduler.conftest import make_ready, report
 from tests.scheduler.test_scheduler import _is, assigned_job, job_state, workers
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
@@ -63,3 +63,33 @@ async def test_a_lost_worker_opens_a_recovery_saga_saying_why(
                                        ("destroy_resource", "PENDING")]
     assert steps[0][3].startswith("no heartbeat for ")
     assert steps[0][0] == "RUNNING"  # until the provisioner destroys the resource
+
+
+async def test_each_attempt_has_an_execution_saga_the_lost_one_compensated(
+    api: ApiClient, pool: asyncpg.Pool, js: JetStreamContext
+) -> None:
+    job, worker_id = await assigned_job(api, pool, "true")
+    assert [s[1:3] for s in await saga_steps(pool, "execution", job.id)] == [
+        ("assign", "COMPLETED"), ("start", "PENDING"), ("finish", "PENDING")]
+    await report(js, worker_id, job.id, 1, StatusKind.STARTED)
+    await assert_eventually(lambda: _is(job_state(pool, job.id), "QUEUED"), within_s=10)
+    lost = await saga_steps(pool, "execution", job.id)
+    assert [s[:3] for s in lost] == [("COMPENSATED", "assign", "COMPLETED"),
+                                     ("COMPENSATED", "start", "COMPLETED"),
+                                     ("COMPENSATED", "finish", "FAILED")]
+    assert lost[2][3].startswith("worker lost: no heartbeat for ")
+
+    fresh = await assert_eventually(
+        lambda: pool.fetchval("SELECT id FROM workers WHERE state = 'CREATING' AND "
+                              "for_job_id = $1", job.id))
+    await make_ready(pool, fresh)
+    await assert_eventually(lambda: _is(job_state(pool, job.id), "ASSIGNED"))
+    await report(js, fresh, job.id, 2, StatusKind.FINISHED, Outcome.SUCCEEDED, exit_code=0)
+    await assert_eventually(lambda: _is(job_state(pool, job.id), "SUCCEEDED"))
+    states = await pool.fetch(
+        "SELECT g.state, array_agg(s.state ORDER BY s.position) AS steps FROM sagas g "
+        "JOIN saga_steps s ON s.saga_id = g.id WHERE g.saga_type = 'execution' AND "
+        "g.aggregate_id = $1 GROUP BY g.id, g.created_at ORDER BY g.created_at", job.id)
+    assert [(r["state"], r["steps"]) for r in states] == [
+        ("COMPENSATED", ["COMPLETED", "COMPLETED", "FAILED"]),
+        ("COMPLETED", ["COMPLETED"] * 3)]

@@ -28,7 +28,8 @@ WHERE w.id = $2
 ORDER BY w.id = $2 DESC, w.state IN ('CREATING', 'READY') DESC, w.created_at DESC
 LIMIT 1
 """
-# The newest failed (or erring) saga step of the job or of any worker made for or given it.
+# The newest failed (or erring) saga step of the job or of any worker made for or given it;
+# of steps moved together, a FAILED one.
 _LAST_FAILURE = """
 SELECT g.saga_type, s.step_name, s.error, s.retry_count,
        extract(epoch FROM now() - s.updated_at)::float8 AS age_s
@@ -38,7 +39,7 @@ WHERE (s.state = 'FAILED' OR s.error IS NOT NULL)
        OR g.aggregate_id IN (SELECT id FROM workers WHERE for_job_id = $1)
        OR g.aggregate_id IN (SELECT (payload->>'worker_id')::uuid FROM domain_events
                              WHERE aggregate_id = $1 AND event_type = 'JobAssigned'))
-ORDER BY s.updated_at DESC
+ORDER BY s.updated_at DESC, s.state = 'FAILED' DESC
 LIMIT 1
 """
 _PROVIDER = """

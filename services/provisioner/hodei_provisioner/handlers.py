@@ -48,14 +48,16 @@ AGENT_IDLE_FACTOR = 2.0
 CREATING_RESOURCE = sagas.step(sagas.PROVISIONING, "create_resource", sagas.StepState.RUNNING,
                                "$1")
 RESOURCE_CREATED = [
-    *sagas.step(sagas.PROVISIONING, "create_resource", sagas.StepState.COMPLETED, "$1"),
+    *sagas.step(sagas.PROVISIONING, "create_resource", sagas.StepState.COMPLETED, "$1",
+                touch_saga=False),
     *sagas.step(sagas.PROVISIONING, "await_registration", sagas.StepState.RUNNING, "$1"),
 ]
 # The worker is FAILED and has no resource: nothing more to undo, its job gets another.
 CREATE_FAILED = sagas.step(sagas.PROVISIONING, "create_resource", sagas.StepState.FAILED, "$1",
                            error="$2", saga_state="COMPENSATED")
 REGISTERED = [
-    *sagas.step(sagas.PROVISIONING, "create_resource", sagas.StepState.COMPLETED, "$1"),
+    *sagas.step(sagas.PROVISIONING, "create_resource", sagas.StepState.COMPLETED, "$1",
+                touch_saga=False),
     *sagas.step(sagas.PROVISIONING, "await_registration", sagas.StepState.COMPLETED, "$1",
                 saga_state="COMPLETED"),
 ]

@@ -36,6 +36,8 @@ MIN_GAP_S = 0.005
 HOUSEKEEPING_S = 0.25
 PICK_BATCH = 64
 PROVISIONING_SAGA = sagas.start(sagas.PROVISIONING, sagas.PROVISIONING_STEPS, "$1", done=1)
+# One execution saga per job assigned (a row of the assignment step), its first step done.
+EXECUTION_SAGA = sagas.start(sagas.EXECUTION, sagas.EXECUTION_STEPS, "id", done=1, rows="state")
 
 
 def _now() -> datetime:
@@ -150,10 +152,11 @@ class Dispatcher:
                 for j, w, a in zip(jobs, workers, attempts, strict=True)
             ]
             rows = await outbox.transition(
-                conn, [(outbox.FIRST_STEP, store.ASSIGN_JOBS), ("occupied", store.OCCUPY_WORKERS)],
+                conn, [(outbox.FIRST_STEP, store.ASSIGN_JOBS), ("occupied", store.OCCUPY_WORKERS),
+                       *EXECUTION_SAGA],
                 [jobs, workers, attempts], emits,
             )
-            if len(rows) != len(pairs) or rows[0]["step_rows"] != [len(pairs), len(pairs)]:
+            if len(rows) != len(pairs) or rows[0]["step_rows"][:2] != [len(pairs), len(pairs)]:
                 raise RuntimeError("jobs or workers moved while locked by the dispatch pass")
             assignments.extend(assignment_from_row(row, row["worker_id"], self._log_max_bytes)
                                for row in rows)

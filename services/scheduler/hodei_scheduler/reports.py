@@ -14,7 +14,7 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 import asyncpg
 
-from hodei_common import outbox
+from hodei_common import outbox, sagas
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import Outcome, StatusKind, StatusReport
 from hodei_common.contracts.jobs import (
@@ -43,6 +43,18 @@ _TERMINAL: dict[Outcome, tuple[JobState, str, type[Any]]] = {
     Outcome.FAILED: (JobState.FAILED, subjects.JOB_FAILED, JobFailed),
     Outcome.TIMED_OUT: (JobState.TIMED_OUT, subjects.JOB_TIMED_OUT, JobTimedOut),
 }
+
+
+# The job's execution saga ($1: the job), moved in the statement of its report.
+STARTED_SAGA = [
+    *sagas.step(sagas.EXECUTION, "start", sagas.StepState.COMPLETED, "$1", touch_saga=False),
+    *sagas.step(sagas.EXECUTION, "finish", sagas.StepState.RUNNING, "$1"),
+]
+FINISHED_SAGA = [
+    *sagas.step(sagas.EXECUTION, "start", sagas.StepState.COMPLETED, "$1", touch_saga=False),
+    *sagas.step(sagas.EXECUTION, "finish", sagas.StepState.COMPLETED, "$1",
+                saga_state="COMPLETED"),
+]
 
 
 def _now() -> datetime:
@@ -87,7 +99,8 @@ class ReportHandler:
             steps = [(outbox.FIRST_STEP, store.ACCEPT)]
         else:
             # An agent that starts its job at once reports STARTED only: it says both.
-            steps = [(outbox.FIRST_STEP, store.START), ("accepted", store.NEWLY_ACCEPTED)]
+            steps = [(outbox.FIRST_STEP, store.START), ("accepted", store.NEWLY_ACCEPTED),
+                     *STARTED_SAGA]
             emits[0] = outbox.Emit(accepted, subjects.JOB_ACCEPTED, "job", report.job_id,
                                    after="accepted")
             started = _progress(JobStarted, report)
@@ -127,7 +140,7 @@ class ReportHandler:
             outbox.Emit(event, subject, "job", report.job_id),
         ]
         steps = [(outbox.FIRST_STEP, store.FINISH), ("accepted", store.NEWLY_ACCEPTED),
-                 ("started", store.NEWLY_STARTED)]
+                 ("started", store.NEWLY_STARTED), *FINISHED_SAGA]
         args: list[Any] = [report.job_id, report.attempt, report.worker_id, state.value,
                            report.exit_code, report.error, report.at, report.started_at]
         async with self._pool.acquire() as conn:
@@ -151,7 +164,7 @@ class ReportHandler:
         if not rows:
             await self._refuse(report)
             return False
-        if provider is not None and rows[0]["step_rows"][3]:  # freed
+        if provider is not None and rows[0]["step_rows"][[n for n, _ in steps].index("freed")]:
             self._on_worker_ready()
         await self._on_finished(LogEnd(job_id=report.job_id, attempt=report.attempt,
                                        state=state, exit_code=report.exit_code,
