@@ -1,4 +1,4 @@
-"""``hodei job ...``: queue, get, list, cancel and explain the history of jobs."""
+"""``hodei job ...``: queue, get, list, cancel, explain and show the history of jobs."""
 
 from __future__ import annotations
 
@@ -240,3 +240,33 @@ def events(job_id: IdArg = None, id_: IdOpt = None, out: Output = OutputOption) 
             payload.pop(key, None)
         rows.append([e.occurred_at, e.event_type, e.actor, payload])
     output.table(["TIME", "EVENT", "ACTOR", "DETAILS"], rows)
+
+
+def _age(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{seconds:.1f}s ago"
+
+
+@app.command("explain")
+def explain(job_id: IdArg = None, id_: IdOpt = None, out: Output = OutputOption) -> None:
+    """Where a job is, what it waits for, its worker's last heartbeat, what last failed."""
+    jid = parse_job_id(job_id, id_)
+
+    found = call_api(lambda api: api.explain(jid))
+    if out is Output.JSON:
+        output.emit_json(found)
+        return
+    job = found.job
+    typer.echo(f"job {job.id}: {job.state.value}, attempt {job.attempt} of {job.max_attempts}")
+    typer.echo(f"waiting for: {found.waiting_for}")
+    if found.worker_id is not None:
+        state = found.worker_state.value if found.worker_state else "?"
+        typer.echo(f"worker: {found.worker_id} {state}, last heartbeat "
+                   f"{_age(found.heartbeat_age_s)}")
+    else:
+        typer.echo("worker: none yet")
+    if job.error:
+        typer.echo(f"last error: {job.error}")
+    if found.last_failure is not None:
+        retried = f", retried {found.retries}x" if found.retries else ""
+        typer.echo(f"last failed step: {found.last_failure} "
+                   f"({_age(found.last_failure_age_s)}{retried})")

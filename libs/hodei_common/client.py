@@ -19,6 +19,7 @@ from hodei_common.contracts.api import (
     ErrorCode,
     ErrorReply,
     JobEvents,
+    JobExplanation,
     JobList,
     JobReply,
     ListJobs,
@@ -104,6 +105,10 @@ class ApiClient:
     async def cancel(self, job_id: UUID | str) -> CancelJobReply:
         """Cancel a queued job, or ask a running one to stop."""
         return await self._call(subjects.API_JOBS_CANCEL, {"id": str(job_id)}, CancelJobReply)
+
+    async def explain(self, job_id: UUID | str) -> JobExplanation:
+        """Where a job is, what it waits for, and what last went wrong."""
+        return await self._call(subjects.API_JOBS_EXPLAIN, {"id": str(job_id)}, JobExplanation)
 
     async def events(self, job_id: UUID | str) -> list[DomainEvent]:
         """A job's audit events, oldest first."""

@@ -35,18 +35,24 @@ class LogAssembler:
     """Puts a log's messages in reading order: each attempt's lines once, by line number.
 
     Attempts follow one another as the stream has them; a batch of an attempt that arrives
-    ahead of its turn waits until the lines before it came (or the log ends).
+    ahead of its turn waits until the lines before it came (or the log ends). A batch of an
+    attempt older than one already seen is refused: a worker declared dead that kept writing
+    for a moment before its stop order landed (the stream keeps those lines).
     """
 
     def __init__(self) -> None:
         self._next: dict[int, int] = {}  # attempt -> the line number expected next
         self._held: dict[int, list[LogBatch]] = {}
         self._attempt: int | None = None
+        self._newest = 0
 
     def add(self, message: LogMessage) -> list[LogMessage]:
         """What can be given now that ``message`` came, in order."""
         if isinstance(message, LogEnd):
             return [*self.flush(), message]
+        if message.attempt < self._newest:
+            return []  # a stale attempt's late lines
+        self._newest = message.attempt
         out: list[LogMessage] = []
         attempt = message.attempt
         if self._attempt is not None and attempt != self._attempt:

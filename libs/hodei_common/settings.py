@@ -13,9 +13,12 @@ from typing import Any, TypeVar
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hodei_common.contracts.agent import DEFAULT_HEARTBEAT_INTERVAL_S
 from hodei_common.errors import ConfigError
 
 DEV_FILE = "dev.json"
+DEFAULT_BACKOFF_BASE_S = 0.5
+DEFAULT_BACKOFF_MAX_S = 30.0
 S = TypeVar("S", bound=BaseSettings)
 
 
@@ -38,6 +41,11 @@ class Settings(BaseSettings):
     drain_grace_s: float = Field(default=10.0, gt=0)
     request_timeout_s: float = Field(default=5.0, gt=0)
     log_level: str = "INFO"
+    # How often agents beat (the provisioner tells them; the supervisor judges silence by it).
+    heartbeat_interval_s: float = Field(default=DEFAULT_HEARTBEAT_INTERVAL_S, gt=0)
+    # A requeued job waits base * 2^(n-1) s after its n-th lost attempt, at most max.
+    requeue_backoff_s: float = Field(default=DEFAULT_BACKOFF_BASE_S, ge=0)
+    requeue_backoff_max_s: float = Field(default=DEFAULT_BACKOFF_MAX_S, ge=0)
     # How long the LOGS stream keeps log lines (every service declares the stream: give them
     # all the same value). Finished jobs' logs stay readable from their archive.
     logs_max_age_s: float = Field(default=7 * 24 * 3600.0, ge=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,15 @@ async def test_output_that_cannot_be_stored_fails_the_job_with_a_clear_error(
     assert (finished.outcome, finished.exit_code) == (Outcome.FAILED, 0)
     assert finished.error is not None
     assert finished.error.startswith("the job's output could not be published:")
+
+
+async def test_an_agent_killed_9_takes_its_running_job_with_it(platform: Platform) -> None:
+    agent = await platform.start_agent()
+    job = await platform.assign("echo $$; sleep 30")
+    await platform.reached(job, StatusKind.STARTED)
+    shell = int(await assert_eventually(lambda: platform.texts(job) and platform.texts(job)[0]))
+    agent.signal(signal.SIGKILL)
+    await agent.exit_code()
+    await assert_eventually(lambda: not Path(f"/proc/{shell}").exists()
+                            or b"Z" in Path(f"/proc/{shell}/stat").read_bytes().split(b")")[-1][:3],
+                            within_s=5, message="the job outlived its agent")

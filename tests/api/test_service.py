@@ -27,7 +27,8 @@ pytestmark = [pytest.mark.nats, pytest.mark.postgres]
 
 ENDPOINT_SUBJECTS = {
     subjects.API_JOBS_SUBMIT, subjects.API_JOBS_GET, subjects.API_JOBS_LIST,
-    subjects.API_JOBS_CANCEL, subjects.API_JOBS_EVENTS, subjects.API_WORKERS_LIST,
+    subjects.API_JOBS_CANCEL, subjects.API_JOBS_EVENTS, subjects.API_JOBS_EXPLAIN,
+    subjects.API_WORKERS_LIST,
     subjects.API_PROVIDERS_LIST, subjects.API_PROVIDERS_UPDATE,
 }
 

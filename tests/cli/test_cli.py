@@ -92,6 +92,8 @@ async def test_idempotency_key_returns_the_same_job(
         (["job", "cancel", "12345"], "not a valid job id"),
         (["job", "events", "--id", "zzz"], "not a valid job id"),
         (["job", "get", str(uuid.UUID(int=7))], "not found"),
+        (["job", "explain", "not-a-uuid"], "not a valid job id"),
+        (["job", "explain", str(uuid.UUID(int=7))], "not found"),
         (["job", "list", "--state", "SLEEPING"], "unknown state"),
         (["service", "mailer"], "unknown service"),
         (["job", "queue", "--command", "x", "--memory", "-5"], "--memory must be a size"),

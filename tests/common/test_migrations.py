@@ -17,7 +17,8 @@ pytestmark = pytest.mark.postgres
 
 TABLES = {
     "jobs", "workers", "worker_bootstrap_tokens", "provider_configs", "outbox_events",
-    "domain_events", "job_log_files", "sagas", "saga_steps", "schema_migrations",
+    "domain_events", "job_log_files", "sagas", "saga_steps", "saga_step_history",
+    "schema_migrations",
 }
 
 

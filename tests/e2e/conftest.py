@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from hodei_common.testing.processes import agent_processes
 from tests.cli.conftest import HODEI
+
+__all__ = ["agent_processes"]
 
 
 @dataclass(frozen=True)
@@ -36,24 +39,6 @@ class Platform:
         """The NATS and PostgreSQL URLs of the running platform."""
         info = self.endpoints
         return {"nats_url": info["nats_url"], "database_url": info["database_url"]}
-
-
-def agent_processes(nats_url: str) -> list[int]:
-    """Pids of live agents of the platform at ``nats_url`` (other platforms may be running)."""
-    wanted = f"HODEI_NATS_URL={nats_url}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"hodei_agent" in cmd and state != "Z" and wanted in environ:
-            found.append(int(entry.name))
-    return found
 
 
 def start_platform(home: Path, extra_env: dict[str, str] | None = None) -> Platform:

@@ -129,19 +129,44 @@ async def test_a_local_job_never_gets_a_container_and_a_docker_job_only_does(
     assert CONTAINER_ID.fullmatch(by_provider["docker"]["provider_resource_id"])
 
 
-async def test_a_container_killed_mid_job_fails_its_job_and_keeps_its_log(
-    docker_platform: Platform, docker_engine: docker.DockerClient,
-) -> None:
-    queued = await run_cli(docker_platform.env, "job", "queue", "--provider", "docker",
-                           "--command", "echo up; sleep 60")
+async def _kill_its_container_once_running(
+    platform: Platform, engine: docker.DockerClient, *queue_args: str
+) -> str:
+    """Queue a Docker job, kill its container once it runs; the job's id."""
+    queued = await run_cli(platform.env, "job", "queue", "--provider", "docker", *queue_args)
     job_id = queued.stdout.strip()
 
     async def running() -> bool:
-        return (await job_of(docker_platform, job_id))["state"] == "RUNNING"
+        return (await job_of(platform, job_id))["state"] == "RUNNING"
 
     await assert_eventually(running, within_s=20)
-    (container,) = await containers(docker_platform, docker_engine, **{LABEL_JOB: job_id})
-    docker_engine.api.kill(container["Id"])
+    (container,) = await containers(platform, engine, **{LABEL_JOB: job_id})
+    engine.api.kill(container["Id"])
+    return job_id
+
+
+async def test_a_container_killed_mid_job_requeues_it_to_succeed_on_attempt_two(
+    docker_platform: Platform, docker_engine: docker.DockerClient,
+) -> None:
+    job_id = await _kill_its_container_once_running(docker_platform, docker_engine,
+                                                    "--command", "echo up; sleep 2")
+
+    async def succeeded() -> bool:
+        return (await job_of(docker_platform, job_id))["state"] == "SUCCEEDED"
+
+    await assert_eventually(succeeded, within_s=30)
+    job = await job_of(docker_platform, job_id)
+    assert job["attempt"] == 2
+    logs = await run_cli(docker_platform.env, "job", "logs", job_id, "--follow", timeout_s=20)
+    assert logs.stdout == "up\nup\n"  # each attempt's line, in order
+    await _no_containers_left(docker_platform, docker_engine)
+
+
+async def test_a_container_killed_on_its_last_attempt_fails_its_job_and_keeps_its_log(
+    docker_platform: Platform, docker_engine: docker.DockerClient,
+) -> None:
+    job_id = await _kill_its_container_once_running(
+        docker_platform, docker_engine, "--max-attempts", "1", "--command", "echo up; sleep 60")
 
     async def ended() -> bool:
         return (await job_of(docker_platform, job_id))["state"] not in {"ASSIGNED", "RUNNING"}

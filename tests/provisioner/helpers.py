@@ -19,6 +19,7 @@ from hodei_common import outbox
 from hodei_common.contracts import subjects
 from hodei_common.contracts.api import ErrorReply
 from hodei_common.contracts.workers import ProvisionRequested, WorkerMode, WorkerTerminating
+from hodei_scheduler.dispatcher import PROVISIONING_SAGA
 
 INSERT_WORKER = """
 INSERT INTO workers (id, provider, mode, state) VALUES ($1, $2, $3, 'CREATING') RETURNING id
@@ -37,17 +38,17 @@ def _now() -> datetime:
 async def request_worker(
     pool: asyncpg.Pool, provider: str = "local", mode: WorkerMode = WorkerMode.EPHEMERAL
 ) -> UUID:
-    """Insert a CREATING worker with its ProvisionRequested event, as the scheduler does."""
+    """Insert a CREATING worker with its ProvisionRequested event and its provisioning saga,
+    as the scheduler does."""
     worker_id = uuid4()
     event = ProvisionRequested(event_id=uuid4(), occurred_at=_now(), actor="test",
                                worker_id=worker_id, provider=provider, mode=mode)
     async with pool.acquire() as conn:
-        row = await outbox.change(
-            conn, INSERT_WORKER, worker_id, provider, mode.value,
-            subject=subjects.PROVISION_REQUESTED, event=event,
-            aggregate_type="worker", aggregate_id=worker_id,
-        )
-    assert row is not None
+        rows = await outbox.transition(
+            conn, [(outbox.FIRST_STEP, INSERT_WORKER), *PROVISIONING_SAGA],
+            [worker_id, provider, mode.value],
+            [outbox.Emit(event, subjects.PROVISION_REQUESTED, "worker", worker_id)])
+    assert rows
     return worker_id
 
 

@@ -142,7 +142,7 @@ async def test_reconciliation_removes_a_labelled_container_nobody_owns_and_no_ot
             container.remove(force=True)
 
 
-async def test_a_busy_worker_whose_container_vanished_is_failed_with_its_job(
+async def test_a_busy_worker_whose_container_vanished_is_failed_and_its_job_requeued(
     docker_provider: DockerProvider, pool: asyncpg.Pool, docker_engine: docker.DockerClient,
 ) -> None:
     worker_id, container_id = await _ready_worker(pool)
@@ -158,9 +158,11 @@ async def test_a_busy_worker_whose_container_vanished_is_failed_with_its_job(
                             within_s=15)
     row = await worker(pool, worker_id)
     assert row["error"] == "its container is gone"
-    job = await pool.fetchrow("SELECT state, error FROM jobs WHERE id = $1", job_id)
+    job = await pool.fetchrow("SELECT state, attempt, worker_id, error, not_before > now() - "
+                              "interval '1 minute' AS backoff FROM jobs WHERE id = $1", job_id)
     assert job is not None
-    assert (job["state"], job["error"]) == ("FAILED", "worker lost: its container is gone")
+    assert (job["state"], job["attempt"], job["worker_id"], job["error"], job["backoff"]) == (
+        "QUEUED", 2, None, "worker lost: its container is gone", True)
     events = await pool.fetch("SELECT event_type FROM domain_events WHERE aggregate_id = ANY($1) "
                               "ORDER BY seq", [worker_id, job_id])
-    assert [e["event_type"] for e in events][-2:] == ["WorkerFailed", "JobFailed"]
+    assert [e["event_type"] for e in events][-2:] == ["WorkerFailed", "JobRequeued"]

@@ -74,7 +74,7 @@ async def test_the_agents_registration_makes_the_worker_ready(
         lambda: _reply_of(log_text(provisioner_settings.workers_dir(), worker_id)))
     assert reply["headers"] == {}
     assert json.loads(str(reply["data"])) == {
-        "worker_id": str(worker_id), "mode": "ephemeral", "heartbeat_interval_s": 2.0,
+        "worker_id": str(worker_id), "mode": "ephemeral", "heartbeat_interval_s": 1.0,
         "max_jobs": 3, "idle_ttl_s": None,
     }
 

@@ -27,16 +27,21 @@ from hodei_scheduler.config import SchedulerSettings
 from hodei_scheduler.service import SchedulerService
 
 
-@pytest.fixture
-async def core(settings: Settings) -> AsyncIterator[list[HodeiService]]:
-    """api, relay, scheduler and logs running against the test's NATS and database."""
+def core_services(settings: Settings) -> list[HodeiService]:
+    """api, relay, scheduler and logs for the test's NATS and database."""
     base = settings.model_dump()
-    services: list[HodeiService] = [
+    return [
         ApiService(ApiSettings(**base)),
         RelayService(RelaySettings(**base)),
         SchedulerService(SchedulerSettings(**base, dispatch_interval_s=0.2)),
         LogsService(LogsSettings(**base)),
     ]
+
+
+@pytest.fixture
+async def core(settings: Settings) -> AsyncIterator[list[HodeiService]]:
+    """api, relay, scheduler and logs running against the test's NATS and database."""
+    services = core_services(settings)
     async with running(services):
         yield services
 

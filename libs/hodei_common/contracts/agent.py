@@ -17,7 +17,8 @@ import msgspec
 
 from hodei_common.contracts.workers import WorkerMode
 
-DEFAULT_HEARTBEAT_INTERVAL_S = 2.0
+# With 3 missed beats as the supervisor's grace, a silent worker is lost within ~4 s.
+DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
 
 
 class RegisterRequest(msgspec.Struct, frozen=True, kw_only=True):

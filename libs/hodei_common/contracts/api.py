@@ -120,6 +120,25 @@ class CancelJobReply(msgspec.Struct, frozen=True, kw_only=True):
     cancelled: bool
 
 
+class JobExplanation(msgspec.Struct, frozen=True, kw_only=True):
+    """``jobs.explain``: where a job is, what it waits for, and what last went wrong.
+
+    ``worker_*``: its worker (the one holding it, else one being made for it, else the last
+    one that held it); ``heartbeat_age_s`` None means that worker never beat.
+    ``last_failure``: the newest failed (or erring) saga step of the job or its workers,
+    as ``saga/step: error``.
+    """
+
+    job: Job
+    waiting_for: str
+    worker_id: UUID | None = None
+    worker_state: WorkerState | None = None
+    heartbeat_age_s: float | None = None
+    last_failure: str | None = None
+    last_failure_age_s: float | None = None
+    retries: int = 0
+
+
 class JobEvents(msgspec.Struct, frozen=True, kw_only=True):
     """A job's domain events, oldest first."""
 

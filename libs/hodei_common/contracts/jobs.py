@@ -72,6 +72,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     memory_bytes: int | None = None
     idempotency_key: str | None = None
     cancel_requested_at: datetime | None = None
+    not_before: datetime | None = None  # a requeued job waits until then
     created_at: datetime
     started_at: datetime | None = None
     completed_at: datetime | None = None
@@ -148,4 +149,23 @@ class JobFailed(JobFinished, frozen=True, kw_only=True):
 
 
 class JobTimedOut(JobFinished, frozen=True, kw_only=True):
-    """The command ran past its timeout and was killed."""
+    """The command ran past its timeout and was killed (or its worker never said so)."""
+
+
+class JobRequeued(JobEvent, frozen=True, kw_only=True):
+    """The job's worker was lost: it waits QUEUED again as ``attempt`` (the old one + 1),
+    not dispatched before ``not_before``."""
+
+    previous_worker_id: UUID | None = None
+    reason: str
+    backoff_s: float
+    not_before: datetime
+
+
+class StaleReportRefused(JobEvent, frozen=True, kw_only=True):
+    """A worker reported on an attempt that is no longer the job's (``attempt`` is the
+    reported one): nothing changed, and the worker was told to stop if it was declared dead."""
+
+    worker_id: UUID
+    kind: str
+    current_attempt: int

@@ -25,6 +25,7 @@ API_JOBS_GET = api("jobs.get")
 API_JOBS_LIST = api("jobs.list")
 API_JOBS_CANCEL = api("jobs.cancel")
 API_JOBS_EVENTS = api("jobs.events")
+API_JOBS_EXPLAIN = api("jobs.explain")
 API_WORKERS_LIST = api("workers.list")
 API_PROVIDERS_LIST = api("providers.list")
 API_PROVIDERS_UPDATE = api("providers.update")
@@ -49,12 +50,13 @@ JOB_CANCELLED = "job.cancelled"
 JOB_CANCEL_REQUESTED = "job.cancel_requested"
 JOB_TIMED_OUT = "job.timed_out"
 JOB_REQUEUED = "job.requeued"
+JOB_STALE_REPORT = "job.stale_report"
 
 # --- JetStream: worker events ------------------------------------------------------------
 WORKER_EVENTS_STREAM = "WORKER_EVENTS"
 WORKER_EVENTS_SUBJECTS = ["worker.registered", "worker.ready", "worker.terminating",
                           "worker.terminated", "worker.failed", "worker.created", "provision.*",
-                          "provider.updated"]
+                          "provider.updated", "worker.heartbeat_missed", "worker.stop_ordered"]
 
 WORKER_CREATED = "worker.created"
 WORKER_REGISTERED = "worker.registered"
@@ -62,6 +64,8 @@ WORKER_READY = "worker.ready"
 WORKER_TERMINATED = "worker.terminated"
 WORKER_TERMINATING = "worker.terminating"
 WORKER_FAILED = "worker.failed"
+WORKER_HEARTBEAT_MISSED = "worker.heartbeat_missed"
+WORKER_STOP_ORDERED = "worker.stop_ordered"
 PROVISION_REQUESTED = "provision.requested"
 PROVISION_FAILED = "provision.failed"
 PROVIDER_UPDATED = "provider.updated"

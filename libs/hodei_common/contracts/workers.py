@@ -112,9 +112,27 @@ class WorkerTerminated(WorkerEvent, frozen=True, kw_only=True):
 
 
 class WorkerFailed(WorkerEvent, frozen=True, kw_only=True):
-    """The worker broke; its resource is destroyed."""
+    """The worker broke; its resource is destroyed. ``job_id``: the job it held, if any."""
 
     error: str
+    job_id: UUID | None = None
+
+
+class WorkerHeartbeatMissed(WorkerEvent, frozen=True, kw_only=True):
+    """The worker has not beaten for ``silent_s`` (more than its grace): it is declared lost.
+    ``last_heartbeat`` None: it never beat (then ``silent_s`` counts from registration)."""
+
+    last_heartbeat: datetime | None = None
+    silent_s: float
+
+
+class WorkerStopOrdered(WorkerEvent, frozen=True, kw_only=True):
+    """A worker that was declared dead (or is finished) was heard from again and told to
+    stop. ``job_id``/``attempt``: what it said it was running."""
+
+    state: WorkerState
+    job_id: UUID | None = None
+    attempt: int | None = None
 
 
 class ProviderUpdated(Event, frozen=True, kw_only=True):

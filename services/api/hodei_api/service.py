@@ -15,6 +15,7 @@ import msgspec
 
 from hodei_api import handlers
 from hodei_api.config import ApiSettings
+from hodei_api.explain import explain_job
 from hodei_common import messaging
 from hodei_common.contracts import subjects
 from hodei_common.contracts.api import (
@@ -39,6 +40,7 @@ ENDPOINTS: tuple[tuple[str, str, type[msgspec.Struct], Handler], ...] = (
     ("jobs_list", subjects.API_JOBS_LIST, ListJobs, handlers.list_jobs),
     ("jobs_cancel", subjects.API_JOBS_CANCEL, JobRef, handlers.cancel_job),
     ("jobs_events", subjects.API_JOBS_EVENTS, JobRef, handlers.job_events),
+    ("jobs_explain", subjects.API_JOBS_EXPLAIN, JobRef, explain_job),
     ("workers_list", subjects.API_WORKERS_LIST, ListWorkers, handlers.list_workers),
     ("providers_list", subjects.API_PROVIDERS_LIST, ListProviders, handlers.list_providers),
     ("providers_update", subjects.API_PROVIDERS_UPDATE, UpdateProvider,

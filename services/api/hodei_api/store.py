@@ -19,7 +19,8 @@ T = TypeVar("T", bound=msgspec.Struct)
 _JOB_COLUMNS = """
     id, namespace, name, state, command, args, env, timeout_s, provider, priority, attempt,
     max_attempts, worker_id, exit_code, error, cpus, memory_bytes, idempotency_key,
-    cancel_requested_at, created_at, started_at, completed_at, updated_at, log_truncated
+    cancel_requested_at, not_before, created_at, started_at, completed_at, updated_at,
+    log_truncated
 """
 _WORKER_COLUMNS = """
     id, state, provider, mode, provider_resource_id, last_heartbeat, current_job_id, jobs_run,

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from pydantic import Field
 
-from hodei_common.contracts.agent import DEFAULT_HEARTBEAT_INTERVAL_S
 from hodei_common.settings import Settings
 
 
@@ -22,7 +21,6 @@ class ProvisionerSettings(Settings):
     """
 
     provisioner_token_ttl_s: float = Field(default=120.0, gt=0)
-    provisioner_heartbeat_interval_s: float = Field(default=DEFAULT_HEARTBEAT_INTERVAL_S, gt=0)
     provisioner_agent_command: list[str] = Field(
         default_factory=_default_agent_command, min_length=1
     )

@@ -16,13 +16,14 @@ from uuid import UUID, uuid4
 import asyncpg
 from opentelemetry import trace
 
-from hodei_common import outbox
+from hodei_common import outbox, sagas
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import RegisterReply, RegisterRequest
 from hodei_common.contracts.workers import (
     ProvisionFailed,
     ProvisionRequested,
     WorkerCreated,
+    WorkerFailed,
     WorkerReady,
     WorkerRegistered,
     WorkerState,
@@ -32,6 +33,7 @@ from hodei_common.contracts.workers import (
 from hodei_common.database import Conn
 from hodei_common.endpoints import one_line
 from hodei_common.errors import PermissionDeniedError, RetryLater, ValidationError
+from hodei_common.recovery import Recovery
 from hodei_provisioner import store, tokens
 from hodei_provisioner.providers import Provider, WorkerSpec
 
@@ -42,6 +44,23 @@ AGGREGATE_WORKER = "worker"
 MAX_HOSTNAME_CHARS = 255
 _LEASE_SLACK_S = 0.5
 AGENT_IDLE_FACTOR = 2.0
+# The provisioning saga's steps this service moves ($1: the worker; $2: an error).
+CREATING_RESOURCE = sagas.step(sagas.PROVISIONING, "create_resource", sagas.StepState.RUNNING,
+                               "$1")
+RESOURCE_CREATED = [
+    *sagas.step(sagas.PROVISIONING, "create_resource", sagas.StepState.COMPLETED, "$1",
+                touch_saga=False),
+    *sagas.step(sagas.PROVISIONING, "await_registration", sagas.StepState.RUNNING, "$1"),
+]
+# The worker is FAILED and has no resource: nothing more to undo, its job gets another.
+CREATE_FAILED = sagas.step(sagas.PROVISIONING, "create_resource", sagas.StepState.FAILED, "$1",
+                           error="$2", saga_state="COMPENSATED")
+REGISTERED = [
+    *sagas.step(sagas.PROVISIONING, "create_resource", sagas.StepState.COMPLETED, "$1",
+                touch_saga=False),
+    *sagas.step(sagas.PROVISIONING, "await_registration", sagas.StepState.COMPLETED, "$1",
+                saga_state="COMPLETED"),
+]
 # States in which a worker's resource should go: TERMINATED again on a redelivery.
 _RELEASABLE = (WorkerState.TERMINATING, WorkerState.TERMINATED, WorkerState.FAILED)
 
@@ -59,6 +78,7 @@ class Deps:
     token_ttl_s: float
     heartbeat_interval_s: float
     agent_nats_url: str
+    recovery: Recovery
 
 
 def _meta() -> dict[str, Any]:
@@ -103,6 +123,7 @@ async def provision(deps: Deps, event: ProvisionRequested) -> None:
         reason = unavailable_reason(worker, deps.providers)
         if reason is None:
             await store.issue_token(conn, worker.id, tokens.digest(token), deps.token_ttl_s)
+            await sagas.apply(conn, CREATING_RESOURCE, worker.id)
     if reason is not None:
         await _fail(deps, worker, reason)
         return
@@ -132,11 +153,11 @@ async def _record_resource(
                           provider_resource_id=resource_id)
     try:
         async with deps.pool.acquire() as conn:
-            row = await outbox.change(
-                conn, store.RECORD_RESOURCE, worker.id, resource_id,
-                subject=subjects.WORKER_CREATED, event=event,
-                aggregate_type=AGGREGATE_WORKER, aggregate_id=worker.id,
-            )
+            rows = await outbox.transition(
+                conn, [(outbox.FIRST_STEP, store.RECORD_RESOURCE), *RESOURCE_CREATED],
+                [worker.id, resource_id],
+                [outbox.Emit(event, subjects.WORKER_CREATED, AGGREGATE_WORKER, worker.id)])
+            row = rows[0] if rows else None
     except BaseException:
         # Unrecorded, nothing would ever destroy it: undo, and let the redelivery start over.
         await _destroy_quietly(provider, resource_id, worker.id)
@@ -170,12 +191,11 @@ async def _fail(deps: Deps, worker: store.WorkerRow, error: str) -> None:
     event = ProvisionFailed(**_meta(), worker_id=worker.id, provider=worker.provider,
                             error=error)
     async with deps.pool.acquire() as conn:
-        row = await outbox.change(
-            conn, store.FAIL_CREATING, worker.id, error,
-            subject=subjects.PROVISION_FAILED, event=event,
-            aggregate_type=AGGREGATE_WORKER, aggregate_id=worker.id,
-        )
-    if row is None:
+        rows = await outbox.transition(
+            conn, [(outbox.FIRST_STEP, store.FAIL_CREATING), *CREATE_FAILED],
+            [worker.id, error],
+            [outbox.Emit(event, subjects.PROVISION_FAILED, AGGREGATE_WORKER, worker.id)])
+    if not rows:
         log.info("worker %s left CREATING before it could be failed", worker.id)
 
 
@@ -202,6 +222,7 @@ async def register(deps: Deps, req: RegisterRequest) -> RegisterReply:
             if state is None:
                 raise RegistrationDenied(f"worker {req.worker_id} does not exist")
             raise RegistrationDenied(f"worker {req.worker_id} is {state}; it cannot register")
+        await sagas.apply(conn, REGISTERED, req.worker_id)
         common: dict[str, Any] = {"worker_id": req.worker_id, "provider": registered.provider}
         await outbox.record(conn, subject=subjects.WORKER_REGISTERED,
                             event=WorkerRegistered(**_meta(), **common),
@@ -249,7 +270,7 @@ def _whole(value: float | None) -> int | None:
 
 
 # --- release -----------------------------------------------------------------------------
-async def release(deps: Deps, event: WorkerTerminating) -> None:
+async def release(deps: Deps, event: WorkerTerminating | WorkerFailed) -> None:
     """Destroy a terminating (or failed) worker's resource; TERMINATING becomes TERMINATED."""
     async with deps.pool.acquire() as conn:
         worker = await store.get_worker(conn, event.worker_id)
@@ -272,7 +293,8 @@ async def release(deps: Deps, event: WorkerTerminating) -> None:
                 conn, store.TERMINATE, worker.id,
                 subject=subjects.WORKER_TERMINATED,
                 event=WorkerTerminated(**_meta(), worker_id=worker.id,
-                                       provider=worker.provider, reason=event.reason),
+                                       provider=worker.provider,
+                                       reason=getattr(event, "reason", "")),
                 aggregate_type=AGGREGATE_WORKER, aggregate_id=worker.id,
             )
         elif worker.state is WorkerState.FAILED:

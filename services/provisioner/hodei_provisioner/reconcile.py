@@ -4,9 +4,11 @@ Both directions, for every provider that can list its resources (Docker):
 
 * a resource whose worker row is missing, ``TERMINATED`` or ``FAILED`` is destroyed;
 * a worker row that is ``CREATING`` (with a resource), ``READY`` or ``BUSY`` whose resource
-  is gone, or has ended while the row still counts on it, is marked ``FAILED`` with the
-  reason, and its ``ASSIGNED``/``RUNNING`` job ends ``FAILED`` (``OOMKilled`` when the
-  container ran out of memory, else "worker lost: ..."); the resource is then destroyed.
+  is gone, or has ended while the row still counts on it, is lost (:mod:`hodei_common.
+  recovery`): ``FAILED`` with the reason, and its ``ASSIGNED``/``RUNNING`` job requeued
+  (attempt + 1, or ``FAILED`` "worker lost: ..." once its attempts are used up), or
+  ``FAILED`` with ``OOMKilled`` when the container ran out of memory; the resource is then
+  destroyed.
 
 A ``BUSY`` worker whose agent exited 0 is left to the normal path: the agent reported its
 job before exiting, and the scheduler retires the worker as it applies that report.
@@ -18,16 +20,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from uuid import UUID, uuid4
+from uuid import UUID
 
-from hodei_common import outbox
-from hodei_common.contracts import subjects
-from hodei_common.contracts.jobs import JobFailed, JobState
-from hodei_common.contracts.workers import WorkerFailed, WorkerState
+from hodei_common.contracts.workers import WorkerState
 from hodei_common.database import LOCK_CLASS, LOCK_RECONCILE
+from hodei_common.recovery import Fate
 from hodei_provisioner import store
-from hodei_provisioner.handlers import ACTOR, AGGREGATE_WORKER, Deps
+from hodei_provisioner.handlers import Deps
 from hodei_provisioner.providers import Provider, Resource
 
 log = logging.getLogger(__name__)
@@ -81,8 +80,10 @@ async def _reconcile_provider(
         resource = by_id.get(row.resource_id)
         reason = _why_lost(row.state, resource)
         if reason is not None:
-            await _lose(deps, row.id, name, reason, oom=resource is not None and
-                        resource.oom_killed)
+            oom = resource is not None and resource.oom_killed
+            # A job that ran out of memory would again: it fails. Any other loss requeues it.
+            await deps.recovery.lose(row.id, reason, fate=Fate.FAIL if oom else Fate.REQUEUE,
+                                     job_error=OOM_KILLED if oom else None)
             outcome.lost[row.id] = reason
             if resource is None:
                 async with deps.pool.acquire() as conn:
@@ -112,34 +113,6 @@ def _why_lost(state: WorkerState, resource: Resource | None) -> str | None:
     if resource.oom_killed:
         return f"{OOM_KILLED}: its container ran out of memory"
     return f"its container exited with code {resource.exit_code}"
-
-
-async def _lose(deps: Deps, worker_id: UUID, provider: str, reason: str, *, oom: bool) -> None:
-    """Worker FAILED with ``reason`` and its unfinished job FAILED, in one transaction."""
-    now = datetime.now(UTC)
-    job_error = OOM_KILLED if oom else f"worker lost: {reason}"
-    async with deps.pool.acquire() as conn, conn.transaction():
-        row = await outbox.change(
-            conn, store.LOSE_WORKER, worker_id, reason,
-            subject=subjects.WORKER_FAILED,
-            event=WorkerFailed(event_id=uuid4(), occurred_at=now, actor=ACTOR,
-                               worker_id=worker_id, provider=provider, error=reason),
-            aggregate_type=AGGREGATE_WORKER, aggregate_id=worker_id,
-        )
-        if row is None:
-            return  # it moved on meanwhile (retired, or another pass got it)
-        job = await conn.fetchrow(store.LOCK_JOB_OF_WORKER, worker_id)
-        if job is not None:
-            await outbox.change(
-                conn, store.FAIL_JOB, job["id"], job["attempt"], job_error,
-                subject=subjects.JOB_FAILED,
-                event=JobFailed(event_id=uuid4(), occurred_at=now, actor=ACTOR,
-                                job_id=job["id"], attempt=job["attempt"],
-                                state=JobState.FAILED, error=job_error, worker_id=worker_id),
-                aggregate_type="job", aggregate_id=job["id"],
-            )
-    log.warning("worker %s lost: %s%s", worker_id, reason,
-                f"; job {job['id']} FAILED" if job is not None else "")
 
 
 async def _destroy(

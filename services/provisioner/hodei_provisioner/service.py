@@ -8,21 +8,25 @@ quotes the token.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Sequence
 from typing import ClassVar
+from uuid import UUID
 
 import asyncpg
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 
 from hodei_common import messaging
 from hodei_common.consumer import ConsumerSpec, consume, decode
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import RegisterReply, RegisterRequest
-from hodei_common.contracts.workers import ProvisionRequested, WorkerTerminating
+from hodei_common.contracts.workers import ProvisionRequested, WorkerFailed, WorkerTerminating
 from hodei_common.endpoints import Endpoint, EndpointServer
 from hodei_common.errors import HodeiError
+from hodei_common.recovery import Backoff, Recovery
 from hodei_common.runner import HodeiService, Loop
 from hodei_common.waiting import wait_any
 from hodei_provisioner import handlers
@@ -40,9 +44,10 @@ MAX_REGISTER_BYTES = 16 * 1024
 PROVISION_SPEC = ConsumerSpec(stream=subjects.WORKER_EVENTS_STREAM,
                               durable=subjects.PROVISIONER_REQUESTS_CONSUMER,
                               filter_subjects=[subjects.PROVISION_REQUESTED])
+# A FAILED worker's resource is destroyed too (whoever declared it lost).
 RELEASE_SPEC = ConsumerSpec(stream=subjects.WORKER_EVENTS_STREAM,
                             durable=subjects.PROVISIONER_RELEASE_CONSUMER,
-                            filter_subjects=[subjects.WORKER_TERMINATING])
+                            filter_subjects=[subjects.WORKER_TERMINATING, subjects.WORKER_FAILED])
 
 
 def default_providers(settings: ProvisionerSettings) -> list[Provider]:
@@ -74,6 +79,7 @@ class ProvisionerService(HodeiService):
             deadline_s=settings.request_timeout_s,
         )
         self._deps: handlers.Deps | None = None
+        self._ended: asyncio.Queue[tuple[UUID, int]] = asyncio.Queue()
 
     @property
     def deps(self) -> handlers.Deps:
@@ -92,15 +98,20 @@ class ProvisionerService(HodeiService):
             pool=self.pool,
             providers=self.providers,
             token_ttl_s=self.config.provisioner_token_ttl_s,
-            heartbeat_interval_s=self.config.provisioner_heartbeat_interval_s,
+            heartbeat_interval_s=self.config.heartbeat_interval_s,
             agent_nats_url=self.config.agent_nats_url(),
+            recovery=Recovery(self.pool, self.nc, actor=handlers.ACTOR,
+                              backoff=Backoff.from_settings(self.config)),
         )
+        for provider in self.providers.values():
+            provider.on_ended(lambda worker_id, code: self._ended.put_nowait((worker_id, code)))
         register = Endpoint("worker_register", subjects.WORKER_REGISTER, RegisterRequest,
                             self._register, max_bytes=MAX_REGISTER_BYTES)
         await self.endpoints.add(self.micro, [register], subjects.PROVISIONER_QUEUE_GROUP)
 
     def loops(self) -> list[Loop]:
-        return [self._provision_loop, self._release_loop, self._reconcile_loop]
+        return [self._provision_loop, self._release_loop, self._reconcile_loop,
+                self._ended_loop]
 
     async def stop_fetching(self) -> None:
         """Let registrations in flight finish (up to the grace period), then cancel them."""
@@ -117,7 +128,26 @@ class ProvisionerService(HodeiService):
         await handlers.provision(self.deps, decode(msg, ProvisionRequested))
 
     async def _on_release(self, msg: Msg) -> None:
-        await handlers.release(self.deps, decode(msg, WorkerTerminating))
+        event: WorkerTerminating | WorkerFailed = (
+            decode(msg, WorkerFailed) if msg.subject == subjects.WORKER_FAILED
+            else decode(msg, WorkerTerminating))
+        await handlers.release(self.deps, event)
+
+    # --- resources that ended on their own -------------------------------------------------
+    async def _ended_loop(self) -> None:
+        """An agent that exits while its worker still counts on it is lost at once: a job it
+        held is requeued. One that exits 0 while BUSY reported its job; the report retires it."""
+        while not self.stopping.is_set():
+            try:
+                worker_id, code = await asyncio.wait_for(self._ended.get(), 0.5)
+            except TimeoutError:
+                continue
+            try:
+                await self.deps.recovery.lose(worker_id, f"its agent exited with code {code}",
+                                              spare_busy=code == 0)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, NatsError) as e:
+                # The supervisor's heartbeat check is the fallback for this worker.
+                log.warning("worker %s: could not record its agent's exit (%s)", worker_id, e)
 
     # --- reconciliation ------------------------------------------------------------------
     async def _reconcile_loop(self) -> None:

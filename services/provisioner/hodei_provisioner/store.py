@@ -8,6 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
+from hodei_common import sagas
 from hodei_common.contracts.workers import WorkerMode, WorkerState
 from hodei_common.database import Conn
 
@@ -72,7 +73,13 @@ RETURNING id
 _RELEASED_FAILED = """
 UPDATE workers SET terminated_at = now()
 WHERE id = $1 AND state = 'FAILED' AND terminated_at IS NULL
+RETURNING id
 """
+# The last step of the worker's recovery saga, and of a provisioning saga left compensating.
+_RESOURCE_DESTROYED = [
+    *sagas.step(sagas.RECOVERY, "destroy_resource", sagas.StepState.COMPLETED, "$1",
+                saga_state="COMPLETED"),
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,7 +187,7 @@ async def worker_state(conn: Conn, worker_id: UUID) -> WorkerState | None:
 
 async def mark_failed_released(conn: Conn, worker_id: UUID) -> None:
     """Note that a FAILED worker's resource has been destroyed."""
-    await conn.execute(_RELEASED_FAILED, worker_id)
+    await sagas.apply(conn, _RESOURCE_DESTROYED, worker_id, state_sql=_RELEASED_FAILED)
 
 
 # --- reconciliation ----------------------------------------------------------------------
@@ -196,21 +203,6 @@ WHERE provider = $1 AND state IN ('CREATING', 'READY', 'BUSY')
   AND provider_resource_id IS NOT NULL
 """
 _WORKER_STATES = "SELECT id, state FROM workers WHERE id = ANY($1::uuid[])"
-LOSE_WORKER = """
-UPDATE workers SET state = 'FAILED', error = $2, current_job_id = NULL, idle_since = NULL
-WHERE id = $1 AND state IN ('CREATING', 'READY', 'BUSY')
-RETURNING id
-"""
-LOCK_JOB_OF_WORKER = """
-SELECT id, attempt FROM jobs WHERE worker_id = $1 AND state IN ('ASSIGNED', 'RUNNING')
-FOR UPDATE
-"""
-FAIL_JOB = """
-UPDATE jobs SET state = 'FAILED', error = $3, completed_at = now(),
-                started_at = coalesce(started_at, now())
-WHERE id = $1 AND attempt = $2 AND state IN ('ASSIGNED', 'RUNNING')
-RETURNING id
-"""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,7 +19,7 @@ import msgspec
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
-from hodei_common import outbox, tracing
+from hodei_common import outbox, sagas, tracing
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import Assignment
 from hodei_common.contracts.jobs import JobAssigned
@@ -35,6 +35,9 @@ ACTOR = "scheduler"
 MIN_GAP_S = 0.005
 HOUSEKEEPING_S = 0.25
 PICK_BATCH = 64
+PROVISIONING_SAGA = sagas.start(sagas.PROVISIONING, sagas.PROVISIONING_STEPS, "$1", done=1)
+# One execution saga per job assigned (a row of the assignment step), its first step done.
+EXECUTION_SAGA = sagas.start(sagas.EXECUTION, sagas.EXECUTION_STEPS, "id", done=1, rows="state")
 
 
 def _now() -> datetime:
@@ -149,10 +152,11 @@ class Dispatcher:
                 for j, w, a in zip(jobs, workers, attempts, strict=True)
             ]
             rows = await outbox.transition(
-                conn, [(outbox.FIRST_STEP, store.ASSIGN_JOBS), ("occupied", store.OCCUPY_WORKERS)],
+                conn, [(outbox.FIRST_STEP, store.ASSIGN_JOBS), ("occupied", store.OCCUPY_WORKERS),
+                       *EXECUTION_SAGA],
                 [jobs, workers, attempts], emits,
             )
-            if len(rows) != len(pairs) or rows[0]["step_rows"] != [len(pairs), len(pairs)]:
+            if len(rows) != len(pairs) or rows[0]["step_rows"][:2] != [len(pairs), len(pairs)]:
                 raise RuntimeError("jobs or workers moved while locked by the dispatch pass")
             assignments.extend(assignment_from_row(row, row["worker_id"], self._log_max_bytes)
                                for row in rows)
@@ -197,11 +201,11 @@ class Dispatcher:
                 event = ProvisionRequested(event_id=uuid4(), occurred_at=_now(), actor=ACTOR,
                                            worker_id=worker_id, provider=p["name"], mode=mode,
                                            job_id=job_id)
-                await outbox.change(
-                    conn, store.INSERT_WORKER, worker_id, p["name"], mode.value, p["cpus"],
-                    p["memory_bytes"], job_id,
-                    subject=subjects.PROVISION_REQUESTED, event=event,
-                    aggregate_type="worker", aggregate_id=worker_id,
+                # The row and the start of its provisioning saga, in one statement.
+                await outbox.transition(
+                    conn, [(outbox.FIRST_STEP, store.INSERT_WORKER), *PROVISIONING_SAGA],
+                    [worker_id, p["name"], mode.value, p["cpus"], p["memory_bytes"], job_id],
+                    [outbox.Emit(event, subjects.PROVISION_REQUESTED, "worker", worker_id)],
                 )
 
     async def send(self, assignment: Assignment) -> None:

@@ -13,10 +13,11 @@ from nats.errors import Error as NatsError
 from hodei_common import tracing
 from hodei_common.consumer import ConsumerSpec, consume, decode
 from hodei_common.contracts import subjects
-from hodei_common.contracts.agent import Control, ControlAction, StatusReport
+from hodei_common.contracts.agent import StatusReport
 from hodei_common.contracts.jobs import JobCancelRequested
 from hodei_common.contracts.logs import LogEnd
 from hodei_common.errors import PermanentError
+from hodei_common.recovery import send_cancel, send_stop
 from hodei_common.runner import HodeiService, Loop
 from hodei_scheduler import store
 from hodei_scheduler.config import SchedulerSettings
@@ -62,7 +63,7 @@ class SchedulerService(HodeiService):
             log_max_bytes=self.config.log_max_bytes or None,
         )
         self.reports = ReportHandler(self.pool, self.dispatcher.poke, self.send_cancel,
-                                     self.close_log, providers)
+                                     self.close_log, providers, self._stop_worker)
         await self.nc.subscribe(subjects.SCHEDULER_WAKE, cb=self._poke)
 
     def loops(self) -> list[Loop]:
@@ -123,9 +124,9 @@ class SchedulerService(HodeiService):
         except (NatsError, OSError, TimeoutError) as e:
             log.warning("job %s: end of log left to the logs service (%s)", end.job_id, e)
 
+    async def _stop_worker(self, worker_id: UUID, reason: str) -> None:
+        await send_stop(self.nc, worker_id, reason)
+
     async def send_cancel(self, job_id: UUID, attempt: int, worker_id: UUID) -> None:
-        """Tell a worker to kill its job (core NATS: a worker that is gone misses it)."""
-        order = Control(action=ControlAction.CANCEL, job_id=job_id, attempt=attempt,
-                        reason="cancelled by request")
-        await self.nc.publish(subjects.worker_control(worker_id), msgspec.json.encode(order),
-                              headers=tracing.inject())
+        """Tell a worker to kill its job (the supervisor says it again while unobeyed)."""
+        await send_cancel(self.nc, job_id, attempt, worker_id)

@@ -16,7 +16,7 @@ from hodei_common.database import Conn
 PICK_PAIRS = """
 WITH j AS (
     SELECT id, provider, attempt, priority, queued_at, cpus, memory_bytes FROM jobs
-    WHERE state = 'QUEUED'
+    WHERE state = 'QUEUED' AND (not_before IS NULL OR not_before <= now())
       AND provider IN (SELECT provider FROM workers WHERE state = 'READY')
     ORDER BY priority DESC, queued_at, id
     LIMIT $1
@@ -172,14 +172,16 @@ RETURNING jobs.id, before.accepted_at IS NULL AS newly_accepted,
 NEWLY_STARTED = "SELECT 1 FROM state WHERE newly_started"
 
 # The worker ($3) of a job FINISH just ended, in the same statement: freed for its next job
-# when it is reusable, has jobs left under its provider's max_jobs and its agent stays ($9:
-# why the agent leaves, if it does); retired otherwise.
+# when it is reusable, has jobs left under its provider's max_jobs, its agent stays ($9:
+# why the agent leaves, if it does) and its job was not cancelled ($4: a cancelled job's
+# worker is destroyed, whatever the job left behind); retired otherwise.
 FREE_WORKER = """
 UPDATE workers SET state = 'READY', current_job_id = NULL, jobs_run = workers.jobs_run + 1,
                    idle_since = now()
 FROM provider_configs p
 WHERE workers.id = $3 AND workers.state = 'BUSY' AND EXISTS (SELECT 1 FROM state)
   AND p.name = workers.provider AND workers.mode = 'reusable' AND $9::text IS NULL
+  AND $4::text <> 'CANCELLED'
   AND coalesce(workers.jobs_run + 1 < (p.settings->>'max_jobs')::float8, true)
 RETURNING workers.id
 """
@@ -191,6 +193,17 @@ RETURNING id
 """
 
 WORKER_PROVIDER = "SELECT provider FROM workers WHERE id = $1"
+
+# Where the job stands now, for a report that matched nothing: repeated, or stale.
+JOB_NOW = """
+SELECT j.attempt, j.worker_id, w.state AS reporter_state, w.provider AS reporter_provider
+FROM jobs j LEFT JOIN workers w ON w.id = $2
+WHERE j.id = $1
+"""
+# A stale report is recorded once: its event id ($2) is derived from the report.
+STALE_ONCE = """
+SELECT id FROM jobs WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM domain_events WHERE id = $2)
+"""
 
 JOB_CANCEL_TARGET = """
 SELECT attempt, worker_id FROM jobs
@@ -226,6 +239,10 @@ async def unanswered_assignments(conn: Conn, older_than_s: float) -> list[asyncp
 async def worker_provider(conn: Conn, worker_id: UUID) -> str | None:
     provider: str | None = await conn.fetchval(WORKER_PROVIDER, worker_id)
     return provider
+
+
+async def job_now(conn: Conn, job_id: UUID, reporter: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(JOB_NOW, job_id, reporter)
 
 
 async def cancel_target(conn: Conn, job_id: UUID) -> asyncpg.Record | None:

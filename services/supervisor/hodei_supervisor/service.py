@@ -1,45 +1,61 @@
-"""The supervisor service: records every worker's latest heartbeat, in batches.
+"""The supervisor service: records heartbeats in batches and recovers lost workers.
 
-Agents beat on core NATS every couple of seconds; the supervisor keeps only the newest beat
-per worker in memory and writes them all in one statement per flush, so a thousand workers
-cost one UPDATE a second, not a thousand. Replicas share the beats through a queue group.
+Agents beat on core NATS every second; the supervisor keeps only the newest beat per worker
+in memory and writes them all in one statement per flush, so a thousand workers cost one
+UPDATE per flush, not a thousand. Replicas share the beats through a queue group. After
+each flush that succeeded it sweeps (:mod:`hodei_supervisor.sweeps`): a worker silent for
+longer than its grace is lost, its job requeued. A beat from a worker that should be silent
+(declared dead, finished, unknown) gets a STOP order back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from datetime import datetime
 from typing import ClassVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 import msgspec
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 
+from hodei_common import outbox
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import Heartbeat
+from hodei_common.contracts.workers import WorkerState, WorkerStopOrdered
+from hodei_common.recovery import Backoff, Recovery, send_stop
 from hodei_common.runner import HodeiService, Loop
 from hodei_common.waiting import pause
 from hodei_supervisor import store
 from hodei_supervisor.config import SupervisorSettings
+from hodei_supervisor.sweeps import ACTOR, Sweeper
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_QUEUE_GROUP = "hodei-supervisor"
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class SupervisorService(HodeiService):
-    """Watches workers; today: their heartbeats."""
+    """Watches workers: their heartbeats, and what to do when they go silent."""
 
     name: ClassVar[str] = "supervisor"
-    description: ClassVar[str] = "Hodei supervisor: worker heartbeats"
+    description: ClassVar[str] = "Hodei supervisor: heartbeats and failure recovery"
 
     def __init__(self, settings: SupervisorSettings) -> None:
         super().__init__(settings)
         self.config = settings
-        self._beats: dict[UUID, datetime] = {}
+        self._beats: dict[UUID, Heartbeat] = {}
+        # Silence is judged only once the supervisor has listened a whole grace period
+        # without a break: beats sent while it (or its NATS link) was down were never heard.
+        self._listening_since = 0.0
 
     async def setup(self) -> None:
+        self.recovery = Recovery(self.pool, self.nc, actor=ACTOR,
+                                 backoff=Backoff.from_settings(self.config))
+        self.sweeper = Sweeper(self.pool, self.nc, self.recovery, self.config)
+        self._listening_since = asyncio.get_running_loop().time()
         self._sub = await self.nc.subscribe(subjects.WORKER_HEARTBEATS,
                                             queue=HEARTBEAT_QUEUE_GROUP, cb=self._on_beat)
 
@@ -59,25 +75,61 @@ class SupervisorService(HodeiService):
             log.warning("ignored a heartbeat for worker %s on %s", beat.worker_id, msg.subject)
             return
         known = self._beats.get(beat.worker_id)
-        if known is None or beat.at > known:
-            self._beats[beat.worker_id] = beat.at
+        if known is None or beat.at > known.at:
+            self._beats[beat.worker_id] = beat
 
-    async def flush(self) -> int:
+    async def flush(self) -> bool:
         """Write the gathered beats; on failure they are kept for the next flush."""
         beats, self._beats = self._beats, {}
         if not beats:
-            return 0
+            return True
         try:
             async with self.pool.acquire() as conn:
-                await store.record_heartbeats(conn, beats)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                silenced = await store.record_heartbeats(
+                    conn, {worker_id: beat.at for worker_id, beat in beats.items()})
+        except _DB_ERRORS as e:
             log.warning("could not record %d heartbeats (%s); keeping them", len(beats), e)
-            for worker_id, at in beats.items():
-                self._beats.setdefault(worker_id, at)
-            return 0
-        return len(beats)
+            for worker_id, beat in beats.items():
+                self._beats.setdefault(worker_id, beat)
+            return False
+        for row in silenced:
+            await self._stop_zombie(row, beats[row["id"]])
+        return True
+
+    async def _stop_zombie(self, row: asyncpg.Record, beat: Heartbeat) -> None:
+        """A worker that should be silent beat: tell it to stop (each time, as core NATS may
+        lose the order) and record the first time."""
+        state = row["state"]
+        await send_stop(self.nc, beat.worker_id,
+                        f"this worker is {state or 'unknown'} to the platform")
+        if state is None:
+            log.warning("unknown worker %s beat; told it to stop", beat.worker_id)
+            return
+        event = WorkerStopOrdered(event_id=uuid4(), occurred_at=beat.at, actor=ACTOR,
+                                  worker_id=beat.worker_id, provider=row["provider"],
+                                  state=WorkerState(state), job_id=beat.job_id,
+                                  attempt=beat.attempt)
+        async with self.pool.acquire() as conn:
+            first = await outbox.change(conn, store.STOP_ORDERED, beat.worker_id,
+                                        subject=subjects.WORKER_STOP_ORDERED, event=event,
+                                        aggregate_type="worker", aggregate_id=beat.worker_id)
+        if first is not None:
+            log.warning("worker %s is %s but beat (job %s attempt %s); told it to stop",
+                        beat.worker_id, state, beat.job_id, beat.attempt)
 
     async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_sweep = 0.0
         while not self.stopping.is_set():
             await pause(self.stopping, self.config.heartbeat_flush_s)
-            await self.flush()
+            if not self.nc.is_connected:
+                self._listening_since = loop.time() + self.config.heartbeat_interval_s
+            if not await self.flush() or loop.time() < next_sweep:
+                continue
+            next_sweep = loop.time() + self.config.supervisor_sweep_interval_s
+            heard_long_enough = (loop.time() - self._listening_since
+                                 >= self.config.silence_limit_s())
+            try:
+                await self.sweeper.sweep(heartbeats=heard_long_enough)
+            except (*_DB_ERRORS, NatsError, TimeoutError) as e:
+                log.warning("supervisor sweep failed (%s); retrying", e)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar
@@ -74,6 +74,10 @@ class Provider(ABC):
         """Every resource this provider made for ``scope`` (a provider_configs id), alive or
         ended; None when the provider cannot list its resources (nothing is reconciled)."""
         return None
+
+    def on_ended(self, callback: Callable[[UUID, int], None]) -> None:  # noqa: B027
+        """Have ``callback(worker_id, exit_code)`` called the moment a resource ends; a
+        provider that cannot tell at once (Docker: reconciliation finds it) never calls it."""
 
     async def close(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Stop watching resources when the service stops; never destroys any."""

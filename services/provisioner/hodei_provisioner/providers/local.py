@@ -68,6 +68,10 @@ class LocalProvider(Provider):
         self._grace_s = grace_s
         self._children: dict[int, _Child] = {}
         self._pidfds: dict[int, int] = {}
+        self._on_ended: Callable[[UUID, int], None] | None = None
+
+    def on_ended(self, callback: Callable[[UUID, int], None]) -> None:
+        self._on_ended = callback
 
     def children(self) -> dict[int, UUID]:
         """The agents spawned here that are still running (not yet reaped), pid -> worker."""
@@ -165,6 +169,8 @@ class LocalProvider(Provider):
         if not child.exited.done():
             child.exited.set_result(code)
         log.info("worker %s: agent (pid %d) exited with %d", child.worker_id, child.pid, code)
+        if self._on_ended is not None:
+            self._on_ended(child.worker_id, code)
 
     # --- stopping ------------------------------------------------------------------------
     async def _stop_child(self, child: _Child) -> None:
