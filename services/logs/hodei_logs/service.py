@@ -12,6 +12,7 @@ deleted by a sweep that one replica at a time runs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import ClassVar
@@ -42,11 +43,13 @@ TERMINAL = [subjects.JOB_SUCCEEDED, subjects.JOB_FAILED, subjects.JOB_CANCELLED,
 ARCHIVE_EVENTS = ConsumerSpec(
     stream=subjects.JOB_EVENTS_STREAM, durable=subjects.LOGS_ARCHIVE_CONSUMER,
     filter_subjects=TERMINAL,
-    ack_wait_s=300.0,  # a log of millions of lines takes a while to store
+    # Redelivered this long after a logs service died holding it. A log of millions of
+    # lines takes longer to store: the handler says "in progress" while it works.
     # Every event is another job's: archive a fetched batch's logs side by side.
     ordered_by=lambda msg: str(msg.metadata.sequence.stream),
 )
 ARCHIVE_BATCH = 8
+ARCHIVE_PROGRESS_S = 10.0  # well within the consumer's ack_wait
 SWEEP_BATCH = 100
 
 
@@ -102,6 +105,14 @@ class LogsService(HodeiService):
             return False
 
     async def _archive(self, msg: Msg) -> None:
+        """Archive the job's log, telling JetStream it is still being worked on meanwhile."""
+        keep_alive = asyncio.create_task(_in_progress(msg))
+        try:
+            await self._archive_log(msg)
+        finally:
+            keep_alive.cancel()
+
+    async def _archive_log(self, msg: Msg) -> None:
         """End the finished job's log if nobody did, then store it whole and record it
         (idempotent)."""
         job_id = decode(msg, JobEvent).job_id
@@ -161,6 +172,14 @@ class LogsService(HodeiService):
             log.info("deleted %d archived logs older than %gs", swept,
                      self.config.log_archive_max_age_s)
         return swept
+
+
+async def _in_progress(msg: Msg) -> None:
+    """Every ARCHIVE_PROGRESS_S, extend the message's ack deadline."""
+    while True:
+        await asyncio.sleep(ARCHIVE_PROGRESS_S)
+        with contextlib.suppress(NatsError, TimeoutError):
+            await msg.in_progress()
 
 
 def _has_notice(message: LogMessage) -> bool:
