@@ -94,17 +94,17 @@ class ReportHandler:
         if report.kind is StatusKind.FINISHED:
             return await self._finish(report)
         accepted = _progress(JobAccepted, report)
-        emits = [outbox.Emit(accepted, subjects.JOB_ACCEPTED, "job", report.job_id)]
         if report.kind is StatusKind.ACCEPTED:
             steps = [(outbox.FIRST_STEP, store.ACCEPT)]
+            emits = [outbox.Emit(accepted, subjects.JOB_ACCEPTED, "job", report.job_id)]
         else:
             # An agent that starts its job at once reports STARTED only: it says both.
             steps = [(outbox.FIRST_STEP, store.START), ("accepted", store.NEWLY_ACCEPTED),
                      *STARTED_SAGA]
-            emits[0] = outbox.Emit(accepted, subjects.JOB_ACCEPTED, "job", report.job_id,
-                                   after="accepted")
-            started = _progress(JobStarted, report)
-            emits.append(outbox.Emit(started, subjects.JOB_STARTED, "job", report.job_id))
+            emits = [outbox.Emit(accepted, subjects.JOB_ACCEPTED, "job", report.job_id,
+                                 after="accepted"),
+                     outbox.Emit(_progress(JobStarted, report), subjects.JOB_STARTED, "job",
+                                 report.job_id)]
         async with self._pool.acquire() as conn:
             rows = await outbox.transition(
                 conn, steps, [report.job_id, report.attempt, report.worker_id, report.at], emits)
