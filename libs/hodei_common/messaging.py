@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.errors import NoServersError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError
 
-from hodei_common import tracing
 from hodei_common.contracts import subjects
 from hodei_common.errors import UnavailableError
 from hodei_common.settings import Settings
@@ -124,24 +122,6 @@ async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerCon
     # The server's CONSUMER.CREATE creates, or updates the fields that may change, and is a
     # no-op when the config is the same: every replica can declare at start.
     await js.add_consumer(stream, config)
-
-
-async def stream_exists(js: JetStreamContext, name: str) -> bool:
-    try:
-        await js.stream_info(name)
-    except NotFoundError:
-        return False
-    return True
-
-
-def headers_for(
-    event_type: str, msg_id: str, extra: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """Headers of a published event: dedup id, type and the current trace context."""
-    headers = {subjects.HEADER_MSG_ID: msg_id, subjects.HEADER_EVENT_TYPE: event_type}
-    if extra:
-        headers.update(extra)
-    return tracing.inject(headers)
 
 
 async def wake_scheduler(nc: NATS) -> None:

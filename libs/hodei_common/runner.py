@@ -44,7 +44,6 @@ class HodeiService:
 
     name: ClassVar[str] = "service"
     description: ClassVar[str] = ""
-    uses_database: ClassVar[bool] = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -119,10 +118,9 @@ class HodeiService:
             await self._done.wait()
 
     async def _open(self) -> None:
-        if self.uses_database:
-            self._pool = await database.create_pool(self.settings)
-            async with self._pool.acquire() as conn:
-                await check_schema(conn)
+        self._pool = await database.create_pool(self.settings)
+        async with self._pool.acquire() as conn:
+            await check_schema(conn)
         self._nc = await messaging.connect(self.settings, name=subjects.service_name(self.name))
         self._js = self._nc.jetstream()
         await messaging.ensure_streams(

@@ -96,11 +96,6 @@ def continued_span(
         context.detach(token)
 
 
-def current_traceparent() -> str | None:
-    """The W3C traceparent of the current span, if any."""
-    return inject().get("traceparent")
-
-
 def correlation_id() -> str | None:
     """The current trace id (32 hex digits), so an audit row leads to its trace."""
     context = trace.get_current_span().get_span_context()
