@@ -129,7 +129,6 @@ SCHEDULER_STATUS_CONSUMER = "scheduler-status"
 SCHEDULER_CANCEL_CONSUMER = "scheduler-cancel"
 PROVISIONER_REQUESTS_CONSUMER = "provisioner-requests"
 PROVISIONER_RELEASE_CONSUMER = "provisioner-release"
-LOGS_END_CONSUMER = "logs-end-markers"  # retired: the archiver ends logs now (deleted at start)
 LOGS_ARCHIVE_CONSUMER = "logs-archive"
 
 # --- headers -----------------------------------------------------------------------------

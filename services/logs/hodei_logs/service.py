@@ -43,8 +43,9 @@ TERMINAL = [subjects.JOB_SUCCEEDED, subjects.JOB_FAILED, subjects.JOB_CANCELLED,
 ARCHIVE_EVENTS = ConsumerSpec(
     stream=subjects.JOB_EVENTS_STREAM, durable=subjects.LOGS_ARCHIVE_CONSUMER,
     filter_subjects=TERMINAL,
-    # Redelivered this long after a logs service died holding it. A log of millions of
-    # lines takes longer to store: the handler says "in progress" while it works.
+    # A logs service that dies holding an event leaves it for the consumer's ack_wait (the
+    # default 30 s); storing a log of millions of lines takes longer, so the handler says
+    # "in progress" every ARCHIVE_PROGRESS_S while it works.
     # Every event is another job's: archive a fetched batch's logs side by side.
     ordered_by=lambda msg: str(msg.metadata.sequence.stream),
 )
@@ -65,10 +66,6 @@ class LogsService(HodeiService):
 
     async def setup(self) -> None:
         await logarchive.ensure_bucket(self.js)
-        # Ending logs is now the archiver's first step: its old consumer goes.
-        with contextlib.suppress(NotFoundError):
-            await self.js.delete_consumer(subjects.JOB_EVENTS_STREAM,
-                                          subjects.LOGS_END_CONSUMER)
 
     def loops(self) -> list[Loop]:
         return [self._archives, self._sweep]
