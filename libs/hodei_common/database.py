@@ -27,6 +27,7 @@ LOCK_OUTBOX_RELAY = 2
 LOCK_DISPATCH = 3
 LOCK_RECONCILE = 4
 LOCK_LOG_SWEEP = 5
+LOCK_SUPERVISOR_SWEEP = 6
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -38,8 +39,10 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """Skip asyncpg's session reset (one more round trip per release).
 
     asyncpg still rolls back an open transaction and drops listeners on release; Hodei never
-    leaves other session state on a pooled connection: advisory locks are transaction-scoped,
-    LISTEN is removed by its owner, and no code sets session variables.
+    leaves other session state on a pooled connection: advisory locks on pooled connections
+    are transaction-scoped (:func:`locked_transaction`, :func:`exclusive`; only the migration
+    runner takes a session lock, on a connection of its own), LISTEN is removed by its owner,
+    and no code sets session variables.
     """
 
 
@@ -85,12 +88,42 @@ async def connect(settings: Settings, *, dsn: str | None = None) -> asyncpg.Conn
 async def locked_transaction(conn: Conn, key: int) -> AsyncIterator[None]:
     """A transaction that holds Hodei's advisory lock ``key`` until it ends, begun with the
     lock in one round trip (one simple query)."""
-    await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {int(key)})")
-    try:
+    async with _begun(conn, f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_CLASS}, {int(key)})"):
         yield
+
+
+@contextlib.asynccontextmanager
+async def exclusive(pool: asyncpg.Pool, key: int) -> AsyncIterator[bool]:
+    """Hold Hodei's advisory lock ``key`` for the block unless another session holds it;
+    yields whether this one does (a periodic pass then runs, else it skips its turn).
+
+    The lock is transaction-scoped, on a pooled connection that keeps a transaction open for
+    the block and does nothing else; the block's own statements use other connections. That
+    transaction has no transaction id, no row lock and no snapshot (the lock is taken by a
+    simple query, which leaves no portal open), so it holds back neither writers nor vacuum,
+    and a pass may take its time (a provider's slow HTTP calls). No unlock can be missed:
+    the lock goes with the transaction, which ends with the block, on any error or
+    cancellation (rolled back here, or by the pool on release), and when the connection or
+    the process dies.
+    """
+    async with pool.acquire() as conn, _begun(
+        conn, f"BEGIN; SELECT 1 WHERE pg_try_advisory_xact_lock({LOCK_CLASS}, {int(key)})"
+    ) as status:
+        yield status == "SELECT 1"  # a row only when the lock was free
+
+
+@contextlib.asynccontextmanager
+async def _begun(conn: Conn, begin: str) -> AsyncIterator[str]:
+    """A transaction begun by the simple query ``begin`` (``BEGIN; ...``, one round trip),
+    yielding its status; committed when the block ends, rolled back when it fails."""
+    try:
+        status = await conn.execute(begin)
+        yield status
     except BaseException:
-        # A broken connection is rolled back by the server, and by the pool on release.
-        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        # A broken connection's transaction ends with its session (the server's), and the
+        # pool terminates a connection it cannot reset.
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError,
+                                 asyncpg.InternalClientError, OSError):
             await conn.execute("ROLLBACK")
         raise
     await conn.execute("COMMIT")

@@ -28,7 +28,7 @@ from hodei_common.consumer import ConsumerSpec, consume, decode
 from hodei_common.contracts import subjects
 from hodei_common.contracts.jobs import JobEvent, JobState
 from hodei_common.contracts.logs import LogBatch, LogEnd, LogMessage, LogStream
-from hodei_common.database import LOCK_CLASS, LOCK_LOG_SWEEP
+from hodei_common.database import LOCK_LOG_SWEEP, exclusive
 from hodei_common.errors import RetryLater
 from hodei_common.logreader import read_log
 from hodei_common.runner import HodeiService, Loop
@@ -144,27 +144,28 @@ class LogsService(HodeiService):
         while not self.stopping.is_set():
             if self.config.log_archive_max_age_s > 0:
                 try:
-                    await self._sweep_once()
+                    await self.sweep_archives()
                 except (NatsError, OSError, TimeoutError) as e:
                     log.warning("archive sweep failed (%s); next one retries", e)
             await pause(self.stopping, self.config.log_archive_sweep_s)
 
-    async def _sweep_once(self) -> int:
+    async def sweep_archives(self) -> int | None:
+        """Delete the archives past their age; None when another replica is sweeping."""
         swept = 0
-        async with self.pool.acquire() as conn:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS,
-                                       LOCK_LOG_SWEEP):
-                return 0
-            try:
-                while jobs := await store.expired(conn, self.config.log_archive_max_age_s,
-                                                  SWEEP_BATCH):
-                    for job_id in jobs:
-                        await logarchive.delete(self.js, job_id)
+        async with exclusive(self.pool, LOCK_LOG_SWEEP) as mine:
+            if not mine:
+                return None
+            while True:
+                async with self.pool.acquire() as conn:
+                    jobs = await store.expired(conn, self.config.log_archive_max_age_s,
+                                               SWEEP_BATCH)
+                if not jobs:
+                    break
+                for job_id in jobs:
+                    await logarchive.delete(self.js, job_id)
+                async with self.pool.acquire() as conn:
                     await store.forget(conn, jobs)
-                    swept += len(jobs)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1, $2)", LOCK_CLASS,
-                                   LOCK_LOG_SWEEP)
+                swept += len(jobs)
         if swept:
             log.info("deleted %d archived logs older than %gs", swept,
                      self.config.log_archive_max_age_s)

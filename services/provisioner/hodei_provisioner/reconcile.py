@@ -13,7 +13,7 @@ Both directions, for every provider that can list its resources (Docker):
 A ``BUSY`` worker whose agent exited 0 is left to the normal path: the agent reported its
 job before exiting, and the scheduler retires the worker as it applies that report.
 ``TERMINATING`` workers are the release consumer's. One pass at a time runs across
-replicas (a session advisory lock), at start and then every interval.
+replicas (a transaction-scoped advisory lock), at start and then every interval.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from uuid import UUID
 
 from hodei_common.contracts.workers import WorkerState
-from hodei_common.database import LOCK_CLASS, LOCK_RECONCILE
+from hodei_common.database import LOCK_RECONCILE, exclusive
 from hodei_common.recovery import Fate
 from hodei_provisioner import store
 from hodei_provisioner.handlers import Deps
@@ -45,22 +45,19 @@ class Outcome:
 async def reconcile(deps: Deps) -> Outcome | None:
     """One pass over every provider that can list its resources; None if another replica
     is running one."""
-    async with deps.pool.acquire() as lock_conn:
-        if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS,
-                                        LOCK_RECONCILE):
+    # The lock's transaction stays open while providers are asked (slow HTTP calls): it
+    # holds nothing but the lock (see exclusive), and it cannot outlive the pass.
+    async with exclusive(deps.pool, LOCK_RECONCILE) as mine:
+        if not mine:
             return None
-        try:
-            outcome = Outcome()
-            async with deps.pool.acquire() as conn:
-                configs = await store.provider_scopes(conn)
-            for name, kind, scope in configs:
-                provider = deps.providers.get(kind)
-                if provider is not None:
-                    await _reconcile_provider(deps, provider, name, str(scope), outcome)
-            return outcome
-        finally:
-            await lock_conn.execute("SELECT pg_advisory_unlock($1, $2)", LOCK_CLASS,
-                                    LOCK_RECONCILE)
+        outcome = Outcome()
+        async with deps.pool.acquire() as conn:
+            configs = await store.provider_scopes(conn)
+        for name, kind, scope in configs:
+            provider = deps.providers.get(kind)
+            if provider is not None:
+                await _reconcile_provider(deps, provider, name, str(scope), outcome)
+        return outcome
 
 
 async def _reconcile_provider(
