@@ -1,7 +1,8 @@
 """The supervisor's sweeps: workers gone silent, assignments never taken, jobs past their
 timeout, workers that never registered, cancel orders not obeyed yet. Each lost worker goes
-through :class:`Recovery`, one conditional statement per worker, so replicas sweeping
-together (or a sweep racing the provisioner) settle each worker once."""
+through :class:`Recovery`, one conditional statement per worker, so a sweep racing the
+provisioner settles each worker once. Replicas take turns: a sweep runs only while it holds
+an advisory lock, so N supervisors make one sweep's queries and orders, not N."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from hodei_common import tracing
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import StatusKind
 from hodei_common.contracts.workers import WorkerHeartbeatMissed
+from hodei_common.database import LOCK_SUPERVISOR_SWEEP, exclusive
 from hodei_common.recovery import Fate, Recovery, send_cancel
 from hodei_supervisor import store
 from hodei_supervisor.config import SupervisorSettings
@@ -37,9 +39,16 @@ class Sweeper:
         self._nc = nc
         self._next_cancel_resend = 0.0
 
-    async def sweep(self, *, heartbeats: bool = True) -> int:
+    async def sweep(self, *, heartbeats: bool = True) -> int | None:
         """One pass; ``heartbeats`` False skips the silence check (the supervisor has not
-        been listening long enough to judge it). Returns how many workers were lost."""
+        been listening long enough to judge it). Returns how many workers were lost, or None
+        when another replica is sweeping."""
+        async with exclusive(self._pool, LOCK_SUPERVISOR_SWEEP) as mine:
+            if not mine:
+                return None
+            return await self._sweep(heartbeats)
+
+    async def _sweep(self, heartbeats: bool) -> int:
         s = self._settings
         with tracing.tracer().start_as_current_span("supervisor sweep"):
             async with self._pool.acquire() as conn:
