@@ -12,7 +12,7 @@ from hodei_cli.connection import call_api, cli_settings
 from hodei_cli.output import Output, OutputOption
 from hodei_cli.parsing import parse_cpus, parse_memory, parse_state
 from hodei_cli.services import SERVICES
-from hodei_common import database
+from hodei_common import database, platform_settings
 from hodei_common.contracts.api import UpdateProvider
 from hodei_common.contracts.workers import ProviderConfig, WorkerMode, WorkerState
 from hodei_common.errors import ValidationError
@@ -24,22 +24,30 @@ worker_app = typer.Typer(help="Look at workers.", no_args_is_help=True)
 provider_app = typer.Typer(help="Look at providers.", no_args_is_help=True)
 
 
-async def run_migrations(settings: Settings) -> tuple[list[str], int | None]:
-    """Apply pending migrations; return their labels and the resulting version."""
+async def run_migrations(
+    settings: Settings,
+) -> tuple[list[str], int | None, list[platform_settings.Change]]:
+    """Apply pending migrations, then record the platform settings the environment sets;
+    return the migrations' labels, the resulting version and the settings changed."""
     conn = await database.connect(settings)
     try:
         done = await migrate(conn)
-        return [m.label for m in done], await applied_version(conn)
+        changed = await platform_settings.record(conn, settings)
+        return [m.label for m in done], await applied_version(conn), changed
     finally:
         await conn.close()
 
 
 def migrate_command() -> None:
-    """Bring the database schema up to date (safe to run any number of times)."""
-    done, version = asyncio.run(run_migrations(cli_settings()))
+    """Bring the database schema up to date and record the platform settings the
+    environment sets (HODEI_HEARTBEAT_INTERVAL_S, HODEI_LOGS_MAX_AGE_S); safe to run any
+    number of times."""
+    done, version, changed = asyncio.run(run_migrations(cli_settings()))
     for label in done:
         typer.echo(f"applied {label}")
     typer.echo(f"schema is at version {version}")
+    for change in changed:
+        typer.echo(f"platform setting {platform_settings.describe(change)}")
 
 
 def service_command(

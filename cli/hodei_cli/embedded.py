@@ -26,6 +26,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 
 from hodei_cli.services import SERVICES
+from hodei_common import database, platform_settings
 from hodei_common.embedded import NatsServer, PostgresServer
 from hodei_common.errors import HodeiError
 from hodei_common.runner import HodeiService, run_until_signalled
@@ -72,7 +73,7 @@ def home_lock(home: Path) -> Iterator[IO[str]]:
         handle.close()
 
 
-async def _ensure_database(server: PostgresServer) -> None:
+async def _ensure_database(server: PostgresServer, settings: Settings) -> None:
     admin = await asyncpg.connect(server.url())
     try:
         exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE)
@@ -80,10 +81,14 @@ async def _ensure_database(server: PostgresServer) -> None:
             await admin.execute(f"CREATE DATABASE {DATABASE}")
     finally:
         await admin.close()
-    conn = await asyncpg.connect(server.url(DATABASE))
+    conn = await database.connect(settings, dsn=server.url(DATABASE))
     try:
         for applied in await migrate(conn):
             log.info("applied migration %s", applied.label)
+        # As `hodei migrate` does: the platform settings this environment sets become the
+        # platform's (and stay when a later start does not set them).
+        for change in await platform_settings.record(conn, settings):
+            log.info("platform setting %s", platform_settings.describe(change))
     finally:
         await conn.close()
 
@@ -131,7 +136,7 @@ async def serve(
         try:
             nats.start()
             postgres.start()
-            await _ensure_database(postgres)
+            await _ensure_database(postgres, settings)
             if docker:
                 await _enable_docker(postgres, worker_image)
             endpoints = Endpoints(nats.url, postgres.url(DATABASE))
@@ -223,7 +228,7 @@ async def retire_workers(endpoints: Endpoints, settings: Settings, within_s: flo
     """Before the platform stops, end every worker it runs, through the normal path: idle
     ones are retired (the provisioner destroys them), busy ones are told to stop (their
     agent cancels the job, reports it, and exits). Nothing is left running behind it."""
-    from hodei_common import database, messaging
+    from hodei_common import messaging
 
     base = settings.model_copy(update={"nats_url": endpoints.nats_url,
                                        "database_url": endpoints.database_url})

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.postgres
 TABLES = {
     "jobs", "workers", "worker_bootstrap_tokens", "provider_configs", "outbox_events",
     "domain_events", "job_log_files", "sagas", "saga_steps", "saga_step_history",
-    "schema_migrations",
+    "platform_settings", "schema_migrations",
 }
 
 

@@ -1,0 +1,68 @@
+"""Platform settings: stored once, recorded by `hodei migrate`, used by every service."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from hodei_common import platform_settings
+from hodei_common.errors import ConfigError
+from hodei_common.platform_settings import Change, PlatformSettings
+from hodei_common.settings import Settings, load_settings
+
+pytestmark = pytest.mark.postgres
+
+DEFAULTS = PlatformSettings(**{name: Settings.model_fields[name].default
+                               for name in platform_settings.NAMES})
+
+
+def unset(settings: Settings) -> dict[str, object]:
+    """``settings`` as keyword arguments, without the platform settings."""
+    return settings.model_dump(exclude=set(platform_settings.NAMES))
+
+
+async def stored(pool: asyncpg.Pool) -> PlatformSettings:
+    async with pool.acquire() as conn:
+        return await platform_settings.load(conn)
+
+
+async def test_a_migrated_platform_has_the_defaults_every_service_has(pool: asyncpg.Pool) -> None:
+    assert PlatformSettings(heartbeat_interval_s=1.0, logs_max_age_s=7 * 86400.0) == DEFAULTS
+    assert await stored(pool) == DEFAULTS
+
+
+async def test_migrate_records_only_what_its_environment_sets(
+    pool: asyncpg.Pool, settings: Settings,
+) -> None:
+    async with pool.acquire() as conn:
+        assert await platform_settings.record(conn, settings) == []
+        set_one = Settings(**unset(settings), logs_max_age_s=3600)
+        assert await platform_settings.record(conn, set_one) == [
+            Change("logs_max_age_s", 3600.0, 7 * 86400.0)]
+        assert await platform_settings.record(conn, set_one) == []
+        # A later run whose environment does not set it leaves it as recorded.
+        assert await platform_settings.record(conn, Settings(**unset(settings))) == []
+    assert await stored(pool) == PlatformSettings(heartbeat_interval_s=1.0, logs_max_age_s=3600)
+
+
+async def test_a_garbled_stored_setting_is_one_clear_line(pool: asyncpg.Pool) -> None:
+    await pool.execute("UPDATE platform_settings SET value = '\"soon\"' "
+                       "WHERE name = 'heartbeat_interval_s'")
+    with pytest.raises(ConfigError, match="HODEI_HEARTBEAT_INTERVAL_S"):
+        await stored(pool)
+
+
+async def test_hodei_migrate_records_the_values_its_environment_sets(
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hodei_cli.admin import run_migrations
+
+    monkeypatch.setenv("HODEI_DATABASE_URL", empty_database_url)
+    monkeypatch.setenv("HODEI_HEARTBEAT_INTERVAL_S", "0.5")
+    done, version, changed = await run_migrations(load_settings(Settings))
+    assert done
+    assert version is not None
+    assert [platform_settings.describe(c) for c in changed] == [
+        "HODEI_HEARTBEAT_INTERVAL_S = 0.5 (was 1)"]
+    monkeypatch.delenv("HODEI_HEARTBEAT_INTERVAL_S")
+    assert await run_migrations(load_settings(Settings)) == ([], version, [])
