@@ -18,13 +18,12 @@ from nats.js.errors import BadRequestError
 
 from hodei_common.contracts import subjects
 from hodei_common.errors import UnavailableError
-from hodei_common.settings import Settings
+from hodei_common.settings import LOGS_MAX_AGE_S, Settings
 
 log = logging.getLogger(__name__)
 
 DUPLICATE_WINDOW_S = 120.0
 DAY_S = 24 * 3600.0
-LOGS_MAX_AGE_S = 7 * DAY_S
 
 
 def _stream(name: str, subject_filters: list[str], max_age_s: float) -> StreamConfig:
@@ -41,8 +40,9 @@ def _stream(name: str, subject_filters: list[str], max_age_s: float) -> StreamCo
 def stream_configs(logs_max_age_s: float = LOGS_MAX_AGE_S) -> list[StreamConfig]:
     """The JetStream streams Hodei owns. Duplicate windows make outbox publishing exactly-once.
 
-    ``logs_max_age_s`` (``HODEI_LOGS_MAX_AGE_S``) is how long the LOGS stream keeps lines;
-    finished jobs' logs are read from their archive after that.
+    ``logs_max_age_s`` is how long the LOGS stream keeps lines: services pass the platform's
+    (:mod:`hodei_common.platform_settings`), so they all declare it alike. Finished jobs' logs
+    are read from their archive after that.
     """
     return [
         _stream(subjects.JOB_EVENTS_STREAM, [subjects.JOB_EVENTS_SUBJECTS], 30 * DAY_S),

@@ -22,10 +22,11 @@ from nats.js import JetStreamContext
 from nats.micro import add_service
 from nats.micro.service import Service as MicroService
 
-from hodei_common import database, messaging, tracing
+from hodei_common import database, messaging, platform_settings, tracing
 from hodei_common.contracts import subjects
 from hodei_common.errors import HodeiError
 from hodei_common.logconfig import configure_logging
+from hodei_common.platform_settings import PlatformSettings
 from hodei_common.settings import Settings, load_settings
 from hodei_migrations import check_schema
 
@@ -54,6 +55,7 @@ class HodeiService:
         self._js: JetStreamContext | None = None
         self._pool: asyncpg.Pool | None = None
         self._micro: MicroService | None = None
+        self._platform: PlatformSettings | None = None
         self.ready = asyncio.Event()
 
     # --- resources, valid once run() has started them ------------------------------------
@@ -71,6 +73,13 @@ class HodeiService:
     def pool(self) -> asyncpg.Pool:
         assert self._pool is not None, "service not started"
         return self._pool
+
+    @property
+    def platform(self) -> PlatformSettings:
+        """The settings every service shares, as stored in PostgreSQL; they win over this
+        service's own (:mod:`hodei_common.platform_settings`)."""
+        assert self._platform is not None, "service not started"
+        return self._platform
 
     @property
     def micro(self) -> MicroService:
@@ -121,10 +130,13 @@ class HodeiService:
         self._pool = await database.create_pool(self.settings)
         async with self._pool.acquire() as conn:
             await check_schema(conn)
+            self._platform = await platform_settings.load(conn)
+        if (ignored := platform_settings.ignored(self.settings, self._platform)) is not None:
+            log.warning("%s: %s", self.name, ignored)
         self._nc = await messaging.connect(self.settings, name=subjects.service_name(self.name))
         self._js = self._nc.jetstream()
         await messaging.ensure_streams(
-            self._js, messaging.stream_configs(self.settings.logs_max_age_s))
+            self._js, messaging.stream_configs(self.platform.logs_max_age_s))
         self._micro = await add_service(
             self._nc,
             name=subjects.service_name(self.name),

@@ -19,6 +19,7 @@ from hodei_common.errors import ConfigError
 DEV_FILE = "dev.json"
 DEFAULT_BACKOFF_BASE_S = 0.5
 DEFAULT_BACKOFF_MAX_S = 30.0
+LOGS_MAX_AGE_S = 7 * 24 * 3600.0
 S = TypeVar("S", bound=BaseSettings)
 
 
@@ -41,14 +42,17 @@ class Settings(BaseSettings):
     drain_grace_s: float = Field(default=10.0, gt=0)
     request_timeout_s: float = Field(default=5.0, gt=0)
     log_level: str = "INFO"
-    # How often agents beat (the provisioner tells them; the supervisor judges silence by it).
-    heartbeat_interval_s: float = Field(default=DEFAULT_HEARTBEAT_INTERVAL_S, gt=0)
     # A requeued job waits base * 2^(n-1) s after its n-th lost attempt, at most max.
     requeue_backoff_s: float = Field(default=DEFAULT_BACKOFF_BASE_S, ge=0)
     requeue_backoff_max_s: float = Field(default=DEFAULT_BACKOFF_MAX_S, ge=0)
-    # How long the LOGS stream keeps log lines (every service declares the stream: give them
-    # all the same value). Finished jobs' logs stay readable from their archive.
-    logs_max_age_s: float = Field(default=7 * 24 * 3600.0, ge=1)
+    # Platform settings (hodei_common.platform_settings): services agree on these by using the
+    # values stored in PostgreSQL, which `hodei migrate` records from its environment; a
+    # service whose own environment sets another value warns once and uses the stored one.
+    # How often agents beat (the provisioner tells them; the supervisor judges silence by it).
+    heartbeat_interval_s: float = Field(default=DEFAULT_HEARTBEAT_INTERVAL_S, gt=0)
+    # How long the LOGS stream keeps log lines. Finished jobs' logs stay readable from their
+    # archive.
+    logs_max_age_s: float = Field(default=LOGS_MAX_AGE_S, ge=1)
 
     @field_validator("home", mode="after")
     @classmethod

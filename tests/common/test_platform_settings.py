@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+
 import asyncpg
 import pytest
+from nats.js import JetStreamContext
 
 from hodei_common import platform_settings
+from hodei_common.contracts import subjects
 from hodei_common.errors import ConfigError
 from hodei_common.platform_settings import Change, PlatformSettings
 from hodei_common.settings import Settings, load_settings
+from hodei_common.testing.services import running
+from hodei_logs.config import LogsSettings
+from hodei_logs.service import LogsService
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.nats, pytest.mark.postgres]
 
 DEFAULTS = PlatformSettings(**{name: Settings.model_fields[name].default
                                for name in platform_settings.NAMES})
@@ -43,6 +50,32 @@ async def test_migrate_records_only_what_its_environment_sets(
         # A later run whose environment does not set it leaves it as recorded.
         assert await platform_settings.record(conn, Settings(**unset(settings))) == []
     assert await stored(pool) == PlatformSettings(heartbeat_interval_s=1.0, logs_max_age_s=3600)
+
+
+async def test_a_service_started_with_another_logs_max_age_leaves_the_stream_alone(
+    pool: asyncpg.Pool, js: JetStreamContext, settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    service = LogsService(LogsSettings(**unset(settings), logs_max_age_s=3600))
+    async with running([service]):
+        assert service.platform == DEFAULTS
+    info = await js.stream_info(subjects.LOGS_STREAM)
+    assert info.config.max_age == DEFAULTS.logs_max_age_s
+    said = [r.getMessage() for r in caplog.records if "HODEI_LOGS_MAX_AGE_S" in r.getMessage()]
+    assert said == ["logs: HODEI_LOGS_MAX_AGE_S=3600 (the platform's is 604800): not used; "
+                    "every service uses the platform's value, which `hodei migrate` records "
+                    "from its environment"]
+
+    # Recorded as the platform's (`hodei migrate`), it reaches the stream at the next start,
+    # with no word from a service that does not set it.
+    caplog.clear()
+    async with pool.acquire() as conn:
+        await platform_settings.record(conn, Settings(**unset(settings), logs_max_age_s=3600))
+    async with running([LogsService(LogsSettings(**unset(settings)))]):
+        pass
+    assert (await js.stream_info(subjects.LOGS_STREAM)).config.max_age == 3600
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 async def test_a_garbled_stored_setting_is_one_clear_line(pool: asyncpg.Pool) -> None:

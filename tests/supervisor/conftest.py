@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
 
+from hodei_common import platform_settings
 from hodei_common.client import ApiClient
 from hodei_common.runner import HodeiService
 from hodei_common.settings import Settings
@@ -31,8 +33,11 @@ def supervisor_settings(settings: Settings) -> SupervisorSettings:
 
 @pytest.fixture
 async def platform(
-    settings: Settings, supervisor_settings: SupervisorSettings
+    settings: Settings, supervisor_settings: SupervisorSettings, pool: asyncpg.Pool,
 ) -> AsyncIterator[list[HodeiService]]:
+    # The heartbeat interval is the platform's: recorded as `hodei migrate` does.
+    async with pool.acquire() as conn:
+        await platform_settings.record(conn, supervisor_settings)
     services = [*core_services(settings), SupervisorService(supervisor_settings)]
     async with running(services):
         yield services

@@ -51,8 +51,9 @@ async def replicas(
             pool = await database.create_pool(settings, initial_attempts=1)
             stack.push_async_callback(pool.close)
             recovery = WatchedRecovery(pool, nc)
-            found.append((Sweeper(pool, nc, recovery, SupervisorSettings(**settings.model_dump())),
-                          recovery))
+            sweeper = Sweeper(pool, nc, recovery, SupervisorSettings(**settings.model_dump()),
+                              heartbeat_interval_s=1.0)
+            found.append((sweeper, recovery))
         yield found
 
 

@@ -98,7 +98,7 @@ class ProvisionerService(HodeiService):
             pool=self.pool,
             providers=self.providers,
             token_ttl_s=self.config.provisioner_token_ttl_s,
-            heartbeat_interval_s=self.config.heartbeat_interval_s,
+            heartbeat_interval_s=self.platform.heartbeat_interval_s,
             agent_nats_url=self.config.agent_nats_url(),
             recovery=Recovery(self.pool, self.nc, actor=handlers.ACTOR,
                               backoff=Backoff.from_settings(self.config)),

@@ -54,7 +54,8 @@ class SupervisorService(HodeiService):
     async def setup(self) -> None:
         self.recovery = Recovery(self.pool, self.nc, actor=ACTOR,
                                  backoff=Backoff.from_settings(self.config))
-        self.sweeper = Sweeper(self.pool, self.nc, self.recovery, self.config)
+        self.sweeper = Sweeper(self.pool, self.nc, self.recovery, self.config,
+                               heartbeat_interval_s=self.platform.heartbeat_interval_s)
         self._listening_since = asyncio.get_running_loop().time()
         self._sub = await self.nc.subscribe(subjects.WORKER_HEARTBEATS,
                                             queue=HEARTBEAT_QUEUE_GROUP, cb=self._on_beat)
@@ -123,12 +124,12 @@ class SupervisorService(HodeiService):
         while not self.stopping.is_set():
             await pause(self.stopping, self.config.heartbeat_flush_s)
             if not self.nc.is_connected:
-                self._listening_since = loop.time() + self.config.heartbeat_interval_s
+                self._listening_since = loop.time() + self.platform.heartbeat_interval_s
             if not await self.flush() or loop.time() < next_sweep:
                 continue
             next_sweep = loop.time() + self.config.supervisor_sweep_interval_s
             heard_long_enough = (loop.time() - self._listening_since
-                                 >= self.config.silence_limit_s())
+                                 >= self.sweeper.silence_limit_s)
             try:
                 await self.sweeper.sweep(heartbeats=heard_long_enough)
             except (*_DB_ERRORS, NatsError, TimeoutError) as e:

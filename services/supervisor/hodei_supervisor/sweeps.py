@@ -32,10 +32,11 @@ class Sweeper:
     """One sweep finds and settles every lost or stuck worker and job it can see."""
 
     def __init__(self, pool: asyncpg.Pool, nc: NATS, recovery: Recovery,
-                 settings: SupervisorSettings) -> None:
+                 settings: SupervisorSettings, *, heartbeat_interval_s: float) -> None:
         self._pool = pool
         self._recovery = recovery
         self._settings = settings
+        self.silence_limit_s = settings.silence_limit_s(heartbeat_interval_s)
         self._nc = nc
         self._next_cancel_resend = 0.0
 
@@ -52,7 +53,7 @@ class Sweeper:
         s = self._settings
         with tracing.tracer().start_as_current_span("supervisor sweep"):
             async with self._pool.acquire() as conn:
-                silent = (await store.silent_workers(conn, s.silence_limit_s())
+                silent = (await store.silent_workers(conn, self.silence_limit_s)
                           if heartbeats else [])
                 unaccepted = await store.unaccepted_jobs(conn, s.supervisor_accept_timeout_s)
                 overdue = await store.overdue_jobs(conn, s.supervisor_timeout_grace_s)
