@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from datetime import UTC, datetime
 from uuid import uuid4
 
 import asyncpg
@@ -13,16 +12,15 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from hodei_common import outbox
 from hodei_common.contracts import subjects
-from hodei_common.contracts.workers import ProvisionRequested, WorkerState
+from hodei_common.contracts.workers import ProvisionRequested, WorkerMode, WorkerState
+from hodei_common.lifecycle import workers
 from hodei_common.testing import assert_eventually
 from hodei_provisioner import store, tokens
 from hodei_provisioner.config import ProvisionerSettings
 from hodei_provisioner.service import ProvisionerService
 from tests.provisioner.conftest import FAKE_AGENT, local_provider
 from tests.provisioner.helpers import (
-    INSERT_WORKER,
     environ_of,
     is_alive,
     published,
@@ -115,14 +113,12 @@ async def test_a_request_waits_while_an_earlier_attempt_holds_a_live_token(
     provisioner: ProvisionerService, pool: asyncpg.Pool, nc: NATS,
 ) -> None:
     worker_id = uuid4()
-    event = ProvisionRequested(event_id=uuid4(), occurred_at=datetime.now(UTC), actor="test",
-                               worker_id=worker_id, provider="local")
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(INSERT_WORKER, worker_id, "local", "ephemeral")
+        await workers.request(conn, workers.WorkerRef(worker_id, "local"),
+                              mode=WorkerMode.EPHEMERAL, cpus=None, memory_bytes=None,
+                              actor="test")
         # An attempt that died after issuing its token, its agent maybe still starting.
         await store.issue_token(conn, worker_id, tokens.digest("earlier-attempt"), 1.0)
-        await outbox.record(conn, subject=subjects.PROVISION_REQUESTED, event=event,
-                            aggregate_type="worker", aggregate_id=worker_id)
     await assert_eventually(lambda: resource_pid(pool, worker_id))
     earlier, new = await pool.fetch("""SELECT * FROM worker_bootstrap_tokens
                                        WHERE worker_id = $1 ORDER BY created_at""", worker_id)

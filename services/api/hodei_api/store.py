@@ -1,4 +1,4 @@
-"""SQL of the API service: reads and conditional writes of jobs, workers and providers."""
+"""SQL of the API service: what it reads of jobs, their events, workers and providers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.events import DomainEvent
 from hodei_common.contracts.jobs import Job, JobState
 from hodei_common.contracts.workers import ProviderConfig, Worker, WorkerState
@@ -32,19 +31,9 @@ _PROVIDER_COLUMNS = """
 """
 _EVENT_COLUMNS = """
     id, seq, event_type, aggregate_type, aggregate_id, correlation_id, actor, payload,
-    occurred_at
+    occurred_at, trace_id
 """
 
-# Inserts nothing when the provider is unknown or disabled, or the id or idempotency key is
-# taken; the caller then finds out which (the rare path) with further queries.
-INSERT_JOB = f"""
-INSERT INTO jobs (id, namespace, name, state, command, args, env, timeout_s, provider, priority,
-                  max_attempts, idempotency_key, cpus, memory_bytes)
-SELECT $1, $2, $3, 'QUEUED', $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13
-WHERE EXISTS (SELECT 1 FROM provider_configs WHERE name = $8 AND enabled)
-ON CONFLICT DO NOTHING
-RETURNING {_JOB_COLUMNS}
-"""
 _JOB_BY_KEY = f"""
 SELECT {_JOB_COLUMNS} FROM jobs WHERE namespace = $1 AND idempotency_key = $2
 """
@@ -56,19 +45,10 @@ WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR namespace = $2)
 ORDER BY created_at DESC, id
 LIMIT $3
 """
-_CANCEL_QUEUED = f"""
-UPDATE jobs SET state = 'CANCELLED', completed_at = now()
-WHERE id = $1 AND state = 'QUEUED'
-RETURNING {_JOB_COLUMNS}
-"""
-_REQUEST_CANCEL = f"""
-UPDATE jobs SET cancel_requested_at = now()
-WHERE id = $1 AND state IN ('ASSIGNED', 'RUNNING') AND cancel_requested_at IS NULL
-RETURNING {_JOB_COLUMNS}
-"""
+# The job's own events and its workers' (they carry the job as correlation id).
 _JOB_EVENTS = f"""
 SELECT {_EVENT_COLUMNS} FROM domain_events
-WHERE aggregate_type = 'job' AND aggregate_id = $1
+WHERE (aggregate_type = 'job' AND aggregate_id = $1) OR correlation_id = $1::text
 ORDER BY seq
 """
 _LIST_WORKERS = f"""
@@ -79,18 +59,6 @@ LIMIT $2
 """
 _PROVIDER = f"SELECT {_PROVIDER_COLUMNS} FROM provider_configs WHERE name = $1"
 _LIST_PROVIDERS = f"SELECT {_PROVIDER_COLUMNS} FROM provider_configs ORDER BY name"
-# Fields left NULL keep their value; settings keys set to NULL are removed.
-UPDATE_PROVIDER = f"""
-UPDATE provider_configs SET
-    enabled = coalesce($2, enabled),
-    worker_mode = coalesce($3, worker_mode),
-    max_workers = coalesce($4, max_workers),
-    min_idle = coalesce($5, min_idle),
-    image = coalesce($7, image),
-    settings = jsonb_strip_nulls(settings || $6::jsonb)
-WHERE name = $1 AND coalesce($5, min_idle) <= coalesce($4, max_workers)
-RETURNING {_PROVIDER_COLUMNS}
-"""
 _PROVIDER_NAMES = "SELECT name FROM provider_configs ORDER BY name"
 
 
@@ -101,15 +69,6 @@ def _to(struct: type[T], row: asyncpg.Record) -> T:
 
 def _maybe(struct: type[T], row: asyncpg.Record | None) -> T | None:
     return None if row is None else _to(struct, row)
-
-
-def insert_job_args(job_id: UUID, req: SubmitJob) -> tuple[object, ...]:
-    """The parameters of :data:`INSERT_JOB`."""
-    return (
-        job_id, req.namespace, req.name, req.command, req.args, req.env, req.timeout_s,
-        req.provider, req.priority, req.max_attempts, req.idempotency_key, req.cpus,
-        req.memory_bytes,
-    )
 
 
 def job_from_row(row: asyncpg.Record | None) -> Job | None:
@@ -140,18 +99,8 @@ async def list_jobs(
     return [_to(Job, row) for row in rows]
 
 
-async def cancel_queued(conn: Conn, job_id: UUID) -> Job | None:
-    """QUEUED -> CANCELLED; None when the job is not QUEUED."""
-    return _maybe(Job, await conn.fetchrow(_CANCEL_QUEUED, job_id))
-
-
-async def request_cancel(conn: Conn, job_id: UUID) -> Job | None:
-    """Mark an ASSIGNED/RUNNING job for cancellation; None when not applicable or done before."""
-    return _maybe(Job, await conn.fetchrow(_REQUEST_CANCEL, job_id))
-
-
 async def job_events(conn: Conn, job_id: UUID) -> list[DomainEvent]:
-    """A job's audit events, oldest first."""
+    """A job's audit events and its workers', oldest first."""
     rows = await conn.fetch(_JOB_EVENTS, job_id)
     return [_to(DomainEvent, row) for row in rows]
 

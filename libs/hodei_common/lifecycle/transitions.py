@@ -1,0 +1,216 @@
+"""The transition tables: every way a job or a worker changes, its fence and its events.
+
+A lifecycle function names its transition; the table gives the states its statement
+expects (``from_states``: the fence), the state it sets (``to_state``; None: the state
+stays, another column changes) and the events it records, each on its subject. The
+statements take those states as parameters, so the table is what they enforce. A transition
+that is not in its table does not exist: asking for it raises :class:`UnknownTransition`.
+
+``python -m hodei_common.lifecycle.transitions`` prints the tables as docs/architecture.md
+shows them (a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from hodei_common.contracts import subjects
+from hodei_common.contracts.events import Event
+from hodei_common.contracts.jobs import (
+    TERMINAL_JOB_STATES,
+    JobAccepted,
+    JobAssigned,
+    JobCancelled,
+    JobCancelRequested,
+    JobCreated,
+    JobFailed,
+    JobRequeued,
+    JobStarted,
+    JobState,
+    JobSucceeded,
+    JobTimedOut,
+    StaleReportRefused,
+)
+from hodei_common.contracts.workers import (
+    ProviderUpdated,
+    ProvisionFailed,
+    ProvisionRequested,
+    WorkerCreated,
+    WorkerFailed,
+    WorkerHeartbeatMissed,
+    WorkerReady,
+    WorkerRegistered,
+    WorkerState,
+    WorkerStopOrdered,
+    WorkerTerminated,
+    WorkerTerminating,
+)
+from hodei_common.errors import HodeiError
+
+
+class UnknownTransition(HodeiError):
+    """A transition that its aggregate's table does not have."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One way an aggregate changes: from any of ``from_states`` (none: the row is new) to
+    ``to_state`` (None: the state stays), recording ``events`` (type, subject) in order."""
+
+    aggregate: str
+    name: str
+    from_states: tuple[str, ...]
+    to_state: str | None
+    events: tuple[tuple[type[Event], str], ...] = ()
+    doc: str = ""
+
+    def subject(self, event: Event) -> str:
+        """The subject ``event`` is published on; an event this transition does not record
+        is refused."""
+        for kind, subject in self.events:
+            if type(event) is kind:
+                return subject
+        raise UnknownTransition(f"{self.aggregate} transition {self.name!r} does not record "
+                                f"{type(event).__name__}")
+
+    @property
+    def target(self) -> str:
+        """The state it sets; only for a transition that sets one."""
+        if self.to_state is None:
+            raise UnknownTransition(f"{self.aggregate} transition {self.name!r} keeps the state")
+        return self.to_state
+
+    @property
+    def fence(self) -> list[str]:
+        """The expected states, as the statements' ``:from_states`` parameter."""
+        return list(self.from_states)
+
+
+class TransitionTable:
+    """The transitions of one aggregate, by name."""
+
+    def __init__(self, aggregate: str, states: Iterable[str],
+                 transitions: Iterable[Transition]) -> None:
+        self.aggregate = aggregate
+        self.states = tuple(states)
+        self._by_name: dict[str, Transition] = {}
+        for t in transitions:
+            unknown = {*t.from_states, t.to_state} - {*self.states, None}
+            if t.aggregate != aggregate or t.name in self._by_name or unknown:
+                raise ValueError(f"bad {aggregate} transition {t.name!r}: {unknown or t}")
+            self._by_name[t.name] = t
+
+    def __getitem__(self, name: str) -> Transition:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise UnknownTransition(
+                f"{self.aggregate} has no transition {name!r} (it has: "
+                f"{', '.join(self._by_name)})") from None
+
+    def __iter__(self) -> Iterator[Transition]:
+        return iter(self._by_name.values())
+
+    def between(self, from_state: str | None, to_state: str) -> list[Transition]:
+        """The transitions that move a row from ``from_state`` (None: a new row) to
+        ``to_state``; raises when there is none."""
+        found = [t for t in self if t.to_state == to_state
+                 and (from_state in t.from_states if from_state else not t.from_states)]
+        if not found:
+            raise UnknownTransition(f"{self.aggregate} cannot go from {from_state or '(new)'} "
+                                    f"to {to_state}")
+        return found
+
+    def markdown(self) -> str:
+        """The table as docs/architecture.md shows it."""
+        lines = [f"| {self.aggregate} transition | from | to | events (subject) |",
+                 "|---|---|---|---|"]
+        for t in self:
+            events = ", ".join(f"`{kind.__name__}` (`{subject}`)" for kind, subject in t.events)
+            lines.append(f"| `{t.name}` | {' '.join(t.from_states) or '(new)'} | "
+                         f"{t.to_state or '(same)'} | {events or '-'} |")
+        return "\n".join(lines)
+
+
+def _job(name: str, from_states: Iterable[str], to_state: str | None,
+         *events: tuple[type[Event], str]) -> Transition:
+    return Transition("job", name, tuple(from_states), to_state, events)
+
+
+def _worker(name: str, from_states: Iterable[str], to_state: str | None,
+            *events: tuple[type[Event], str]) -> Transition:
+    return Transition("worker", name, tuple(from_states), to_state, events)
+
+
+_Q, _A, _R = JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING
+_HELD = (_A, _R)
+_TERMINAL = tuple(s for s in JobState if s in TERMINAL_JOB_STATES)
+
+JOBS = TransitionTable("job", JobState, [
+    _job("submit", (), _Q, (JobCreated, subjects.JOB_CREATED)),
+    _job("cancel_queued", (_Q,), JobState.CANCELLED, (JobCancelled, subjects.JOB_CANCELLED)),
+    _job("request_cancel", _HELD, None, (JobCancelRequested, subjects.JOB_CANCEL_REQUESTED)),
+    _job("assign", (_Q,), _A, (JobAssigned, subjects.JOB_ASSIGNED)),
+    _job("accept", (_A,), None, (JobAccepted, subjects.JOB_ACCEPTED)),
+    _job("start", (_A,), _R, (JobAccepted, subjects.JOB_ACCEPTED),
+         (JobStarted, subjects.JOB_STARTED)),
+    _job("succeed", _HELD, JobState.SUCCEEDED, (JobAccepted, subjects.JOB_ACCEPTED),
+         (JobStarted, subjects.JOB_STARTED), (JobSucceeded, subjects.JOB_SUCCEEDED)),
+    _job("fail", _HELD, JobState.FAILED, (JobAccepted, subjects.JOB_ACCEPTED),
+         (JobStarted, subjects.JOB_STARTED), (JobFailed, subjects.JOB_FAILED)),
+    _job("time_out", _HELD, JobState.TIMED_OUT, (JobAccepted, subjects.JOB_ACCEPTED),
+         (JobStarted, subjects.JOB_STARTED), (JobTimedOut, subjects.JOB_TIMED_OUT)),
+    _job("cancel", _HELD, JobState.CANCELLED, (JobAccepted, subjects.JOB_ACCEPTED),
+         (JobStarted, subjects.JOB_STARTED), (JobCancelled, subjects.JOB_CANCELLED)),
+    _job("requeue", _HELD, _Q, (JobRequeued, subjects.JOB_REQUEUED)),
+    _job("refuse_stale_report", tuple(JobState), None,
+         (StaleReportRefused, subjects.JOB_STALE_REPORT)),
+    _job("mark_log_truncated", _TERMINAL, None),
+])
+# How a worker lost while holding a job settles it (a cancel asked for wins).
+JOB_FATES = ("requeue", "fail", "time_out", "cancel")
+
+_C, _RD, _B = WorkerState.CREATING, WorkerState.READY, WorkerState.BUSY
+_LIVE = (_C, _RD, _B)
+_GONE = (WorkerState.FAILED, WorkerState.TERMINATED)
+
+WORKERS = TransitionTable("worker", WorkerState, [
+    _worker("request", (), _C, (ProvisionRequested, subjects.PROVISION_REQUESTED)),
+    _worker("begin_create", (_C,), None),
+    _worker("record_resource", _LIVE, None, (WorkerCreated, subjects.WORKER_CREATED)),
+    _worker("fail_create", (_C,), WorkerState.FAILED,
+            (ProvisionFailed, subjects.PROVISION_FAILED)),
+    _worker("register", (_C,), _RD, (WorkerRegistered, subjects.WORKER_REGISTERED),
+            (WorkerReady, subjects.WORKER_READY)),
+    _worker("occupy", (_RD,), _B),
+    _worker("free", (_B,), _RD, (WorkerReady, subjects.WORKER_READY)),
+    _worker("retire", (_B,), WorkerState.TERMINATING,
+            (WorkerTerminating, subjects.WORKER_TERMINATING)),
+    _worker("retire_idle", (_RD,), WorkerState.TERMINATING,
+            (WorkerTerminating, subjects.WORKER_TERMINATING)),
+    _worker("wind_down", (_C, _RD), WorkerState.TERMINATING,
+            (WorkerTerminating, subjects.WORKER_TERMINATING)),
+    _worker("terminate", (WorkerState.TERMINATING,), WorkerState.TERMINATED,
+            (WorkerTerminated, subjects.WORKER_TERMINATED)),
+    _worker("lose", _LIVE, WorkerState.FAILED,
+            (WorkerHeartbeatMissed, subjects.WORKER_HEARTBEAT_MISSED),
+            (WorkerFailed, subjects.WORKER_FAILED)),
+    _worker("release_failed", (WorkerState.FAILED,), None),
+    _worker("beat", tuple(WorkerState), None),
+    _worker("order_stop", _GONE, None, (WorkerStopOrdered, subjects.WORKER_STOP_ORDERED)),
+])
+
+# A provider's configuration has no states: it changes, and says so.
+PROVIDERS = TransitionTable("provider", (), [
+    Transition("provider", "update", (), None, ((ProviderUpdated, subjects.PROVIDER_UPDATED),)),
+])
+
+
+def markdown() -> str:
+    """Both tables, as docs/architecture.md shows them."""
+    return f"{JOBS.markdown()}\n\n{WORKERS.markdown()}\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")
