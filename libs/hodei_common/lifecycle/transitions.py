@@ -56,7 +56,8 @@ class UnknownTransition(HodeiError):
 @dataclass(frozen=True)
 class Transition:
     """One way an aggregate changes: from any of ``from_states`` (none: the row is new) to
-    ``to_state`` (None: the state stays), recording ``events`` (type, subject) in order."""
+    ``to_state`` (None: the state stays), recording ``events`` (type, subject) in order;
+    ``doc`` says who makes it and what else it changes."""
 
     aggregate: str
     name: str
@@ -124,49 +125,61 @@ class TransitionTable:
 
     def markdown(self) -> str:
         """The table as docs/architecture.md shows it."""
-        lines = [f"| {self.aggregate} transition | from | to | events (subject) |",
-                 "|---|---|---|---|"]
+        lines = [f"| {self.aggregate} transition | from | to | by, and what else changes | "
+                 "events (subject) |", "|---|---|---|---|---|"]
         for t in self:
             events = ", ".join(f"`{kind.__name__}` (`{subject}`)" for kind, subject in t.events)
             lines.append(f"| `{t.name}` | {' '.join(t.from_states) or '(new)'} | "
-                         f"{t.to_state or '(same)'} | {events or '-'} |")
+                         f"{t.to_state or '(same)'} | {t.doc} | {events or '-'} |")
         return "\n".join(lines)
 
 
 def _job(name: str, from_states: Iterable[str], to_state: str | None,
-         *events: tuple[type[Event], str]) -> Transition:
-    return Transition("job", name, tuple(from_states), to_state, events)
+         *events: tuple[type[Event], str], doc: str) -> Transition:
+    return Transition("job", name, tuple(from_states), to_state, events, doc)
 
 
 def _worker(name: str, from_states: Iterable[str], to_state: str | None,
-            *events: tuple[type[Event], str]) -> Transition:
-    return Transition("worker", name, tuple(from_states), to_state, events)
+            *events: tuple[type[Event], str], doc: str) -> Transition:
+    return Transition("worker", name, tuple(from_states), to_state, events, doc)
 
 
 _Q, _A, _R = JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING
 _HELD = (_A, _R)
 _TERMINAL = tuple(s for s in JobState if s in TERMINAL_JOB_STATES)
 
+_ENDED = (JobAccepted, subjects.JOB_ACCEPTED), (JobStarted, subjects.JOB_STARTED)
+
 JOBS = TransitionTable("job", JobState, [
-    _job("submit", (), _Q, (JobCreated, subjects.JOB_CREATED)),
-    _job("cancel_queued", (_Q,), JobState.CANCELLED, (JobCancelled, subjects.JOB_CANCELLED)),
-    _job("request_cancel", _HELD, None, (JobCancelRequested, subjects.JOB_CANCEL_REQUESTED)),
-    _job("assign", (_Q,), _A, (JobAssigned, subjects.JOB_ASSIGNED)),
-    _job("accept", (_A,), None, (JobAccepted, subjects.JOB_ACCEPTED)),
+    _job("submit", (), _Q, (JobCreated, subjects.JOB_CREATED), doc="api"),
+    _job("cancel_queued", (_Q,), JobState.CANCELLED, (JobCancelled, subjects.JOB_CANCELLED),
+         doc="api: cancel of a queued job"),
+    _job("request_cancel", _HELD, None, (JobCancelRequested, subjects.JOB_CANCEL_REQUESTED),
+         doc="api: cancel of a held job; `cancel_requested_at`"),
+    _job("assign", (_Q,), _A, (JobAssigned, subjects.JOB_ASSIGNED),
+         doc="dispatch pass, a batch; `worker_id`; with worker `occupy`; opens the execution "
+             "saga"),
+    _job("accept", (_A,), None, (JobAccepted, subjects.JOB_ACCEPTED),
+         doc="`accepted` report; `accepted_at`"),
     _job("start", (_A,), _R, (JobAccepted, subjects.JOB_ACCEPTED),
-         (JobStarted, subjects.JOB_STARTED)),
-    _job("succeed", _HELD, JobState.SUCCEEDED, (JobAccepted, subjects.JOB_ACCEPTED),
-         (JobStarted, subjects.JOB_STARTED), (JobSucceeded, subjects.JOB_SUCCEEDED)),
-    _job("fail", _HELD, JobState.FAILED, (JobAccepted, subjects.JOB_ACCEPTED),
-         (JobStarted, subjects.JOB_STARTED), (JobFailed, subjects.JOB_FAILED)),
-    _job("time_out", _HELD, JobState.TIMED_OUT, (JobAccepted, subjects.JOB_ACCEPTED),
-         (JobStarted, subjects.JOB_STARTED), (JobTimedOut, subjects.JOB_TIMED_OUT)),
-    _job("cancel", _HELD, JobState.CANCELLED, (JobAccepted, subjects.JOB_ACCEPTED),
-         (JobStarted, subjects.JOB_STARTED), (JobCancelled, subjects.JOB_CANCELLED)),
-    _job("requeue", _HELD, _Q, (JobRequeued, subjects.JOB_REQUEUED)),
+         (JobStarted, subjects.JOB_STARTED),
+         doc="`started` report (accepted too, when that was not said)"),
+    _job("succeed", _HELD, JobState.SUCCEEDED, *_ENDED,
+         (JobSucceeded, subjects.JOB_SUCCEEDED),
+         doc="`finished` report; with worker `free` or `retire`"),
+    _job("fail", _HELD, JobState.FAILED, *_ENDED, (JobFailed, subjects.JOB_FAILED),
+         doc="`finished` report, or its worker lost (attempts used up, OOM)"),
+    _job("time_out", _HELD, JobState.TIMED_OUT, *_ENDED, (JobTimedOut, subjects.JOB_TIMED_OUT),
+         doc="`finished` report, or its worker lost past the job's timeout"),
+    _job("cancel", _HELD, JobState.CANCELLED, *_ENDED, (JobCancelled, subjects.JOB_CANCELLED),
+         doc="`finished` report, or its worker lost with a cancel asked for"),
+    _job("requeue", _HELD, _Q, (JobRequeued, subjects.JOB_REQUEUED),
+         doc="its worker lost, attempts left: `attempt + 1`, `not_before`"),
     _job("refuse_stale_report", tuple(JobState), None,
-         (StaleReportRefused, subjects.JOB_STALE_REPORT)),
-    _job("mark_log_truncated", _TERMINAL, None),
+         (StaleReportRefused, subjects.JOB_STALE_REPORT),
+         doc="scheduler: a report of an attempt the job moved past (once)"),
+    _job("mark_log_truncated", _TERMINAL, None,
+         doc="logs service, with the archive row: `log_truncated`"),
 ])
 # How a worker lost while holding a job settles it (a cancel asked for wins).
 JOB_FATES = ("requeue", "fail", "time_out", "cancel")
@@ -176,34 +189,46 @@ _LIVE = (_C, _RD, _B)
 _GONE = (WorkerState.FAILED, WorkerState.TERMINATED)
 
 WORKERS = TransitionTable("worker", WorkerState, [
-    _worker("request", (), _C, (ProvisionRequested, subjects.PROVISION_REQUESTED)),
-    _worker("begin_create", (_C,), None),
-    _worker("record_resource", _LIVE, None, (WorkerCreated, subjects.WORKER_CREATED)),
+    _worker("request", (), _C, (ProvisionRequested, subjects.PROVISION_REQUESTED),
+            doc="dispatch pass; opens the provisioning saga"),
+    _worker("begin_create", (_C,), None, doc="provisioner, before `provider.create`"),
+    _worker("record_resource", _LIVE, None, (WorkerCreated, subjects.WORKER_CREATED),
+            doc="provisioner: `provider_resource_id`"),
     _worker("fail_create", (_C,), WorkerState.FAILED,
-            (ProvisionFailed, subjects.PROVISION_FAILED)),
+            (ProvisionFailed, subjects.PROVISION_FAILED), doc="provisioner: create failed"),
     _worker("register", (_C,), _RD, (WorkerRegistered, subjects.WORKER_REGISTERED),
-            (WorkerReady, subjects.WORKER_READY)),
-    _worker("occupy", (_RD,), _B),
-    _worker("free", (_B,), _RD, (WorkerReady, subjects.WORKER_READY)),
+            (WorkerReady, subjects.WORKER_READY),
+            doc="provisioner: the agent's token spent (same transaction)"),
+    _worker("occupy", (_RD,), _B, doc="with job `assign`: `current_job_id`"),
+    _worker("free", (_B,), _RD, (WorkerReady, subjects.WORKER_READY),
+            doc="with the job's end: reusable, jobs left, agent stays"),
     _worker("retire", (_B,), WorkerState.TERMINATING,
-            (WorkerTerminating, subjects.WORKER_TERMINATING)),
+            (WorkerTerminating, subjects.WORKER_TERMINATING),
+            doc="with the job's end: ephemeral, used up, leaving, or its job cancelled"),
     _worker("retire_idle", (_RD,), WorkerState.TERMINATING,
-            (WorkerTerminating, subjects.WORKER_TERMINATING)),
+            (WorkerTerminating, subjects.WORKER_TERMINATING),
+            doc="dispatch pass: idle past `idle_ttl_s`"),
     _worker("wind_down", (_C, _RD), WorkerState.TERMINATING,
-            (WorkerTerminating, subjects.WORKER_TERMINATING)),
+            (WorkerTerminating, subjects.WORKER_TERMINATING), doc="`hodei dev up` stopping"),
     _worker("terminate", (WorkerState.TERMINATING,), WorkerState.TERMINATED,
-            (WorkerTerminated, subjects.WORKER_TERMINATED)),
+            (WorkerTerminated, subjects.WORKER_TERMINATED),
+            doc="provisioner, its resource destroyed"),
     _worker("lose", _LIVE, WorkerState.FAILED,
             (WorkerHeartbeatMissed, subjects.WORKER_HEARTBEAT_MISSED),
-            (WorkerFailed, subjects.WORKER_FAILED)),
-    _worker("release_failed", (WorkerState.FAILED,), None),
-    _worker("beat", tuple(WorkerState), None),
-    _worker("order_stop", _GONE, None, (WorkerStopOrdered, subjects.WORKER_STOP_ORDERED)),
+            (WorkerFailed, subjects.WORKER_FAILED),
+            doc="supervisor or provisioner (`Recovery.lose`); settles its job: `requeue`, "
+                "`cancel`, `fail` or `time_out`; opens the recovery saga"),
+    _worker("release_failed", (WorkerState.FAILED,), None,
+            doc="provisioner, its resource destroyed: `terminated_at`"),
+    _worker("beat", tuple(WorkerState), None, doc="supervisor, a batch: `last_heartbeat`"),
+    _worker("order_stop", _GONE, None, (WorkerStopOrdered, subjects.WORKER_STOP_ORDERED),
+            doc="supervisor: it beat again; `stop_ordered_at`, once"),
 ])
 
 # A provider's configuration has no states: it changes, and says so.
 PROVIDERS = TransitionTable("provider", (), [
-    Transition("provider", "update", (), None, ((ProviderUpdated, subjects.PROVIDER_UPDATED),)),
+    Transition("provider", "update", (), None, ((ProviderUpdated, subjects.PROVIDER_UPDATED),),
+               "api: `hodei provider set`"),
 ])
 
 
