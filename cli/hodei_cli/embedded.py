@@ -125,8 +125,11 @@ async def serve(
     services start.
     """
     home = settings.home
-    nats = NatsServer(home / "nats")
-    postgres = PostgresServer(home / "postgres", durable=True)
+    # In sessions of their own: Ctrl-C signals the terminal's whole process group, and the
+    # servers must outlive the services' drain (stopped below, last). They still die with us
+    # should we be killed outright.
+    nats = NatsServer(home / "nats", die_with_parent=True)
+    postgres = PostgresServer(home / "postgres", durable=True, die_with_parent=True)
     with home_lock(home):
         try:
             nats.start()
