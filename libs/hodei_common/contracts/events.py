@@ -15,7 +15,6 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
 
     event_id: UUID
     occurred_at: datetime
-    trace_id: str | None = None
     correlation_id: str | None = None
     actor: str = "system"
 
