@@ -13,18 +13,10 @@ from hodei_common.contracts.agent import Outcome, StatusKind
 from hodei_common.contracts.workers import WorkerMode
 from hodei_common.embedded import NatsServer
 from hodei_common.testing import assert_eventually
+from hodei_common.testing.processes import running
 from tests.agent.harness import AgentProcess, Platform
 
 pytestmark = pytest.mark.nats
-
-
-def running(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def start_job(platform: Platform, agent: AgentProcess, pid_file: Path) -> int:

@@ -13,17 +13,9 @@ import pytest
 
 from hodei_common.embedded import NatsServer
 from hodei_common.testing import assert_eventually
+from hodei_common.testing.processes import running
 
 pytestmark = pytest.mark.nats
-
-
-def running(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_a_server_runs_in_a_session_of_its_own(nats_server: NatsServer) -> None:

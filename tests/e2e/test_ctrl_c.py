@@ -18,7 +18,7 @@ import docker
 import pytest
 
 from hodei_common.testing import assert_eventually
-from hodei_common.testing.processes import agent_processes
+from hodei_common.testing.processes import agent_processes, running
 from hodei_provisioner.providers.docker import LABEL_MANAGED, LABEL_PROVIDER_ID
 from tests.cli.conftest import HODEI, run_cli
 from tests.e2e.test_embedded_platform import children_of
@@ -67,15 +67,6 @@ class TerminalSession:
         result = await run_cli(self.env, *args, "-o", "json")
         assert result.code == 0, result.stderr
         return json.loads(result.stdout)
-
-
-def running(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def ctrl_c_while_jobs_run(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -18,7 +17,9 @@ from hodei_common.contracts import subjects
 from hodei_common.contracts.api import ErrorReply
 from hodei_common.contracts.workers import WorkerMode
 from hodei_common.lifecycle import workers
+from hodei_common.testing.processes import running
 
+is_alive = running  # a zombie counts as dead
 TABLES = ("workers", "worker_bootstrap_tokens", "outbox_events", "domain_events")
 
 
@@ -100,16 +101,6 @@ def environ_of(pid: int) -> dict[str, str]:
     """A live process's environment, from /proc."""
     raw = Path(f"/proc/{pid}/environ").read_bytes()
     return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
-
-
-def is_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie counts as dead)."""
-    try:
-        os.kill(pid, 0)
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (ProcessLookupError, FileNotFoundError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def log_text(workers_dir: Path, worker_id: UUID) -> str:

@@ -181,8 +181,6 @@ JOBS = TransitionTable("job", JobState, [
     _job("mark_log_truncated", _TERMINAL, None,
          doc="logs service, with the archive row: `log_truncated`"),
 ])
-# How a worker lost while holding a job settles it (a cancel asked for wins).
-JOB_FATES = ("requeue", "fail", "time_out", "cancel")
 
 _C, _RD, _B = WorkerState.CREATING, WorkerState.READY, WorkerState.BUSY
 _LIVE = (_C, _RD, _B)

@@ -179,7 +179,6 @@ class HeldJob:
     attempt: int
     max_attempts: int
     cancel_requested: bool
-    accepted: bool
 
 
 @dataclass(frozen=True)
@@ -195,23 +194,16 @@ class LiveWorker:
         return self.ref.id
 
 
-_LIVE_WORKER = """
-SELECT w.id, w.provider, w.state, w.for_job_id, j.id AS job_id, j.attempt, j.max_attempts,
-       j.cancel_requested_at IS NOT NULL AS cancel_requested, j.accepted_at IS NOT NULL AS accepted
-FROM workers w
-LEFT JOIN jobs j ON j.worker_id = w.id AND j.state IN ('ASSIGNED', 'RUNNING')
-WHERE w.id = $1 AND w.state = ANY($2::text[])
-"""
-
-
 async def live_worker(conn: Conn, worker_id: UUID) -> LiveWorker | None:
     """The worker and the job it holds; None when it is not live."""
-    row = await conn.fetchrow(_LIVE_WORKER, worker_id, WORKERS["lose"].fence)
+    row = await SQL["live_worker"].fetchrow(conn, worker_id=worker_id,
+                                            live_states=WORKERS["lose"].fence,
+                                            held_states=JOBS["requeue"].fence)
     if row is None:
         return None
     job = None if row["job_id"] is None else HeldJob(
         id=row["job_id"], attempt=row["attempt"], max_attempts=row["max_attempts"],
-        cancel_requested=row["cancel_requested"], accepted=row["accepted"])
+        cancel_requested=row["cancel_requested"])
     ref = WorkerRef(row["id"], row["provider"], job.id if job else row["for_job_id"])
     return LiveWorker(ref=ref, state=WorkerState(row["state"]), job=job)
 
