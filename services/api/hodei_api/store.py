@@ -58,6 +58,7 @@ ORDER BY created_at DESC, id
 LIMIT $2
 """
 _PROVIDER = f"SELECT {_PROVIDER_COLUMNS} FROM provider_configs WHERE name = $1"
+_LOCK_PROVIDER = _PROVIDER + " FOR UPDATE"
 _LIST_PROVIDERS = f"SELECT {_PROVIDER_COLUMNS} FROM provider_configs ORDER BY name"
 _PROVIDER_NAMES = "SELECT name FROM provider_configs ORDER BY name"
 
@@ -114,6 +115,11 @@ async def list_workers(conn: Conn, *, state: WorkerState | None, limit: int) -> 
 async def get_provider(conn: Conn, name: str) -> ProviderConfig | None:
     """One provider configuration by name."""
     return _maybe(ProviderConfig, await conn.fetchrow(_PROVIDER, name))
+
+
+async def lock_provider(conn: Conn, name: str) -> ProviderConfig | None:
+    """One provider configuration by name, row-locked until the caller's transaction ends."""
+    return _maybe(ProviderConfig, await conn.fetchrow(_LOCK_PROVIDER, name))
 
 
 def provider_from_row(row: asyncpg.Record | None) -> ProviderConfig | None:
