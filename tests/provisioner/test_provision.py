@@ -157,6 +157,44 @@ async def test_a_disabled_provider_fails_the_worker(
     assert local_provider(provisioner).children() == {}
 
 
+@pytest.mark.parametrize(
+    ("document", "error"),
+    [
+        ({"max_jobs": "three"}, "provider 'local' has invalid settings: max_jobs must be a "
+                                'whole number of jobs, at least 1 (got "three")'),
+        ({"idle_ttl_s": -1, "cpus": 1}, "provider 'local' has invalid settings: idle_ttl_s "
+                                        "must be a number of seconds above 0, at most 365 "
+                                        "days (got -1)"),
+    ],
+)
+async def test_a_provider_whose_stored_settings_are_invalid_fails_the_worker(
+    provisioner: ProvisionerService, pool: asyncpg.Pool, js: JetStreamContext,
+    document: dict[str, object], error: str,
+) -> None:
+    # Written past the API, which refuses such a document.
+    await pool.execute("UPDATE provider_configs SET settings = $1 WHERE name = 'local'",
+                       document)
+    worker_id = await request_worker(pool)
+    await assert_eventually(
+        lambda: published(js, worker_id, subjects.PROVISION_FAILED))
+    row = await worker(pool, worker_id)
+    assert (row["state"], row["error"]) == (WorkerState.FAILED, error)
+    assert local_provider(provisioner).children() == {}
+    assert await pool.fetchval("SELECT count(*) FROM worker_bootstrap_tokens") == 0
+
+
+@pytest.mark.parametrize("agent_command", [NO_REGISTER])
+async def test_a_stored_setting_another_kind_has_does_not_keep_a_worker_from_starting(
+    provisioner: ProvisionerService, pool: asyncpg.Pool,
+) -> None:
+    # What an older API let an operator store: Docker's network mode on a local provider.
+    await pool.execute("""UPDATE provider_configs SET settings = '{"network_mode": "host"}'
+                          WHERE name = 'local'""")
+    worker_id = await request_worker(pool)
+    await assert_eventually(lambda: resource_pid(pool, worker_id))
+    assert (await worker(pool, worker_id))["state"] == WorkerState.CREATING
+
+
 @pytest.mark.parametrize("agent_command", [["/nonexistent/hodei-agent"]])
 async def test_an_agent_that_cannot_start_fails_the_worker(
     provisioner: ProvisionerService, pool: asyncpg.Pool, js: JetStreamContext,

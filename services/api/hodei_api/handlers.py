@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -36,6 +37,13 @@ from hodei_common.contracts.jobs import (
     Job,
     JobState,
 )
+from hodei_common.contracts.providers import (
+    dump_settings,
+    setting_names,
+    settings_type,
+    validate_settings,
+)
+from hodei_common.contracts.workers import ProviderConfig
 from hodei_common.database import Conn
 from hodei_common.errors import NotFoundError, PreconditionError, ValidationError
 from hodei_common.lifecycle import jobs, providers
@@ -43,8 +51,6 @@ from hodei_common.lifecycle import jobs, providers
 ACTOR = "api"
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _QUOTE_LIMIT = 60
-# UpdateProvider fields kept in provider_configs.settings rather than in columns.
-_PROVIDER_SETTINGS = ("max_jobs", "idle_ttl_s", "cpus", "memory_bytes", "network_mode")
 # msgspec names the field but not the unit; these constraint failures get a plainer line.
 _CONSTRAINT_HINTS = {
     "$.timeout_s": "timeout_s must be a positive number of seconds, at most "
@@ -196,22 +202,17 @@ async def list_providers(pool: asyncpg.Pool, req: ListProviders) -> ProviderList
 
 
 async def update_provider(pool: asyncpg.Pool, req: UpdateProvider) -> ProviderReply:
-    """Change a provider's configuration (mode, pool sizes, limits, enabled)."""
-    changes: dict[str, object] = {
+    """Change a provider's configuration (enabled, mode, pool sizes, image, settings)."""
+    columns: dict[str, object] = {
         key: value for key, value in msgspec.structs.asdict(req).items()
-        if key != "name" and value is not None
+        if key not in ("name", "settings") and value is not None
     }
-    if not changes:
+    if not columns and not req.settings:
         raise ValidationError("nothing to change: give at least one setting")
-    if req.memory_bytes and req.memory_bytes < MIN_MEMORY_BYTES:
-        raise ValidationError(f"memory_bytes must be 0 (no default) or at least "
-                              f"{MIN_MEMORY_BYTES // 2**20} MiB")
-    if req.cpus and req.cpus < MIN_CPUS:
-        raise ValidationError(f"cpus must be 0 (no default) or at least {MIN_CPUS:g}")
-    settings = {key: (None if changes[key] in (0, "") else changes[key])
-                for key in _PROVIDER_SETTINGS if key in changes}
-    async with pool.acquire() as conn:
-        current = await store.get_provider(conn, req.name)
+    changes = {**columns, "settings": req.settings} if req.settings else columns
+    async with pool.acquire() as conn, conn.transaction():
+        # The row lock keeps the settings checked below from changing before the update.
+        current = await store.lock_provider(conn, req.name)
         if current is None:
             known = ", ".join(await store.provider_names(conn))
             raise NotFoundError(f"unknown provider {quote(req.name)} (known: {known})")
@@ -219,11 +220,27 @@ async def update_provider(pool: asyncpg.Pool, req: UpdateProvider) -> ProviderRe
             conn, current.id or uuid4(), req.name, enabled=req.enabled,
             worker_mode=None if req.worker_mode is None else req.worker_mode.value,
             max_workers=req.max_workers, min_idle=req.min_idle, image=req.image,
-            settings=settings, changes=changes, actor=ACTOR)
+            settings=_settings_patch(current, req.settings) if req.settings else {},
+            changes=changes, actor=ACTOR)
     provider = store.provider_from_row(row)
     if provider is None:
         raise ValidationError("min_idle cannot be larger than max_workers")
     return ProviderReply(provider=provider)
+
+
+def _settings_patch(provider: ProviderConfig, asked: Mapping[str, object]) -> dict[str, object]:
+    """What turns the provider's stored settings into the document asked for (``asked``
+    applied, null removing a key) once that document is checked against its kind's struct:
+    the document's keys and values, and null for each stored key it no longer has (keys its
+    kind does not have included)."""
+    kept = {k: v for k, v in provider.settings.items()
+            if k in setting_names(settings_type(provider.kind))}
+    document = {k: v for k, v in {**kept, **asked}.items() if v is not None}
+    try:
+        checked = dump_settings(validate_settings(provider.kind, document))
+    except ValidationError as e:
+        raise ValidationError(f"provider {quote(provider.name)}: {e}") from e
+    return {**dict.fromkeys(provider.settings), **checked}
 
 
 def _job_not_found(job_id: UUID) -> NotFoundError:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 from uuid import UUID
 
 import asyncpg
 
 from hodei_common.contracts.agent import RegisterReply, RegisterRequest
+from hodei_common.contracts.providers import ProviderSettings, load_settings, settings_type
 from hodei_common.contracts.workers import (
     ProvisionRequested,
     WorkerFailed,
@@ -56,6 +56,15 @@ class Deps:
     recovery: Recovery
 
 
+def worker_settings(worker: store.WorkerRow) -> ProviderSettings:
+    """The worker's provider settings as its kind's struct; a stored document that is not
+    valid raises :class:`ValidationError` saying what is wrong (the worker is then failed)."""
+    try:
+        return load_settings(settings_type(worker.kind), worker.settings)
+    except ValidationError as e:
+        raise ValidationError(f"provider {worker.provider!r} has invalid settings: {e}") from e
+
+
 def unavailable_reason(worker: store.WorkerRow, providers: Mapping[str, Provider]) -> str | None:
     """Why this build cannot create the worker, or None when it can."""
     if worker.kind not in providers:
@@ -85,6 +94,12 @@ async def provision(deps: Deps, event: ProvisionRequested) -> None:
             # has expired, so that at most one agent can ever register as this worker.
             raise RetryLater(left_s + _LEASE_SLACK_S, f"worker {worker.id} is being created")
         reason = unavailable_reason(worker, deps.providers)
+        settings = ProviderSettings()
+        if reason is None:
+            try:
+                settings = worker_settings(worker)
+            except ValidationError as e:
+                reason = str(e)
         if reason is None:
             await store.issue_token(conn, worker.id, tokens.digest(token), deps.token_ttl_s)
             await workers.begin_create(conn, worker.id)
@@ -94,10 +109,9 @@ async def provision(deps: Deps, event: ProvisionRequested) -> None:
     provider = deps.providers[worker.kind]
     spec = WorkerSpec(worker_id=worker.id, token=token, nats_url=deps.agent_nats_url,
                       mode=worker.mode, provider=worker.provider, scope=str(worker.provider_id),
-                      image=worker.image, settings=worker.settings, job_id=worker.for_job_id,
-                      cpus=worker.cpus or _positive(worker.settings, "cpus"),
-                      memory_bytes=_whole(worker.memory_bytes
-                                          or _positive(worker.settings, "memory_bytes")))
+                      image=worker.image, settings=settings, job_id=worker.for_job_id,
+                      cpus=worker.cpus or settings.cpus,
+                      memory_bytes=worker.memory_bytes or settings.memory_bytes)
     try:
         resource_id = await provider.create(spec)
     except Exception as e:  # whatever broke, this worker will not come up: fail it
@@ -176,15 +190,14 @@ async def register(deps: Deps, req: RegisterRequest) -> RegisterReply:
         if row is None:
             raise RegistrationDenied(f"worker {req.worker_id} is {worker.state}; it cannot "
                                      "register")
-    settings: dict[str, Any] = dict(row["settings"] or {})
     log.info("worker %s registered (host %s, pid %s)", req.worker_id, hostname, req.pid)
-    max_jobs = _positive(settings, "max_jobs")
-    idle_ttl_s = _positive(settings, "idle_ttl_s")
+    settings = _agent_settings(worker.provider, row["settings"] or {})
+    idle_ttl_s = settings.idle_ttl_s
     return RegisterReply(
         worker_id=req.worker_id,
         mode=WorkerMode(row["mode"]),
         heartbeat_interval_s=deps.heartbeat_interval_s,
-        max_jobs=None if max_jobs is None else int(max_jobs),
+        max_jobs=settings.max_jobs,
         # The scheduler retires idle workers at idle_ttl_s; the agent's own limit is only a
         # backstop for a platform that is gone, late enough never to race the scheduler.
         idle_ttl_s=None if idle_ttl_s is None else AGENT_IDLE_FACTOR * idle_ttl_s + 30.0,
@@ -204,16 +217,15 @@ async def _why_refused(conn: Conn, token_hash: bytes, worker_id: UUID) -> str:
     return "bootstrap token could not be used; try again"
 
 
-def _positive(settings: Mapping[str, Any], key: str) -> float | None:
-    """A provider setting that must be a positive number; None when absent or not one."""
-    value = settings.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        return None
-    return float(value)
-
-
-def _whole(value: float | None) -> int | None:
-    return None if value is None else int(value)
+def _agent_settings(provider: str, document: Mapping[str, object]) -> ProviderSettings:
+    """The common settings an agent is told, only as backstops: the scheduler enforces them
+    from the row itself. A document broken since the worker was made gives none."""
+    try:
+        return load_settings(ProviderSettings, document)
+    except ValidationError as e:
+        log.warning("provider %r has invalid settings: %s; its agent gets no job or idle "
+                    "limit", provider, e)
+        return ProviderSettings()
 
 
 # --- release -----------------------------------------------------------------------------
