@@ -1,6 +1,7 @@
 """``python -m hodei_agent`` / ``hodei-agent``: run the worker agent until it is done.
 
-Exit codes: 0 done (or stopped), 3 registration refused, 1 any other fatal error.
+Exit codes: 0 done (or stopped), 3 registration refused, 1 any other fatal error
+(among them a lost platform, or a stop whose job's end could not be reported).
 """
 
 import sys

@@ -2,7 +2,9 @@
 
 ``run()`` blocks until the agent is done (one job when ephemeral; ``max_jobs``, idle
 ``idle_ttl_s`` or a stop order when reusable) and re-raises a fatal error;
-``request_stop()`` (a STOP order, SIGTERM) cancels the running job and ends the agent.
+``request_stop()`` (a STOP order, SIGTERM) cancels the running job and ends the agent. An agent
+that loses its platform (NATS unreachable past ``agent_platform_lost_s``) stops the same way and
+fails with :class:`PlatformLost`, as does a stop whose last reports cannot be stored in time.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
 from hodei_agent.config import AgentSettings
+from hodei_agent.lost import PlatformLost, StopBound, watch_platform
 from hodei_agent.registration import RegistrationRefused, register
 from hodei_agent.runner import JobRun
 from hodei_common import messaging, tracing
@@ -39,7 +42,7 @@ from hodei_common.contracts.workers import WorkerMode
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Agent", "RegistrationRefused"]
+__all__ = ["Agent", "PlatformLost", "RegistrationRefused"]
 
 JobKey = tuple[UUID, int | None]
 
@@ -59,6 +62,8 @@ class Agent:
         self._current: JobRun | None = None
         self._handled: set[JobKey] = set()
         self._cancel_orders: dict[JobKey, str] = {}  # for a job not started yet
+        self._lost: str | None = None  # why the platform is considered gone
+        self._stop_bound = StopBound(settings.kill_grace_s + settings.drain_grace_s)
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Cancel the running job (it reports CANCELLED) and end the agent; idempotent."""
@@ -70,6 +75,12 @@ class Agent:
         self._inbox.put_nowait(None)
         if self._current is not None:
             self._current.cancel(reason)
+        self._stop_bound.arm()
+
+    def _platform_lost(self, why: str) -> None:
+        log.error("lost its platform (%s): ending its job and exiting", why)
+        self._lost = why
+        self.request_stop(f"its agent lost its platform ({why})")
 
     async def stop(self) -> None:
         """Request a stop and wait until the agent has ended (safe before start)."""
@@ -89,9 +100,11 @@ class Agent:
             try:
                 await self._serve(nc, reply)
             except BaseException:
-                await nc.close()
+                await self._close(nc)
                 raise
             await self._drain(nc)
+            if self._lost is not None:
+                raise PlatformLost(f"lost its platform: {self._lost}")
         finally:
             self._done.set()
 
@@ -143,19 +156,36 @@ class Agent:
         try:
             async with asyncio.TaskGroup() as tg:
                 beats = tg.create_task(self._heartbeats(nc, reply.heartbeat_interval_s))
-                await self._work(js, reply)
+                watch = tg.create_task(watch_platform(
+                    nc, self.settings.agent_platform_lost_s, self._platform_lost))
+                # Without NATS, a stopped agent's reports would be retried for minutes.
+                async with self._stop_bound.applied(self._unreported):
+                    await self._work(js, reply)
                 beats.cancel()
+                watch.cancel()
         except BaseExceptionGroup as group:
             # One failure at a time here (the body or the heartbeats): raise it as itself so
             # that __main__ can tell a HodeiError from a bug.
             raise group.exceptions[0] from None
+
+    def _unreported(self) -> str:
+        """Why the agent gave up, once a stop outlived its bound."""
+        if self._lost is not None:
+            return f"lost its platform: {self._lost}; its job's end could not be reported"
+        return (f"stopped ({self._stop_reason}), but its job's end could not be reported "
+                f"within {self._stop_bound.bound_s:g}s: is NATS reachable?")
 
     async def _drain(self, nc: NATS) -> None:
         try:
             await asyncio.wait_for(nc.drain(), self.settings.drain_grace_s)
         except (TimeoutError, NatsError) as e:
             log.warning("nats: drain did not finish (%s); closing", e or type(e).__name__)
-            await nc.close()
+            await self._close(nc)
+
+    async def _close(self, nc: NATS) -> None:
+        """Close the connection; without a server it has nothing left to flush."""
+        with contextlib.suppress(TimeoutError, NatsError, OSError):
+            await asyncio.wait_for(nc.close(), self.settings.drain_grace_s)
 
     async def _work(self, js: JetStreamContext, reply: RegisterReply) -> None:
         while self._stop_reason is None:

@@ -27,6 +27,9 @@ class AgentSettings(Settings):
     register_deadline_s: float = Field(default=30.0, gt=0)
     # Between SIGTERM and SIGKILL of a job's process group.
     kill_grace_s: float = Field(default=2.0, ge=0)
+    # NATS unreachable this long (HODEI_AGENT_PLATFORM_LOST_S): the platform is gone, so
+    # the agent ends its job and exits 1. Long enough for a restarted nats-server.
+    agent_platform_lost_s: float = Field(default=60.0, gt=0)
     publish_timeout_s: float = Field(default=5.0, gt=0)
     publish_attempts: int = Field(default=6, ge=1)
     # STARTED is reported this long after the start, unless the job ended by then: then its

@@ -1,6 +1,7 @@
 """The agent process: settings, signals, exit codes (``python -m hodei_agent``).
 
-Exit codes: 0 done (or stopped), 3 registration refused, 1 any other fatal error.
+Exit codes: 0 done (or stopped), 3 registration refused, 1 any other fatal error
+(among them a lost platform, or a stop whose job's end could not be reported).
 """
 
 from __future__ import annotations

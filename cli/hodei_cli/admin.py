@@ -1,8 +1,9 @@
-"""``hodei migrate``, ``hodei service``, ``hodei worker list``, ``hodei provider list``."""
+"""``hodei migrate``, ``hodei service``, ``hodei worker``, ``hodei provider list`` and ``set``."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Annotated
 
 import typer
@@ -155,17 +156,34 @@ def set_provider(
         str | None, typer.Option("--memory", help="default memory of a job, 0 = no default")
     ] = None,
     network: Annotated[
-        str | None, typer.Option("--network", help="docker network mode, e.g. host")
+        str | None,
+        typer.Option("--network", help="docker only: the network mode (host, bridge, none, "
+                                       "container:NAME or a network), '' = host"),
+    ] = None,
+    assignments: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=VALUE",
+                     help="any setting of the provider's kind (repeatable); VALUE is read as "
+                          "JSON when it parses, else as text; an empty VALUE removes the key"),
     ] = None,
     out: Output = OutputOption,
 ) -> None:
     """Change a provider's configuration: worker mode, pool sizes, limits, image, enabled."""
+    flags: dict[str, object] = {}
+    if max_jobs is not None:
+        flags["max_jobs"] = max_jobs or None
+    if idle_ttl is not None:
+        flags["idle_ttl_s"] = idle_ttl or None
+    if cpus is not None:
+        flags["cpus"] = None if _is_zero(cpus) else parse_cpus(cpus)
+    if memory is not None:
+        flags["memory_bytes"] = None if _is_zero(memory) else parse_memory(memory)
+    if network is not None:
+        flags["network_mode"] = network.strip() or None
     request = UpdateProvider(
         name=name, enabled=enabled, worker_mode=parse_state(WorkerMode, mode),
-        max_workers=max_workers, min_idle=min_idle, max_jobs=max_jobs, idle_ttl_s=idle_ttl,
-        image=_non_empty("--image", image), network_mode=network,
-        cpus=0.0 if _is_zero(cpus) else parse_cpus(cpus),
-        memory_bytes=0 if _is_zero(memory) else parse_memory(memory),
+        max_workers=max_workers, min_idle=min_idle, image=_non_empty("--image", image),
+        settings=parse_assignments(assignments or [], flags),
     )
 
     provider = call_api(lambda api: api.update_provider(request))
@@ -173,6 +191,33 @@ def set_provider(
         output.emit_json(provider)
     else:
         _provider_table([provider])
+
+
+def parse_assignments(assignments: list[str], flags: dict[str, object]) -> dict[str, object]:
+    """The settings to change: those of the named options, then each ``--set KEY=VALUE``."""
+    settings = dict(flags)
+    for assignment in assignments:
+        key, equals, raw = assignment.partition("=")
+        key = key.strip()
+        if not equals or not key:
+            raise ValidationError(f"--set takes KEY=VALUE, not {assignment!r}")
+        if key in settings:
+            raise ValidationError(f"--set {key} names a setting given twice")
+        settings[key] = _setting_value(raw)
+    return settings
+
+
+def _setting_value(raw: str) -> object:
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw, parse_constant=_not_json)
+    except ValueError:
+        return raw
+
+
+def _not_json(constant: str) -> object:
+    raise ValueError(f"{constant} is not JSON")  # NaN would reach the API as null
 
 
 def _is_zero(raw: str | None) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 import msgspec
@@ -130,8 +130,11 @@ async def serve(
     services start.
     """
     home = settings.home
-    nats = NatsServer(home / "nats")
-    postgres = PostgresServer(home / "postgres", durable=True)
+    # In sessions of their own: Ctrl-C signals the terminal's whole process group, and the
+    # servers must outlive the services' drain (stopped below, last). They still die with us
+    # should we be killed outright.
+    nats = NatsServer(home / "nats", die_with_parent=True)
+    postgres = PostgresServer(home / "postgres", durable=True, die_with_parent=True)
     with home_lock(home):
         try:
             nats.start()
@@ -195,33 +198,25 @@ def read_dev_file(settings: Settings) -> dict[str, object] | None:
 
 
 LIVE_WORKERS = """
-SELECT id, provider, state FROM workers
+SELECT id, provider, state, for_job_id FROM workers
 WHERE state IN ('CREATING', 'READY', 'BUSY', 'TERMINATING')
-"""
-RETIRE_IDLE = """
-UPDATE workers SET state = 'TERMINATING', current_job_id = NULL
-WHERE id = $1 AND state IN ('CREATING', 'READY')
-RETURNING id
 """
 
 
 async def _end_worker(pool: asyncpg.Pool, nc: NATS, row: asyncpg.Record) -> None:
     """Retire an idle worker through the provisioner, or tell a busy one to stop."""
-    from hodei_common import outbox
     from hodei_common.contracts import subjects
     from hodei_common.contracts.agent import Control, ControlAction
-    from hodei_common.contracts.workers import WorkerTerminating
+    from hodei_common.lifecycle import workers
 
     if row["state"] == "BUSY":
         order = Control(action=ControlAction.STOP, reason="the platform is stopping")
         await nc.publish(subjects.worker_control(row["id"]), msgspec.json.encode(order))
         return
-    event = WorkerTerminating(event_id=uuid4(), occurred_at=datetime.now(UTC), actor="dev",
-                              worker_id=row["id"], provider=row["provider"],
-                              reason="the platform is stopping")
+    worker = workers.WorkerRef(row["id"], row["provider"], row["for_job_id"])
     async with pool.acquire() as conn:
-        await outbox.change(conn, RETIRE_IDLE, row["id"], subject=subjects.WORKER_TERMINATING,
-                            event=event, aggregate_type="worker", aggregate_id=row["id"])
+        await workers.retire(conn, worker, workers.Retirement.WIND_DOWN,
+                             "the platform is stopping", actor="dev")
 
 
 async def retire_workers(endpoints: Endpoints, settings: Settings, within_s: float) -> None:

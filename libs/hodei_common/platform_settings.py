@@ -3,7 +3,7 @@
 Agents beat at the interval the provisioner tells them in the register reply, and the
 supervisor judges silence by it; every service declares the ``LOGS`` stream, so each would
 set its max age. Read from each service's own environment, they could differ, and then the
-last service to start would win. Instead each is one row: migration 0006 stored the defaults,
+last service to start would win. Instead each is one row: migration 0007 stored the defaults,
 ``hodei migrate`` (and ``hodei dev up``) records the value its environment sets, and every
 service reads the rows at start and uses them. A service whose own environment sets another
 value says so in one warning line and uses the platform's.

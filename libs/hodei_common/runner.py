@@ -18,6 +18,7 @@ from typing import ClassVar, TypeVar
 
 import asyncpg
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.micro import add_service
 from nats.micro.service import Service as MicroService
@@ -175,9 +176,13 @@ class HodeiService:
         if self._nc is not None and not self._nc.is_closed:
             try:
                 await asyncio.wait_for(self._nc.drain(), timeout=self.settings.drain_grace_s)
-            except (TimeoutError, OSError) as e:
-                log.warning("%s: NATS drain did not finish (%s); closing", self.name, e)
-                await self._nc.close()
+            except (TimeoutError, OSError, NatsError) as e:
+                # NatsError: the server went away first (reconnecting); there is nothing
+                # left to drain.
+                log.warning("%s: NATS drain did not finish (%s); closing", self.name,
+                            e or type(e).__name__)
+                with contextlib.suppress(OSError, NatsError):
+                    await self._nc.close()
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), timeout=self.settings.drain_grace_s)
@@ -209,6 +214,8 @@ async def run_until_signalled(
     async def stop_after_hook(hook: Callable[[], Awaitable[None]]) -> None:
         try:
             await hook()
+        except HodeiError as e:  # a server already gone: one line, not a traceback
+            log.warning("shutdown step failed (%s); stopping anyway", e)
         except Exception:
             log.exception("shutdown step failed; stopping anyway")
         request_stop()

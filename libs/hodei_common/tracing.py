@@ -96,7 +96,7 @@ def continued_span(
         context.detach(token)
 
 
-def correlation_id() -> str | None:
+def trace_id() -> str | None:
     """The current trace id (32 hex digits), so an audit row leads to its trace."""
     context = trace.get_current_span().get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else None

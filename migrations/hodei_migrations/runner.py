@@ -1,7 +1,10 @@
 """The migration runner: numbered SQL files, a schema_migrations table with checksums.
 
 Applying twice is a no-op, an applied file that was edited is an error, and concurrent
-runners are serialised by an advisory lock. Services call :func:`check_schema` at start so
+runners are serialised by an advisory lock. After the numbered files, the lifecycle's
+routines (database functions that every state change calls, kept next to the statements
+that call them) are created again whenever their file changed: they are code, not schema
+history, so they are replaced rather than migrated. Services call :func:`check_schema` at start so
 an older schema stops them with one clear line instead of a later "column does not exist".
 """
 
@@ -16,6 +19,7 @@ import asyncpg
 
 from hodei_common.database import LOCK_CLASS, LOCK_MIGRATIONS, Conn
 from hodei_common.errors import MigrationError, SchemaError
+from hodei_common.lifecycle import ROUTINES_SQL
 
 SQL_DIR = Path(__file__).with_name("sql")
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -32,6 +36,13 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
+_ROUTINES = "lifecycle"
+
+
+def _checksum(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class Migration:
     """One numbered SQL file."""
@@ -42,7 +53,7 @@ class Migration:
 
     @property
     def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()
+        return _checksum(self.sql)
 
     @property
     def label(self) -> str:
@@ -111,9 +122,34 @@ async def migrate(conn: Conn, directory: Path = SQL_DIR) -> list[Migration]:
             except asyncpg.PostgresError as e:
                 raise MigrationError(f"migration {m.label} failed: {e}") from e
             done.append(m)
+        await _replace_routines(conn)
         return done
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1, $2)", LOCK_CLASS, LOCK_MIGRATIONS)
+
+
+async def _routines_checksum(conn: Conn) -> str | None:
+    if not await conn.fetchval("SELECT to_regclass('schema_routines') IS NOT NULL"):
+        return None
+    checksum: str | None = await conn.fetchval(
+        "SELECT checksum FROM schema_routines WHERE name = $1", _ROUTINES)
+    return checksum
+
+
+async def _replace_routines(conn: Conn) -> None:
+    """Create the lifecycle's routines again when their file differs from those applied."""
+    sql = ROUTINES_SQL.read_text()
+    if await _routines_checksum(conn) == _checksum(sql):
+        return
+    try:
+        async with conn.transaction():
+            await conn.execute(sql)
+            await conn.execute(
+                "INSERT INTO schema_routines (name, checksum) VALUES ($1, $2) "
+                "ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum, "
+                "applied_at = now()", _ROUTINES, _checksum(sql))
+    except asyncpg.PostgresError as e:
+        raise MigrationError(f"the lifecycle routines could not be created: {e}") from e
 
 
 async def check_schema(conn: Conn, directory: Path = SQL_DIR) -> int:
@@ -127,4 +163,7 @@ async def check_schema(conn: Conn, directory: Path = SQL_DIR) -> int:
             f"the database schema is at version {current} but this build needs {needed}: "
             f"run `hodei migrate` first"
         )
+    if await _routines_checksum(conn) != _checksum(ROUTINES_SQL.read_text()):
+        raise SchemaError("the database's lifecycle routines differ from this build's: run "
+                          "`hodei migrate` first")
     return current

@@ -143,6 +143,7 @@ async def test_submit_continues_the_callers_trace_into_the_outbox(
 
     headers = await pool.fetchval("SELECT headers FROM outbox_events")
     assert headers[subjects.HEADER_TRACEPARENT].split("-")[1] == trace_id
-    correlation = await pool.fetchval(
-        "SELECT correlation_id FROM domain_events WHERE aggregate_id=$1", reply.job.id)
-    assert correlation == trace_id
+    audit = await pool.fetchrow(
+        "SELECT correlation_id, trace_id FROM domain_events WHERE aggregate_id=$1", reply.job.id)
+    assert audit["trace_id"] == trace_id
+    assert audit["correlation_id"] == str(reply.job.id)

@@ -239,6 +239,19 @@ async def test_provider_set_changes_the_docker_image_default_limits_and_network(
     assert json.loads(cleared.stdout)["settings"] == {"memory_bytes": 2**30}
 
 
+async def test_provider_set_changes_any_setting_of_the_kind_with_set(
+    platform: list[HodeiService], cli_env: dict[str, str]
+) -> None:
+    result = await run_cli(cli_env, "provider", "set", "docker", "--set", "network_mode=none",
+                           "--set", "max_jobs=3", "--set", "cpus=", "-o", "json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["settings"] == {
+        "memory_bytes": 512 * 2**20, "network_mode": "none", "max_jobs": 3}
+    listed = await run_cli(cli_env, "provider", "list")
+    assert "max_jobs=3" in listed.stdout
+    assert "network_mode=none" in listed.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -249,6 +262,18 @@ async def test_provider_set_changes_the_docker_image_default_limits_and_network(
         (["provider", "set", "docker", "--cpus", "abc"], "--cpus must be a number"),
         (["provider", "set", "docker", "--memory", "-5"], "--memory must be a size"),
         (["provider", "set", "docker", "--image", " "], "--image must not be empty"),
+        (["provider", "set", "local", "--network", "host"],
+         "'network_mode' is not a setting of local providers"),
+        (["provider", "set", "local", "--max-jobs", "2", "--set", "colour=blue"],
+         "'colour' is not a setting of local providers"),
+        (["provider", "set", "local", "--set", "max_jobs=many"],
+         'max_jobs must be a whole number of jobs, at least 1 (got "many")'),
+        (["provider", "set", "local", "--set", "idle_ttl_s=-1"],
+         "idle_ttl_s must be a number of seconds above 0"),
+        (["provider", "set", "docker", "--set", "cpus=NaN"], "cpus must be a number of CPUs"),
+        (["provider", "set", "local", "--set", "max_jobs"], "--set takes KEY=VALUE"),
+        (["provider", "set", "local", "--max-jobs", "2", "--set", "max_jobs=3"],
+         "--set max_jobs names a setting given twice"),
     ],
 )
 async def test_bad_provider_settings_are_one_error_line(

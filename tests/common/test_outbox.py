@@ -16,9 +16,12 @@ import msgspec
 import pytest
 from nats.js import JetStreamContext
 
-from hodei_common import outbox, tracing
+from hodei_common import tracing
 from hodei_common.contracts import subjects
 from hodei_common.contracts.jobs import JobCancelled
+from hodei_common.database import Conn
+from hodei_common.lifecycle import events
+from hodei_common.lifecycle.transitions import JOBS
 from hodei_common.relay import OutboxRelay
 from hodei_common.settings import Settings
 from hodei_common.testing import assert_eventually
@@ -36,14 +39,23 @@ def make_event(attempt: int = 1) -> JobCancelled:
     )
 
 
+async def record(conn: Conn, *recorded: JobCancelled, applied: tuple[str, ...] = ("cancel",)
+                 ) -> int:
+    """Record events as a transition's statement does: those of the steps that applied."""
+    emits = [events.Emit(JOBS["cancel"], e, step=f"cancel{'' if i % 2 == 0 else '-other'}")
+             for i, e in enumerate(recorded)]
+    count: int = await conn.fetchval("SELECT hodei_record_events($1, $2)",
+                                     events.encode(emits), list(applied))
+    return count
+
+
 async def write_events(pool: asyncpg.Pool, count: int, per_tx: int = 100) -> list[uuid.UUID]:
     ids: list[uuid.UUID] = []
     for start in range(0, count, per_tx):
         async with pool.acquire() as conn, conn.transaction():
             for i in range(start, min(count, start + per_tx)):
                 event = make_event(attempt=i + 1)
-                await outbox.record(conn, subject=subjects.JOB_CANCELLED, event=event,
-                                    aggregate_type="job", aggregate_id=event.job_id)
+                await record(conn, event)
                 ids.append(event.event_id)
     return ids
 
@@ -73,37 +85,29 @@ async def relays() -> AsyncIterator[list[asyncio.Task[None]]]:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def test_record_writes_audit_and_outbox_rows_in_the_callers_transaction(
+async def test_events_are_recorded_with_the_statement_that_applies_them(
     pool: asyncpg.Pool,
 ) -> None:
-    event = make_event()
+    event, skipped = make_event(), make_event()
     async with pool.acquire() as conn:
         tx = conn.transaction()
         await tx.start()
-        await outbox.record(conn, subject=subjects.JOB_CANCELLED, event=event,
-                            aggregate_type="job", aggregate_id=event.job_id)
+        assert await record(conn, event) == 1
         await tx.rollback()
         assert await conn.fetchval("SELECT count(*) FROM outbox_events") == 0
         assert await conn.fetchval("SELECT count(*) FROM domain_events") == 0
-        async with conn.transaction():
-            await outbox.record(conn, subject=subjects.JOB_CANCELLED, event=event,
-                                aggregate_type="job", aggregate_id=event.job_id)
+        # The second event belongs to a step that did not apply: it is not recorded.
+        assert await record(conn, event, skipped) == 1
         audit = await conn.fetchrow("SELECT * FROM domain_events")
         assert audit["event_type"] == "JobCancelled"
         assert audit["aggregate_id"] == event.job_id
         assert audit["payload"]["reason"] == "test"
         row = await conn.fetchrow("SELECT * FROM outbox_events")
         assert row["id"] == event.event_id
+        assert row["subject"] == subjects.JOB_CANCELLED
         assert row["published_at"] is None
         assert msgspec.json.decode(row["payload"], type=JobCancelled) == event
-
-
-async def test_record_outside_a_transaction_is_refused(pool: asyncpg.Pool) -> None:
-    event = make_event()
-    async with pool.acquire() as conn:
-        with pytest.raises(RuntimeError, match="inside the state change's transaction"):
-            await outbox.record(conn, subject=subjects.JOB_CANCELLED, event=event,
-                                aggregate_type="job", aggregate_id=event.job_id)
+        assert await conn.fetchval("SELECT count(*) FROM domain_events") == 1
 
 
 async def test_relay_publishes_in_commit_order_with_event_id_as_msg_id(

@@ -128,7 +128,8 @@ async def test_submit_is_exported_over_otlp_and_its_event_continues_the_callers_
 
         await assert_eventually(exported, within_s=10.0, message=f"spans: {receiver.spans}")
         events = await client.events(job.id)
-        assert events[0].correlation_id == TRACE_ID
+        assert events[0].trace_id == TRACE_ID
+        assert events[0].correlation_id == str(job.id)
     finally:
         for proc in (api, relay):
             proc.send_signal(signal.SIGTERM)

@@ -55,8 +55,18 @@ async def test_echo_prints_hello_and_exits_zero(platform: Platform) -> None:
     assert logs.stdout == "hello\n"
     events = json.loads((await run_cli(platform.env, "job", "events", str(job["id"]),
                                        "-o", "json")).stdout)
-    assert [e["event_type"] for e in events] == [
+    assert [e["event_type"] for e in events if e["aggregate_type"] == "job"] == [
         "JobCreated", "JobAssigned", "JobAccepted", "JobStarted", "JobSucceeded"]
+    # The worker's part of the run is in the same trail, in order, and all of it carries
+    # the job as its correlation id.
+    worker = [e["event_type"] for e in events if e["aggregate_id"] == job["worker_id"]]
+    assert worker[0] == "ProvisionRequested"
+    assert {"WorkerCreated", "WorkerRegistered", "WorkerReady"} <= set(worker)
+    # (a beat sent while its agent was being stopped may add WorkerStopOrdered at the end)
+    assert worker.index("WorkerReady") < worker.index("WorkerTerminating") < worker.index(
+        "WorkerTerminated")
+    assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+    assert {e["correlation_id"] for e in events} == {job["id"]}
 
 
 async def test_steps_arrive_live_in_order(platform: Platform) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -15,24 +13,14 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.micro.request import ERROR_CODE_HEADER
 
-from hodei_common import outbox
 from hodei_common.contracts import subjects
 from hodei_common.contracts.api import ErrorReply
-from hodei_common.contracts.workers import ProvisionRequested, WorkerMode, WorkerTerminating
-from hodei_scheduler.dispatcher import PROVISIONING_SAGA
+from hodei_common.contracts.workers import WorkerMode
+from hodei_common.lifecycle import workers
+from hodei_common.testing.processes import running
 
-INSERT_WORKER = """
-INSERT INTO workers (id, provider, mode, state) VALUES ($1, $2, $3, 'CREATING') RETURNING id
-"""
-RETIRE_WORKER = """
-UPDATE workers SET state = 'TERMINATING', current_job_id = NULL
-WHERE id = $1 AND state IN ('READY', 'BUSY') RETURNING provider
-"""
+is_alive = running  # a zombie counts as dead
 TABLES = ("workers", "worker_bootstrap_tokens", "outbox_events", "domain_events")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 async def request_worker(
@@ -41,27 +29,18 @@ async def request_worker(
     """Insert a CREATING worker with its ProvisionRequested event and its provisioning saga,
     as the scheduler does."""
     worker_id = uuid4()
-    event = ProvisionRequested(event_id=uuid4(), occurred_at=_now(), actor="test",
-                               worker_id=worker_id, provider=provider, mode=mode)
     async with pool.acquire() as conn:
-        rows = await outbox.transition(
-            conn, [(outbox.FIRST_STEP, INSERT_WORKER), *PROVISIONING_SAGA],
-            [worker_id, provider, mode.value],
-            [outbox.Emit(event, subjects.PROVISION_REQUESTED, "worker", worker_id)])
-    assert rows
+        assert await workers.request(conn, workers.WorkerRef(worker_id, provider), mode=mode,
+                                     cpus=None, memory_bytes=None, actor="test")
     return worker_id
 
 
 async def retire_worker(pool: asyncpg.Pool, worker_id: UUID, reason: str = "job finished") -> None:
-    """Move a READY/BUSY worker to TERMINATING with WorkerTerminating, as the scheduler does."""
+    """Move a READY worker to TERMINATING with WorkerTerminating, as the scheduler does."""
     async with pool.acquire() as conn:
-        row = await outbox.change(
-            conn, RETIRE_WORKER, worker_id, subject=subjects.WORKER_TERMINATING,
-            event=WorkerTerminating(event_id=uuid4(), occurred_at=_now(), actor="test",
-                                    worker_id=worker_id, provider="local", reason=reason),
-            aggregate_type="worker", aggregate_id=worker_id,
-        )
-    assert row is not None
+        provider = await conn.fetchval("SELECT provider FROM workers WHERE id = $1", worker_id)
+        assert await workers.retire(conn, workers.WorkerRef(worker_id, provider),
+                                    workers.Retirement.IDLE, reason, actor="test")
 
 
 async def worker(pool: asyncpg.Pool, worker_id: UUID) -> asyncpg.Record:
@@ -122,16 +101,6 @@ def environ_of(pid: int) -> dict[str, str]:
     """A live process's environment, from /proc."""
     raw = Path(f"/proc/{pid}/environ").read_bytes()
     return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
-
-
-def is_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie counts as dead)."""
-    try:
-        os.kill(pid, 0)
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (ProcessLookupError, FileNotFoundError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def log_text(workers_dir: Path, worker_id: UUID) -> str:

@@ -96,6 +96,18 @@ async def test_a_docker_worker_is_a_labelled_limited_container_whose_agent_regis
     assert await _containers(docker_engine, await _scope(pool)) == []
 
 
+async def test_the_providers_network_mode_setting_is_the_containers(
+    docker_provider: DockerProvider, pool: asyncpg.Pool, docker_engine: docker.DockerClient,
+) -> None:
+    await pool.execute("""UPDATE provider_configs
+                          SET settings = settings || '{"network_mode": "none"}'
+                          WHERE name = 'docker'""")
+    worker_id = await request_worker(pool, provider="docker", mode=WorkerMode.EPHEMERAL)
+    container_id = await assert_eventually(lambda: _resource(pool, worker_id), within_s=20)
+    host = docker_engine.containers.get(container_id).attrs["HostConfig"]
+    assert host["NetworkMode"] == "none"
+
+
 async def test_destroying_a_container_already_removed_succeeds(
     docker_provider: DockerProvider, pool: asyncpg.Pool, docker_engine: docker.DockerClient,
 ) -> None:

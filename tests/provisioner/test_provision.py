@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from datetime import UTC, datetime
 from uuid import uuid4
 
 import asyncpg
@@ -13,16 +12,15 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from hodei_common import outbox
 from hodei_common.contracts import subjects
-from hodei_common.contracts.workers import ProvisionRequested, WorkerState
+from hodei_common.contracts.workers import ProvisionRequested, WorkerMode, WorkerState
+from hodei_common.lifecycle import workers
 from hodei_common.testing import assert_eventually
 from hodei_provisioner import store, tokens
 from hodei_provisioner.config import ProvisionerSettings
 from hodei_provisioner.service import ProvisionerService
 from tests.provisioner.conftest import FAKE_AGENT, local_provider
 from tests.provisioner.helpers import (
-    INSERT_WORKER,
     environ_of,
     is_alive,
     published,
@@ -115,14 +113,12 @@ async def test_a_request_waits_while_an_earlier_attempt_holds_a_live_token(
     provisioner: ProvisionerService, pool: asyncpg.Pool, nc: NATS,
 ) -> None:
     worker_id = uuid4()
-    event = ProvisionRequested(event_id=uuid4(), occurred_at=datetime.now(UTC), actor="test",
-                               worker_id=worker_id, provider="local")
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(INSERT_WORKER, worker_id, "local", "ephemeral")
+        await workers.request(conn, workers.WorkerRef(worker_id, "local"),
+                              mode=WorkerMode.EPHEMERAL, cpus=None, memory_bytes=None,
+                              actor="test")
         # An attempt that died after issuing its token, its agent maybe still starting.
         await store.issue_token(conn, worker_id, tokens.digest("earlier-attempt"), 1.0)
-        await outbox.record(conn, subject=subjects.PROVISION_REQUESTED, event=event,
-                            aggregate_type="worker", aggregate_id=worker_id)
     await assert_eventually(lambda: resource_pid(pool, worker_id))
     earlier, new = await pool.fetch("""SELECT * FROM worker_bootstrap_tokens
                                        WHERE worker_id = $1 ORDER BY created_at""", worker_id)
@@ -159,6 +155,44 @@ async def test_a_disabled_provider_fails_the_worker(
     row = await worker(pool, worker_id)
     assert (row["state"], row["error"]) == (WorkerState.FAILED, "provider 'local' is disabled")
     assert local_provider(provisioner).children() == {}
+
+
+@pytest.mark.parametrize(
+    ("document", "error"),
+    [
+        ({"max_jobs": "three"}, "provider 'local' has invalid settings: max_jobs must be a "
+                                'whole number of jobs, at least 1 (got "three")'),
+        ({"idle_ttl_s": -1, "cpus": 1}, "provider 'local' has invalid settings: idle_ttl_s "
+                                        "must be a number of seconds above 0, at most 365 "
+                                        "days (got -1)"),
+    ],
+)
+async def test_a_provider_whose_stored_settings_are_invalid_fails_the_worker(
+    provisioner: ProvisionerService, pool: asyncpg.Pool, js: JetStreamContext,
+    document: dict[str, object], error: str,
+) -> None:
+    # Written past the API, which refuses such a document.
+    await pool.execute("UPDATE provider_configs SET settings = $1 WHERE name = 'local'",
+                       document)
+    worker_id = await request_worker(pool)
+    await assert_eventually(
+        lambda: published(js, worker_id, subjects.PROVISION_FAILED))
+    row = await worker(pool, worker_id)
+    assert (row["state"], row["error"]) == (WorkerState.FAILED, error)
+    assert local_provider(provisioner).children() == {}
+    assert await pool.fetchval("SELECT count(*) FROM worker_bootstrap_tokens") == 0
+
+
+@pytest.mark.parametrize("agent_command", [NO_REGISTER])
+async def test_a_stored_setting_another_kind_has_does_not_keep_a_worker_from_starting(
+    provisioner: ProvisionerService, pool: asyncpg.Pool,
+) -> None:
+    # What an older API let an operator store: Docker's network mode on a local provider.
+    await pool.execute("""UPDATE provider_configs SET settings = '{"network_mode": "host"}'
+                          WHERE name = 'local'""")
+    worker_id = await request_worker(pool)
+    await assert_eventually(lambda: resource_pid(pool, worker_id))
+    assert (await worker(pool, worker_id))["state"] == WorkerState.CREATING
 
 
 @pytest.mark.parametrize("agent_command", [["/nonexistent/hodei-agent"]])

@@ -54,3 +54,17 @@ async def test_a_requeued_job_says_its_backoff_its_lost_worker_and_why(
     assert any(line.startswith("last failed step: execution/finish: worker lost: ")
                for line in lines)
     assert len(lines) <= 6
+
+
+async def test_a_queued_job_without_room_says_what_its_provider_lacks(
+    api: ApiClient, pool: asyncpg.Pool
+) -> None:
+    await pool.execute("UPDATE provider_configs SET max_workers = 0 WHERE name = 'local'")
+    await api.submit(SubmitJob(command="true"))
+    job = (await api.submit(SubmitJob(command="true"))).job
+    found = await api.explain(job.id)
+    assert found.waiting_for == ("a free worker: provider 'local' has 0 of 0 workers, "
+                                 "1 queued job(s) ahead")
+    assert found.worker_id is None
+    await pool.execute("UPDATE provider_configs SET enabled = false WHERE name = 'local'")
+    assert (await api.explain(job.id)).waiting_for == "provider 'local' to be enabled"

@@ -19,7 +19,8 @@ from hodei_common.database import LOCK_SUPERVISOR_SWEEP
 from hodei_common.recovery import Recovery
 from hodei_common.settings import Settings
 from hodei_supervisor.config import SupervisorSettings
-from hodei_supervisor.sweeps import ACTOR, Sweeper
+from hodei_supervisor.service import ACTOR
+from hodei_supervisor.sweeps import Sweeper
 from tests.locks import ENDINGS, Ending, Gate, end_mid_pass, next_turn
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]

@@ -16,8 +16,6 @@ from hodei_common.contracts.events import DomainEvent
 from hodei_common.contracts.jobs import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_TIMEOUT_S,
-    MAX_CPUS,
-    MAX_MEMORY_BYTES,
     MAX_NAME_CHARS,
     Cpus,
     Job,
@@ -165,8 +163,11 @@ class ListProviders(msgspec.Struct, frozen=True, kw_only=True):
 class UpdateProvider(msgspec.Struct, frozen=True, kw_only=True):
     """``providers.update``: change the given fields of one provider; None leaves a field be.
 
-    ``max_jobs``, ``idle_ttl_s`` and the default limits ``cpus`` and ``memory_bytes`` live in
-    the provider's settings; 0 clears them, as an empty ``network_mode`` does.
+    ``settings`` changes the provider's settings document, whose keys are its kind's
+    (``contracts.providers``: ``max_jobs``, ``idle_ttl_s``, ``cpus``, ``memory_bytes``, and
+    a kind's own, such as Docker's ``network_mode``): a key given a value is set, a key
+    given null is removed, a key left out stays. A document its kind does not accept is
+    refused and nothing changes.
     """
 
     name: str
@@ -174,12 +175,8 @@ class UpdateProvider(msgspec.Struct, frozen=True, kw_only=True):
     worker_mode: WorkerMode | None = None
     max_workers: Annotated[int, msgspec.Meta(ge=0, le=10_000)] | None = None
     min_idle: Annotated[int, msgspec.Meta(ge=0, le=10_000)] | None = None
-    max_jobs: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    idle_ttl_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
     image: Annotated[str, msgspec.Meta(min_length=1, max_length=500)] | None = None
-    cpus: Annotated[float, msgspec.Meta(ge=0, le=MAX_CPUS)] | None = None
-    memory_bytes: Annotated[int, msgspec.Meta(ge=0, le=MAX_MEMORY_BYTES)] | None = None
-    network_mode: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    settings: dict[str, object] = {}
 
 
 class ProviderReply(msgspec.Struct, frozen=True, kw_only=True):

@@ -10,7 +10,8 @@ import msgspec
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
-    """Fields every domain event carries. ``event_id`` is also its ``Nats-Msg-Id``."""
+    """Fields every domain event carries. ``event_id`` is also its ``Nats-Msg-Id``;
+    ``correlation_id`` is the job whose run it belongs to (see hodei_common.lifecycle)."""
 
     event_id: UUID
     occurred_at: datetime
@@ -19,7 +20,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DomainEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """One row of the append-only domain_events audit log."""
+    """One row of the append-only domain_events audit log. ``correlation_id`` is the job
+    whose run it belongs to; ``trace_id`` the trace that wrote it."""
 
     id: UUID
     seq: int
@@ -30,3 +32,4 @@ class DomainEvent(msgspec.Struct, frozen=True, kw_only=True):
     actor: str
     payload: dict[str, Any]
     occurred_at: datetime
+    trace_id: str | None = None

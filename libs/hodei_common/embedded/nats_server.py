@@ -35,8 +35,15 @@ def nats_server_binary() -> Path:
 class NatsServer(ChildServer):
     """A nats-server child process storing JetStream data under ``store_dir``."""
 
-    def __init__(self, store_dir: Path, *, host: str = "127.0.0.1", port: int | None = None):
-        super().__init__()
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        die_with_parent: bool = False,
+    ) -> None:
+        super().__init__(die_with_parent=die_with_parent)
         self.store_dir = store_dir
         self.host = host
         self.port = port or 0
@@ -52,7 +59,7 @@ class NatsServer(ChildServer):
         if not self.port:
             self.port = free_port(self.host)
         with self.log_file.open("ab") as log:
-            self._proc = subprocess.Popen(
+            self._proc = self._launch(
                 [
                     str(nats_server_binary()),
                     "--jetstream",

@@ -80,8 +80,9 @@ class PostgresServer(ChildServer):
         port: int | None = None,
         durable: bool = True,
         max_connections: int = 200,
+        die_with_parent: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(die_with_parent=die_with_parent)
         self.port = port or 0
         self.durable = durable
         self.max_connections = max_connections
@@ -161,7 +162,7 @@ class PostgresServer(ChildServer):
             args += ["-c", f"{key}={value}"]
         log = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            self._proc = subprocess.Popen(  # type: ignore[call-overload]
+            self._proc = self._launch(
                 args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, **self._popen_user()
             )
         finally:

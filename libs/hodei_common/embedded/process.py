@@ -1,16 +1,21 @@
-"""Helpers shared by the embedded servers: free ports, waiting, stopping a child."""
+"""Helpers shared by the embedded servers: free ports, starting, waiting, stopping a child."""
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from hodei_common.errors import HodeiError
+
+_SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
 
 
 class EmbeddedServerError(HodeiError):
@@ -76,13 +81,31 @@ def stop_process(
 
 
 class ChildServer:
-    """A server run as our child process: stop, kill and liveness shared by both servers."""
+    """A server run as our child process: start, stop, kill and liveness shared by both servers.
+
+    The server runs in a session of its own, so a signal sent to our process group (Ctrl-C in
+    a terminal, a supervisor signalling the group) does not reach it: it outlives the drain
+    of the services that use it, and whoever started it stops it last. With
+    ``die_with_parent`` it is also sent its ``stop_signal`` should the thread that started it
+    end (``PR_SET_PDEATHSIG``, set by util-linux's ``setpriv``, which execs the server in
+    place), so a parent killed -9 leaves no server behind; start it from the main thread then.
+    """
 
     stop_signal: int = signal.SIGTERM
     stop_timeout_s: float = 15.0
 
-    def __init__(self) -> None:
+    def __init__(self, *, die_with_parent: bool = False) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
+        self.die_with_parent = die_with_parent
+
+    def _launch(self, args: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+        """Start ``args`` in a new session, tied to this thread when ``die_with_parent``."""
+        if self.die_with_parent and _SETPRIV is not None:
+            name = signal.Signals(self.stop_signal).name.removeprefix("SIG")
+            args = [_SETPRIV, "--pdeathsig", name, "--", *args]
+        proc: subprocess.Popen[bytes] = subprocess.Popen(
+            args, start_new_session=True, **popen)
+        return proc
 
     @property
     def pid(self) -> int | None:

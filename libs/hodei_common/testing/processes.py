@@ -34,6 +34,15 @@ SERVICE_MODULES = {
 DATABASE = "hodei"
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def agent_processes(nats_url: str) -> list[int]:
     """Pids of live agents of the platform at ``nats_url`` (other platforms may be running)."""
     wanted = f"HODEI_NATS_URL={nats_url}".encode()

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from uuid import UUID, uuid4
 
 import asyncpg
 import msgspec
-from opentelemetry import trace
 
 from hodei_api import store
-from hodei_common import outbox
-from hodei_common.contracts import subjects
 from hodei_common.contracts.api import (
     CancelJobReply,
     JobEvents,
@@ -38,21 +35,22 @@ from hodei_common.contracts.jobs import (
     MIN_CPUS,
     MIN_MEMORY_BYTES,
     Job,
-    JobCancelled,
-    JobCancelRequested,
-    JobCreated,
     JobState,
 )
-from hodei_common.contracts.workers import ProviderUpdated
+from hodei_common.contracts.providers import (
+    dump_settings,
+    setting_names,
+    settings_type,
+    validate_settings,
+)
+from hodei_common.contracts.workers import ProviderConfig
 from hodei_common.database import Conn
 from hodei_common.errors import NotFoundError, PreconditionError, ValidationError
+from hodei_common.lifecycle import jobs, providers
 
 ACTOR = "api"
-AGGREGATE_JOB = "job"
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _QUOTE_LIMIT = 60
-# UpdateProvider fields kept in provider_configs.settings rather than in columns.
-_PROVIDER_SETTINGS = ("max_jobs", "idle_ttl_s", "cpus", "memory_bytes", "network_mode")
 # msgspec names the field but not the unit; these constraint failures get a plainer line.
 _CONSTRAINT_HINTS = {
     "$.timeout_s": "timeout_s must be a positive number of seconds, at most "
@@ -108,40 +106,12 @@ def validate_submit(req: SubmitJob) -> None:
             raise ValidationError(f"{field} must not contain NUL bytes")
 
 
-def _correlation_id() -> str | None:
-    """The current trace id, so an audit row leads to its trace."""
-    context = trace.get_current_span().get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid else None
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 async def submit_job(pool: asyncpg.Pool, req: SubmitJob) -> SubmitJobReply:
     """Store a QUEUED job and its JobCreated event atomically, in one round trip."""
     validate_submit(req)
     job_id = req.id or uuid4()
-    event = JobCreated(
-        event_id=uuid4(),
-        occurred_at=_now(),
-        correlation_id=_correlation_id(),
-        actor=ACTOR,
-        job_id=job_id,
-        attempt=1,
-        namespace=req.namespace,
-        name=req.name,
-        provider=req.provider,
-        priority=req.priority,
-        timeout_s=req.timeout_s,
-        env_keys=sorted(req.env),
-    )
     async with pool.acquire() as conn:
-        row = await outbox.change(
-            conn, store.INSERT_JOB, *store.insert_job_args(job_id, req),
-            subject=subjects.JOB_CREATED, event=event,
-            aggregate_type=AGGREGATE_JOB, aggregate_id=job_id,
-        )
+        row = await jobs.submit(conn, req, job_id=job_id, actor=ACTOR)
         job = store.job_from_row(row)
         if job is not None:
             return SubmitJobReply(job=job, created=True)
@@ -196,33 +166,15 @@ async def cancel_job(pool: asyncpg.Pool, req: JobRef) -> CancelJobReply:
         if job.state.terminal:
             raise PreconditionError(f"job {job.id} is already {job.state}")
         if job.state is JobState.QUEUED:
-            cancelled = await store.cancel_queued(conn, job.id)
+            cancelled = store.job_from_row(
+                await jobs.cancel_queued(conn, job.id, job.attempt, actor=ACTOR))
             if cancelled is None:
                 raise RuntimeError(f"job {job.id} left QUEUED while locked")
-            await outbox.record(
-                conn,
-                subject=subjects.JOB_CANCELLED,
-                event=JobCancelled(event_id=uuid4(), occurred_at=_now(),
-                                   correlation_id=_correlation_id(), actor=ACTOR,
-                                   job_id=job.id, attempt=job.attempt,
-                                   reason="cancelled by request"),
-                aggregate_type=AGGREGATE_JOB,
-                aggregate_id=job.id,
-            )
             return CancelJobReply(job=cancelled, cancelled=True)
-        requested = await store.request_cancel(conn, job.id)
+        requested = store.job_from_row(
+            await jobs.request_cancel(conn, job.id, job.attempt, job.worker_id, actor=ACTOR))
         if requested is None:  # asked before: the worker already has its orders
             return CancelJobReply(job=job, cancelled=False)
-        await outbox.record(
-            conn,
-            subject=subjects.JOB_CANCEL_REQUESTED,
-            event=JobCancelRequested(event_id=uuid4(), occurred_at=_now(),
-                                     correlation_id=_correlation_id(), actor=ACTOR,
-                                     job_id=job.id, attempt=job.attempt,
-                                     worker_id=job.worker_id),
-            aggregate_type=AGGREGATE_JOB,
-            aggregate_id=job.id,
-        )
         return CancelJobReply(job=requested, cancelled=False)
 
 
@@ -250,39 +202,45 @@ async def list_providers(pool: asyncpg.Pool, req: ListProviders) -> ProviderList
 
 
 async def update_provider(pool: asyncpg.Pool, req: UpdateProvider) -> ProviderReply:
-    """Change a provider's configuration (mode, pool sizes, limits, enabled)."""
-    changes: dict[str, object] = {
+    """Change a provider's configuration (enabled, mode, pool sizes, image, settings)."""
+    columns: dict[str, object] = {
         key: value for key, value in msgspec.structs.asdict(req).items()
-        if key != "name" and value is not None
+        if key not in ("name", "settings") and value is not None
     }
-    if not changes:
+    if not columns and not req.settings:
         raise ValidationError("nothing to change: give at least one setting")
-    if req.memory_bytes and req.memory_bytes < MIN_MEMORY_BYTES:
-        raise ValidationError(f"memory_bytes must be 0 (no default) or at least "
-                              f"{MIN_MEMORY_BYTES // 2**20} MiB")
-    if req.cpus and req.cpus < MIN_CPUS:
-        raise ValidationError(f"cpus must be 0 (no default) or at least {MIN_CPUS:g}")
-    settings = {key: (None if changes[key] in (0, "") else changes[key])
-                for key in _PROVIDER_SETTINGS if key in changes}
-    event = ProviderUpdated(event_id=uuid4(), occurred_at=_now(),
-                            correlation_id=_correlation_id(), actor=ACTOR,
-                            provider=req.name, changes=changes)
-    async with pool.acquire() as conn:
-        current = await store.get_provider(conn, req.name)
+    changes = {**columns, "settings": req.settings} if req.settings else columns
+    async with pool.acquire() as conn, conn.transaction():
+        # The row lock keeps the settings checked below from changing before the update.
+        current = await store.lock_provider(conn, req.name)
         if current is None:
             known = ", ".join(await store.provider_names(conn))
             raise NotFoundError(f"unknown provider {quote(req.name)} (known: {known})")
-        row = await outbox.change(
-            conn, store.UPDATE_PROVIDER, req.name, req.enabled,
-            None if req.worker_mode is None else req.worker_mode.value,
-            req.max_workers, req.min_idle, settings, req.image,
-            subject=subjects.PROVIDER_UPDATED, event=event,
-            aggregate_type="provider", aggregate_id=current.id or uuid4(),
-        )
+        row = await providers.update(
+            conn, current.id or uuid4(), req.name, enabled=req.enabled,
+            worker_mode=None if req.worker_mode is None else req.worker_mode.value,
+            max_workers=req.max_workers, min_idle=req.min_idle, image=req.image,
+            settings=_settings_patch(current, req.settings) if req.settings else {},
+            changes=changes, actor=ACTOR)
     provider = store.provider_from_row(row)
     if provider is None:
         raise ValidationError("min_idle cannot be larger than max_workers")
     return ProviderReply(provider=provider)
+
+
+def _settings_patch(provider: ProviderConfig, asked: Mapping[str, object]) -> dict[str, object]:
+    """What turns the provider's stored settings into the document asked for (``asked``
+    applied, null removing a key) once that document is checked against its kind's struct:
+    the document's keys and values, and null for each stored key it no longer has (keys its
+    kind does not have included)."""
+    kept = {k: v for k, v in provider.settings.items()
+            if k in setting_names(settings_type(provider.kind))}
+    document = {k: v for k, v in {**kept, **asked}.items() if v is not None}
+    try:
+        checked = dump_settings(validate_settings(provider.kind, document))
+    except ValidationError as e:
+        raise ValidationError(f"provider {quote(provider.name)}: {e}") from e
+    return {**dict.fromkeys(provider.settings), **checked}
 
 
 def _job_not_found(job_id: UUID) -> NotFoundError:

@@ -1,14 +1,14 @@
-"""SQL of the API service: reads and conditional writes of jobs, workers and providers."""
+"""SQL of the API service: what it reads of jobs, their events, workers and providers."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TypeVar
 from uuid import UUID
 
 import asyncpg
 import msgspec
 
-from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.events import DomainEvent
 from hodei_common.contracts.jobs import Job, JobState
 from hodei_common.contracts.workers import ProviderConfig, Worker, WorkerState
@@ -32,19 +32,9 @@ _PROVIDER_COLUMNS = """
 """
 _EVENT_COLUMNS = """
     id, seq, event_type, aggregate_type, aggregate_id, correlation_id, actor, payload,
-    occurred_at
+    occurred_at, trace_id
 """
 
-# Inserts nothing when the provider is unknown or disabled, or the id or idempotency key is
-# taken; the caller then finds out which (the rare path) with further queries.
-INSERT_JOB = f"""
-INSERT INTO jobs (id, namespace, name, state, command, args, env, timeout_s, provider, priority,
-                  max_attempts, idempotency_key, cpus, memory_bytes)
-SELECT $1, $2, $3, 'QUEUED', $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13
-WHERE EXISTS (SELECT 1 FROM provider_configs WHERE name = $8 AND enabled)
-ON CONFLICT DO NOTHING
-RETURNING {_JOB_COLUMNS}
-"""
 _JOB_BY_KEY = f"""
 SELECT {_JOB_COLUMNS} FROM jobs WHERE namespace = $1 AND idempotency_key = $2
 """
@@ -56,19 +46,10 @@ WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR namespace = $2)
 ORDER BY created_at DESC, id
 LIMIT $3
 """
-_CANCEL_QUEUED = f"""
-UPDATE jobs SET state = 'CANCELLED', completed_at = now()
-WHERE id = $1 AND state = 'QUEUED'
-RETURNING {_JOB_COLUMNS}
-"""
-_REQUEST_CANCEL = f"""
-UPDATE jobs SET cancel_requested_at = now()
-WHERE id = $1 AND state IN ('ASSIGNED', 'RUNNING') AND cancel_requested_at IS NULL
-RETURNING {_JOB_COLUMNS}
-"""
+# The job's own events and its workers' (they carry the job as correlation id).
 _JOB_EVENTS = f"""
 SELECT {_EVENT_COLUMNS} FROM domain_events
-WHERE aggregate_type = 'job' AND aggregate_id = $1
+WHERE (aggregate_type = 'job' AND aggregate_id = $1) OR correlation_id = $1::text
 ORDER BY seq
 """
 _LIST_WORKERS = f"""
@@ -78,19 +59,8 @@ ORDER BY created_at DESC, id
 LIMIT $2
 """
 _PROVIDER = f"SELECT {_PROVIDER_COLUMNS} FROM provider_configs WHERE name = $1"
+_LOCK_PROVIDER = _PROVIDER + " FOR UPDATE"
 _LIST_PROVIDERS = f"SELECT {_PROVIDER_COLUMNS} FROM provider_configs ORDER BY name"
-# Fields left NULL keep their value; settings keys set to NULL are removed.
-UPDATE_PROVIDER = f"""
-UPDATE provider_configs SET
-    enabled = coalesce($2, enabled),
-    worker_mode = coalesce($3, worker_mode),
-    max_workers = coalesce($4, max_workers),
-    min_idle = coalesce($5, min_idle),
-    image = coalesce($7, image),
-    settings = jsonb_strip_nulls(settings || $6::jsonb)
-WHERE name = $1 AND coalesce($5, min_idle) <= coalesce($4, max_workers)
-RETURNING {_PROVIDER_COLUMNS}
-"""
 _PROVIDER_NAMES = "SELECT name FROM provider_configs ORDER BY name"
 
 
@@ -101,15 +71,6 @@ def _to(struct: type[T], row: asyncpg.Record) -> T:
 
 def _maybe(struct: type[T], row: asyncpg.Record | None) -> T | None:
     return None if row is None else _to(struct, row)
-
-
-def insert_job_args(job_id: UUID, req: SubmitJob) -> tuple[object, ...]:
-    """The parameters of :data:`INSERT_JOB`."""
-    return (
-        job_id, req.namespace, req.name, req.command, req.args, req.env, req.timeout_s,
-        req.provider, req.priority, req.max_attempts, req.idempotency_key, req.cpus,
-        req.memory_bytes,
-    )
 
 
 def job_from_row(row: asyncpg.Record | None) -> Job | None:
@@ -140,18 +101,8 @@ async def list_jobs(
     return [_to(Job, row) for row in rows]
 
 
-async def cancel_queued(conn: Conn, job_id: UUID) -> Job | None:
-    """QUEUED -> CANCELLED; None when the job is not QUEUED."""
-    return _maybe(Job, await conn.fetchrow(_CANCEL_QUEUED, job_id))
-
-
-async def request_cancel(conn: Conn, job_id: UUID) -> Job | None:
-    """Mark an ASSIGNED/RUNNING job for cancellation; None when not applicable or done before."""
-    return _maybe(Job, await conn.fetchrow(_REQUEST_CANCEL, job_id))
-
-
 async def job_events(conn: Conn, job_id: UUID) -> list[DomainEvent]:
-    """A job's audit events, oldest first."""
+    """A job's audit events and its workers', oldest first."""
     rows = await conn.fetch(_JOB_EVENTS, job_id)
     return [_to(DomainEvent, row) for row in rows]
 
@@ -165,6 +116,11 @@ async def list_workers(conn: Conn, *, state: WorkerState | None, limit: int) -> 
 async def get_provider(conn: Conn, name: str) -> ProviderConfig | None:
     """One provider configuration by name."""
     return _maybe(ProviderConfig, await conn.fetchrow(_PROVIDER, name))
+
+
+async def lock_provider(conn: Conn, name: str) -> ProviderConfig | None:
+    """One provider configuration by name, row-locked until the caller's transaction ends."""
+    return _maybe(ProviderConfig, await conn.fetchrow(_LOCK_PROVIDER, name))
 
 
 def provider_from_row(row: asyncpg.Record | None) -> ProviderConfig | None:
@@ -181,3 +137,110 @@ async def list_providers(conn: Conn) -> list[ProviderConfig]:
 async def provider_names(conn: Conn) -> list[str]:
     """The names of every configured provider, sorted."""
     return [str(row["name"]) for row in await conn.fetch(_PROVIDER_NAMES)]
+
+
+# --- jobs.explain --------------------------------------------------------------------------
+# The job's worker: the one holding it, else one being made for it, else the last that held
+# it (from its newest JobAssigned).
+_EXPLAIN_WORKER = """
+SELECT w.id, w.state, w.provider,
+       extract(epoch FROM now() - w.last_heartbeat)::float8 AS heartbeat_age_s,
+       extract(epoch FROM now() - w.created_at)::float8 AS age_s
+FROM workers w
+WHERE w.id = $2
+   OR (w.for_job_id = $1 AND w.state IN ('CREATING', 'READY'))
+   OR w.id = (SELECT (payload->>'worker_id')::uuid FROM domain_events
+              WHERE aggregate_id = $1 AND event_type = 'JobAssigned' ORDER BY seq DESC LIMIT 1)
+ORDER BY w.id = $2 DESC, w.state IN ('CREATING', 'READY') DESC, w.created_at DESC
+LIMIT 1
+"""
+# The newest failed (or erring) saga step of the job or of any worker made for or given it;
+# of steps moved together, a FAILED one.
+_LAST_FAILURE = """
+SELECT g.saga_type, s.step_name, s.error, s.retry_count,
+       extract(epoch FROM now() - s.updated_at)::float8 AS age_s
+FROM sagas g JOIN saga_steps s ON s.saga_id = g.id
+WHERE (s.state = 'FAILED' OR s.error IS NOT NULL)
+  AND (g.aggregate_id = $1
+       OR g.aggregate_id IN (SELECT id FROM workers WHERE for_job_id = $1)
+       OR g.aggregate_id IN (SELECT (payload->>'worker_id')::uuid FROM domain_events
+                             WHERE aggregate_id = $1 AND event_type = 'JobAssigned'))
+ORDER BY s.updated_at DESC, s.state = 'FAILED' DESC
+LIMIT 1
+"""
+_PROVIDER_ROOM = """
+SELECT p.enabled, p.max_workers,
+       (SELECT count(*) FROM workers w WHERE w.provider = p.name
+          AND w.state IN ('CREATING', 'READY', 'BUSY', 'TERMINATING'))::int AS active,
+       (SELECT count(*) FROM jobs q WHERE q.provider = p.name AND q.state = 'QUEUED'
+          AND (q.priority > $2 OR (q.priority = $2 AND q.queued_at < $3)))::int AS ahead
+FROM provider_configs p WHERE p.name = $1
+"""
+_JOB_TIMING = """
+SELECT extract(epoch FROM not_before - now())::float8 AS backoff_left_s,
+       extract(epoch FROM now() - coalesce(assigned_at, now()))::float8 AS assigned_s,
+       extract(epoch FROM now() - coalesce(started_at, now()))::float8 AS running_s,
+       priority, queued_at
+FROM jobs WHERE id = $1
+"""
+
+
+class ExplainedWorker(msgspec.Struct, frozen=True, kw_only=True):
+    """The worker a job's explanation speaks of; ``heartbeat_age_s`` None: it never beat."""
+
+    id: UUID
+    state: WorkerState
+    provider: str
+    heartbeat_age_s: float | None
+    age_s: float
+
+
+class LastFailure(msgspec.Struct, frozen=True, kw_only=True):
+    """A failed (or erring) saga step."""
+
+    saga_type: str
+    step_name: str
+    error: str | None
+    retry_count: int
+    age_s: float
+
+
+class ProviderRoom(msgspec.Struct, frozen=True, kw_only=True):
+    """A provider's capacity, as seen by a queued job: live workers, and jobs ahead of it."""
+
+    enabled: bool
+    max_workers: int
+    active: int
+    ahead: int
+
+
+class JobTiming(msgspec.Struct, frozen=True, kw_only=True):
+    """How long a job has been where it is; ``backoff_left_s`` None: no backoff."""
+
+    backoff_left_s: float | None
+    assigned_s: float
+    running_s: float
+    priority: int
+    queued_at: datetime
+
+
+async def explained_worker(conn: Conn, job_id: UUID, worker_id: UUID | None
+                           ) -> ExplainedWorker | None:
+    """The job's worker: holding it, else being made for it, else the last that held it."""
+    return _maybe(ExplainedWorker, await conn.fetchrow(_EXPLAIN_WORKER, job_id, worker_id))
+
+
+async def last_failure(conn: Conn, job_id: UUID) -> LastFailure | None:
+    """The newest failed saga step of the job or of its workers."""
+    return _maybe(LastFailure, await conn.fetchrow(_LAST_FAILURE, job_id))
+
+
+async def provider_room(conn: Conn, name: str, priority: int, queued_at: datetime
+                        ) -> ProviderRoom | None:
+    """A provider's live workers, and its queued jobs ahead of one of this priority and age."""
+    return _maybe(ProviderRoom, await conn.fetchrow(_PROVIDER_ROOM, name, priority, queued_at))
+
+
+async def job_timing(conn: Conn, job_id: UUID) -> JobTiming | None:
+    """A job's backoff left, and how long it has been assigned and running."""
+    return _maybe(JobTiming, await conn.fetchrow(_JOB_TIMING, job_id))

@@ -30,6 +30,7 @@ from hodei_common.contracts.jobs import JobEvent, JobState
 from hodei_common.contracts.logs import LogBatch, LogEnd, LogMessage, LogStream
 from hodei_common.database import LOCK_LOG_SWEEP, exclusive
 from hodei_common.errors import RetryLater
+from hodei_common.lifecycle import jobs
 from hodei_common.logreader import read_log
 from hodei_common.runner import HodeiService, Loop
 from hodei_common.waiting import pause
@@ -133,8 +134,10 @@ class LogsService(HodeiService):
         finally:
             writer.discard()
         async with self.pool.acquire() as conn:
-            await store.record_archive(conn, job_id, end.attempt, logarchive.storage_uri(job_id),
-                                       written)
+            await jobs.record_log_archive(
+                conn, job_id, end.attempt, storage_uri=logarchive.storage_uri(job_id),
+                size_bytes=written.size_bytes, entry_count=written.lines,
+                sha256=written.sha256, truncated=written.truncated)
         log.debug("job %s: log archived (%d lines, %d bytes)", job_id, written.lines,
                   written.size_bytes)
 

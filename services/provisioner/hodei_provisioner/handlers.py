@@ -9,30 +9,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
-from opentelemetry import trace
 
-from hodei_common import outbox, sagas
-from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import RegisterReply, RegisterRequest
+from hodei_common.contracts.providers import ProviderSettings, load_settings, settings_type
 from hodei_common.contracts.workers import (
-    ProvisionFailed,
     ProvisionRequested,
-    WorkerCreated,
     WorkerFailed,
-    WorkerReady,
-    WorkerRegistered,
+    WorkerMode,
     WorkerState,
-    WorkerTerminated,
     WorkerTerminating,
 )
 from hodei_common.database import Conn
 from hodei_common.endpoints import one_line
 from hodei_common.errors import PermissionDeniedError, RetryLater, ValidationError
+from hodei_common.lifecycle import workers
 from hodei_common.recovery import Recovery
 from hodei_provisioner import store, tokens
 from hodei_provisioner.providers import Provider, WorkerSpec
@@ -40,27 +33,9 @@ from hodei_provisioner.providers import Provider, WorkerSpec
 log = logging.getLogger(__name__)
 
 ACTOR = "provisioner"
-AGGREGATE_WORKER = "worker"
 MAX_HOSTNAME_CHARS = 255
 _LEASE_SLACK_S = 0.5
 AGENT_IDLE_FACTOR = 2.0
-# The provisioning saga's steps this service moves ($1: the worker; $2: an error).
-CREATING_RESOURCE = sagas.step(sagas.PROVISIONING, "create_resource", sagas.StepState.RUNNING,
-                               "$1")
-RESOURCE_CREATED = [
-    *sagas.step(sagas.PROVISIONING, "create_resource", sagas.StepState.COMPLETED, "$1",
-                touch_saga=False),
-    *sagas.step(sagas.PROVISIONING, "await_registration", sagas.StepState.RUNNING, "$1"),
-]
-# The worker is FAILED and has no resource: nothing more to undo, its job gets another.
-CREATE_FAILED = sagas.step(sagas.PROVISIONING, "create_resource", sagas.StepState.FAILED, "$1",
-                           error="$2", saga_state="COMPENSATED")
-REGISTERED = [
-    *sagas.step(sagas.PROVISIONING, "create_resource", sagas.StepState.COMPLETED, "$1",
-                touch_saga=False),
-    *sagas.step(sagas.PROVISIONING, "await_registration", sagas.StepState.COMPLETED, "$1",
-                saga_state="COMPLETED"),
-]
 # States in which a worker's resource should go: TERMINATED again on a redelivery.
 _RELEASABLE = (WorkerState.TERMINATING, WorkerState.TERMINATED, WorkerState.FAILED)
 
@@ -81,15 +56,13 @@ class Deps:
     recovery: Recovery
 
 
-def _meta() -> dict[str, Any]:
-    """The fields every event this service writes shares."""
-    context = trace.get_current_span().get_span_context()
-    return {
-        "event_id": uuid4(),
-        "occurred_at": datetime.now(UTC),
-        "correlation_id": format(context.trace_id, "032x") if context.is_valid else None,
-        "actor": ACTOR,
-    }
+def worker_settings(worker: store.WorkerRow) -> ProviderSettings:
+    """The worker's provider settings as its kind's struct; a stored document that is not
+    valid raises :class:`ValidationError` saying what is wrong (the worker is then failed)."""
+    try:
+        return load_settings(settings_type(worker.kind), worker.settings)
+    except ValidationError as e:
+        raise ValidationError(f"provider {worker.provider!r} has invalid settings: {e}") from e
 
 
 def unavailable_reason(worker: store.WorkerRow, providers: Mapping[str, Provider]) -> str | None:
@@ -121,19 +94,24 @@ async def provision(deps: Deps, event: ProvisionRequested) -> None:
             # has expired, so that at most one agent can ever register as this worker.
             raise RetryLater(left_s + _LEASE_SLACK_S, f"worker {worker.id} is being created")
         reason = unavailable_reason(worker, deps.providers)
+        settings = ProviderSettings()
+        if reason is None:
+            try:
+                settings = worker_settings(worker)
+            except ValidationError as e:
+                reason = str(e)
         if reason is None:
             await store.issue_token(conn, worker.id, tokens.digest(token), deps.token_ttl_s)
-            await sagas.apply(conn, CREATING_RESOURCE, worker.id)
+            await workers.begin_create(conn, worker.id)
     if reason is not None:
         await _fail(deps, worker, reason)
         return
     provider = deps.providers[worker.kind]
     spec = WorkerSpec(worker_id=worker.id, token=token, nats_url=deps.agent_nats_url,
                       mode=worker.mode, provider=worker.provider, scope=str(worker.provider_id),
-                      image=worker.image, settings=worker.settings, job_id=worker.for_job_id,
-                      cpus=worker.cpus or _positive(worker.settings, "cpus"),
-                      memory_bytes=_whole(worker.memory_bytes
-                                          or _positive(worker.settings, "memory_bytes")))
+                      image=worker.image, settings=settings, job_id=worker.for_job_id,
+                      cpus=worker.cpus or settings.cpus,
+                      memory_bytes=worker.memory_bytes or settings.memory_bytes)
     try:
         resource_id = await provider.create(spec)
     except Exception as e:  # whatever broke, this worker will not come up: fail it
@@ -149,21 +127,15 @@ async def provision(deps: Deps, event: ProvisionRequested) -> None:
 async def _record_resource(
     deps: Deps, provider: Provider, worker: store.WorkerRow, resource_id: str
 ) -> None:
-    event = WorkerCreated(**_meta(), worker_id=worker.id, provider=worker.provider,
-                          provider_resource_id=resource_id)
     try:
         async with deps.pool.acquire() as conn:
-            rows = await outbox.transition(
-                conn, [(outbox.FIRST_STEP, store.RECORD_RESOURCE), *RESOURCE_CREATED],
-                [worker.id, resource_id],
-                [outbox.Emit(event, subjects.WORKER_CREATED, AGGREGATE_WORKER, worker.id)])
-            row = rows[0] if rows else None
+            recorded = await workers.record_resource(conn, worker.ref, resource_id, actor=ACTOR)
     except BaseException:
         # Unrecorded, nothing would ever destroy it: undo, and let the redelivery start over.
         await _destroy_quietly(provider, resource_id, worker.id)
         await _retire_quietly(deps, worker.id)
         raise
-    if row is None:
+    if not recorded:
         # The worker was given up (or another replica recorded its own resource) meanwhile.
         log.info("worker %s no longer wants resource %s; destroying it", worker.id, resource_id)
         await _destroy_quietly(provider, resource_id, worker.id)
@@ -187,15 +159,9 @@ async def _retire_quietly(deps: Deps, worker_id: UUID) -> None:
 
 
 async def _fail(deps: Deps, worker: store.WorkerRow, error: str) -> None:
-    error = one_line(error)
-    event = ProvisionFailed(**_meta(), worker_id=worker.id, provider=worker.provider,
-                            error=error)
     async with deps.pool.acquire() as conn:
-        rows = await outbox.transition(
-            conn, [(outbox.FIRST_STEP, store.FAIL_CREATING), *CREATE_FAILED],
-            [worker.id, error],
-            [outbox.Emit(event, subjects.PROVISION_FAILED, AGGREGATE_WORKER, worker.id)])
-    if not rows:
+        failed = await workers.fail_create(conn, worker.ref, one_line(error), actor=ACTOR)
+    if not failed:
         log.info("worker %s left CREATING before it could be failed", worker.id)
 
 
@@ -216,28 +182,22 @@ async def register(deps: Deps, req: RegisterRequest) -> RegisterReply:
     async with deps.pool.acquire() as conn, conn.transaction():
         if not await store.spend_token(conn, token_hash, req.worker_id):
             raise RegistrationDenied(await _why_refused(conn, token_hash, req.worker_id))
-        registered = await store.mark_ready(conn, req.worker_id, hostname)
-        if registered is None:  # raising rolls the spent token back: nothing changes
-            state = await store.worker_state(conn, req.worker_id)
-            if state is None:
-                raise RegistrationDenied(f"worker {req.worker_id} does not exist")
-            raise RegistrationDenied(f"worker {req.worker_id} is {state}; it cannot register")
-        await sagas.apply(conn, REGISTERED, req.worker_id)
-        common: dict[str, Any] = {"worker_id": req.worker_id, "provider": registered.provider}
-        await outbox.record(conn, subject=subjects.WORKER_REGISTERED,
-                            event=WorkerRegistered(**_meta(), **common),
-                            aggregate_type=AGGREGATE_WORKER, aggregate_id=req.worker_id)
-        await outbox.record(conn, subject=subjects.WORKER_READY,
-                            event=WorkerReady(**_meta(), **common),
-                            aggregate_type=AGGREGATE_WORKER, aggregate_id=req.worker_id)
+        # raising below rolls the spent token back: nothing changes
+        worker = await store.get_worker(conn, req.worker_id)
+        if worker is None:
+            raise RegistrationDenied(f"worker {req.worker_id} does not exist")
+        row = await workers.register(conn, worker.ref, hostname, actor=ACTOR)
+        if row is None:
+            raise RegistrationDenied(f"worker {req.worker_id} is {worker.state}; it cannot "
+                                     "register")
     log.info("worker %s registered (host %s, pid %s)", req.worker_id, hostname, req.pid)
-    max_jobs = _positive(registered.settings, "max_jobs")
-    idle_ttl_s = _positive(registered.settings, "idle_ttl_s")
+    settings = _agent_settings(worker.provider, row["settings"] or {})
+    idle_ttl_s = settings.idle_ttl_s
     return RegisterReply(
         worker_id=req.worker_id,
-        mode=registered.mode,
+        mode=WorkerMode(row["mode"]),
         heartbeat_interval_s=deps.heartbeat_interval_s,
-        max_jobs=None if max_jobs is None else int(max_jobs),
+        max_jobs=settings.max_jobs,
         # The scheduler retires idle workers at idle_ttl_s; the agent's own limit is only a
         # backstop for a platform that is gone, late enough never to race the scheduler.
         idle_ttl_s=None if idle_ttl_s is None else AGENT_IDLE_FACTOR * idle_ttl_s + 30.0,
@@ -257,16 +217,15 @@ async def _why_refused(conn: Conn, token_hash: bytes, worker_id: UUID) -> str:
     return "bootstrap token could not be used; try again"
 
 
-def _positive(settings: Mapping[str, Any], key: str) -> float | None:
-    """A provider setting that must be a positive number; None when absent or not one."""
-    value = settings.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        return None
-    return float(value)
-
-
-def _whole(value: float | None) -> int | None:
-    return None if value is None else int(value)
+def _agent_settings(provider: str, document: Mapping[str, object]) -> ProviderSettings:
+    """The common settings an agent is told, only as backstops: the scheduler enforces them
+    from the row itself. A document broken since the worker was made gives none."""
+    try:
+        return load_settings(ProviderSettings, document)
+    except ValidationError as e:
+        log.warning("provider %r has invalid settings: %s; its agent gets no job or idle "
+                    "limit", provider, e)
+        return ProviderSettings()
 
 
 # --- release -----------------------------------------------------------------------------
@@ -289,15 +248,9 @@ async def release(deps: Deps, event: WorkerTerminating | WorkerFailed) -> None:
             await provider.destroy(worker.provider_resource_id, worker_id=worker.id)
     async with deps.pool.acquire() as conn:
         if worker.state is WorkerState.TERMINATING:
-            await outbox.change(
-                conn, store.TERMINATE, worker.id,
-                subject=subjects.WORKER_TERMINATED,
-                event=WorkerTerminated(**_meta(), worker_id=worker.id,
-                                       provider=worker.provider,
-                                       reason=getattr(event, "reason", "")),
-                aggregate_type=AGGREGATE_WORKER, aggregate_id=worker.id,
-            )
+            await workers.terminate(conn, worker.ref, getattr(event, "reason", ""),
+                                    actor=ACTOR)
         elif worker.state is WorkerState.FAILED:
-            await store.mark_failed_released(conn, worker.id)
+            await workers.release_failed(conn, worker.id)
 
 

@@ -24,6 +24,7 @@ from uuid import UUID
 
 from hodei_common.contracts.workers import WorkerState
 from hodei_common.database import LOCK_RECONCILE, exclusive
+from hodei_common.lifecycle import workers
 from hodei_common.recovery import Fate
 from hodei_provisioner import store
 from hodei_provisioner.handlers import Deps
@@ -84,7 +85,7 @@ async def _reconcile_provider(
             outcome.lost[row.id] = reason
             if resource is None:
                 async with deps.pool.acquire() as conn:
-                    await store.mark_failed_released(conn, row.id)
+                    await workers.release_failed(conn, row.id)
     owned = [r.worker_id for r in found if r.worker_id is not None]
     async with deps.pool.acquire() as conn:
         states = await store.worker_states(conn, owned)
@@ -121,4 +122,4 @@ async def _destroy(
     await provider.destroy(resource.resource_id, worker_id=worker_id)
     if state is WorkerState.FAILED:
         async with deps.pool.acquire() as conn:
-            await store.mark_failed_released(conn, worker_id)
+            await workers.release_failed(conn, worker_id)

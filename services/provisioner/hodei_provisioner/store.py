@@ -8,9 +8,9 @@ from uuid import UUID
 
 import asyncpg
 
-from hodei_common import sagas
 from hodei_common.contracts.workers import WorkerMode, WorkerState
 from hodei_common.database import Conn
+from hodei_common.lifecycle.workers import WorkerRef
 
 _WORKER = """
 SELECT w.id, w.state, w.provider, w.mode, w.provider_resource_id, w.cpus, w.memory_bytes,
@@ -35,18 +35,6 @@ INSERT INTO worker_bootstrap_tokens (worker_id, token_hash, expires_at)
 VALUES ($1, $2, now() + make_interval(secs => $3))
 """
 
-# The agent may have registered (READY, even BUSY) before its resource id is recorded.
-RECORD_RESOURCE = """
-UPDATE workers SET provider_resource_id = $2
-WHERE id = $1 AND provider_resource_id IS NULL AND state IN ('CREATING', 'READY', 'BUSY')
-RETURNING id
-"""
-FAIL_CREATING = """
-UPDATE workers SET state = 'FAILED', error = $2
-WHERE id = $1 AND state = 'CREATING'
-RETURNING id
-"""
-
 _SPEND_TOKEN = """
 UPDATE worker_bootstrap_tokens SET used_at = now()
 WHERE token_hash = $1 AND worker_id = $2 AND used_at IS NULL AND expires_at > now()
@@ -56,32 +44,6 @@ _TOKEN = """
 SELECT worker_id, used_at IS NOT NULL AS used, expires_at <= now() AS expired
 FROM worker_bootstrap_tokens WHERE token_hash = $1
 """
-_MARK_READY = """
-UPDATE workers w SET state = 'READY', registered_at = now(), idle_since = now(), hostname = $2
-FROM provider_configs p
-WHERE w.id = $1 AND w.state = 'CREATING' AND p.name = w.provider
-RETURNING w.mode, w.provider, p.settings
-"""
-_WORKER_STATE = "SELECT state FROM workers WHERE id = $1"
-
-TERMINATE = """
-UPDATE workers SET state = 'TERMINATED', terminated_at = now(), current_job_id = NULL
-WHERE id = $1 AND state = 'TERMINATING'
-RETURNING id
-"""
-# A FAILED worker stays FAILED; terminated_at records that its resource is gone too.
-_RELEASED_FAILED = """
-UPDATE workers SET terminated_at = now()
-WHERE id = $1 AND state = 'FAILED' AND terminated_at IS NULL
-RETURNING id
-"""
-# The last step of the worker's recovery saga, and of a provisioning saga left compensating.
-_RESOURCE_DESTROYED = [
-    *sagas.step(sagas.RECOVERY, "destroy_resource", sagas.StepState.COMPLETED, "$1",
-                saga_state="COMPLETED"),
-]
-
-
 @dataclass(frozen=True, kw_only=True)
 class WorkerRow:
     """A worker with its provider's configuration."""
@@ -100,6 +62,11 @@ class WorkerRow:
     memory_bytes: int | None = None
     for_job_id: UUID | None = None
 
+    @property
+    def ref(self) -> WorkerRef:
+        """The worker as its events name it."""
+        return WorkerRef(self.id, self.provider, self.for_job_id)
+
 
 @dataclass(frozen=True, kw_only=True)
 class TokenRow:
@@ -108,15 +75,6 @@ class TokenRow:
     worker_id: UUID
     used: bool
     expired: bool
-
-
-@dataclass(frozen=True, kw_only=True)
-class Registered:
-    """A worker that just became READY."""
-
-    mode: WorkerMode
-    provider: str
-    settings: dict[str, Any]
 
 
 def _worker(row: asyncpg.Record | None) -> WorkerRow | None:
@@ -170,26 +128,6 @@ async def find_token(conn: Conn, token_hash: bytes) -> TokenRow | None:
     return TokenRow(worker_id=row["worker_id"], used=row["used"], expired=row["expired"])
 
 
-async def mark_ready(conn: Conn, worker_id: UUID, hostname: str | None) -> Registered | None:
-    """CREATING -> READY; None when the worker is not CREATING."""
-    row = await conn.fetchrow(_MARK_READY, worker_id, hostname)
-    if row is None:
-        return None
-    return Registered(mode=WorkerMode(row["mode"]), provider=row["provider"],
-                      settings=dict(row["settings"] or {}))
-
-
-async def worker_state(conn: Conn, worker_id: UUID) -> WorkerState | None:
-    """A worker's state, None when there is no such worker."""
-    state = await conn.fetchval(_WORKER_STATE, worker_id)
-    return None if state is None else WorkerState(state)
-
-
-async def mark_failed_released(conn: Conn, worker_id: UUID) -> None:
-    """Note that a FAILED worker's resource has been destroyed."""
-    await sagas.apply(conn, _RESOURCE_DESTROYED, worker_id, state_sql=_RELEASED_FAILED)
-
-
 # --- reconciliation ----------------------------------------------------------------------
 # Providers that may have resources: enabled ones, and any that ever had a worker.
 _PROVIDER_SCOPES = """
@@ -206,7 +144,7 @@ _WORKER_STATES = "SELECT id, state FROM workers WHERE id = ANY($1::uuid[])"
 
 
 @dataclass(frozen=True, kw_only=True)
-class LiveWorker:
+class WorkerWithResource:
     """A worker that should have a live resource."""
 
     id: UUID
@@ -219,10 +157,10 @@ async def provider_scopes(conn: Conn) -> list[tuple[str, str, UUID]]:
     return [(r["name"], r["kind"], r["id"]) for r in await conn.fetch(_PROVIDER_SCOPES)]
 
 
-async def live_workers_with_resource(conn: Conn, provider: str) -> list[LiveWorker]:
+async def live_workers_with_resource(conn: Conn, provider: str) -> list[WorkerWithResource]:
     """The provider's CREATING/READY/BUSY workers that have a recorded resource."""
     rows = await conn.fetch(_LIVE_WITH_RESOURCE, provider)
-    return [LiveWorker(id=r["id"], state=WorkerState(r["state"]),
+    return [WorkerWithResource(id=r["id"], state=WorkerState(r["state"]),
                        resource_id=r["provider_resource_id"]) for r in rows]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -19,12 +18,12 @@ import msgspec
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
-from hodei_common import outbox, sagas, tracing
+from hodei_common import tracing
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import Assignment
-from hodei_common.contracts.jobs import JobAssigned
-from hodei_common.contracts.workers import ProvisionRequested, WorkerMode, WorkerTerminating
+from hodei_common.contracts.workers import WorkerMode
 from hodei_common.database import LOCK_DISPATCH, Conn, locked_transaction
+from hodei_common.lifecycle import jobs, workers
 from hodei_common.waiting import wait_any
 from hodei_scheduler import store
 from hodei_scheduler.directory import WorkerProviders
@@ -35,13 +34,6 @@ ACTOR = "scheduler"
 MIN_GAP_S = 0.005
 HOUSEKEEPING_S = 0.25
 PICK_BATCH = 64
-PROVISIONING_SAGA = sagas.start(sagas.PROVISIONING, sagas.PROVISIONING_STEPS, "$1", done=1)
-# One execution saga per job assigned (a row of the assignment step), its first step done.
-EXECUTION_SAGA = sagas.start(sagas.EXECUTION, sagas.EXECUTION_STEPS, "id", done=1, rows="state")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def assignment_from_row(
@@ -142,21 +134,9 @@ class Dispatcher:
         while pairs := await store.pick_pairs(conn, PICK_BATCH):
             for p in pairs:
                 self._providers.remember(p["worker_id"], p["provider"])
-            jobs = [p["job_id"] for p in pairs]
-            workers = [p["worker_id"] for p in pairs]
-            attempts = [p["attempt"] for p in pairs]
-            emits = [
-                outbox.Emit(JobAssigned(event_id=uuid4(), occurred_at=_now(), actor=ACTOR,
-                                        job_id=j, attempt=a, worker_id=w),
-                            subjects.JOB_ASSIGNED, "job", j)
-                for j, w, a in zip(jobs, workers, attempts, strict=True)
-            ]
-            rows = await outbox.transition(
-                conn, [(outbox.FIRST_STEP, store.ASSIGN_JOBS), ("occupied", store.OCCUPY_WORKERS),
-                       *EXECUTION_SAGA],
-                [jobs, workers, attempts], emits,
-            )
-            if len(rows) != len(pairs) or rows[0]["step_rows"][:2] != [len(pairs), len(pairs)]:
+            rows = await jobs.assign(
+                conn, [(p["job_id"], p["worker_id"], p["attempt"]) for p in pairs], actor=ACTOR)
+            if len(rows) != len(pairs) or rows[0]["occupied"] != len(pairs):
                 raise RuntimeError("jobs or workers moved while locked by the dispatch pass")
             assignments.extend(assignment_from_row(row, row["worker_id"], self._log_max_bytes)
                                for row in rows)
@@ -168,12 +148,9 @@ class Dispatcher:
         """Retire READY workers idle past their provider's ``idle_ttl_s`` (keeping min_idle):
         the platform decides, so no job is ever assigned to an agent that left on its own."""
         for w in await store.idle_surplus(conn):
-            event = WorkerTerminating(event_id=uuid4(), occurred_at=_now(), actor=ACTOR,
-                                      worker_id=w["id"], provider=w["provider"],
-                                      reason=f"idle for more than {w['ttl']:g}s")
-            await outbox.change(conn, store.RETIRE_IDLE, w["id"],
-                                subject=subjects.WORKER_TERMINATING, event=event,
-                                aggregate_type="worker", aggregate_id=w["id"])
+            await workers.retire(conn, workers.WorkerRef(w["id"], w["provider"], w["for_job_id"]),
+                                 workers.Retirement.IDLE, f"idle for more than {w['ttl']:g}s",
+                                 actor=ACTOR)
 
     async def _provision(self, conn: Conn) -> None:
         """Request a worker per waiting job (plus the warm pool), within max_workers.
@@ -192,21 +169,14 @@ class Dispatcher:
             if made <= 0:
                 continue
             # Each new worker is requested for a job of its own; the rest form the warm pool.
-            jobs: list[UUID | None] = list(await store.unserved_jobs(
+            waiting: list[UUID | None] = list(await store.unserved_jobs(
                 conn, p["name"], p["cpus"], p["memory_bytes"], made))
-            jobs += [None] * (made - len(jobs))
-            for job_id in jobs:
-                worker_id = uuid4()
-                mode = WorkerMode(p["worker_mode"])
-                event = ProvisionRequested(event_id=uuid4(), occurred_at=_now(), actor=ACTOR,
-                                           worker_id=worker_id, provider=p["name"], mode=mode,
-                                           job_id=job_id)
-                # The row and the start of its provisioning saga, in one statement.
-                await outbox.transition(
-                    conn, [(outbox.FIRST_STEP, store.INSERT_WORKER), *PROVISIONING_SAGA],
-                    [worker_id, p["name"], mode.value, p["cpus"], p["memory_bytes"], job_id],
-                    [outbox.Emit(event, subjects.PROVISION_REQUESTED, "worker", worker_id)],
-                )
+            waiting += [None] * (made - len(waiting))
+            for job_id in waiting:
+                await workers.request(
+                    conn, workers.WorkerRef(uuid4(), p["name"], job_id),
+                    mode=WorkerMode(p["worker_mode"]), cpus=p["cpus"],
+                    memory_bytes=p["memory_bytes"], actor=ACTOR)
 
     async def send(self, assignment: Assignment) -> None:
         """Publish an assignment to its worker; a failure is retried by a later pass."""

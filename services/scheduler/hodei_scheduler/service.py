@@ -62,8 +62,7 @@ class SchedulerService(HodeiService):
             resend_s=self.config.assignment_resend_s, providers=providers,
             log_max_bytes=self.config.log_max_bytes or None,
         )
-        self.reports = ReportHandler(self.pool, self.dispatcher.poke, self.send_cancel,
-                                     self.close_log, providers, self._stop_worker)
+        self.reports = ReportHandler(self.pool, providers=providers, effects=self)
         await self.nc.subscribe(subjects.SCHEDULER_WAKE, cb=self._poke)
 
     def loops(self) -> list[Loop]:
@@ -112,7 +111,13 @@ class SchedulerService(HodeiService):
         """Request no more workers: the platform is retiring the ones it has."""
         self.dispatcher.provisioning = False
 
-    async def close_log(self, end: LogEnd) -> None:
+    def worker_freed(self) -> None:
+        self.dispatcher.poke()
+
+    async def cancel_pending(self, job_id: UUID, attempt: int, worker_id: UUID) -> None:
+        await self.send_cancel(job_id, attempt, worker_id)
+
+    async def job_finished(self, end: LogEnd) -> None:
         """End the job's log at once, as its terminal state commits. The logs service writes
         the same marker from the terminal event (same Nats-Msg-Id): this only saves a hop."""
         try:
@@ -124,7 +129,7 @@ class SchedulerService(HodeiService):
         except (NatsError, OSError, TimeoutError) as e:
             log.warning("job %s: end of log left to the logs service (%s)", end.job_id, e)
 
-    async def _stop_worker(self, worker_id: UUID, reason: str) -> None:
+    async def stop_worker(self, worker_id: UUID, reason: str) -> None:
         await send_stop(self.nc, worker_id, reason)
 
     async def send_cancel(self, job_id: UUID, attempt: int, worker_id: UUID) -> None:

@@ -1,4 +1,4 @@
-"""SQL of the scheduler: the dispatch queries and the job/worker transitions agents drive."""
+"""SQL of the scheduler: the questions of its dispatch passes and of the reports it applies."""
 
 from __future__ import annotations
 
@@ -53,21 +53,6 @@ FROM jr JOIN wr ON wr.provider = jr.provider AND wr.rank = jr.rank
 ORDER BY provider
 """
 
-# The pairs ($1 jobs, $2 workers, $3 attempts), locked by PICK_PAIRS in this transaction.
-ASSIGN_JOBS = """
-UPDATE jobs SET state = 'ASSIGNED', worker_id = p.worker_id, assigned_at = now()
-FROM unnest($1::uuid[], $2::uuid[], $3::int[]) AS p(job_id, worker_id, attempt)
-WHERE jobs.id = p.job_id AND jobs.state = 'QUEUED' AND jobs.attempt = p.attempt
-RETURNING jobs.id, jobs.attempt, jobs.worker_id, command, args, env, timeout_s, assigned_at
-"""
-
-OCCUPY_WORKERS = """
-UPDATE workers SET state = 'BUSY', current_job_id = a.id, idle_since = NULL
-FROM state AS a
-WHERE workers.id = a.worker_id AND workers.state = 'READY'
-RETURNING workers.id
-"""
-
 # Demand per enabled provider and per class of limits (a worker serves only jobs of its
 # class); the class of NULL limits also holds the warm pool. Oldest waiting class first.
 PROVIDER_DEMAND = """
@@ -97,8 +82,8 @@ ORDER BY p.name, min(c.oldest) NULLS LAST
 
 # READY workers idle past their provider's idle_ttl_s, beyond the min_idle freshest ones.
 IDLE_SURPLUS = """
-SELECT id, provider, ttl FROM (
-    SELECT w.id, w.provider, w.idle_since, p.min_idle,
+SELECT id, provider, for_job_id, ttl FROM (
+    SELECT w.id, w.provider, w.for_job_id, w.idle_since, p.min_idle,
            (p.settings->>'idle_ttl_s')::float8 AS ttl,
            row_number() OVER (PARTITION BY w.provider ORDER BY w.idle_since DESC, w.id)
                AS freshness
@@ -108,17 +93,6 @@ SELECT id, provider, ttl FROM (
 WHERE freshness > min_idle AND idle_since < now() - make_interval(secs => ttl)
 ORDER BY idle_since
 LIMIT 100
-"""
-
-RETIRE_IDLE = """
-UPDATE workers SET state = 'TERMINATING' WHERE id = $1 AND state = 'READY'
-RETURNING id
-"""
-
-INSERT_WORKER = """
-INSERT INTO workers (id, provider, mode, state, cpus, memory_bytes, for_job_id)
-VALUES ($1, $2, $3, 'CREATING', $4, $5, $6)
-RETURNING id
 """
 
 # Waiting jobs of a class that no live worker was requested for yet, best first.
@@ -140,58 +114,6 @@ ORDER BY assigned_at
 LIMIT 100
 """
 
-ACCEPT = """
-UPDATE jobs SET accepted_at = $4
-WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND state = 'ASSIGNED'
-  AND accepted_at IS NULL
-RETURNING id, cancel_requested_at
-"""
-
-# A STARTED report also says the assignment was accepted, when no ACCEPTED came before it.
-START = """
-UPDATE jobs SET state = 'RUNNING', started_at = $4,
-                accepted_at = coalesce(jobs.accepted_at, $4)
-FROM (SELECT id, accepted_at FROM jobs WHERE id = $1 FOR UPDATE) AS before
-WHERE jobs.id = before.id AND jobs.attempt = $2 AND jobs.worker_id = $3
-  AND jobs.state = 'ASSIGNED'
-RETURNING jobs.id, jobs.cancel_requested_at, before.accepted_at IS NULL AS newly_accepted
-"""
-NEWLY_ACCEPTED = "SELECT 1 FROM state WHERE newly_accepted"
-
-# $8: when the job started, from a FINISHED report whose STARTED was never sent.
-FINISH = """
-UPDATE jobs SET state = $4, exit_code = $5, error = $6, completed_at = $7,
-                started_at = coalesce(jobs.started_at, $8::timestamptz, $7),
-                accepted_at = coalesce(jobs.accepted_at, $8::timestamptz, $7)
-FROM (SELECT id, accepted_at, started_at FROM jobs WHERE id = $1 FOR UPDATE) AS before
-WHERE jobs.id = before.id AND jobs.attempt = $2 AND jobs.worker_id = $3
-  AND jobs.state IN ('ASSIGNED', 'RUNNING')
-RETURNING jobs.id, before.accepted_at IS NULL AS newly_accepted,
-          before.started_at IS NULL AND $8::timestamptz IS NOT NULL AS newly_started
-"""
-NEWLY_STARTED = "SELECT 1 FROM state WHERE newly_started"
-
-# The worker ($3) of a job FINISH just ended, in the same statement: freed for its next job
-# when it is reusable, has jobs left under its provider's max_jobs, its agent stays ($9:
-# why the agent leaves, if it does) and its job was not cancelled ($4: a cancelled job's
-# worker is destroyed, whatever the job left behind); retired otherwise.
-FREE_WORKER = """
-UPDATE workers SET state = 'READY', current_job_id = NULL, jobs_run = workers.jobs_run + 1,
-                   idle_since = now()
-FROM provider_configs p
-WHERE workers.id = $3 AND workers.state = 'BUSY' AND EXISTS (SELECT 1 FROM state)
-  AND p.name = workers.provider AND workers.mode = 'reusable' AND $9::text IS NULL
-  AND $4::text <> 'CANCELLED'
-  AND coalesce(workers.jobs_run + 1 < (p.settings->>'max_jobs')::float8, true)
-RETURNING workers.id
-"""
-RETIRE_WORKER = """
-UPDATE workers SET state = 'TERMINATING', current_job_id = NULL, jobs_run = jobs_run + 1
-WHERE id = $3 AND state = 'BUSY' AND EXISTS (SELECT 1 FROM state)
-  AND NOT EXISTS (SELECT 1 FROM freed)
-RETURNING id
-"""
-
 WORKER_PROVIDER = "SELECT provider FROM workers WHERE id = $1"
 
 # Where the job stands now, for a report that matched nothing: repeated, or stale.
@@ -199,10 +121,6 @@ JOB_NOW = """
 SELECT j.attempt, j.worker_id, w.state AS reporter_state, w.provider AS reporter_provider
 FROM jobs j LEFT JOIN workers w ON w.id = $2
 WHERE j.id = $1
-"""
-# A stale report is recorded once: its event id ($2) is derived from the report.
-STALE_ONCE = """
-SELECT id FROM jobs WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM domain_events WHERE id = $2)
 """
 
 JOB_CANCEL_TARGET = """

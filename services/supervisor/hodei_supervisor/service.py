@@ -13,25 +13,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import ClassVar
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
-from hodei_common import outbox
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import Heartbeat
-from hodei_common.contracts.workers import WorkerState, WorkerStopOrdered
+from hodei_common.contracts.workers import WorkerState
+from hodei_common.lifecycle import workers
 from hodei_common.recovery import Backoff, Recovery, send_stop
 from hodei_common.runner import HodeiService, Loop
 from hodei_common.waiting import pause
-from hodei_supervisor import store
 from hodei_supervisor.config import SupervisorSettings
-from hodei_supervisor.sweeps import ACTOR, Sweeper
+from hodei_supervisor.sweeps import Sweeper
 
 log = logging.getLogger(__name__)
+
+ACTOR = "supervisor"
 
 HEARTBEAT_QUEUE_GROUP = "hodei-supervisor"
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -86,7 +87,7 @@ class SupervisorService(HodeiService):
             return True
         try:
             async with self.pool.acquire() as conn:
-                silenced = await store.record_heartbeats(
+                silenced = await workers.beat(
                     conn, {worker_id: beat.at for worker_id, beat in beats.items()})
         except _DB_ERRORS as e:
             log.warning("could not record %d heartbeats (%s); keeping them", len(beats), e)
@@ -106,15 +107,12 @@ class SupervisorService(HodeiService):
         if state is None:
             log.warning("unknown worker %s beat; told it to stop", beat.worker_id)
             return
-        event = WorkerStopOrdered(event_id=uuid4(), occurred_at=beat.at, actor=ACTOR,
-                                  worker_id=beat.worker_id, provider=row["provider"],
-                                  state=WorkerState(state), job_id=beat.job_id,
-                                  attempt=beat.attempt)
+        worker = workers.WorkerRef(beat.worker_id, row["provider"], row["job_id"])
         async with self.pool.acquire() as conn:
-            first = await outbox.change(conn, store.STOP_ORDERED, beat.worker_id,
-                                        subject=subjects.WORKER_STOP_ORDERED, event=event,
-                                        aggregate_type="worker", aggregate_id=beat.worker_id)
-        if first is not None:
+            first = await workers.order_stop(conn, worker, WorkerState(state), at=beat.at,
+                                             job_id=beat.job_id, attempt=beat.attempt,
+                                             actor=ACTOR)
+        if first:
             log.warning("worker %s is %s but beat (job %s attempt %s); told it to stop",
                         beat.worker_id, state, beat.job_id, beat.attempt)
 

@@ -1,34 +1,10 @@
-"""SQL of the supervisor: heartbeats, and the questions its sweeps ask."""
+"""SQL of the supervisor: the questions its sweeps ask."""
 
 from __future__ import annotations
-
-from datetime import datetime
-from uuid import UUID
 
 import asyncpg
 
 from hodei_common.database import Conn
-
-# One statement for a whole batch; a late, older beat never moves the time back. It also
-# returns the beats of workers that should be silent: finished, declared dead, or unknown.
-RECORD_HEARTBEATS = """
-WITH beat AS (SELECT * FROM unnest($1::uuid[], $2::timestamptz[]) AS b(id, at)),
-recorded AS (
-    UPDATE workers SET last_heartbeat = beat.at
-    FROM beat
-    WHERE workers.id = beat.id
-      AND (workers.last_heartbeat IS NULL OR workers.last_heartbeat < beat.at)
-)
-SELECT beat.id, w.state, w.provider FROM beat LEFT JOIN workers w ON w.id = beat.id
-WHERE w.id IS NULL OR w.state IN ('FAILED', 'TERMINATED')
-"""
-
-# The first beat of a worker that should be gone: it is told to stop, and that is recorded.
-STOP_ORDERED = """
-UPDATE workers SET stop_ordered_at = now()
-WHERE id = $1 AND state IN ('FAILED', 'TERMINATED') AND stop_ordered_at IS NULL
-RETURNING id
-"""
 
 SILENT_WORKERS = """
 SELECT id, provider, last_heartbeat,
@@ -69,11 +45,6 @@ WHERE state = 'CREATING' AND created_at < now() - make_interval(secs => $1)
 ORDER BY created_at
 LIMIT 200
 """
-
-
-async def record_heartbeats(conn: Conn, beats: dict[UUID, datetime]) -> list[asyncpg.Record]:
-    """Record the beats; return (id, state, provider) of workers that should be silent."""
-    return await conn.fetch(RECORD_HEARTBEATS, list(beats), list(beats.values()))
 
 
 async def silent_workers(conn: Conn, limit_s: float) -> list[asyncpg.Record]:

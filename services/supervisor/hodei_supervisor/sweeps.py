@@ -8,24 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
-from uuid import uuid4
 
 import asyncpg
 from nats.aio.client import Client as NATS
 
 from hodei_common import tracing
-from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import StatusKind
-from hodei_common.contracts.workers import WorkerHeartbeatMissed
 from hodei_common.database import LOCK_SUPERVISOR_SWEEP, exclusive
-from hodei_common.recovery import Fate, Recovery, send_cancel
+from hodei_common.recovery import Fate, Recovery, Silence, send_cancel
 from hodei_supervisor import store
 from hodei_supervisor.config import SupervisorSettings
 
 log = logging.getLogger(__name__)
-
-ACTOR = "supervisor"
 
 
 class Sweeper:
@@ -62,13 +56,9 @@ class Sweeper:
                 cancels = await store.cancels_pending(conn, s.supervisor_cancel_resend_s)
             lost = 0
             for w in silent:
-                missed = WorkerHeartbeatMissed(
-                    event_id=uuid4(), occurred_at=datetime.now(UTC), actor=ACTOR,
-                    worker_id=w["id"], provider=w["provider"], last_heartbeat=w["last_heartbeat"],
-                    silent_s=round(w["silent_s"], 3))
+                silence = Silence(w["last_heartbeat"], round(w["silent_s"], 3))
                 reason = f"no heartbeat for {w['silent_s']:.1f}s"
-                lost += _counted(await self._recovery.lose(w["id"], reason,
-                                         first=[(missed, subjects.WORKER_HEARTBEAT_MISSED)]))
+                lost += _counted(await self._recovery.lose(w["id"], reason, silence=silence))
             for j in unaccepted:
                 lost += _counted(await self._recovery.lose(
                     j["worker_id"],

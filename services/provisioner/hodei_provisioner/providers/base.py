@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar
 from uuid import UUID
 
+from hodei_common.contracts.providers import ProviderSettings
 from hodei_common.contracts.workers import WorkerMode
 from hodei_common.errors import HodeiError
 
@@ -30,9 +31,10 @@ class WorkerSpec:
     # The provider_configs row's id: resources are labelled with it and listed by it.
     scope: str = ""
     image: str | None = None
-    settings: Mapping[str, object] = field(default_factory=dict)
+    # The provider's settings as its kind's struct (contracts.providers.SETTINGS_BY_KIND).
+    settings: ProviderSettings = field(default_factory=ProviderSettings)
     job_id: UUID | None = None  # the job the worker is requested for, if any
-    cpus: float | None = None  # limits; None: unlimited
+    cpus: float | None = None  # limits (the job's, else the provider's); None: unlimited
     memory_bytes: int | None = None
 
 

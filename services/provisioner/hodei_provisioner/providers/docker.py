@@ -21,6 +21,7 @@ from uuid import UUID
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
+from hodei_common.contracts.providers import DockerSettings
 from hodei_provisioner.providers.base import Provider, ProviderError, Resource, WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,11 @@ class DockerProvider(Provider):
             limits.update(mem_limit=spec.memory_bytes, memswap_limit=spec.memory_bytes)
         if spec.cpus is not None:
             limits["nano_cpus"] = round(spec.cpus * 1e9)
-        network_mode = str(spec.settings.get("network_mode") or DEFAULT_NETWORK_MODE)
+        # The provisioner loads a docker provider's settings as DockerSettings; a spec made
+        # without them has the defaults.
+        settings = spec.settings if isinstance(spec.settings, DockerSettings) \
+            else DockerSettings()
+        network_mode = settings.network_mode or DEFAULT_NETWORK_MODE
         host_config = api.create_host_config(network_mode=network_mode, **limits)
         environment = {
             **self._env,

@@ -1,0 +1,191 @@
+"""Every transition of a job: one function each, one named statement each (``sql/jobs.sql``).
+
+Each function returns what its statement returned, or None (False) when the job was not
+where the transition's fence expects it: then nothing changed and nothing was recorded.
+Events carry the job as their correlation id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from hodei_common.contracts.agent import Outcome, StatusReport
+from hodei_common.contracts.api import SubmitJob
+from hodei_common.contracts.events import Event
+from hodei_common.contracts.jobs import (
+    JobAccepted,
+    JobAssigned,
+    JobCancelled,
+    JobCancelRequested,
+    JobCreated,
+    JobFailed,
+    JobStarted,
+    JobState,
+    JobSucceeded,
+    JobTimedOut,
+    StaleReportRefused,
+)
+from hodei_common.contracts.workers import WorkerReady, WorkerTerminating
+from hodei_common.database import Conn
+from hodei_common.lifecycle import SQL_DIR, events, queries
+from hodei_common.lifecycle.events import Emit
+from hodei_common.lifecycle.transitions import JOBS, WORKERS, Transition
+
+SQL = queries.load(SQL_DIR / "jobs.sql")
+
+# The transition a FINISHED report's outcome makes.
+FINISHING: dict[Outcome, Transition] = {
+    Outcome.SUCCEEDED: JOBS["succeed"],
+    Outcome.FAILED: JOBS["fail"],
+    Outcome.TIMED_OUT: JOBS["time_out"],
+    Outcome.CANCELLED: JOBS["cancel"],
+}
+_FINISHED_EVENT = {Outcome.SUCCEEDED: JobSucceeded, Outcome.FAILED: JobFailed,
+                   Outcome.TIMED_OUT: JobTimedOut}
+
+
+async def submit(conn: Conn, req: SubmitJob, *, job_id: UUID, actor: str
+                 ) -> asyncpg.Record | None:
+    """A new QUEUED job (its row); None when the provider is unknown or disabled or the id
+    or idempotency key is taken."""
+    t = JOBS["submit"]
+    created = events.new(
+        JobCreated, actor=actor, job=job_id, job_id=job_id, attempt=1,
+        namespace=req.namespace, name=req.name, provider=req.provider, priority=req.priority,
+        timeout_s=req.timeout_s, env_keys=sorted(req.env))
+    return await SQL["submit"].fetchrow(
+        conn, job_id=job_id, namespace=req.namespace, name=req.name, to_state=t.to_state,
+        command=req.command, args=req.args, env=req.env, timeout_s=req.timeout_s,
+        provider=req.provider, priority=req.priority, max_attempts=req.max_attempts,
+        idempotency_key=req.idempotency_key, cpus=req.cpus, memory_bytes=req.memory_bytes,
+        events=events.encode([Emit(t, created)]))
+
+
+async def cancel_queued(conn: Conn, job_id: UUID, attempt: int, *, actor: str
+                        ) -> asyncpg.Record | None:
+    """QUEUED -> CANCELLED (the job's row); None when it is not QUEUED."""
+    t = JOBS["cancel_queued"]
+    cancelled = events.new(JobCancelled, actor=actor, job=job_id, job_id=job_id,
+                           attempt=attempt, reason="cancelled by request")
+    return await SQL["cancel_queued"].fetchrow(
+        conn, job_id=job_id, from_states=t.fence, to_state=t.to_state,
+        events=events.encode([Emit(t, cancelled)]))
+
+
+async def request_cancel(conn: Conn, job_id: UUID, attempt: int, worker_id: UUID | None, *,
+                         actor: str) -> asyncpg.Record | None:
+    """Mark an ASSIGNED/RUNNING job for cancellation (the job's row); None when it is not
+    held by a worker, or the cancel was asked for before."""
+    t = JOBS["request_cancel"]
+    requested = events.new(JobCancelRequested, actor=actor, job=job_id, job_id=job_id,
+                           attempt=attempt, worker_id=worker_id)
+    return await SQL["request_cancel"].fetchrow(
+        conn, job_id=job_id, from_states=t.fence, events=events.encode([Emit(t, requested)]))
+
+
+async def assign(conn: Conn, pairs: Sequence[tuple[UUID, UUID, int]], *, actor: str
+                 ) -> list[asyncpg.Record]:
+    """Assign each (job, worker, attempt) pair, its worker made BUSY: one row per job
+    assigned (id, attempt, worker_id, command, args, env, timeout_s, assigned_at,
+    ``occupied``: how many workers the statement made BUSY)."""
+    t, occupy = JOBS["assign"], WORKERS["occupy"]
+    emits = [Emit(t, events.new(JobAssigned, actor=actor, job=job_id, job_id=job_id,
+                                attempt=attempt, worker_id=worker_id), step=str(job_id))
+             for job_id, worker_id, attempt in pairs]
+    return await SQL["assign"].fetch(
+        conn, job_ids=[p[0] for p in pairs], worker_ids=[p[1] for p in pairs],
+        attempts=[p[2] for p in pairs], from_states=t.fence, to_state=t.to_state,
+        occupy_from=occupy.fence, occupy_to=occupy.to_state, events=events.encode(emits))
+
+
+def _progress(t: Transition, kind: type[JobAccepted] | type[JobStarted], report: StatusReport,
+              actor: str, step: str) -> Emit:
+    return Emit(t, events.new(kind, actor=actor, job=report.job_id, job_id=report.job_id,
+                              attempt=report.attempt, worker_id=report.worker_id), step=step)
+
+
+async def accept(conn: Conn, report: StatusReport, *, actor: str) -> asyncpg.Record | None:
+    """The agent took its assignment (id, cancel_requested_at); None when the report does
+    not match the job's attempt and worker, or was applied before."""
+    t = JOBS["accept"]
+    return await SQL["accept"].fetchrow(
+        conn, job_id=report.job_id, attempt=report.attempt, worker_id=report.worker_id,
+        at=report.at, from_states=t.fence,
+        events=events.encode([_progress(t, JobAccepted, report, actor, "accept")]))
+
+
+async def start(conn: Conn, report: StatusReport, *, actor: str) -> asyncpg.Record | None:
+    """ASSIGNED -> RUNNING (id, cancel_requested_at); also accepted, when that report never
+    came. None when the report does not match, or was applied before."""
+    t = JOBS["start"]
+    return await SQL["start"].fetchrow(
+        conn, job_id=report.job_id, attempt=report.attempt, worker_id=report.worker_id,
+        at=report.at, from_states=t.fence, to_state=t.to_state,
+        events=events.encode([_progress(t, JobAccepted, report, actor, "accept"),
+                              _progress(t, JobStarted, report, actor, "start")]))
+
+
+async def finish(conn: Conn, report: StatusReport, outcome: Outcome, *, provider: str | None,
+                 actor: str) -> asyncpg.Record | None:
+    """End the job as its FINISHED report says, and in the same statement free or retire its
+    worker (``provider``: the worker's; None: no such worker). Returns (id, ``freed``);
+    None when the report does not match the job's attempt and worker, or was applied."""
+    t = FINISHING[outcome]
+    job = report.job_id
+    end: Event
+    if outcome is Outcome.CANCELLED:
+        end = events.new(JobCancelled, actor=actor, job=job, job_id=job,
+                         attempt=report.attempt, reason=report.error or "cancelled by request")
+    else:
+        end = events.new(_FINISHED_EVENT[outcome], actor=actor, job=job, job_id=job,
+                         attempt=report.attempt, state=JobState(t.target),
+                         exit_code=report.exit_code, error=report.error,
+                         worker_id=report.worker_id, duration_s=report.duration_s)
+    free, retire = WORKERS["free"], WORKERS["retire"]
+    emits = [_progress(t, JobAccepted, report, actor, "accept"),
+             _progress(t, JobStarted, report, actor, "start"),
+             Emit(t, end, step="finish")]
+    if provider is not None:
+        worker: dict[str, Any] = {"worker_id": report.worker_id, "provider": provider}
+        emits += [
+            Emit(free, events.new(WorkerReady, actor=actor, job=job, **worker)),
+            Emit(retire, events.new(WorkerTerminating, actor=actor, job=job, **worker,
+                                    reason=report.leaving or "its job finished")),
+        ]
+    return await SQL["finish"].fetchrow(
+        conn, job_id=job, attempt=report.attempt, worker_id=report.worker_id,
+        from_states=t.fence, to_state=t.to_state, exit_code=report.exit_code,
+        error=report.error, at=report.at, started_at=report.started_at,
+        free_from=free.fence, free_to=free.to_state, retire_from=retire.fence,
+        retire_to=retire.to_state,
+        reuse_worker=report.leaving is None and outcome is not Outcome.CANCELLED,
+        events=events.encode(emits))
+
+
+async def refuse_stale_report(conn: Conn, report: StatusReport, current_attempt: int, *,
+                              event_id: UUID, actor: str) -> bool:
+    """Record, once (``event_id`` is derived from the report), that a report of an attempt
+    the job has moved past was refused; False when it was recorded before."""
+    t = JOBS["refuse_stale_report"]
+    refused = events.new(
+        StaleReportRefused, actor=actor, job=report.job_id, event_id=event_id,
+        job_id=report.job_id, attempt=report.attempt, worker_id=report.worker_id,
+        kind=report.kind.value, current_attempt=current_attempt)
+    recorded = await SQL["refuse_stale_report"].fetchval(
+        conn, job_id=report.job_id, event_id=event_id, from_states=t.fence,
+        events=events.encode([Emit(t, refused)]))
+    return bool(recorded)
+
+
+async def record_log_archive(conn: Conn, job_id: UUID, attempt: int, *, storage_uri: str,
+                             size_bytes: int, entry_count: int, sha256: str,
+                             truncated: bool) -> None:
+    """The job_log_files row of a stored archive, and the job's truncation mark."""
+    await SQL["record_log_archive"].execute(
+        conn, job_id=job_id, attempt=attempt, storage_uri=storage_uri, size_bytes=size_bytes,
+        entry_count=entry_count, sha256=sha256, truncated=truncated,
+        from_states=JOBS["mark_log_truncated"].fence)

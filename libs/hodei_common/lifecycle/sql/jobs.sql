@@ -1,0 +1,169 @@
+-- Every statement that changes a job. Each takes its fence and its target from the job
+-- transition table (`:from_states`, `:to_state`; see transitions.py), makes the change only
+-- while the fence holds, and records in the same statement its saga step and its events
+-- (`:events`, made by lifecycle/events.py; `hodei_record_events` keeps those of the steps
+-- named). A statement that returns no row changed nothing and recorded nothing.
+
+-- name: submit
+-- A QUEUED job. Inserts nothing when the provider is unknown or disabled, or the id or
+-- the idempotency key is taken: the caller then finds out which.
+WITH submitted AS (
+    INSERT INTO jobs (id, namespace, name, state, command, args, env, timeout_s, provider,
+                      priority, max_attempts, idempotency_key, cpus, memory_bytes)
+    SELECT :job_id, :namespace, :name, :to_state, :command, :args, :env::jsonb, :timeout_s,
+           :provider, :priority, :max_attempts, :idempotency_key, :cpus, :memory_bytes
+    WHERE EXISTS (SELECT 1 FROM provider_configs WHERE name = :provider AND enabled)
+    ON CONFLICT DO NOTHING
+    RETURNING *
+)
+SELECT submitted.*, hodei_record_events(:events, ARRAY['submit']) AS recorded
+FROM submitted;
+
+-- name: cancel_queued
+WITH cancelled AS (
+    UPDATE jobs SET state = :to_state, completed_at = now()
+    WHERE id = :job_id AND state = ANY(:from_states)
+    RETURNING *
+)
+SELECT cancelled.*, hodei_record_events(:events, ARRAY['cancel_queued']) AS recorded
+FROM cancelled;
+
+-- name: request_cancel
+-- Once: a job whose cancel was asked for before is left as it is.
+WITH requested AS (
+    UPDATE jobs SET cancel_requested_at = now()
+    WHERE id = :job_id AND state = ANY(:from_states) AND cancel_requested_at IS NULL
+    RETURNING *
+)
+SELECT requested.*, hodei_record_events(:events, ARRAY['request_cancel']) AS recorded
+FROM requested;
+
+-- name: assign
+-- The pairs a dispatch pass locked (`:job_ids`, `:worker_ids`, `:attempts`, in step): each
+-- job ASSIGNED to its worker, fenced by its attempt; each worker BUSY with its job (the
+-- worker transition `occupy`); each job's execution saga opened with `assign` done; and
+-- the events of the jobs that moved (an event's step is its job's id).
+WITH pairs AS (
+    SELECT * FROM unnest(:job_ids::uuid[], :worker_ids::uuid[], :attempts::int[])
+        AS p(job_id, worker_id, attempt)
+),
+assigned AS (
+    UPDATE jobs SET state = :to_state, worker_id = p.worker_id, assigned_at = now()
+    FROM pairs AS p
+    WHERE jobs.id = p.job_id AND jobs.state = ANY(:from_states) AND jobs.attempt = p.attempt
+    RETURNING jobs.id, jobs.attempt, jobs.worker_id, jobs.command, jobs.args, jobs.env,
+              jobs.timeout_s, jobs.assigned_at
+),
+occupied AS (
+    UPDATE workers SET state = :occupy_to, current_job_id = a.id, idle_since = NULL
+    FROM assigned AS a
+    WHERE workers.id = a.worker_id AND workers.state = ANY(:occupy_from)
+    RETURNING workers.id
+)
+SELECT a.*, (SELECT count(*) FROM occupied) AS occupied,
+       hodei_saga_open('execution', a.id, ARRAY['assign', 'start', 'finish'], 1) AS saga,
+       (SELECT hodei_record_events(:events, ARRAY(SELECT id::text FROM assigned))) AS recorded
+FROM assigned AS a;
+
+-- name: accept
+WITH accepted AS (
+    UPDATE jobs SET accepted_at = :at
+    WHERE id = :job_id AND attempt = :attempt AND worker_id = :worker_id
+      AND state = ANY(:from_states) AND accepted_at IS NULL
+    RETURNING id, cancel_requested_at
+)
+SELECT accepted.*, hodei_record_events(:events, ARRAY['accept']) AS recorded
+FROM accepted;
+
+-- name: start
+-- A STARTED report also says the assignment was accepted, when no ACCEPTED came before it
+-- (then JobAccepted, step `accept`, is recorded before JobStarted).
+WITH before AS (
+    SELECT id, accepted_at FROM jobs WHERE id = :job_id FOR UPDATE
+),
+started AS (
+    UPDATE jobs SET state = :to_state, started_at = :at,
+                    accepted_at = coalesce(jobs.accepted_at, :at)
+    FROM before
+    WHERE jobs.id = before.id AND jobs.attempt = :attempt AND jobs.worker_id = :worker_id
+      AND jobs.state = ANY(:from_states)
+    RETURNING jobs.id, jobs.cancel_requested_at, before.accepted_at IS NULL AS newly_accepted
+)
+SELECT s.*,
+       hodei_saga_advance('execution', s.id, 'start', 'finish', 'RUNNING') AS saga,
+       hodei_record_events(:events, CASE WHEN s.newly_accepted THEN ARRAY['accept', 'start']
+                                         ELSE ARRAY['start'] END) AS recorded
+FROM started AS s;
+
+-- name: finish
+-- The job ends as its FINISHED report says (`:to_state` of succeed, fail, time_out or
+-- cancel), recording the steps it skipped reporting (accepted; started, from
+-- `:started_at`, when its STARTED never came). Its worker leaves it in the same statement:
+-- freed for its next job (worker transition `free`) when it is reusable, `:reuse_worker`
+-- (its agent stays, the job was not cancelled) and it has jobs left under its provider's
+-- max_jobs; retired otherwise (worker transition `retire`).
+WITH before AS (
+    SELECT id, accepted_at, started_at FROM jobs WHERE id = :job_id FOR UPDATE
+),
+finished AS (
+    UPDATE jobs SET state = :to_state, exit_code = :exit_code, error = :error,
+                    completed_at = :at,
+                    started_at = coalesce(jobs.started_at, :started_at::timestamptz, :at),
+                    accepted_at = coalesce(jobs.accepted_at, :started_at::timestamptz, :at)
+    FROM before
+    WHERE jobs.id = before.id AND jobs.attempt = :attempt AND jobs.worker_id = :worker_id
+      AND jobs.state = ANY(:from_states)
+    RETURNING jobs.id, before.accepted_at IS NULL AS newly_accepted,
+              before.started_at IS NULL AND :started_at::timestamptz IS NOT NULL
+                  AS newly_started
+),
+freed AS (
+    UPDATE workers SET state = :free_to, current_job_id = NULL,
+                       jobs_run = workers.jobs_run + 1, idle_since = now()
+    FROM provider_configs AS p
+    WHERE workers.id = :worker_id AND workers.state = ANY(:free_from)
+      AND EXISTS (SELECT 1 FROM finished)
+      AND p.name = workers.provider AND workers.mode = 'reusable' AND :reuse_worker
+      AND coalesce(workers.jobs_run + 1 < (p.settings->>'max_jobs')::float8, true)
+    RETURNING workers.id
+),
+retired AS (
+    UPDATE workers SET state = :retire_to, current_job_id = NULL, jobs_run = jobs_run + 1
+    WHERE id = :worker_id AND state = ANY(:retire_from) AND EXISTS (SELECT 1 FROM finished)
+      AND NOT EXISTS (SELECT 1 FROM freed)
+    RETURNING id
+)
+SELECT f.id, EXISTS (SELECT 1 FROM freed) AS freed,
+       hodei_saga_advance('execution', f.id, 'start', 'finish', 'COMPLETED', 'COMPLETED')
+           AS saga,
+       hodei_record_events(:events, array_remove(ARRAY[
+           CASE WHEN f.newly_accepted THEN 'accept' END,
+           CASE WHEN f.newly_started THEN 'start' END,
+           'finish',
+           CASE WHEN EXISTS (SELECT 1 FROM freed) THEN 'free' END,
+           CASE WHEN EXISTS (SELECT 1 FROM retired) THEN 'retire' END], NULL)) AS recorded
+FROM finished AS f;
+
+-- name: refuse_stale_report
+-- Recorded once: the event's id (`:event_id`) is derived from the report.
+SELECT hodei_record_events(:events, ARRAY['refuse_stale_report']) AS recorded
+FROM jobs
+WHERE id = :job_id AND state = ANY(:from_states)
+  AND NOT EXISTS (SELECT 1 FROM domain_events WHERE id = :event_id);
+
+-- name: record_log_archive
+-- The job_log_files row of a stored archive, and the job's truncation mark (transition
+-- `mark_log_truncated`) when its output passed the log's byte cap.
+WITH archived AS (
+    INSERT INTO job_log_files (job_id, attempt, storage_uri, size_bytes, entry_count, sha256,
+                               truncated)
+    VALUES (:job_id, :attempt, :storage_uri, :size_bytes, :entry_count, :sha256, :truncated)
+    ON CONFLICT (job_id, attempt) DO UPDATE
+       SET storage_uri = EXCLUDED.storage_uri, size_bytes = EXCLUDED.size_bytes,
+           entry_count = EXCLUDED.entry_count, sha256 = EXCLUDED.sha256,
+           truncated = EXCLUDED.truncated
+    RETURNING job_id
+)
+UPDATE jobs SET log_truncated = true
+WHERE :truncated AND id = (SELECT job_id FROM archived) AND state = ANY(:from_states)
+  AND NOT log_truncated;

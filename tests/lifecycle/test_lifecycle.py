@@ -1,0 +1,146 @@
+"""The lifecycle package: named statements, the transition tables, fences, one home."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import uuid4
+
+import asyncpg
+import pytest
+
+from hodei_common.contracts.agent import Outcome, StatusKind, StatusReport
+from hodei_common.contracts.api import SubmitJob
+from hodei_common.contracts.jobs import JobCreated, JobState
+from hodei_common.contracts.workers import WorkerMode
+from hodei_common.lifecycle import jobs, queries, transitions, workers
+from hodei_common.lifecycle.transitions import JOBS, WORKERS, UnknownTransition
+
+ROOT = Path(__file__).resolve().parents[2]
+STATE_TABLES = ("jobs", "workers", "sagas", "saga_steps", "domain_events")
+
+
+def test_named_parameters_become_numbered_once_each() -> None:
+    q = queries.parse("""
+-- name: move
+-- says what it does: a job's :comment_word is not a parameter, nor 'a :quoted' one
+UPDATE jobs SET state = :to_state, note = ':literal', id = :job_id::uuid
+WHERE id = :job_id AND state = ANY(:from_states)
+""")["move"]
+    assert q.params == ("to_state", "job_id", "from_states")
+    assert "$1" in q.sql
+    assert "$2::uuid" in q.sql
+    assert "ANY($3)" in q.sql
+    assert "':literal'" in q.sql
+    assert ":comment_word" in q.sql
+
+
+def test_a_statement_call_missing_or_adding_a_parameter_is_refused_before_sending() -> None:
+    q = queries.parse("-- name: one\nSELECT :a, :b")["one"]
+    assert q.args({"b": 2, "a": 1}) == [1, 2]
+    with pytest.raises(TypeError, match=r"missing parameters \['b'\]"):
+        q.args({"a": 1})
+    with pytest.raises(TypeError, match=r"unknown parameters \['c'\]"):
+        q.args({"a": 1, "b": 2, "c": 3})
+
+
+def test_a_file_naming_a_statement_twice_is_refused() -> None:
+    with pytest.raises(ValueError, match="defined twice"):
+        queries.parse("-- name: a\nSELECT 1\n-- name: a\nSELECT 2")
+
+
+def test_a_transition_not_in_its_table_is_refused_with_a_clear_error() -> None:
+    with pytest.raises(UnknownTransition, match="job has no transition 'teleport'"):
+        JOBS["teleport"]
+    with pytest.raises(UnknownTransition, match="job cannot go from QUEUED to SUCCEEDED"):
+        JOBS.between(JobState.QUEUED, JobState.SUCCEEDED)
+    assert [t.name for t in JOBS.between(JobState.RUNNING, JobState.SUCCEEDED)] == ["succeed"]
+    created = JobCreated(event_id=uuid4(), occurred_at=datetime.now(UTC), job_id=uuid4(),
+                         attempt=1, namespace="n", name="n", provider="local", priority=0,
+                         timeout_s=1.0)
+    with pytest.raises(UnknownTransition, match="'assign' does not record JobCreated"):
+        JOBS["assign"].subject(created)
+
+
+def test_every_statement_is_used_and_every_transition_has_a_function() -> None:
+    modules = {"jobs.sql": jobs.SQL, "workers.sql": workers.SQL}
+    source = "".join((ROOT / "libs/hodei_common/lifecycle" / f).read_text()
+                     for f in ("jobs.py", "workers.py"))
+    for file, statements in modules.items():
+        for name in statements:
+            assert f'SQL["{name}"]' in source, f"{file}: {name} is never run"
+    for t in [*JOBS, *WORKERS]:
+        assert f'"{t.name}"' in source, f"no function makes {t.aggregate} transition {t.name}"
+
+
+def test_the_architecture_doc_shows_the_codes_transition_tables() -> None:
+    doc = (ROOT / "docs/architecture.md").read_text()
+    shown = re.search(r"<!-- transitions:begin -->\n(.*?)<!-- transitions:end -->", doc, re.S)
+    assert shown is not None, "docs/architecture.md has no transition tables"
+    assert shown.group(1) == transitions.markdown(), (
+        "docs/architecture.md is out of date: paste the output of "
+        "`python -m hodei_common.lifecycle.transitions` between its transitions markers")
+
+
+def test_no_state_changing_sql_outside_the_lifecycle_package() -> None:
+    pattern = rf"(UPDATE|INSERT INTO|DELETE FROM)[[:space:]]+({'|'.join(STATE_TABLES)})\b"
+    found = subprocess.run(
+        ["grep", "-rnE", pattern, "--include=*.py", "--include=*.sql", "libs", "services",
+         "cli", "agent"], cwd=ROOT, capture_output=True, text=True, check=False).stdout
+    stray = [line for line in found.splitlines()
+             if not line.startswith("libs/hodei_common/lifecycle/") and "/testing/" not in line]
+    assert stray == []
+
+
+# --- fences, against a real database ------------------------------------------------------
+def _report(job_id: object, worker_id: object, kind: StatusKind, **more: object) -> StatusReport:
+    return StatusReport(job_id=job_id, attempt=1, worker_id=worker_id, kind=kind,
+                        at=datetime.now(UTC), **more)  # type: ignore[arg-type]
+
+
+async def _counts(pool: asyncpg.Pool) -> tuple[int, int]:
+    return (await pool.fetchval("SELECT count(*) FROM domain_events"),
+            await pool.fetchval("SELECT count(*) FROM outbox_events"))
+
+
+@pytest.mark.postgres
+async def test_a_transition_whose_fence_does_not_hold_changes_and_records_nothing(
+    pool: asyncpg.Pool,
+) -> None:
+    job_id = uuid4()
+    async with pool.acquire() as conn:
+        assert await jobs.submit(conn, SubmitJob(command="true"), job_id=job_id, actor="t")
+        before = await _counts(pool)
+        worker_id = uuid4()
+        # QUEUED: it cannot start, finish, or be cancelled as a held job.
+        assert await jobs.start(conn, _report(job_id, worker_id, StatusKind.STARTED),
+                                actor="t") is None
+        assert await jobs.finish(conn, _report(job_id, worker_id, StatusKind.FINISHED,
+                                               outcome=Outcome.SUCCEEDED),
+                                 Outcome.SUCCEEDED, provider="local", actor="t") is None
+        assert await jobs.request_cancel(conn, job_id, 1, None, actor="t") is None
+        assert await _counts(pool) == before
+        assert await conn.fetchval("SELECT state FROM jobs WHERE id = $1", job_id) == "QUEUED"
+        assert await jobs.cancel_queued(conn, job_id, 1, actor="t") is not None
+        # CANCELLED now: cancelling it again is no transition.
+        assert await jobs.cancel_queued(conn, job_id, 1, actor="t") is None
+    assert await _counts(pool) == (before[0] + 1, before[1] + 1)
+
+
+@pytest.mark.postgres
+async def test_a_workers_events_carry_the_job_it_was_made_for(pool: asyncpg.Pool) -> None:
+    job_id, worker_id = uuid4(), uuid4()
+    async with pool.acquire() as conn:
+        await jobs.submit(conn, SubmitJob(command="true"), job_id=job_id, actor="t")
+        ref = workers.WorkerRef(worker_id, "local", job_id)
+        assert await workers.request(conn, ref, mode=WorkerMode.EPHEMERAL, cpus=None,
+                                     memory_bytes=None, actor="t")
+        assert await workers.record_resource(conn, ref, "123", actor="t")
+        assert await workers.register(conn, ref, "host", actor="t") is not None
+        rows = await conn.fetch("SELECT event_type, correlation_id FROM domain_events "
+                                "WHERE aggregate_id = $1 ORDER BY seq", worker_id)
+    assert [r["event_type"] for r in rows] == [
+        "ProvisionRequested", "WorkerCreated", "WorkerRegistered", "WorkerReady"]
+    assert {r["correlation_id"] for r in rows} == {str(job_id)}
