@@ -1,9 +1,9 @@
 """The dispatch pass: pair QUEUED jobs with READY workers, then ask for the workers missing.
 
-Passes are serialised across replicas by a session advisory lock, so two schedulers never
-count the same demand twice. Any event that may make work possible pokes the dispatcher; a
-periodic pass catches whatever an event missed, so a QUEUED job with a capable worker is
-assigned within one interval even if every event about it was lost.
+Passes are serialised across replicas by an advisory lock their transaction holds, so two
+schedulers never count the same demand twice. Any event that may make work possible pokes
+the dispatcher; a periodic pass catches whatever an event missed, so a QUEUED job with a
+capable worker is assigned within one interval even if every event about it was lost.
 """
 
 from __future__ import annotations
