@@ -150,19 +150,19 @@ class RelayService(HodeiService):
 
     name: ClassVar[str] = "relay"
     description: ClassVar[str] = "Publishes the transactional outbox to JetStream"
+    settings: RelaySettings
 
     def __init__(self, settings: RelaySettings) -> None:
         super().__init__(settings)
-        self.config = settings
 
     async def setup(self) -> None:
         self.relay = OutboxRelay(
             self.pool,
             self.js,
-            batch_size=self.config.relay_batch_size,
-            poll_interval_s=self.config.relay_poll_interval_s,
-            publish_timeout_s=self.config.relay_publish_timeout_s,
-            keep_published_s=self.config.relay_keep_published_s,
+            batch_size=self.settings.relay_batch_size,
+            poll_interval_s=self.settings.relay_poll_interval_s,
+            publish_timeout_s=self.settings.relay_publish_timeout_s,
+            keep_published_s=self.settings.relay_keep_published_s,
         )
 
     def loops(self) -> list[Loop]:

@@ -60,10 +60,10 @@ class LogsService(HodeiService):
 
     name: ClassVar[str] = "logs"
     description: ClassVar[str] = "Hodei logs: per-job log streams"
+    settings: LogsSettings
 
     def __init__(self, settings: LogsSettings) -> None:
         super().__init__(settings)
-        self.config = settings
 
     async def setup(self) -> None:
         await logarchive.ensure_bucket(self.js)
@@ -145,12 +145,12 @@ class LogsService(HodeiService):
         """Delete archives past their age, every ``log_archive_sweep_s``, one replica at a
         time."""
         while not self.stopping.is_set():
-            if self.config.log_archive_max_age_s > 0:
+            if self.settings.log_archive_max_age_s > 0:
                 try:
                     await self.sweep_archives()
                 except (NatsError, OSError, TimeoutError) as e:
                     log.warning("archive sweep failed (%s); next one retries", e)
-            await pause(self.stopping, self.config.log_archive_sweep_s)
+            await pause(self.stopping, self.settings.log_archive_sweep_s)
 
     async def sweep_archives(self) -> int | None:
         """Delete the archives past their age; None when another replica is sweeping."""
@@ -160,7 +160,7 @@ class LogsService(HodeiService):
                 return None
             while True:
                 async with self.pool.acquire() as conn:
-                    jobs = await store.expired(conn, self.config.log_archive_max_age_s,
+                    jobs = await store.expired(conn, self.settings.log_archive_max_age_s,
                                                SWEEP_BATCH)
                 if not jobs:
                     break
@@ -171,7 +171,7 @@ class LogsService(HodeiService):
                 swept += len(jobs)
         if swept:
             log.info("deleted %d archived logs older than %gs", swept,
-                     self.config.log_archive_max_age_s)
+                     self.settings.log_archive_max_age_s)
         return swept
 
 

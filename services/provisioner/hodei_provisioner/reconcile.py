@@ -36,14 +36,14 @@ OOM_KILLED = "OOMKilled"
 
 
 @dataclass
-class Outcome:
+class Reconciled:
     """What one pass did: resources destroyed, and workers declared lost (with why)."""
 
     destroyed: list[str] = field(default_factory=list)
     lost: dict[UUID, str] = field(default_factory=dict)
 
 
-async def reconcile(deps: Deps) -> Outcome | None:
+async def reconcile(deps: Deps) -> Reconciled | None:
     """One pass over every provider that can list its resources; None if another replica
     is running one."""
     # The lock's transaction stays open while providers are asked (slow HTTP calls): it
@@ -51,18 +51,18 @@ async def reconcile(deps: Deps) -> Outcome | None:
     async with exclusive(deps.pool, LOCK_RECONCILE) as mine:
         if not mine:
             return None
-        outcome = Outcome()
+        done = Reconciled()
         async with deps.pool.acquire() as conn:
             configs = await store.provider_scopes(conn)
         for name, kind, scope in configs:
             provider = deps.providers.get(kind)
             if provider is not None:
-                await _reconcile_provider(deps, provider, name, str(scope), outcome)
-        return outcome
+                await _reconcile_provider(deps, provider, name, str(scope), done)
+        return done
 
 
 async def _reconcile_provider(
-    deps: Deps, provider: Provider, name: str, scope: str, outcome: Outcome
+    deps: Deps, provider: Provider, name: str, scope: str, done: Reconciled
 ) -> None:
     # Order matters. Live rows are read before the listing: a row that had its resource id
     # then had a resource, so a resource missing from the later listing is really gone.
@@ -82,7 +82,7 @@ async def _reconcile_provider(
             # A job that ran out of memory would again: it fails. Any other loss requeues it.
             await deps.recovery.lose(row.id, reason, fate=Fate.FAIL if oom else Fate.REQUEUE,
                                      job_error=OOM_KILLED if oom else None)
-            outcome.lost[row.id] = reason
+            done.lost[row.id] = reason
             if resource is None:
                 async with deps.pool.acquire() as conn:
                     await workers.release_failed(conn, row.id)
@@ -95,7 +95,7 @@ async def _reconcile_provider(
         state = states.get(resource.worker_id)
         if state is None or state in (WorkerState.TERMINATED, WorkerState.FAILED):
             await _destroy(deps, provider, resource, resource.worker_id, state)
-            outcome.destroyed.append(resource.resource_id)
+            done.destroyed.append(resource.resource_id)
 
 
 def _why_lost(state: WorkerState, resource: Resource | None) -> str | None:

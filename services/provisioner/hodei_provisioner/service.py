@@ -67,12 +67,12 @@ class ProvisionerService(HodeiService):
 
     name: ClassVar[str] = subjects.PROVISIONER_SERVICE
     description: ClassVar[str] = "Hodei provisioner: creates, registers and destroys workers"
+    settings: ProvisionerSettings
 
     def __init__(
         self, settings: ProvisionerSettings, providers: Sequence[Provider] | None = None
     ) -> None:
         super().__init__(settings)
-        self.config = settings
         self.providers = {p.kind: p for p in (providers or default_providers(settings))}
         self.endpoints = EndpointServer(
             "provisioner", max_in_flight=settings.provisioner_max_in_flight,
@@ -97,11 +97,11 @@ class ProvisionerService(HodeiService):
         self._deps = handlers.Deps(
             pool=self.pool,
             providers=self.providers,
-            token_ttl_s=self.config.provisioner_token_ttl_s,
+            token_ttl_s=self.settings.provisioner_token_ttl_s,
             heartbeat_interval_s=self.platform.heartbeat_interval_s,
-            agent_nats_url=self.config.agent_nats_url(),
+            agent_nats_url=self.settings.agent_nats_url(),
             recovery=Recovery(self.pool, self.nc, actor=handlers.ACTOR,
-                              backoff=Backoff.from_settings(self.config)),
+                              backoff=Backoff.from_settings(self.settings)),
         )
         for provider in self.providers.values():
             provider.on_ended(lambda worker_id, code: self._ended.put_nowait((worker_id, code)))
@@ -161,9 +161,9 @@ class ProvisionerService(HodeiService):
                 # An engine that is down (or not installed) is said once, not every pass.
                 if not failing:
                     log.warning("reconciliation failed (%s); retrying every %gs", e,
-                                self.config.provisioner_reconcile_interval_s)
+                                self.settings.provisioner_reconcile_interval_s)
                 failing = True
-            await wait_any(self.stopping, within_s=self.config.provisioner_reconcile_interval_s)
+            await wait_any(self.stopping, within_s=self.settings.provisioner_reconcile_interval_s)
 
     # --- registration --------------------------------------------------------------------
     async def _register(self, request: RegisterRequest) -> RegisterReply:

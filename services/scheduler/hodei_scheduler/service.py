@@ -50,17 +50,17 @@ class SchedulerService(HodeiService):
 
     name: ClassVar[str] = "scheduler"
     description: ClassVar[str] = "Hodei scheduler: dispatch and job progress"
+    settings: SchedulerSettings
 
     def __init__(self, settings: SchedulerSettings) -> None:
         super().__init__(settings)
-        self.config = settings
 
     async def setup(self) -> None:
         providers = WorkerProviders()
         self.dispatcher = Dispatcher(
-            self.pool, self.js, interval_s=self.config.dispatch_interval_s,
-            resend_s=self.config.assignment_resend_s, providers=providers,
-            log_max_bytes=self.config.log_max_bytes or None,
+            self.pool, self.js, interval_s=self.settings.dispatch_interval_s,
+            resend_s=self.settings.assignment_resend_s, providers=providers,
+            log_max_bytes=self.settings.log_max_bytes or None,
         )
         self.reports = ReportHandler(self.pool, providers=providers, effects=self)
         await self.nc.subscribe(subjects.SCHEDULER_WAKE, cb=self._poke)

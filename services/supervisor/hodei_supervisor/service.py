@@ -43,10 +43,10 @@ class SupervisorService(HodeiService):
 
     name: ClassVar[str] = "supervisor"
     description: ClassVar[str] = "Hodei supervisor: heartbeats and failure recovery"
+    settings: SupervisorSettings
 
     def __init__(self, settings: SupervisorSettings) -> None:
         super().__init__(settings)
-        self.config = settings
         self._beats: dict[UUID, Heartbeat] = {}
         # Silence is judged only once the supervisor has listened a whole grace period
         # without a break: beats sent while it (or its NATS link) was down were never heard.
@@ -54,8 +54,8 @@ class SupervisorService(HodeiService):
 
     async def setup(self) -> None:
         self.recovery = Recovery(self.pool, self.nc, actor=ACTOR,
-                                 backoff=Backoff.from_settings(self.config))
-        self.sweeper = Sweeper(self.pool, self.nc, self.recovery, self.config,
+                                 backoff=Backoff.from_settings(self.settings))
+        self.sweeper = Sweeper(self.pool, self.nc, self.recovery, self.settings,
                                heartbeat_interval_s=self.platform.heartbeat_interval_s)
         self._listening_since = asyncio.get_running_loop().time()
         self._sub = await self.nc.subscribe(subjects.WORKER_HEARTBEATS,
@@ -120,12 +120,12 @@ class SupervisorService(HodeiService):
         loop = asyncio.get_running_loop()
         next_sweep = 0.0
         while not self.stopping.is_set():
-            await pause(self.stopping, self.config.heartbeat_flush_s)
+            await pause(self.stopping, self.settings.heartbeat_flush_s)
             if not self.nc.is_connected:
                 self._listening_since = loop.time() + self.platform.heartbeat_interval_s
             if not await self.flush() or loop.time() < next_sweep:
                 continue
-            next_sweep = loop.time() + self.config.supervisor_sweep_interval_s
+            next_sweep = loop.time() + self.settings.supervisor_sweep_interval_s
             heard_long_enough = (loop.time() - self._listening_since
                                  >= self.sweeper.silence_limit_s)
             try:
