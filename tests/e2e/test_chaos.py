@@ -222,6 +222,8 @@ async def test_every_event_delivered_a_second_time_changes_nothing(
     # Runs after the others: their jobs and workers are the state to keep.
     chaos.services.revive()
     await assert_eventually(lambda: _all_handled(nc), within_s=60)
+    # An agent still winding down would beat (last_heartbeat) while the events replay.
+    await assert_eventually(lambda: not agent_processes(chaos.nats_url), within_s=60)
     before = await _snapshot(chaos)
     assert before["jobs"], "the earlier chaos tests left no jobs to replay"
     js = nc.jetstream()
