@@ -197,26 +197,35 @@ def read_dev_file(settings: Settings) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
+# Live workers, and the assignment a busy one has not been seen to take (no report yet).
 LIVE_WORKERS = """
-SELECT id, provider, state, for_job_id FROM workers
-WHERE state IN ('CREATING', 'READY', 'BUSY', 'TERMINATING')
+SELECT w.id, w.provider, w.state, w.for_job_id, j.id AS untaken_job, j.attempt
+FROM workers w
+LEFT JOIN jobs j ON j.worker_id = w.id AND j.state = 'ASSIGNED' AND j.accepted_at IS NULL
+WHERE w.state IN ('CREATING', 'READY', 'BUSY', 'TERMINATING')
 """
 
 
 async def _end_worker(pool: asyncpg.Pool, nc: NATS, row: asyncpg.Record) -> None:
-    """Retire an idle worker through the provisioner, or tell a busy one to stop."""
+    """Retire an idle worker through the provisioner, or tell a busy one to stop. A job its
+    agent has not been seen to take is cancelled with its worker retired: a STOP may reach
+    the agent before the assignment does, and the job would run again at the next start."""
     from hodei_common.contracts import subjects
     from hodei_common.contracts.agent import Control, ControlAction
-    from hodei_common.lifecycle import workers
+    from hodei_common.lifecycle import jobs, workers
 
-    if row["state"] == "BUSY":
-        order = Control(action=ControlAction.STOP, reason="the platform is stopping")
-        await nc.publish(subjects.worker_control(row["id"]), msgspec.json.encode(order))
-        return
-    worker = workers.WorkerRef(row["id"], row["provider"], row["for_job_id"])
+    reason = "the platform is stopping"
+    worker = workers.WorkerRef(row["id"], row["provider"], row["untaken_job"] or row["for_job_id"])
     async with pool.acquire() as conn:
-        await workers.retire(conn, worker, workers.Retirement.WIND_DOWN,
-                             "the platform is stopping", actor="dev")
+        if row["state"] != "BUSY":
+            await workers.retire(conn, worker, workers.Retirement.WIND_DOWN, reason, actor="dev")
+            return
+        if row["untaken_job"] is not None and await jobs.abandon(
+                conn, row["untaken_job"], row["attempt"], worker,
+                f"cancelled: {reason} before its worker took it", actor="dev"):
+            return
+    order = Control(action=ControlAction.STOP, reason=reason)
+    await nc.publish(subjects.worker_control(row["id"]), msgspec.json.encode(order))
 
 
 async def retire_workers(endpoints: Endpoints, settings: Settings, within_s: float) -> None:

@@ -144,3 +144,38 @@ async def test_a_workers_events_carry_the_job_it_was_made_for(pool: asyncpg.Pool
     assert [r["event_type"] for r in rows] == [
         "ProvisionRequested", "WorkerCreated", "WorkerRegistered", "WorkerReady"]
     assert {r["correlation_id"] for r in rows} == {str(job_id)}
+
+
+@pytest.mark.postgres
+async def test_an_assignment_not_taken_is_abandoned_with_its_worker_only_until_taken(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as conn:
+        pairs, refs = [], []
+        for _ in range(2):
+            job_id, worker_id = uuid4(), uuid4()
+            await jobs.submit(conn, SubmitJob(command="true"), job_id=job_id, actor="t")
+            ref = workers.WorkerRef(worker_id, "local", job_id)
+            await workers.request(conn, ref, mode=WorkerMode.EPHEMERAL, cpus=None,
+                                  memory_bytes=None, actor="t")
+            assert await workers.register(conn, ref, "host", actor="t") is not None
+            pairs.append((job_id, worker_id, 1))
+            refs.append(ref)
+        assert len(await jobs.assign(conn, pairs, actor="t")) == 2
+        (untaken, w1, _), (taken, w2, _) = pairs
+        assert await jobs.accept(conn, _report(taken, w2, StatusKind.ACCEPTED), actor="t")
+
+        assert await jobs.abandon(conn, untaken, 1, refs[0], "stopping", actor="t")
+        assert not await jobs.abandon(conn, taken, 1, refs[1], "stopping", actor="t")
+        assert not await jobs.abandon(conn, untaken, 1, refs[0], "stopping", actor="t")
+        states = {r["id"]: r["state"] for r in await conn.fetch(
+            "SELECT id, state FROM jobs UNION ALL SELECT id, state FROM workers")}
+        trail = [r["event_type"] for r in await conn.fetch(
+            "SELECT event_type FROM domain_events WHERE correlation_id = $1 ORDER BY seq",
+            str(untaken))]
+        saga = await conn.fetchval("SELECT state FROM sagas WHERE aggregate_id = $1 AND "
+                                   "saga_type = 'execution'", untaken)
+    assert (states[untaken], states[w1]) == ("CANCELLED", "TERMINATING")
+    assert (states[taken], states[w2]) == ("ASSIGNED", "BUSY")
+    assert trail[-2:] == ["JobCancelled", "WorkerTerminating"]
+    assert saga == "FAILED"

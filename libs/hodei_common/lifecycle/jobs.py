@@ -34,6 +34,7 @@ from hodei_common.database import Conn
 from hodei_common.lifecycle import SQL_DIR, events, queries
 from hodei_common.lifecycle.events import Emit
 from hodei_common.lifecycle.transitions import JOBS, WORKERS, Transition
+from hodei_common.lifecycle.workers import WorkerRef
 
 SQL = queries.load(SQL_DIR / "jobs.sql")
 
@@ -164,6 +165,22 @@ async def finish(conn: Conn, report: StatusReport, outcome: Outcome, *, provider
         retire_to=retire.to_state,
         reuse_worker=report.leaving is None and outcome is not Outcome.CANCELLED,
         events=events.encode(emits))
+
+
+async def abandon(conn: Conn, job_id: UUID, attempt: int, worker: WorkerRef, reason: str, *,
+                  actor: str) -> bool:
+    """ASSIGNED -> CANCELLED (``reason``) while no report says its agent took it, its worker
+    retired; False once the agent did (it then cancels the job itself) or it moved on."""
+    t, retire = JOBS["abandon"], WORKERS["retire"]
+    cancelled = events.new(JobCancelled, actor=actor, job=job_id, job_id=job_id,
+                           attempt=attempt, reason=reason)
+    leaving = events.new(WorkerTerminating, actor=actor, job=job_id, worker_id=worker.id,
+                         provider=worker.provider, reason=reason)
+    return await SQL["abandon"].fetchrow(
+        conn, job_id=job_id, attempt=attempt, worker_id=worker.id, error=reason,
+        from_states=t.fence, to_state=t.to_state, retire_from=retire.fence,
+        retire_to=retire.to_state,
+        events=events.encode([Emit(t, cancelled), Emit(retire, leaving)])) is not None
 
 
 async def refuse_stale_report(conn: Conn, report: StatusReport, current_attempt: int, *,

@@ -173,6 +173,9 @@ JOBS = TransitionTable("job", JobState, [
          doc="`finished` report, or its worker lost past the job's timeout"),
     _job("cancel", _HELD, JobState.CANCELLED, *_ENDED, (JobCancelled, subjects.JOB_CANCELLED),
          doc="`finished` report, or its worker lost with a cancel asked for"),
+    _job("abandon", (_A,), JobState.CANCELLED, (JobCancelled, subjects.JOB_CANCELLED),
+         doc="`hodei dev up` stopping: an assignment no report says was taken; with worker "
+             "`retire`"),
     _job("requeue", _HELD, _Q, (JobRequeued, subjects.JOB_REQUEUED),
          doc="its worker lost, attempts left: `attempt + 1`, `not_before`"),
     _job("refuse_stale_report", tuple(JobState), None,
@@ -202,7 +205,8 @@ WORKERS = TransitionTable("worker", WorkerState, [
             doc="with the job's end: reusable, jobs left, agent stays"),
     _worker("retire", (_B,), WorkerState.TERMINATING,
             (WorkerTerminating, subjects.WORKER_TERMINATING),
-            doc="with the job's end: ephemeral, used up, leaving, or its job cancelled"),
+            doc="with the job's end (ephemeral, used up, leaving, its job cancelled) or "
+                "its job `abandon`ed"),
     _worker("retire_idle", (_RD,), WorkerState.TERMINATING,
             (WorkerTerminating, subjects.WORKER_TERMINATING),
             doc="dispatch pass: idle past `idle_ttl_s`"),

@@ -144,6 +144,29 @@ SELECT f.id, EXISTS (SELECT 1 FROM freed) AS freed,
            CASE WHEN EXISTS (SELECT 1 FROM retired) THEN 'retire' END], NULL)) AS recorded
 FROM finished AS f;
 
+-- name: abandon
+-- The platform stops while a job is ASSIGNED and no report says its agent took it (the
+-- agent may never see it before it is stopped): the job ends CANCELLED with `:error`
+-- rather than run again at the next start, its execution saga FAILED, and its worker is
+-- retired (worker transition `retire`) for the provisioner to destroy. Nothing changes
+-- once its agent reported taking it: then the agent cancels it itself.
+WITH abandoned AS (
+    UPDATE jobs SET state = :to_state, error = :error, completed_at = now()
+    WHERE id = :job_id AND attempt = :attempt AND worker_id = :worker_id
+      AND state = ANY(:from_states) AND accepted_at IS NULL
+    RETURNING id
+),
+retired AS (
+    UPDATE workers SET state = :retire_to, current_job_id = NULL
+    WHERE id = :worker_id AND state = ANY(:retire_from) AND EXISTS (SELECT 1 FROM abandoned)
+    RETURNING id
+)
+SELECT a.id, hodei_saga_fail('execution', a.id, :error, 'FAILED') AS saga,
+       hodei_record_events(:events, CASE WHEN EXISTS (SELECT 1 FROM retired)
+                                         THEN ARRAY['abandon', 'retire']
+                                         ELSE ARRAY['abandon'] END) AS recorded
+FROM abandoned AS a;
+
 -- name: refuse_stale_report
 -- Recorded once: the event's id (`:event_id`) is derived from the report.
 SELECT hodei_record_events(:events, ARRAY['refuse_stale_report']) AS recorded
