@@ -22,11 +22,8 @@ from hodei_common.contracts.jobs import (
     JobCancelled,
     JobCancelRequested,
     JobCreated,
-    JobFailed,
     JobStarted,
     JobState,
-    JobSucceeded,
-    JobTimedOut,
     StaleReportRefused,
 )
 from hodei_common.contracts.workers import WorkerReady, WorkerTerminating
@@ -45,8 +42,6 @@ FINISHING: dict[Outcome, Transition] = {
     Outcome.TIMED_OUT: JOBS["time_out"],
     Outcome.CANCELLED: JOBS["cancel"],
 }
-_FINISHED_EVENT = {Outcome.SUCCEEDED: JobSucceeded, Outcome.FAILED: JobFailed,
-                   Outcome.TIMED_OUT: JobTimedOut}
 
 
 async def submit(conn: Conn, req: SubmitJob, *, job_id: UUID, actor: str
@@ -142,7 +137,7 @@ async def finish(conn: Conn, report: StatusReport, outcome: Outcome, *, provider
         end = events.new(JobCancelled, actor=actor, job=job, job_id=job,
                          attempt=report.attempt, reason=report.error or "cancelled by request")
     else:
-        end = events.new(_FINISHED_EVENT[outcome], actor=actor, job=job, job_id=job,
+        end = events.new(t.event, actor=actor, job=job, job_id=job,
                          attempt=report.attempt, state=JobState(t.target),
                          exit_code=report.exit_code, error=report.error,
                          worker_id=report.worker_id, duration_s=report.duration_s)

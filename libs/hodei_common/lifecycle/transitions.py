@@ -76,6 +76,14 @@ class Transition:
                                 f"{type(event).__name__}")
 
     @property
+    def event(self) -> type[Event]:
+        """The event that says it happened: the last it records (the others, before it,
+        say what it implies: a job that ends was accepted and started)."""
+        if not self.events:
+            raise UnknownTransition(f"{self.aggregate} transition {self.name!r} records no event")
+        return self.events[-1][0]
+
+    @property
     def target(self) -> str:
         """The state it sets; only for a transition that sets one."""
         if self.to_state is None:

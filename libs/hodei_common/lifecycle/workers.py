@@ -17,7 +17,7 @@ from uuid import UUID
 import asyncpg
 
 from hodei_common.contracts.events import Event
-from hodei_common.contracts.jobs import JobCancelled, JobFailed, JobRequeued, JobState, JobTimedOut
+from hodei_common.contracts.jobs import JobCancelled, JobRequeued, JobState
 from hodei_common.contracts.workers import (
     ProvisionFailed,
     ProvisionRequested,
@@ -267,8 +267,7 @@ async def lose(conn: Conn, worker: LiveWorker, reason: str, *, fate: Fate,
         if settle == "cancel":
             ended = events.new(JobCancelled, **meta, reason=f"cancelled by request; {error}")
         else:
-            kind = JobFailed if settle == "fail" else JobTimedOut
-            ended = events.new(kind, **meta, state=JobState(j.target), error=error,
+            ended = events.new(j.event, **meta, state=JobState(j.target), error=error,
                                worker_id=worker.id)
         emits.append(Emit(j, ended, step="end_job"))
         done = await SQL["lose_and_end_job"].fetchrow(
