@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from hodei_common.contracts import providers
-from hodei_common.contracts.providers import DockerSettings, LocalSettings, ProviderSettings
+from hodei_common.contracts.providers import (
+    DockerSettings,
+    KubernetesSettings,
+    LocalSettings,
+    ProviderSettings,
+)
 from hodei_common.errors import ValidationError
 
 # What migration 0003 stores for the docker row: existing rows stay valid.
@@ -15,7 +20,8 @@ DOCKER_DEFAULTS = {"cpus": 1, "memory_bytes": 536870912, "network_mode": "host"}
 def test_each_kind_has_its_own_struct_and_others_get_the_common_one() -> None:
     assert providers.settings_type("local") is LocalSettings
     assert providers.settings_type("docker") is DockerSettings
-    assert providers.settings_type("kubernetes") is ProviderSettings
+    assert providers.settings_type("kubernetes") is KubernetesSettings
+    assert providers.settings_type("nomad") is ProviderSettings
     assert "network_mode" not in providers.setting_names(LocalSettings)
 
 
@@ -26,6 +32,16 @@ def test_each_kind_has_its_own_struct_and_others_get_the_common_one() -> None:
         ("local", {}),
         ("local", {"max_jobs": 3, "idle_ttl_s": 0.5, "cpus": 2, "memory_bytes": 2**30}),
         ("docker", {"network_mode": "container:other-worker_1.x"}),
+        ("kubernetes", {
+            "namespace": "jobs", "kubeconfig": "/etc/hodei/kubeconfig", "context": "prod",
+            "service_account": "hodei-worker", "node_selector": {"pool": "jobs"},
+            "tolerations": [{"key": "dedicated", "value": "jobs", "effect": "NoSchedule"},
+                            {"key": "gpu", "operator": "Exists"}],
+            "image_pull_policy": "IfNotPresent", "image_pull_secrets": ["registry"],
+            "priority_class": "batch", "labels": {"team": "data", "example.com/tier": "b"},
+            "annotations": {"example.com/note": "any text at all"}, "host_network": True,
+            "agent_nats_url": "nats://nats.hodei.svc:4222", "pending_timeout_s": 30,
+        }),
     ],
 )
 def test_settings_round_trip_with_the_same_keys(kind: str, document: dict[str, object]) -> None:
@@ -55,6 +71,22 @@ def test_settings_round_trip_with_the_same_keys(kind: str, document: dict[str, o
         ("docker", {"network_mode": ""}, "network_mode must be a Docker network mode"),
         ("docker", {"network_mode": "host; rm -rf /"}, "network_mode must be"),
         ("docker", {"network_mode": 7}, "(got 7)"),
+        ("kubernetes", {"namespace": "Jobs_1"}, "namespace must be a Kubernetes namespace"),
+        ("kubernetes", {"namespace": "x" * 64}, "namespace must be a Kubernetes namespace"),
+        ("kubernetes", {"labels": {"team name": "a"}}, "labels must be Kubernetes labels"),
+        ("kubernetes", {"labels": {"team": "-a"}}, "labels must be Kubernetes labels"),
+        ("kubernetes", {"labels": {"hodei.worker_id": "x"}},
+         "label 'hodei.worker_id' is the platform's own"),
+        ("kubernetes", {"node_selector": {"a/b/c": "x"}}, "node_selector must be Kubernetes"),
+        ("kubernetes", {"tolerations": [{"key": "gpu", "effect": "NoRun"}]},
+         "tolerations must be tolerations key=value:Effect or key:Effect"),
+        ("kubernetes", {"tolerations": [{"key": "gpu", "operator": "Exists", "value": "x"}]},
+         "tolerations[0]: a toleration with operator Exists takes no value"),
+        ("kubernetes", {"in_cluster": True, "kubeconfig": "/k"}, "not both"),
+        ("kubernetes", {"image_pull_policy": "Sometimes"}, "Invalid enum value 'Sometimes'"),
+        ("kubernetes", {"agent_nats_url": "http://nats:4222"}, "agent_nats_url must be a NATS"),
+        ("kubernetes", {"pending_timeout_s": 0}, "pending_timeout_s must be a number of seconds"),
+        ("docker", {"namespace": "jobs"}, "'namespace' is not a setting of docker providers"),
     ],
 )
 def test_a_bad_document_is_refused_in_one_line(

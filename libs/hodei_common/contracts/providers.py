@@ -15,9 +15,10 @@ one provider module in the provisioner. A kind with no struct has the common set
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 
@@ -34,7 +35,9 @@ from hodei_common.errors import ValidationError
 # Past a year an idle worker is simply kept; the bound keeps the scheduler's interval sane.
 MAX_IDLE_TTL_S = 365 * 24 * 3600.0
 _QUOTE_LIMIT = 60
-_AT_FIELD = re.compile(r"at `\$\.([A-Za-z0-9_]+)`$")
+# "... - at `$.name`", "... - at `$.name[0].part`", "... - at `key` in `$.name`"; also
+# "... - at `$`" (a check of the whole document).
+_AT_FIELD = re.compile(r"- at (?:`key` in )?`\$(?:\.(?P<name>[A-Za-z0-9_]+)(?P<rest>[^`]*))?`$")
 
 
 class ProviderSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
@@ -74,9 +77,107 @@ class DockerSettings(ProviderSettings, frozen=True, kw_only=True):
                     "of a network")] | None = None
 
 
+# Kubernetes names and labels (apimachinery's validation, as patterns).
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN = rf"{_DNS_LABEL}(\.{_DNS_LABEL})*"
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+LabelKey = Annotated[str, msgspec.Meta(
+    min_length=1, max_length=253 + 1 + 63, pattern=rf"^({_DNS_SUBDOMAIN}/)?{_LABEL_NAME}$")]
+LabelValue = Annotated[str, msgspec.Meta(max_length=63, pattern=rf"^({_LABEL_NAME})?$")]
+NAMESPACE_DESCRIPTION = "a Kubernetes namespace: lower-case letters, digits and '-', at most 63"
+LABELS_DESCRIPTION = ("Kubernetes labels: keys [prefix/]name, names and values of at most 63 "
+                      "letters, digits, '-', '_' or '.'")
+# Labels the provider sets itself on every pod: an operator's labels may not replace them.
+RESERVED_LABEL_PREFIX = "hodei."
+
+
+class TolerationEffect(enum.StrEnum):
+    """What a taint does to pods that do not tolerate it."""
+
+    NO_SCHEDULE = "NoSchedule"
+    PREFER_NO_SCHEDULE = "PreferNoSchedule"
+    NO_EXECUTE = "NoExecute"
+
+
+class Toleration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+                 omit_defaults=True):
+    """A pod toleration: ``key=value:Effect`` (operator Equal) or ``key:Effect`` (Exists)."""
+
+    key: LabelKey
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: LabelValue | None = None
+    effect: TolerationEffect | None = None  # None: every effect
+
+    def __post_init__(self) -> None:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists takes no value")
+
+
+class ImagePullPolicy(enum.StrEnum):
+    """When the kubelet pulls the worker image."""
+
+    ALWAYS = "Always"
+    IF_NOT_PRESENT = "IfNotPresent"
+    NEVER = "Never"
+
+
+class KubernetesSettings(ProviderSettings, frozen=True, kw_only=True):
+    """Kubernetes pods: where they run, how they reach NATS, and what the cluster needs."""
+
+    namespace: Annotated[str, msgspec.Meta(
+        max_length=63, pattern=rf"^{_DNS_LABEL}$",
+        description=f"{NAMESPACE_DESCRIPTION} characters")] | None = None
+    # Where the provisioner finds the cluster: a kubeconfig file (and context), or the
+    # service account of the pod it runs in; neither: in-cluster when in a pod, else
+    # $KUBECONFIG or ~/.kube/config.
+    kubeconfig: Annotated[str, msgspec.Meta(
+        min_length=1, max_length=4096, description="a path to a kubeconfig file")] | None = None
+    context: Annotated[str, msgspec.Meta(
+        min_length=1, max_length=253, description="a context of the kubeconfig")] | None = None
+    in_cluster: bool | None = None
+    service_account: Annotated[str, msgspec.Meta(
+        max_length=253, pattern=rf"^{_DNS_SUBDOMAIN}$",
+        description="a service account name (a DNS subdomain)")] | None = None
+    node_selector: Annotated[dict[LabelKey, LabelValue], msgspec.Meta(
+        description=LABELS_DESCRIPTION)] | None = None
+    tolerations: Annotated[list[Toleration], msgspec.Meta(
+        description="tolerations key=value:Effect or key:Effect, Effect one of "
+                    "NoSchedule, PreferNoSchedule, NoExecute")] | None = None
+    image_pull_policy: ImagePullPolicy | None = None
+    image_pull_secrets: Annotated[list[Annotated[str, msgspec.Meta(
+        max_length=253, pattern=rf"^{_DNS_SUBDOMAIN}$")]], msgspec.Meta(
+        description="names of Secrets (DNS subdomains)")] | None = None
+    priority_class: Annotated[str, msgspec.Meta(
+        max_length=253, pattern=rf"^{_DNS_SUBDOMAIN}$",
+        description="a priority class name (a DNS subdomain)")] | None = None
+    labels: Annotated[dict[LabelKey, LabelValue], msgspec.Meta(
+        description=LABELS_DESCRIPTION)] | None = None
+    annotations: Annotated[dict[LabelKey, Annotated[str, msgspec.Meta(max_length=4096)]],
+                           msgspec.Meta(description="Kubernetes annotations")] | None = None
+    # For clusters where pods reach NATS only through their node.
+    host_network: bool | None = None
+    # The NATS URL agents in pods are given (it differs from the services' in most clusters).
+    agent_nats_url: Annotated[str, msgspec.Meta(
+        max_length=2048, pattern=r"^(nats|tls|ws|wss)://[^\s]+$",
+        description="a NATS URL (nats://host:port)")] | None = None
+    # A pod the scheduler cannot place fails its job after this long.
+    pending_timeout_s: Annotated[float, msgspec.Meta(
+        gt=0, le=24 * 3600.0,
+        description="a number of seconds above 0, at most a day")] | None = None
+
+    def __post_init__(self) -> None:
+        if self.in_cluster and (self.kubeconfig or self.context):
+            raise ValueError("give a kubeconfig (and context) or in_cluster, not both")
+        reserved = [k for k in self.labels or {} if k.startswith(RESERVED_LABEL_PREFIX)]
+        if reserved:
+            raise ValueError(f"label {reserved[0]!r} is the platform's own: labels "
+                             f"starting with {RESERVED_LABEL_PREFIX!r} cannot be set")
+
+
 SETTINGS_BY_KIND: Mapping[str, type[ProviderSettings]] = {
     "local": LocalSettings,
     "docker": DockerSettings,
+    "kubernetes": KubernetesSettings,
 }
 
 S = TypeVar("S", bound=ProviderSettings)
@@ -126,13 +227,19 @@ def _convert(struct: type[S], raw: Mapping[str, object]) -> S:
 
 
 def _explain(struct: type[ProviderSettings], raw: Mapping[str, object], message: str) -> str:
-    """msgspec's message about one field, as "NAME must be ... (got VALUE)"."""
+    """msgspec's message about one field, as "NAME must be ... (got VALUE)"; a check of a
+    whole value's parts (``__post_init__``) as "PATH: what is wrong"."""
     match = _AT_FIELD.search(message)
-    description = _description(struct, match.group(1)) if match else None
-    if match is None or description is None:
+    if match is None:
         return message
-    name = match.group(1)
-    return f"{name} must be {description} (got {_shown(raw.get(name))})"
+    name = match.group("name")
+    path = f"{name}{match.group('rest')}" if name else ""
+    what = message[:match.start()].strip()
+    if what.startswith(("Expected ", "Invalid ", "Object missing", "Object contains")):
+        description = _description(struct, name)
+        if description is not None and name is not None:
+            return f"{name} must be {description} (got {_shown(raw.get(name))})"
+    return f"{path}: {what}" if path else what
 
 
 def _description(struct: type[ProviderSettings], name: str) -> str | None:
