@@ -184,6 +184,9 @@ JOBS = TransitionTable("job", JobState, [
     _job("abandon", (_A,), JobState.CANCELLED, (JobCancelled, subjects.JOB_CANCELLED),
          doc="`hodei dev up` stopping: an assignment no report says was taken; with worker "
              "`retire`"),
+    _job("fail_unstartable", (_Q,), JobState.FAILED, (JobFailed, subjects.JOB_FAILED),
+         doc="provisioner: the worker made for it can never start, nor could another "
+             "(image not found, unschedulable); with worker `cannot_start`"),
     _job("requeue", _HELD, _Q, (JobRequeued, subjects.JOB_REQUEUED),
          doc="its worker lost, attempts left: `attempt + 1`, `not_before`"),
     _job("refuse_stale_report", tuple(JobState), None,
@@ -205,6 +208,9 @@ WORKERS = TransitionTable("worker", WorkerState, [
             doc="provisioner: `provider_resource_id`"),
     _worker("fail_create", (_C,), WorkerState.FAILED,
             (ProvisionFailed, subjects.PROVISION_FAILED), doc="provisioner: create failed"),
+    _worker("cannot_start", (_C,), WorkerState.FAILED, (WorkerFailed, subjects.WORKER_FAILED),
+            doc="provisioner: its provider says it can never start; the job it was made for "
+                "ends (`fail_unstartable`)"),
     _worker("register", (_C,), _RD, (WorkerRegistered, subjects.WORKER_REGISTERED),
             (WorkerReady, subjects.WORKER_READY),
             doc="provisioner: the agent's token spent (same transaction)"),

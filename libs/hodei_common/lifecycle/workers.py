@@ -96,6 +96,28 @@ async def fail_create(conn: Conn, worker: WorkerRef, error: str, *, actor: str) 
         events=events.encode([Emit(t, failed)])) is not None
 
 
+async def cannot_start(conn: Conn, worker: WorkerRef, reason: str, *, job_error: str,
+                       created: bool, actor: str) -> bool:
+    """CREATING -> FAILED because it can never start, and the QUEUED job it was made for
+    (``worker.job``) FAILED with ``job_error`` in the same statement. ``created``: its
+    resource exists (the registration step failed), else its creation did. False when the
+    worker had left CREATING (nothing changed)."""
+    t, j = WORKERS["cannot_start"], JOBS["fail_unstartable"]
+    attempt = None if worker.job is None else await SQL["queued_attempt"].fetchval(
+        conn, job_id=worker.job)
+    emits = [Emit(t, events.new(WorkerFailed, actor=actor, job=worker.job, **_fields(worker),
+                                error=reason, job_id=worker.job))]
+    if worker.job is not None and attempt is not None:
+        emits.append(Emit(j, events.new(
+            j.event, actor=actor, job=worker.job, job_id=worker.job, attempt=attempt,
+            state=JobState(j.target), error=job_error, worker_id=worker.id)))
+    return await SQL["cannot_start"].fetchrow(
+        conn, worker_id=worker.id, reason=reason, from_states=t.fence, to_state=t.to_state,
+        job_id=worker.job, attempt=attempt, job_from=j.fence, job_to=j.to_state,
+        job_error=job_error, step="await_registration" if created else "create_resource",
+        events=events.encode(emits)) is not None
+
+
 async def register(conn: Conn, worker: WorkerRef, hostname: str | None, *, actor: str
                    ) -> asyncpg.Record | None:
     """CREATING -> READY (its mode, provider and provider settings); None when it is not

@@ -61,6 +61,34 @@ SELECT failed.id,
        hodei_record_events(:events, ARRAY['fail_create']) AS recorded
 FROM failed;
 
+-- name: cannot_start
+-- The provider says the worker can never start (its image cannot be pulled, no node can
+-- take it): the CREATING worker becomes FAILED (`:reason`) and the QUEUED job it was made
+-- for (`:job_id` at `:attempt`, if still so) FAILED with `:job_error`, at once: another
+-- worker would fail the same way.
+WITH failed AS (
+    UPDATE workers SET state = :to_state, error = :reason
+    WHERE id = :worker_id AND state = ANY(:from_states)
+    RETURNING id
+),
+ended AS (
+    UPDATE jobs SET state = :job_to, error = :job_error, completed_at = now()
+    WHERE id = :job_id AND attempt = :attempt AND state = ANY(:job_from)
+      AND EXISTS (SELECT 1 FROM failed)
+    RETURNING id
+)
+SELECT failed.id, (SELECT id FROM ended) AS job_id,
+       hodei_saga_step('provisioning', failed.id, :step, 'FAILED', :reason,
+                       'COMPENSATED') AS saga,
+       hodei_record_events(:events, CASE WHEN EXISTS (SELECT 1 FROM ended)
+                                         THEN ARRAY['cannot_start', 'fail_unstartable']
+                                         ELSE ARRAY['cannot_start'] END) AS recorded
+FROM failed;
+
+-- name: queued_attempt
+-- The attempt of a job that is still QUEUED (what `cannot_start` fences on).
+SELECT attempt FROM jobs WHERE id = :job_id AND state = 'QUEUED';
+
 -- name: register
 -- The agent spent its bootstrap token (in the same transaction): the worker is READY.
 WITH registered AS (
