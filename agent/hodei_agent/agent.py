@@ -60,6 +60,7 @@ class Agent:
         self._started = False
         self._inbox: asyncio.Queue[Msg | None] = asyncio.Queue()  # None: stop
         self._current: JobRun | None = None
+        self.abandoned = False  # its job was ended unreported (abandon)
         self._handled: set[JobKey] = set()
         self._cancel_orders: dict[JobKey, str] = {}  # for a job not started yet
         self._lost: str | None = None  # why the platform is considered gone
@@ -76,6 +77,15 @@ class Agent:
         if self._current is not None:
             self._current.cancel(reason)
         self._stop_bound.arm()
+
+    def abandon(self, reason: str) -> None:
+        """Stop like :meth:`request_stop`, but end the running job without reporting it:
+        the platform declares this worker lost and runs the job again (idempotent)."""
+        if self._stop_reason is None:
+            self.abandoned = True
+            if self._current is not None:
+                self._current.abandon()
+        self.request_stop(reason)
 
     def _platform_lost(self, why: str) -> None:
         log.error("lost its platform (%s): ending its job and exiting", why)
@@ -243,6 +253,8 @@ class Agent:
         if ordered is not None:
             job.cancel(ordered)
         if self._stop_reason is not None:
+            if self.abandoned:
+                job.abandon()
             job.cancel(self._stop_reason)
         self._current = job
         attributes = {"hodei.job_id": str(a.job_id), "hodei.attempt": a.attempt,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from uuid import UUID
 
 from pydantic import Field, SecretStr
@@ -30,6 +31,11 @@ class AgentSettings(Settings):
     # NATS unreachable this long (HODEI_AGENT_PLATFORM_LOST_S): the platform is gone, so
     # the agent ends its job and exits 1. Long enough for a restarted nats-server.
     agent_platform_lost_s: float = Field(default=60.0, gt=0)
+    # What SIGTERM means (HODEI_AGENT_ON_SIGTERM). "cancel": the job is cancelled and
+    # reported CANCELLED (someone stops this worker on purpose). "abandon": the job is ended
+    # and NOT reported, so the platform sees its worker lost and runs it again elsewhere
+    # (a pod's SIGTERM: the node drains, evicts or deletes it).
+    agent_on_sigterm: Literal["cancel", "abandon"] = "cancel"
     publish_timeout_s: float = Field(default=5.0, gt=0)
     publish_attempts: int = Field(default=6, ge=1)
     # STARTED is reported this long after the start, unless the job ended by then: then its

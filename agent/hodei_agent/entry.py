@@ -1,7 +1,8 @@
 """The agent process: settings, signals, exit codes (``python -m hodei_agent``).
 
-Exit codes: 0 done (or stopped), 3 registration refused, 1 any other fatal error
-(among them a lost platform, or a stop whose job's end could not be reported).
+Exit codes: 0 done (or stopped), 3 registration refused, 143 its job abandoned on SIGTERM
+(``HODEI_AGENT_ON_SIGTERM=abandon``), 1 any other fatal error (among them a lost platform,
+or a stop whose job's end could not be reported).
 """
 
 from __future__ import annotations
@@ -20,16 +21,23 @@ from hodei_common.settings import load_settings
 
 EXIT_FATAL = 1
 EXIT_REFUSED = 3
+EXIT_ABANDONED = 128 + signal.SIGTERM
 
 
 async def _run(settings: AgentSettings) -> None:
     agent = Agent(settings)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        # Like a STOP order: the running job is cancelled and reported, then the agent exits.
-        loop.add_signal_handler(sig, agent.request_stop, f"received {sig.name}")
+    # Like a STOP order: the running job is cancelled and reported, then the agent exits;
+    # or, for SIGTERM when so configured, ended unreported (the platform runs it again).
+    loop.add_signal_handler(signal.SIGINT, agent.request_stop, "received SIGINT")
+    if settings.agent_on_sigterm == "abandon":
+        loop.add_signal_handler(signal.SIGTERM, agent.abandon, "received SIGTERM")
+    else:
+        loop.add_signal_handler(signal.SIGTERM, agent.request_stop, "received SIGTERM")
     try:
         await agent.run()
+        if agent.abandoned:
+            raise SystemExit(EXIT_ABANDONED)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

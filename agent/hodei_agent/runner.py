@@ -120,6 +120,12 @@ class JobRun:
         )
         self._cancelled = asyncio.Event()
         self._cancel_reason = ""
+        self._abandoned = False
+
+    def abandon(self) -> None:
+        """Have the job's end go unreported (then :meth:`cancel` it): its worker is taken
+        away under it and the platform runs it again."""
+        self._abandoned = True
 
     def cancel(self, reason: str) -> None:
         """Kill the job's process group and report it CANCELLED (idempotent)."""
@@ -144,6 +150,10 @@ class JobRun:
         return result
 
     async def _finished(self, result: JobResult) -> None:
+        if self._abandoned:
+            log.info("job %s attempt %d: abandoned (%s), not reported",
+                     self.assignment.job_id, self.assignment.attempt, self._cancel_reason)
+            return
         await self._reporter.report(
             StatusKind.FINISHED,
             outcome=result.outcome,
