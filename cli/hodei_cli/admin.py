@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from hodei_cli import output
+from hodei_cli import kubeflags, output
 from hodei_cli.connection import call_api, cli_settings
 from hodei_cli.output import Output, OutputOption
 from hodei_cli.parsing import parse_cpus, parse_memory, parse_state
@@ -160,6 +160,48 @@ def set_provider(
         typer.Option("--network", help="docker only: the network mode (host, bridge, none, "
                                        "container:NAME or a network), '' = host"),
     ] = None,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", help="kubernetes: the pods' namespace")
+    ] = None,
+    kubeconfig: Annotated[
+        str | None, typer.Option("--kubeconfig", help="kubernetes: a kubeconfig file")
+    ] = None,
+    context: Annotated[
+        str | None, typer.Option("--context", help="kubernetes: the kubeconfig's context")
+    ] = None,
+    in_cluster: Annotated[
+        bool, typer.Option("--in-cluster", help="kubernetes: the provisioner's own pod's "
+                                                "service account")
+    ] = False,
+    service_account: Annotated[
+        str | None, typer.Option("--service-account", help="kubernetes: the pods' account")
+    ] = None,
+    node_selector: Annotated[
+        list[str] | None, typer.Option("--node-selector", metavar="KEY=VALUE",
+                                       help="kubernetes: a node label (repeatable)")
+    ] = None,
+    tolerations: Annotated[
+        list[str] | None, typer.Option("--toleration", metavar="KEY[=VALUE][:EFFECT]",
+                                       help="kubernetes: a taint tolerated (repeatable)")
+    ] = None,
+    pull_secrets: Annotated[
+        list[str] | None, typer.Option("--image-pull-secret",
+                                       help="kubernetes: a registry Secret (repeatable)")
+    ] = None,
+    priority_class: Annotated[
+        str | None, typer.Option("--priority-class", help="kubernetes: the pods' class")
+    ] = None,
+    host_network: Annotated[
+        bool | None, typer.Option("--host-network/--no-host-network",
+                                  help="kubernetes: pods on their node's network")
+    ] = None,
+    agent_nats_url: Annotated[
+        str | None, typer.Option("--agent-nats-url", help="kubernetes: NATS as pods reach it")
+    ] = None,
+    pending_timeout: Annotated[
+        float | None, typer.Option("--pending-timeout", min=0, metavar="SECONDS",
+                                   help="kubernetes: fail a job whose pod no node takes")
+    ] = None,
     assignments: Annotated[
         list[str] | None,
         typer.Option("--set", metavar="KEY=VALUE",
@@ -180,6 +222,19 @@ def set_provider(
         flags["memory_bytes"] = None if _is_zero(memory) else parse_memory(memory)
     if network is not None:
         flags["network_mode"] = network.strip() or None
+    if kubeconfig is not None and in_cluster:
+        raise ValidationError("give --kubeconfig (and --context) or --in-cluster, not both")
+    flags |= _kubernetes_flags(
+        namespace=namespace, context=context, service_account=service_account,
+        priority_class=priority_class, host_network=host_network,
+        agent_nats_url=agent_nats_url, pending_timeout_s=pending_timeout or None,
+        in_cluster=True if in_cluster else None,
+        kubeconfig=None if kubeconfig is None else kubeflags.kubeconfig_path(kubeconfig,
+                                                                             context),
+        node_selector=kubeflags.key_values("--node-selector", node_selector or []) or None,
+        tolerations=[kubeflags.toleration(t) for t in tolerations or []] or None,
+        image_pull_secrets=pull_secrets or None,
+    )
     request = UpdateProvider(
         name=name, enabled=enabled, worker_mode=parse_state(WorkerMode, mode),
         max_workers=max_workers, min_idle=min_idle, image=_non_empty("--image", image),
@@ -191,6 +246,11 @@ def set_provider(
         output.emit_json(provider)
     else:
         _provider_table([provider])
+
+
+def _kubernetes_flags(**given: object) -> dict[str, object]:
+    """The Kubernetes options given (left out when not)."""
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def parse_assignments(assignments: list[str], flags: dict[str, object]) -> dict[str, object]:

@@ -131,6 +131,7 @@ async def test_a_request_waits_while_an_earlier_attempt_holds_a_live_token(
 async def test_a_provider_kind_without_an_implementation_fails_the_worker(
     provisioner: ProvisionerService, pool: asyncpg.Pool, js: JetStreamContext,
 ) -> None:
+    provisioner.providers.pop("kubernetes")  # as a build without it
     worker_id = await request_worker(pool, provider="kubernetes")
     await assert_eventually(
         lambda: published(js, worker_id, subjects.PROVISION_FAILED))

@@ -28,7 +28,7 @@ from hodei_common.errors import PermissionDeniedError, RetryLater, ValidationErr
 from hodei_common.lifecycle import workers
 from hodei_common.recovery import Recovery
 from hodei_provisioner import store, tokens
-from hodei_provisioner.providers import Provider, WorkerSpec
+from hodei_provisioner.providers import CannotStart, Provider, WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,15 @@ def worker_settings(worker: store.WorkerRow) -> ProviderSettings:
         return load_settings(settings_type(worker.kind), worker.settings)
     except ValidationError as e:
         raise ValidationError(f"provider {worker.provider!r} has invalid settings: {e}") from e
+
+
+def _settings_or_none(worker: store.WorkerRow) -> ProviderSettings | None:
+    """The worker's provider settings, or None when they are no longer valid (a provider
+    then uses what the resource id says)."""
+    try:
+        return worker_settings(worker)
+    except ValidationError:
+        return None
 
 
 def unavailable_reason(worker: store.WorkerRow, providers: Mapping[str, Provider]) -> str | None:
@@ -110,10 +119,19 @@ async def provision(deps: Deps, event: ProvisionRequested) -> None:
     spec = WorkerSpec(worker_id=worker.id, token=token, nats_url=deps.agent_nats_url,
                       mode=worker.mode, provider=worker.provider, scope=str(worker.provider_id),
                       image=worker.image, settings=settings, job_id=worker.for_job_id,
+                      job_timeout_s=worker.job_timeout_s if worker.mode is WorkerMode.EPHEMERAL
+                      else None,
                       cpus=worker.cpus or settings.cpus,
                       memory_bytes=worker.memory_bytes or settings.memory_bytes)
     try:
         resource_id = await provider.create(spec)
+    except CannotStart as e:  # nor would another: the job it was made for fails too
+        error = str(e).replace(token, "<token>")
+        log.warning("worker %s cannot start: %s", worker.id, error)
+        async with deps.pool.acquire() as conn:
+            await workers.cannot_start(conn, worker.ref, one_line(error),
+                                       job_error=one_line(error), created=False, actor=ACTOR)
+        return
     except Exception as e:  # whatever broke, this worker will not come up: fail it
         error = str(e).replace(token, "<token>") or type(e).__name__
         log.warning("worker %s: the %s provider could not create it: %s", worker.id,
@@ -121,29 +139,31 @@ async def provision(deps: Deps, event: ProvisionRequested) -> None:
         await _fail(deps, worker, f"the {worker.kind} provider could not create the worker: "
                                   f"{error}")
         return
-    await _record_resource(deps, provider, worker, resource_id)
+    await _record_resource(deps, provider, worker, resource_id, settings)
 
 
 async def _record_resource(
-    deps: Deps, provider: Provider, worker: store.WorkerRow, resource_id: str
+    deps: Deps, provider: Provider, worker: store.WorkerRow, resource_id: str,
+    settings: ProviderSettings,
 ) -> None:
     try:
         async with deps.pool.acquire() as conn:
             recorded = await workers.record_resource(conn, worker.ref, resource_id, actor=ACTOR)
     except BaseException:
         # Unrecorded, nothing would ever destroy it: undo, and let the redelivery start over.
-        await _destroy_quietly(provider, resource_id, worker.id)
+        await _destroy_quietly(provider, resource_id, worker.id, settings)
         await _retire_quietly(deps, worker.id)
         raise
     if not recorded:
         # The worker was given up (or another replica recorded its own resource) meanwhile.
         log.info("worker %s no longer wants resource %s; destroying it", worker.id, resource_id)
-        await _destroy_quietly(provider, resource_id, worker.id)
+        await _destroy_quietly(provider, resource_id, worker.id, settings)
 
 
-async def _destroy_quietly(provider: Provider, resource_id: str, worker_id: UUID) -> None:
+async def _destroy_quietly(provider: Provider, resource_id: str, worker_id: UUID,
+                           settings: ProviderSettings) -> None:
     try:
-        await provider.destroy(resource_id, worker_id=worker_id)
+        await provider.destroy(resource_id, worker_id=worker_id, settings=settings)
     except Exception as e:  # reconciliation will find it; the original error matters more
         log.error("worker %s: could not destroy unrecorded resource %s: %s", worker_id,
                   resource_id, e)
@@ -245,7 +265,8 @@ async def release(deps: Deps, event: WorkerTerminating | WorkerFailed) -> None:
             log.warning("worker %s: no %s provider in this build to destroy %s", worker.id,
                         worker.kind, worker.provider_resource_id)
         else:
-            await provider.destroy(worker.provider_resource_id, worker_id=worker.id)
+            await provider.destroy(worker.provider_resource_id, worker_id=worker.id,
+                                   settings=_settings_or_none(worker))
     async with deps.pool.acquire() as conn:
         if worker.state is WorkerState.TERMINATING:
             await workers.terminate(conn, worker.ref, getattr(event, "reason", ""),

@@ -22,8 +22,10 @@ import logging
 from dataclasses import dataclass, field
 from uuid import UUID
 
+from hodei_common.contracts.providers import ProviderSettings, load_settings, settings_type
 from hodei_common.contracts.workers import WorkerState
 from hodei_common.database import LOCK_RECONCILE, exclusive
+from hodei_common.errors import ValidationError
 from hodei_common.lifecycle import workers
 from hodei_common.recovery import Fate
 from hodei_provisioner import store
@@ -54,15 +56,24 @@ async def reconcile(deps: Deps) -> Reconciled | None:
         done = Reconciled()
         async with deps.pool.acquire() as conn:
             configs = await store.provider_scopes(conn)
-        for name, kind, scope in configs:
-            provider = deps.providers.get(kind)
-            if provider is not None:
-                await _reconcile_provider(deps, provider, name, str(scope), done)
+        for config in configs:
+            provider = deps.providers.get(config.kind)
+            if provider is None:
+                continue
+            try:
+                settings = load_settings(settings_type(config.kind), config.settings)
+            except ValidationError as e:
+                log.warning("provider %r has invalid settings (%s): not reconciled",
+                            config.name, e)
+                continue
+            await _reconcile_provider(deps, provider, config.name, str(config.id), settings,
+                                      done)
         return done
 
 
 async def _reconcile_provider(
-    deps: Deps, provider: Provider, name: str, scope: str, done: Reconciled
+    deps: Deps, provider: Provider, name: str, scope: str, settings: ProviderSettings,
+    done: Reconciled,
 ) -> None:
     # Order matters. Live rows are read before the listing: a row that had its resource id
     # then had a resource, so a resource missing from the later listing is really gone.
@@ -70,13 +81,13 @@ async def _reconcile_provider(
     # its resource is made, so a listed resource without a row has none.
     async with deps.pool.acquire() as conn:
         live = await store.live_workers_with_resource(conn, name)
-    found = await provider.resources(scope)
+    found = await provider.resources(scope, settings)
     if found is None:
         return
     by_id = {r.resource_id: r for r in found}
     for row in live:
         resource = by_id.get(row.resource_id)
-        reason = _why_lost(row.state, resource)
+        reason = _why_lost(row.state, resource, provider.noun)
         if reason is not None:
             oom = resource is not None and resource.oom_killed
             # A job that ran out of memory would again: it fails. Any other loss requeues it.
@@ -94,14 +105,14 @@ async def _reconcile_provider(
             continue  # not one of ours to judge: its worker label is missing or garbled
         state = states.get(resource.worker_id)
         if state is None or state in (WorkerState.TERMINATED, WorkerState.FAILED):
-            await _destroy(deps, provider, resource, resource.worker_id, state)
+            await _destroy(deps, provider, resource, resource.worker_id, state, settings)
             done.destroyed.append(resource.resource_id)
 
 
-def _why_lost(state: WorkerState, resource: Resource | None) -> str | None:
+def _why_lost(state: WorkerState, resource: Resource | None, noun: str) -> str | None:
     """Why a live worker is lost, or None when its resource is as it should be."""
     if resource is None:
-        return "its container is gone"
+        return f"its {noun} is gone"
     if resource.alive:
         return None
     if state is WorkerState.BUSY and resource.exit_code == 0:
@@ -109,17 +120,19 @@ def _why_lost(state: WorkerState, resource: Resource | None) -> str | None:
         # took, which marks the container OOMKilled too); the scheduler retires it.
         return None
     if resource.oom_killed:
-        return f"{OOM_KILLED}: its container ran out of memory"
-    return f"its container exited with code {resource.exit_code}"
+        return f"{OOM_KILLED}: its {noun} ran out of memory"
+    if resource.reason:
+        return f"its {noun} ended: {resource.reason}"
+    return f"its {noun} exited with code {resource.exit_code}"
 
 
 async def _destroy(
     deps: Deps, provider: Provider, resource: Resource, worker_id: UUID,
-    state: WorkerState | None,
+    state: WorkerState | None, settings: ProviderSettings,
 ) -> None:
-    log.info("removing %s of %s worker %s", resource.resource_id[:12], state or "unknown",
+    log.info("removing %s of %s worker %s", resource.resource_id[:40], state or "unknown",
              worker_id)
-    await provider.destroy(resource.resource_id, worker_id=worker_id)
+    await provider.destroy(resource.resource_id, worker_id=worker_id, settings=settings)
     if state is WorkerState.FAILED:
         async with deps.pool.acquire() as conn:
             await workers.release_failed(conn, worker_id)

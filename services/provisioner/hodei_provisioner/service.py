@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import Sequence
 from typing import ClassVar
-from uuid import UUID
 
 import asyncpg
 from nats.aio.msg import Msg
@@ -29,10 +28,11 @@ from hodei_common.errors import HodeiError
 from hodei_common.recovery import Backoff, Recovery
 from hodei_common.runner import HodeiService, Loop
 from hodei_common.waiting import wait_any
-from hodei_provisioner import handlers
+from hodei_provisioner import handlers, news
 from hodei_provisioner.config import ProvisionerSettings
-from hodei_provisioner.providers import Provider
+from hodei_provisioner.providers import News, Provider
 from hodei_provisioner.providers.docker import DockerProvider, container_env
+from hodei_provisioner.providers.kubernetes import KubernetesProvider
 from hodei_provisioner.providers.local import LocalProvider, inherited_env
 from hodei_provisioner.reconcile import reconcile
 
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 
 MAX_REGISTER_BYTES = 16 * 1024
+# A pod's terminationGracePeriodSeconds, at least: its agent ends its job and reports.
+POD_GRACE_S = 10.0
 
 PROVISION_SPEC = ConsumerSpec(stream=subjects.WORKER_EVENTS_STREAM,
                               durable=subjects.PROVISIONER_REQUESTS_CONSUMER,
@@ -51,14 +53,17 @@ RELEASE_SPEC = ConsumerSpec(stream=subjects.WORKER_EVENTS_STREAM,
 
 
 def default_providers(settings: ProvisionerSettings) -> list[Provider]:
-    """The providers this build has: local processes and Docker containers (the engine is
-    only contacted once a Docker worker is wanted or reconciled)."""
+    """The providers this build has: local processes, Docker containers and Kubernetes
+    pods (an engine or cluster is only contacted once one of its workers is wanted or its
+    provider is reconciled)."""
     return [
         LocalProvider(settings.provisioner_agent_command, settings.workers_dir(),
                       env=inherited_env(os.environ),
                       grace_s=settings.provisioner_destroy_grace_s),
         DockerProvider(env=container_env(os.environ),
                        stop_grace_s=settings.provisioner_destroy_grace_s),
+        KubernetesProvider(env=container_env(os.environ),
+                           grace_s=max(settings.provisioner_destroy_grace_s, POD_GRACE_S)),
     ]
 
 
@@ -79,7 +84,7 @@ class ProvisionerService(HodeiService):
             deadline_s=settings.request_timeout_s,
         )
         self._deps: handlers.Deps | None = None
-        self._ended: asyncio.Queue[tuple[UUID, int]] = asyncio.Queue()
+        self._news: asyncio.Queue[News] = asyncio.Queue()
 
     @property
     def deps(self) -> handlers.Deps:
@@ -104,14 +109,14 @@ class ProvisionerService(HodeiService):
                               backoff=Backoff.from_settings(self.settings)),
         )
         for provider in self.providers.values():
-            provider.on_ended(lambda worker_id, code: self._ended.put_nowait((worker_id, code)))
+            provider.on_news(self._news.put_nowait)
         register = Endpoint("worker_register", subjects.WORKER_REGISTER, RegisterRequest,
                             self._register, max_bytes=MAX_REGISTER_BYTES)
         await self.endpoints.add(self.micro, [register], subjects.PROVISIONER_QUEUE_GROUP)
 
     def loops(self) -> list[Loop]:
         return [self._provision_loop, self._release_loop, self._reconcile_loop,
-                self._ended_loop]
+                self._news_loop]
 
     async def stop_fetching(self) -> None:
         """Let registrations in flight finish (up to the grace period), then cancel them."""
@@ -133,21 +138,20 @@ class ProvisionerService(HodeiService):
             else decode(msg, WorkerTerminating))
         await handlers.release(self.deps, event)
 
-    # --- resources that ended on their own -------------------------------------------------
-    async def _ended_loop(self) -> None:
-        """An agent that exits while its worker still counts on it is lost at once: a job it
-        held is requeued. One that exits 0 while BUSY reported its job; the report retires it."""
+    # --- what providers see happen to resources -------------------------------------------
+    async def _news_loop(self) -> None:
+        """A provider's news of a resource, applied in the order told (:mod:`news`)."""
         while not self.stopping.is_set():
             try:
-                worker_id, code = await asyncio.wait_for(self._ended.get(), 0.5)
+                told = await asyncio.wait_for(self._news.get(), 0.5)
             except TimeoutError:
                 continue
             try:
-                await self.deps.recovery.lose(worker_id, f"its agent exited with code {code}",
-                                              spare_busy=code == 0)
+                await news.apply(self.deps, told)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, NatsError) as e:
-                # The supervisor's heartbeat check is the fallback for this worker.
-                log.warning("worker %s: could not record its agent's exit (%s)", worker_id, e)
+                # The supervisor's heartbeat check and reconciliation are the fallbacks.
+                log.warning("worker %s: could not record that %s (%s)", told.worker_id,
+                            told.reason, e)
 
     # --- reconciliation ------------------------------------------------------------------
     async def _reconcile_loop(self) -> None:

@@ -14,7 +14,8 @@ from hodei_common.lifecycle.workers import WorkerRef
 
 _WORKER = """
 SELECT w.id, w.state, w.provider, w.mode, w.provider_resource_id, w.cpus, w.memory_bytes,
-       w.for_job_id, p.id AS provider_id, p.kind, p.enabled, p.image, p.settings
+       w.for_job_id, p.id AS provider_id, p.kind, p.enabled, p.image, p.settings,
+       (SELECT timeout_s FROM jobs WHERE id = w.for_job_id) AS job_timeout_s
 FROM workers w JOIN provider_configs p ON p.name = w.provider
 WHERE w.id = $1
 """
@@ -61,6 +62,7 @@ class WorkerRow:
     cpus: float | None = None  # None: the provider's default
     memory_bytes: int | None = None
     for_job_id: UUID | None = None
+    job_timeout_s: float | None = None  # of the job it is made for
 
     @property
     def ref(self) -> WorkerRef:
@@ -86,6 +88,7 @@ def _worker(row: asyncpg.Record | None) -> WorkerRow | None:
         kind=row["kind"], enabled=row["enabled"], image=row["image"],
         settings=dict(row["settings"] or {}), provider_id=row["provider_id"],
         cpus=row["cpus"], memory_bytes=row["memory_bytes"], for_job_id=row["for_job_id"],
+        job_timeout_s=row["job_timeout_s"],
     )
 
 
@@ -131,7 +134,7 @@ async def find_token(conn: Conn, token_hash: bytes) -> TokenRow | None:
 # --- reconciliation ----------------------------------------------------------------------
 # Providers that may have resources: enabled ones, and any that ever had a worker.
 _PROVIDER_SCOPES = """
-SELECT name, kind, id FROM provider_configs p
+SELECT name, kind, id, settings FROM provider_configs p
 WHERE enabled OR EXISTS (SELECT 1 FROM workers w WHERE w.provider = p.name)
 ORDER BY name
 """
@@ -152,9 +155,21 @@ class WorkerWithResource:
     resource_id: str
 
 
-async def provider_scopes(conn: Conn) -> list[tuple[str, str, UUID]]:
-    """(name, kind, id) of every provider that may have resources to reconcile."""
-    return [(r["name"], r["kind"], r["id"]) for r in await conn.fetch(_PROVIDER_SCOPES)]
+@dataclass(frozen=True, kw_only=True)
+class ProviderScope:
+    """A provider that may have resources to reconcile, with its stored settings."""
+
+    name: str
+    kind: str
+    id: UUID
+    settings: dict[str, Any]
+
+
+async def provider_scopes(conn: Conn) -> list[ProviderScope]:
+    """Every provider that may have resources to reconcile."""
+    return [ProviderScope(name=r["name"], kind=r["kind"], id=r["id"],
+                          settings=dict(r["settings"] or {}))
+            for r in await conn.fetch(_PROVIDER_SCOPES)]
 
 
 async def live_workers_with_resource(conn: Conn, provider: str) -> list[WorkerWithResource]:

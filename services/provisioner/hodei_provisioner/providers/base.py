@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,11 @@ from hodei_common.errors import HodeiError
 
 class ProviderError(HodeiError):
     """A provider could not do what it was asked; the message is one line, with no secret."""
+
+
+class CannotStart(ProviderError):
+    """The worker can never start, nor could another like it (its image does not exist):
+    the job it was made for fails at once instead of waiting for worker after worker."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,8 +40,35 @@ class WorkerSpec:
     # The provider's settings as its kind's struct (contracts.providers.SETTINGS_BY_KIND).
     settings: ProviderSettings = field(default_factory=ProviderSettings)
     job_id: UUID | None = None  # the job the worker is requested for, if any
+    # An ephemeral worker's job's timeout: its resource need not outlive it by much.
+    job_timeout_s: float | None = None
     cpus: float | None = None  # limits (the job's, else the provider's); None: unlimited
     memory_bytes: int | None = None
+
+
+class Verdict(enum.Enum):
+    """What a provider saw happen to a worker's resource, and what the platform does."""
+
+    PROGRESS = "progress"  # how its start goes (pod Pending: ContainerCreating): recorded
+    CANNOT_START = "cannot_start"  # it never will: the worker and its queued job fail
+    LOST = "lost"  # taken away (evicted, deleted): the worker is lost, its job requeued
+    ENDED = "ended"  # its agent exited (with ``exit_code``)
+    TIMED_OUT = "timed_out"  # killed at its deadline: the job it held timed out
+
+
+@dataclass(frozen=True, kw_only=True)
+class News:
+    """A change of a worker's resource, told by its provider the moment it sees it."""
+
+    worker_id: UUID
+    verdict: Verdict
+    reason: str  # one line: the provider's words (``pod ... Pending: ContainerCreating``)
+    exit_code: int | None = None  # ENDED
+    oom_killed: bool = False  # ENDED: out of memory
+
+    def __post_init__(self) -> None:
+        if self.verdict is Verdict.ENDED and self.exit_code is None:
+            raise ValueError("an ENDED resource has an exit code")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +81,7 @@ class Resource:
     exit_code: int | None = None
     oom_killed: bool = False
     ended_at: datetime | None = None
+    reason: str | None = None  # why it ended or stopped, in the provider's words
 
 
 class Provider(ABC):
@@ -59,27 +93,34 @@ class Provider(ABC):
     """
 
     kind: ClassVar[str]
+    noun: ClassVar[str] = "resource"  # what a resource is called in messages: "its pod"
 
     @abstractmethod
     async def create(self, spec: WorkerSpec) -> str:
-        """Start the worker's agent; return the resource id. Raise on failure."""
+        """Start the worker's agent; return the resource id. Raise on failure
+        (:class:`CannotStart` when no worker like it could ever start)."""
 
     @abstractmethod
-    async def destroy(self, resource_id: str, *, worker_id: UUID) -> None:
-        """Stop and remove the resource. Idempotent: a resource already gone is success."""
+    async def destroy(self, resource_id: str, *, worker_id: UUID,
+                      settings: ProviderSettings | None = None) -> None:
+        """Stop and remove the resource. Idempotent: a resource already gone is success.
+        ``settings``: the provider's current ones (where its cluster is), when known."""
 
     @abstractmethod
-    async def exists(self, resource_id: str, *, worker_id: UUID) -> bool:
+    async def exists(self, resource_id: str, *, worker_id: UUID,
+                     settings: ProviderSettings | None = None) -> bool:
         """Whether the worker's resource is still there (alive)."""
 
-    async def resources(self, scope: str) -> list[Resource] | None:
+    async def resources(self, scope: str, settings: ProviderSettings | None = None
+                        ) -> list[Resource] | None:
         """Every resource this provider made for ``scope`` (a provider_configs id), alive or
         ended; None when the provider cannot list its resources (nothing is reconciled)."""
         return None
 
-    def on_ended(self, callback: Callable[[UUID, int], None]) -> None:  # noqa: B027
-        """Have ``callback(worker_id, exit_code)`` called the moment a resource ends; a
-        provider that cannot tell at once (Docker: reconciliation finds it) never calls it."""
+    def on_news(self, callback: Callable[[News], None]) -> None:  # noqa: B027
+        """Have ``callback`` called (on the event loop) the moment the provider sees a
+        resource change; one that cannot tell at once (Docker: reconciliation finds it)
+        never calls it."""
 
     async def close(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Stop watching resources when the service stops; never destroys any."""

@@ -21,8 +21,14 @@ from uuid import UUID
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
-from hodei_common.contracts.providers import DockerSettings
-from hodei_provisioner.providers.base import Provider, ProviderError, Resource, WorkerSpec
+from hodei_common.contracts.providers import DockerSettings, ProviderSettings
+from hodei_provisioner.providers.base import (
+    CannotStart,
+    Provider,
+    ProviderError,
+    Resource,
+    WorkerSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,7 @@ class DockerProvider(Provider):
     """Workers as containers of the configured image on one Docker engine."""
 
     kind: ClassVar[str] = "docker"
+    noun: ClassVar[str] = "container"
 
     def __init__(
         self,
@@ -68,16 +75,19 @@ class DockerProvider(Provider):
             raise ProviderError(f"provider {spec.provider!r} has no worker image configured")
         return await self._call(self._create, spec)
 
-    async def destroy(self, resource_id: str, *, worker_id: UUID) -> None:
+    async def destroy(self, resource_id: str, *, worker_id: UUID,
+                      settings: ProviderSettings | None = None) -> None:
         await self._call(self._destroy, resource_id, worker_id)
 
-    async def exists(self, resource_id: str, *, worker_id: UUID) -> bool:
+    async def exists(self, resource_id: str, *, worker_id: UUID,
+                     settings: ProviderSettings | None = None) -> bool:
         found = await self._call(self._inspect, resource_id)
         if found is None or _labels(found).get(LABEL_WORKER) != str(worker_id):
             return False
         return bool(found["State"].get("Running"))
 
-    async def resources(self, scope: str) -> list[Resource]:
+    async def resources(self, scope: str, settings: ProviderSettings | None = None
+                        ) -> list[Resource]:
         return await self._call(self._resources, scope)
 
     async def close(self) -> None:
@@ -92,7 +102,7 @@ class DockerProvider(Provider):
         try:
             return await asyncio.to_thread(fn, *args)
         except ImageNotFound as e:
-            raise ProviderError(
+            raise CannotStart(
                 f"worker image not found ({_explain(e)}): build it with `hodei worker "
                 f"build-image` or set the provider's image") from e
         except DockerException as e:

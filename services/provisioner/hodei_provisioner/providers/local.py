@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import ClassVar
 from uuid import UUID
 
-from hodei_provisioner.providers.base import Provider, ProviderError, WorkerSpec
+from hodei_common.contracts.providers import ProviderSettings
+from hodei_provisioner.providers.base import News, Provider, ProviderError, Verdict, WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class LocalProvider(Provider):
     """Workers as local processes running the agent command."""
 
     kind: ClassVar[str] = "local"
+    noun: ClassVar[str] = "process"
 
     def __init__(
         self,
@@ -68,10 +70,10 @@ class LocalProvider(Provider):
         self._grace_s = grace_s
         self._children: dict[int, _Child] = {}
         self._pidfds: dict[int, int] = {}
-        self._on_ended: Callable[[UUID, int], None] | None = None
+        self._on_news: Callable[[News], None] | None = None
 
-    def on_ended(self, callback: Callable[[UUID, int], None]) -> None:
-        self._on_ended = callback
+    def on_news(self, callback: Callable[[News], None]) -> None:
+        self._on_news = callback
 
     def children(self) -> dict[int, UUID]:
         """The agents spawned here that are still running (not yet reaped), pid -> worker."""
@@ -99,7 +101,8 @@ class LocalProvider(Provider):
         log.info("worker %s: agent started, pid %d", spec.worker_id, pid)
         return str(pid)
 
-    async def destroy(self, resource_id: str, *, worker_id: UUID) -> None:
+    async def destroy(self, resource_id: str, *, worker_id: UUID,
+                      settings: ProviderSettings | None = None) -> None:
         pid = _parse_pid(resource_id)
         if pid is None:
             log.warning("worker %s: %r is not a pid; nothing to destroy", worker_id, resource_id)
@@ -115,7 +118,8 @@ class LocalProvider(Provider):
             await self._stop_stranger(pid, worker_id)
         # Otherwise the agent is gone (and the pid free or reused by someone else): done.
 
-    async def exists(self, resource_id: str, *, worker_id: UUID) -> bool:
+    async def exists(self, resource_id: str, *, worker_id: UUID,
+                     settings: ProviderSettings | None = None) -> bool:
         pid = _parse_pid(resource_id)
         if pid is None:
             return False
@@ -169,8 +173,9 @@ class LocalProvider(Provider):
         if not child.exited.done():
             child.exited.set_result(code)
         log.info("worker %s: agent (pid %d) exited with %d", child.worker_id, child.pid, code)
-        if self._on_ended is not None:
-            self._on_ended(child.worker_id, code)
+        if self._on_news is not None:
+            self._on_news(News(worker_id=child.worker_id, verdict=Verdict.ENDED,
+                               reason=f"its agent exited with code {code}", exit_code=code))
 
     # --- stopping ------------------------------------------------------------------------
     async def _stop_child(self, child: _Child) -> None:
