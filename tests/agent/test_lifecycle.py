@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from hodei_common.contracts.agent import ControlAction, Outcome, StatusKind
 from hodei_common.contracts.workers import WorkerMode
 from hodei_common.testing import assert_eventually
+from hodei_common.testing.processes import running
 from tests.agent.harness import Platform
 
 pytestmark = pytest.mark.nats
@@ -101,6 +103,21 @@ async def test_sigterm_cancels_the_running_job_and_exits_0(platform: Platform) -
     finished = await platform.finished(job)
     assert finished.outcome is Outcome.CANCELLED
     assert finished.error == "cancelled: received SIGTERM"
+
+
+async def test_sigterm_told_to_abandon_kills_the_job_unreported_and_exits_143(
+    platform: Platform, tmp_path: Path,
+) -> None:
+    # A pod's agent: its node takes the pod away, and the platform runs the job elsewhere.
+    agent = await platform.start_agent(HODEI_AGENT_ON_SIGTERM="abandon")
+    pid_file = tmp_path / "job.pid"
+    job = await platform.assign(f"echo $$ > {pid_file}; exec sleep 60")
+    await platform.reached(job, StatusKind.STARTED)
+    await assert_eventually(lambda: pid_file.read_text().strip() if pid_file.exists() else None)
+    agent.signal(signal.SIGTERM)
+    assert await agent.exit_code() == 143
+    assert not running(int(pid_file.read_text()))
+    assert [s.kind for s in platform.reports(job)] == [StatusKind.STARTED]
 
 
 async def test_cancel_ordered_before_the_assignment_arrives_cancels_it_unstarted(
