@@ -179,3 +179,41 @@ async def test_an_assignment_not_taken_is_abandoned_with_its_worker_only_until_t
     assert (states[taken], states[w2]) == ("ASSIGNED", "BUSY")
     assert trail[-2:] == ["JobCancelled", "WorkerTerminating"]
     assert saga == "FAILED"
+
+
+@pytest.mark.postgres
+async def test_a_worker_that_can_never_start_fails_with_the_queued_job_it_was_made_for(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as conn:
+        job_id, worker_id = uuid4(), uuid4()
+        await jobs.submit(conn, SubmitJob(command="true"), job_id=job_id, actor="t")
+        ref = workers.WorkerRef(worker_id, "kubernetes", job_id)
+        await workers.request(conn, ref, mode=WorkerMode.EPHEMERAL, cpus=None,
+                              memory_bytes=None, actor="t")
+        why = "image not found: hodei-agent:nope"
+        assert await workers.cannot_start(conn, ref, why, job_error=why, created=True,
+                                          actor="t")
+        assert not await workers.cannot_start(conn, ref, why, job_error=why, created=True,
+                                              actor="t")
+        job = await conn.fetchrow("SELECT state, error, attempt FROM jobs WHERE id = $1",
+                                  job_id)
+        worker = await conn.fetchrow("SELECT state, error FROM workers WHERE id = $1",
+                                     worker_id)
+        trail = [r["event_type"] for r in await conn.fetch(
+            "SELECT event_type FROM domain_events WHERE correlation_id = $1 ORDER BY seq",
+            str(job_id))]
+        # A job no longer QUEUED (cancelled meanwhile) is left as it is.
+        other_job, other_worker = uuid4(), uuid4()
+        await jobs.submit(conn, SubmitJob(command="true"), job_id=other_job, actor="t")
+        other = workers.WorkerRef(other_worker, "kubernetes", other_job)
+        await workers.request(conn, other, mode=WorkerMode.EPHEMERAL, cpus=None,
+                              memory_bytes=None, actor="t")
+        assert await jobs.cancel_queued(conn, other_job, 1, actor="t") is not None
+        assert await workers.cannot_start(conn, other, why, job_error=why, created=False,
+                                          actor="t")
+        other_state = await conn.fetchval("SELECT state FROM jobs WHERE id = $1", other_job)
+    assert tuple(job) == ("FAILED", why, 1)
+    assert tuple(worker) == ("FAILED", why)
+    assert trail == ["JobCreated", "ProvisionRequested", "WorkerFailed", "JobFailed"]
+    assert other_state == "CANCELLED"
