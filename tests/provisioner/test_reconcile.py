@@ -13,6 +13,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from hodei_common import database
+from hodei_common.contracts.providers import ProviderSettings
 from hodei_common.database import LOCK_RECONCILE
 from hodei_common.recovery import Recovery
 from hodei_common.settings import Settings
@@ -41,13 +42,16 @@ class ListingProvider(Provider):
     async def create(self, spec: WorkerSpec) -> str:
         raise AssertionError("reconciliation creates nothing")
 
-    async def destroy(self, resource_id: str, *, worker_id: UUID) -> None:
+    async def destroy(self, resource_id: str, *, worker_id: UUID,
+                      settings: ProviderSettings | None = None) -> None:
         self.destroyed.append(resource_id)
 
-    async def exists(self, resource_id: str, *, worker_id: UUID) -> bool:
+    async def exists(self, resource_id: str, *, worker_id: UUID,
+                     settings: ProviderSettings | None = None) -> bool:
         return resource_id not in self.destroyed
 
-    async def resources(self, scope: str) -> list[Resource] | None:
+    async def resources(self, scope: str, settings: ProviderSettings | None = None
+                        ) -> list[Resource] | None:
         self.listings += 1
         if self.gate is not None:
             await self.gate.wait()
