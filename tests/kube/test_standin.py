@@ -137,6 +137,11 @@ async def test_watch_after_expire_raises_410(
     with pytest.raises(ApiException) as raised:
         done.result(timeout=10)
     assert raised.value.status == 410
+    # A fresh list's version is watchable again: the way a client recovers from 410.
+    fresh = core.list_namespaced_pod(ns).metadata.resource_version
+    kinds = {e["type"] for e in watch.Watch().stream(
+        core.list_namespaced_pod, ns, resource_version=fresh, timeout_seconds=1)}
+    assert kinds <= {"MODIFIED"}  # the pod's image pull back-off goes on; no 410
 
 
 async def test_dropped_watch_ends_the_stream(
