@@ -62,6 +62,7 @@ class PodRun:
     deleting: bool = False
     ending: tuple[str, str] | None = None  # reason and message of a kill the kubelet decided
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    last_failure: tuple[str, str] | None = None
 
 
 def _docker_time(value: str) -> str:
@@ -152,11 +153,13 @@ class Kubelet:
     async def _waiting(self, run: PodRun, pod: Obj, error: ContainerError, pulls: int) -> None:
         image = pod["spec"]["containers"][0]["image"]
         reason, message = error.reason, error.message
-        if reason == "ErrImagePull":
-            self._cluster.record(pod, "Warning", "Failed",
-                                 f'Failed to pull image "{image}": {message}', "kubelet")
-        self._cluster.record(pod, "Warning", "Failed",
-                             f"Error: {reason}", "kubelet")
+        # The same failure again is one event, not one per retry (the real one counts them).
+        if (reason, message) != run.last_failure:
+            run.last_failure = (reason, message)
+            if reason == "ErrImagePull":
+                self._cluster.record(pod, "Warning", "Failed",
+                                     f'Failed to pull image "{image}": {message}', "kubelet")
+            self._cluster.record(pod, "Warning", "Failed", f"Error: {reason}", "kubelet")
         self._cluster.update_pod(run, lambda p: p["status"].update(
             containerStatuses=[container_status(p, waiting(reason, message))]))
         if reason != "ErrImagePull":
@@ -164,7 +167,8 @@ class Kubelet:
             return
         await asyncio.sleep(RETRY_S)
         back_off = f'Back-off pulling image "{image}"'
-        self._cluster.record(pod, "Normal", "BackOff", back_off, "kubelet")
+        if pulls == 1:
+            self._cluster.record(pod, "Normal", "BackOff", back_off, "kubelet")
         self._cluster.update_pod(run, lambda p: p["status"].update(containerStatuses=[
             container_status(p, waiting("ImagePullBackOff", f"{back_off}: ErrImagePull: "
                                         f"{message}"))]))
