@@ -2,6 +2,7 @@
 
 One PostgreSQL cluster per session with a migrated template database; each test gets a fresh
 database cloned from it, and its own nats-server with JetStream, so tests share nothing.
+The Docker engine and the Kubernetes stand-in (``kube_standin``) come from their own modules.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from hodei_common import database, messaging
 from hodei_common.embedded import NatsServer, PostgresServer
 from hodei_common.settings import Settings
 from hodei_common.testing.docker import docker_engine
+from hodei_common.testing.kube import kube_standin
 
-__all__ = ["docker_engine"]
+__all__ = ["docker_engine", "kube_standin"]
 
 TEMPLATE_DB = "hodei_template"
 _db_counter = itertools.count(1)
