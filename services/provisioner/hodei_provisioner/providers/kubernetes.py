@@ -131,10 +131,14 @@ class KubernetesProvider(Provider):
         key = (_client_key(settings), namespace)
         with self._lock:
             running = self._watches.get(scope)
+        if running is not None and running[0] == key:
+            return
+        core = self._core(settings)
+        with self._lock:
+            running = self._watches.get(scope)
             if running is not None and running[0] == key:
-                return
-            watch = PodWatch(self._core(settings), namespace, pods.selector(scope),
-                             self._on_pod)
+                return  # another thread started it meanwhile
+            watch = PodWatch(core, namespace, pods.selector(scope), self._on_pod)
             self._watches[scope] = (key, watch)
         if running is not None:
             threading.Thread(target=running[1].stop, daemon=True).start()
