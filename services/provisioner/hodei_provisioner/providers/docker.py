@@ -77,6 +77,9 @@ class DockerProvider(Provider):
             return False
         return bool(found["State"].get("Running"))
 
+    def describe(self, resource_id: str) -> str:
+        return f"container {resource_id[:12]} started"
+
     async def resources(self, scope: str) -> list[Resource]:
         return await self._call(self._resources, scope)
 
