@@ -262,6 +262,10 @@ def explain(job_id: IdArg = None, id_: IdOpt = None, out: Output = OutputOption)
         state = found.worker_state.value if found.worker_state else "?"
         typer.echo(f"worker: {found.worker_id} {state}, last heartbeat "
                    f"{_age(found.heartbeat_age_s)}")
+        if found.worker_resource is not None or found.worker_status is not None:
+            status = (f", last status: {found.worker_status} "
+                      f"({_age(found.worker_status_age_s)})" if found.worker_status else "")
+            typer.echo(f"resource: {found.worker_resource or 'not recorded yet'}{status}")
     else:
         typer.echo("worker: none yet")
     if job.error:

@@ -3,7 +3,8 @@
 stdout lines go to stdout and stderr lines to stderr, with their own terminators (a ``\\r``
 progress bar redraws in place; a piece of an overlong line continues on the same line) and
 their exact bytes (output that is not UTF-8 is not altered). The platform's own notices (a
-truncation) go to stderr as ``hodei: ...`` whatever ``--stream`` says.
+truncation) go to stderr as ``hodei: ...`` whatever ``--stream`` says. A status line on the
+terminal (why the job waits) is erased before anything is printed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import BinaryIO
 
+from hodei_cli.statusline import StatusLine
 from hodei_common.contracts.logs import NEWLINE, LogBatch, LogLine, LogStream
 
 NOTICE_PREFIX = b"hodei: "
@@ -77,6 +79,13 @@ class LogPrinter:
         # Whether the next bytes of a stream start a line (a timestamp goes there only).
         self._line_start = {LogStream.STDOUT: True, LogStream.STDERR: True}
         self.lines = 0
+        # Why the job waits, on a terminal; erased for good before the first thing printed.
+        self.status: StatusLine | None = None
+
+    def end_status(self) -> None:
+        """Erase the status line, if there is one, for good."""
+        if self.status is not None:
+            self.status.close()
 
     def batch(self, batch: LogBatch) -> None:
         """Print (or hold, for the tail) the batch's kept lines, in order."""
@@ -95,6 +104,8 @@ class LogPrinter:
             self._write(held)
 
     def _write(self, lines: list[tuple[LogStream, float, bytes]]) -> None:
+        if lines:
+            self.end_status()
         # Consecutive lines of one file in one write: stdout and stderr keep their interleaving.
         run: list[bytes] = []
         run_stream: LogStream | None = None
@@ -122,5 +133,6 @@ class LogPrinter:
 
     def note(self, text: str) -> None:
         """One line of the CLI's own on stderr."""
+        self.end_status()
         self._err.write(text.encode() + NEWLINE.encode())
         self._err.flush()

@@ -13,6 +13,7 @@ import msgspec
 
 from hodei_cli.connection import api_client
 from hodei_cli.logview import LogPrinter
+from hodei_cli.statusline import StatusLine, while_waiting
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.jobs import JobState
 from hodei_common.contracts.logs import LogBatch, LogEnd, LogMessage
@@ -23,6 +24,11 @@ EXIT_TIMED_OUT = 124
 EXIT_CANCELLED = 130
 # A finished job's reader that hears nothing for this long finds its log gone.
 GONE_AFTER_S = 5.0
+
+
+def status_line() -> StatusLine | None:
+    """The line saying why a job waits: only on a terminal's stderr."""
+    return StatusLine.on_stderr() if sys.stderr.isatty() else None
 
 
 def exit_code_for(end: LogEnd) -> int:
@@ -76,7 +82,8 @@ async def run_job(request: SubmitJob, *, detach: bool) -> int:
     """Submit, then follow the log to the end; Ctrl-C cancels the job and exits 130.
 
     The log is listened to before the job exists (the job's id is chosen here), so no line
-    can come before the CLI is there to print it.
+    can come before the CLI is there to print it. On a terminal, a status line says why the
+    job waits until it runs or prints.
     """
     async with api_client() as api:
         if detach:
@@ -93,17 +100,21 @@ async def run_job(request: SubmitJob, *, detach: bool) -> int:
         loop = asyncio.get_running_loop()
         interrupted = asyncio.Event()
         loop.add_signal_handler(signal.SIGINT, interrupted.set)
+        printer = LogPrinter()
+        printer.status = status_line()
         try:
-            following = asyncio.create_task(print_log(live.messages()))
-            stop = asyncio.create_task(interrupted.wait())
-            await asyncio.wait([following, stop], return_when=asyncio.FIRST_COMPLETED)
-            if following.done():
-                stop.cancel()
-                return following.result() or 0
-            following.cancel()
-            await api.cancel(job.id)
-            print(f"job {job.id} cancelled", file=sys.stderr)
-            return EXIT_CANCELLED
+            async with while_waiting(api, job.id, job.state, printer.status):
+                following = asyncio.create_task(print_log(live.messages(), printer))
+                stop = asyncio.create_task(interrupted.wait())
+                await asyncio.wait([following, stop], return_when=asyncio.FIRST_COMPLETED)
+                if following.done():
+                    stop.cancel()
+                    return following.result() or 0
+                printer.end_status()
+                following.cancel()
+                await api.cancel(job.id)
+                printer.note(f"job {job.id} cancelled")
+                return EXIT_CANCELLED
         finally:
             loop.remove_signal_handler(signal.SIGINT)
 
@@ -112,7 +123,8 @@ async def show_logs(
     job_id: UUID, *, follow: bool, printer: LogPrinter | None = None
 ) -> int:
     """Print a job's log so far (or until it ends, with ``follow``); from the stream or, once
-    the job is archived, the archive."""
+    the job is archived, the archive. Following, on a terminal, a status line says why the
+    job waits until it runs or prints."""
     printer = printer or LogPrinter()
     async with api_client() as api:
         job = await api.get(job_id)  # a clear "not found" for an unknown job
@@ -120,7 +132,10 @@ async def show_logs(
         # A finished job's log is complete: its end marker is there or a moment away.
         idle = GONE_AFTER_S if job.state.terminal else None
         reading = reader.messages(follow=follow or job.state.terminal, idle_timeout_s=idle)
-        async with contextlib.aclosing(reading) as messages:
+        if follow:
+            printer.status = status_line()
+        waiting = while_waiting(api, job_id, job.state, printer.status)
+        async with waiting, contextlib.aclosing(reading) as messages:
             code = await print_log(messages, printer, reader)
     if code is None and job.state.terminal and not printer.lines:
         raise NotFoundError(f"the log of job {job_id} is no longer kept (past its retention)")

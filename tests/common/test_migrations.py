@@ -56,6 +56,8 @@ async def test_migrate_creates_every_table_with_uuid_keys_and_timestamps(
             "WHERE table_name = 'workers' AND column_name = 'last_heartbeat'"
         )
         assert nullable == "YES"
+        assert (columns["workers"]["resource_status"],
+                columns["workers"]["resource_status_at"]) == ("text", "timestamp with time zone")
         providers = await conn.fetch("SELECT name, enabled FROM provider_configs ORDER BY name")
         assert [(p["name"], p["enabled"]) for p in providers] == [
             ("docker", False), ("kubernetes", False), ("local", True)

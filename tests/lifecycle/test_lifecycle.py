@@ -217,3 +217,46 @@ async def test_a_worker_that_can_never_start_fails_with_the_queued_job_it_was_ma
     assert tuple(worker) == ("FAILED", why)
     assert trail == ["JobCreated", "ProvisionRequested", "WorkerFailed", "JobFailed"]
     assert other_state == "CANCELLED"
+
+
+@pytest.mark.postgres
+async def test_a_resource_status_is_noted_once_per_change_while_the_worker_lives(
+    pool: asyncpg.Pool,
+) -> None:
+    job_id, worker_id = uuid4(), uuid4()
+    pod = f"pod hodei-worker-{worker_id}"
+    async with pool.acquire() as conn:
+        await jobs.submit(conn, SubmitJob(command="true"), job_id=job_id, actor="t")
+        ref = workers.WorkerRef(worker_id, "kubernetes", job_id)
+        await workers.request(conn, ref, mode=WorkerMode.EPHEMERAL, cpus=None,
+                              memory_bytes=None, actor="t")
+        before = await _counts(pool)
+
+        assert await workers.note_status(conn, worker_id, f"{pod} Pending: ContainerCreating")
+        first_at = await conn.fetchval(
+            "SELECT resource_status_at FROM workers WHERE id = $1", worker_id)
+        assert not await workers.note_status(conn, worker_id,
+                                             f"{pod}  Pending:\nContainerCreating")
+        assert not await workers.note_status(conn, worker_id, " \n ")
+        assert await conn.fetchval(
+            "SELECT resource_status_at FROM workers WHERE id = $1", worker_id) == first_at
+        long = f"{pod} Pending: Unschedulable:\n" + "0/1 nodes are available. " * 20
+        assert await workers.note_status(conn, worker_id, long)
+        stored = await conn.fetchval("SELECT resource_status FROM workers WHERE id = $1",
+                                     worker_id)
+        assert len(stored) == workers.MAX_STATUS_CHARS
+        assert "\n" not in stored
+        assert stored.startswith(f"{pod} Pending: Unschedulable: 0/1 nodes")
+        assert stored.endswith("...")
+
+        assert await workers.register(conn, ref, "host", actor="t") is not None
+        assert await workers.note_status(conn, worker_id, f"{pod} Running")
+        after_register = await _counts(pool)
+        await workers.retire(conn, ref, workers.Retirement.WIND_DOWN, "stopping", actor="t")
+        assert not await workers.note_status(conn, worker_id, f"{pod} Terminating")
+        row = await conn.fetchrow("SELECT state, resource_status FROM workers WHERE id = $1",
+                                  worker_id)
+        assert not await workers.note_status(conn, uuid4(), "pod elsewhere Pending")
+    assert (row["state"], row["resource_status"]) == ("TERMINATING", f"{pod} Running")
+    # Noting a status records no event: only registration's two are new.
+    assert after_register == (before[0] + 2, before[1] + 2)

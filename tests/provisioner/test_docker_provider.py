@@ -66,6 +66,11 @@ async def _resource(pool: asyncpg.Pool, worker_id: UUID) -> str:
     return str((await worker(pool, worker_id))["provider_resource_id"] or "")
 
 
+async def _status(pool: asyncpg.Pool, worker_id: UUID) -> str | None:
+    status: str | None = (await worker(pool, worker_id))["resource_status"]
+    return status
+
+
 async def _ready_worker(pool: asyncpg.Pool) -> tuple[UUID, str]:
     worker_id = await request_worker(pool, provider="docker", mode=WorkerMode.EPHEMERAL)
     await assert_eventually(lambda: _is(_state(pool, worker_id), WorkerState.READY),
@@ -81,6 +86,8 @@ async def test_a_docker_worker_is_a_labelled_limited_container_whose_agent_regis
     docker_provider: DockerProvider, pool: asyncpg.Pool, docker_engine: docker.DockerClient,
 ) -> None:
     worker_id, container_id = await _ready_worker(pool)
+    await assert_eventually(lambda: _is(_status(pool, worker_id),
+                                        f"container {container_id[:12]} started"))
     container = docker_engine.containers.get(container_id)
     assert container.labels[LABEL_MANAGED] == "true"
     assert container.labels[LABEL_WORKER] == str(worker_id)

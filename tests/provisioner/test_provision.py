@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import asyncpg
 import msgspec
@@ -39,6 +39,10 @@ AGENT_ENV = {"PATH", "HOME", "LANG", "HODEI_LOG_LEVEL", "HODEI_NATS_URL", "HODEI
 NO_REGISTER = [sys.executable, str(FAKE_AGENT), "--no-register"]
 
 
+async def _status_is(pool: asyncpg.Pool, worker_id: UUID, expected: str) -> bool:
+    return bool((await worker(pool, worker_id))["resource_status"] == expected)
+
+
 @pytest.mark.parametrize("agent_command", [NO_REGISTER])
 async def test_provision_request_spawns_an_agent_and_records_its_pid(
     provisioner: ProvisionerService, pool: asyncpg.Pool, js: JetStreamContext,
@@ -53,6 +57,8 @@ async def test_provision_request_spawns_an_agent_and_records_its_pid(
     created = [p for s, p in await stream_events(js) if s == subjects.WORKER_CREATED]
     assert created[0]["provider_resource_id"] == str(pid)
     assert (await worker(pool, worker_id))["state"] == WorkerState.CREATING
+    # What `hodei job explain` shows of the resource while the job waits.
+    await assert_eventually(lambda: _status_is(pool, worker_id, f"process {pid} started"))
     env = environ_of(pid)
     assert set(env) <= AGENT_ENV, "the agent gets a minimal environment"
     assert env["HODEI_WORKER_ID"] == str(worker_id)

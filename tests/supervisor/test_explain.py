@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import asyncpg
 import pytest
 from nats.js import JetStreamContext
@@ -9,6 +11,7 @@ from nats.js import JetStreamContext
 from hodei_common.client import ApiClient
 from hodei_common.contracts.agent import StatusKind
 from hodei_common.contracts.api import SubmitJob
+from hodei_common.lifecycle import workers as lifecycle_workers
 from hodei_common.testing import assert_eventually
 from tests.cli.conftest import cli_env, run_cli
 from tests.scheduler.conftest import report
@@ -28,7 +31,29 @@ async def test_a_queued_job_waits_for_the_worker_being_made_for_it(
     assert found.waiting_for.startswith(f"worker {worker_id} to register (made ")
     assert (found.worker_id, found.worker_state, found.heartbeat_age_s) == (
         worker_id, "CREATING", None)
+    assert (found.worker_resource, found.worker_status) == (None, None)
     assert found.last_failure is None
+
+
+async def test_a_queued_job_names_its_workers_resource_and_what_its_provider_last_said(
+    api: ApiClient, pool: asyncpg.Pool
+) -> None:
+    job = (await api.submit(SubmitJob(command="true"))).job
+    worker_id = (await assert_eventually(lambda: workers(pool, "CREATING")))[0]["id"]
+    pod = f"hodei-worker-{worker_id}"
+    async with pool.acquire() as conn:  # as the Kubernetes provider does
+        assert await lifecycle_workers.record_resource(
+            conn, lifecycle_workers.WorkerRef(worker_id, "local", job.id), pod, actor="test")
+        assert await lifecycle_workers.note_status(
+            conn, worker_id, f"pod {pod} Pending: ContainerCreating")
+    found = await api.explain(job.id)
+    assert (found.worker_resource, found.worker_status) == (
+        pod, f"pod {pod} Pending: ContainerCreating")
+    assert found.worker_status_age_s is not None
+    assert 0 <= found.worker_status_age_s < 5
+    assert re.fullmatch(
+        rf"worker {worker_id} to register \(made \d+\.\ds ago; pod {pod} Pending: "
+        r"ContainerCreating, \d+\.\ds ago\)", found.waiting_for), found.waiting_for
 
 
 async def test_a_requeued_job_says_its_backoff_its_lost_worker_and_why(

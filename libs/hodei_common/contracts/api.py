@@ -122,7 +122,10 @@ class JobExplanation(msgspec.Struct, frozen=True, kw_only=True):
     """``jobs.explain``: where a job is, what it waits for, and what last went wrong.
 
     ``worker_*``: its worker (the one holding it, else one being made for it, else the last
-    one that held it); ``heartbeat_age_s`` None means that worker never beat.
+    one that held it); ``heartbeat_age_s`` None means that worker never beat;
+    ``worker_resource`` is its provider's resource id (None: not made yet), and
+    ``worker_status`` what its provider last said of that resource (``pod ... Pending:
+    ContainerCreating``), ``worker_status_age_s`` ago.
     ``last_failure``: the newest failed (or erring) saga step of the job or its workers,
     as ``saga/step: error``.
     """
@@ -135,6 +138,9 @@ class JobExplanation(msgspec.Struct, frozen=True, kw_only=True):
     last_failure: str | None = None
     last_failure_age_s: float | None = None
     retries: int = 0
+    worker_resource: str | None = None
+    worker_status: str | None = None
+    worker_status_age_s: float | None = None
 
 
 class JobEvents(msgspec.Struct, frozen=True, kw_only=True):

@@ -206,6 +206,9 @@ WORKERS = TransitionTable("worker", WorkerState, [
     _worker("begin_create", (_C,), None, doc="provisioner, before `provider.create`"),
     _worker("record_resource", _LIVE, None, (WorkerCreated, subjects.WORKER_CREATED),
             doc="provisioner: `provider_resource_id`"),
+    _worker("note_status", _LIVE, None,
+            doc="provisioner: its provider's word on the resource (pod Pending: "
+                "ContainerCreating); `resource_status`, when it changed"),
     _worker("fail_create", (_C,), WorkerState.FAILED,
             (ProvisionFailed, subjects.PROVISION_FAILED), doc="provisioner: create failed"),
     _worker("cannot_start", (_C,), WorkerState.FAILED, (WorkerFailed, subjects.WORKER_FAILED),

@@ -39,6 +39,8 @@ from hodei_common.lifecycle.transitions import JOBS, WORKERS
 
 SQL = queries.load(SQL_DIR / "workers.sql")
 WORKER_LOST = "worker lost"
+# A resource status is one line of at most this many characters.
+MAX_STATUS_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,26 @@ async def record_resource(conn: Conn, worker: WorkerRef, resource_id: str, *, ac
     return await SQL["record_resource"].fetchrow(
         conn, worker_id=worker.id, resource_id=resource_id, from_states=t.fence,
         events=events.encode([Emit(t, created)])) is not None
+
+
+def status_line(status: str) -> str:
+    """A provider's words as stored: one line, at most ``MAX_STATUS_CHARS``."""
+    line = " ".join(status.split())
+    if len(line) > MAX_STATUS_CHARS:
+        line = line[: MAX_STATUS_CHARS - 3] + "..."
+    return line
+
+
+async def note_status(conn: Conn, worker_id: UUID, status: str) -> bool:
+    """Record its provider's latest words about the worker's resource (``pod ... Pending:
+    ContainerCreating``) while it is CREATING, READY or BUSY; True when they changed what
+    was stored (blank words change nothing). No event: a progress note, like a heartbeat."""
+    line = status_line(status)
+    if not line:
+        return False
+    return await SQL["note_status"].fetchrow(
+        conn, worker_id=worker_id, status=line,
+        from_states=WORKERS["note_status"].fence) is not None
 
 
 async def fail_create(conn: Conn, worker: WorkerRef, error: str, *, actor: str) -> bool:

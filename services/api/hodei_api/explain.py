@@ -17,6 +17,14 @@ def _seconds(value: float) -> str:
     return f"{value:.1f}s"
 
 
+def _status(worker: store.ExplainedWorker) -> str:
+    """``; <its resource's last status>, 1.1s ago``, or nothing when its provider said none."""
+    if worker.status is None:
+        return ""
+    age = f", {_seconds(worker.status_age_s)} ago" if worker.status_age_s is not None else ""
+    return f"; {worker.status}{age}"
+
+
 async def _waiting_for(conn: Conn, job: Job, worker: store.ExplainedWorker | None) -> str:
     """What the job waits for, in words."""
     if job.state.terminal:
@@ -29,15 +37,17 @@ async def _waiting_for(conn: Conn, job: Job, worker: store.ExplainedWorker | Non
         return (f"its command to finish (running for {_seconds(timing.running_s)} "
                 f"of its {job.timeout_s:g}s timeout){cancel}")
     if job.state is JobState.ASSIGNED:
+        status = _status(worker) if worker is not None and worker.id == job.worker_id else ""
         return (f"worker {job.worker_id} to take it (assigned "
-                f"{_seconds(timing.assigned_s)} ago)")
+                f"{_seconds(timing.assigned_s)} ago{status})")
     parts = []
     if timing.backoff_left_s is not None and timing.backoff_left_s > 0:
         parts.append(f"its retry backoff to end (in {_seconds(timing.backoff_left_s)}, "
                      f"attempt {job.attempt} of {job.max_attempts})")
     if worker is not None and worker.state in (WorkerState.CREATING, WorkerState.READY):
         verb = "to register" if worker.state is WorkerState.CREATING else "to be paired"
-        parts.append(f"worker {worker.id} {verb} (made {_seconds(worker.age_s)} ago)")
+        parts.append(f"worker {worker.id} {verb} (made {_seconds(worker.age_s)} ago"
+                     f"{_status(worker)})")
     else:
         p = await store.provider_room(conn, job.provider, timing.priority, timing.queued_at)
         if p is None or not p.enabled:
@@ -64,6 +74,9 @@ async def explain_job(pool: asyncpg.Pool, req: JobRef) -> JobExplanation:
         worker_id=worker.id if worker else None,
         worker_state=worker.state if worker else None,
         heartbeat_age_s=worker.heartbeat_age_s if worker else None,
+        worker_resource=worker.resource if worker else None,
+        worker_status=worker.status if worker else None,
+        worker_status_age_s=worker.status_age_s if worker else None,
         last_failure=(f"{failure.saga_type}/{failure.step_name}: {failure.error}"
                       if failure else None),
         last_failure_age_s=failure.age_s if failure else None,

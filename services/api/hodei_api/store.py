@@ -145,7 +145,9 @@ async def provider_names(conn: Conn) -> list[str]:
 _EXPLAIN_WORKER = """
 SELECT w.id, w.state, w.provider,
        extract(epoch FROM now() - w.last_heartbeat)::float8 AS heartbeat_age_s,
-       extract(epoch FROM now() - w.created_at)::float8 AS age_s
+       extract(epoch FROM now() - w.created_at)::float8 AS age_s,
+       w.provider_resource_id AS resource, w.resource_status AS status,
+       extract(epoch FROM now() - w.resource_status_at)::float8 AS status_age_s
 FROM workers w
 WHERE w.id = $2
    OR (w.for_job_id = $1 AND w.state IN ('CREATING', 'READY'))
@@ -186,13 +188,17 @@ FROM jobs WHERE id = $1
 
 
 class ExplainedWorker(msgspec.Struct, frozen=True, kw_only=True):
-    """The worker a job's explanation speaks of; ``heartbeat_age_s`` None: it never beat."""
+    """The worker a job's explanation speaks of; ``heartbeat_age_s`` None: it never beat;
+    ``status``: its provider's last word on its resource, said ``status_age_s`` ago."""
 
     id: UUID
     state: WorkerState
     provider: str
     heartbeat_age_s: float | None
     age_s: float
+    resource: str | None
+    status: str | None
+    status_age_s: float | None
 
 
 class LastFailure(msgspec.Struct, frozen=True, kw_only=True):

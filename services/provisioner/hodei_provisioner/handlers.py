@@ -158,6 +158,12 @@ async def _record_resource(
         # The worker was given up (or another replica recorded its own resource) meanwhile.
         log.info("worker %s no longer wants resource %s; destroying it", worker.id, resource_id)
         await _destroy_quietly(provider, resource_id, worker.id, settings)
+        return
+    try:
+        async with deps.pool.acquire() as conn:
+            await workers.note_status(conn, worker.id, provider.describe(resource_id))
+    except Exception as e:  # only a note for people: the worker is made all the same
+        log.warning("worker %s: could not note its resource's status: %s", worker.id, e)
 
 
 async def _destroy_quietly(provider: Provider, resource_id: str, worker_id: UUID,

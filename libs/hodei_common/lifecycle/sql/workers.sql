@@ -165,6 +165,15 @@ WITH ordered AS (
 SELECT ordered.id, hodei_record_events(:events, ARRAY['order_stop']) AS recorded
 FROM ordered;
 
+-- name: note_status
+-- The provider's latest words about a live worker's resource (a pod Pending:
+-- ContainerCreating), kept with the time they were first said; the same words again change
+-- nothing. A progress note, like a heartbeat: no event.
+UPDATE workers SET resource_status = :status, resource_status_at = now()
+WHERE id = :worker_id AND state = ANY(:from_states)
+  AND resource_status IS DISTINCT FROM :status
+RETURNING id;
+
 -- name: live_worker
 -- What a finder of a lost worker reads first: the worker, if live, and the job it holds.
 SELECT w.id, w.provider, w.state, w.for_job_id, j.id AS job_id, j.attempt, j.max_attempts,

@@ -111,6 +111,11 @@ class Provider(ABC):
                      settings: ProviderSettings | None = None) -> bool:
         """Whether the worker's resource is still there (alive)."""
 
+    def describe(self, resource_id: str) -> str:
+        """One line for the worker's resource status once it is created (``hodei job
+        explain`` and the status line of ``hodei job run`` show it while a job waits)."""
+        return f"{self.kind} resource {resource_id} created"
+
     async def resources(self, scope: str, settings: ProviderSettings | None = None
                         ) -> list[Resource] | None:
         """Every resource this provider made for ``scope`` (a provider_configs id), alive or

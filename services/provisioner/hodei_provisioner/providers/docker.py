@@ -86,6 +86,9 @@ class DockerProvider(Provider):
             return False
         return bool(found["State"].get("Running"))
 
+    def describe(self, resource_id: str) -> str:
+        return f"container {resource_id[:12]} started"
+
     async def resources(self, scope: str, settings: ProviderSettings | None = None
                         ) -> list[Resource]:
         return await self._call(self._resources, scope)

@@ -73,6 +73,9 @@ class KubernetesProvider(Provider):
         self._told: dict[str, tuple[Verdict, str]] = {}  # pod -> the last news told
         self._listener: tuple[asyncio.AbstractEventLoop, Callable[[News], None]] | None = None
 
+    def describe(self, resource_id: str) -> str:
+        return f"pod {resource_id} created"
+
     def on_news(self, callback: Callable[[News], None]) -> None:
         self._listener = (asyncio.get_running_loop(), callback)
 

@@ -74,9 +74,12 @@ class PodWatch:
                     continue
                 log.warning("pod watch in %s: the API server answered %s %s; retrying",
                             self.namespace, e.status, e.reason)
-            except (OSError, ValueError, urllib3.exceptions.HTTPError) as e:
+            except (OSError, ValueError, AttributeError, urllib3.exceptions.HTTPError) as e:
+                # (AttributeError: urllib3's reply to a read of a response closed by stop.)
                 if self._stopping.is_set():
                     return
+                if isinstance(e, AttributeError):
+                    raise
                 log.info("pod watch in %s dropped (%s); resuming", self.namespace,
                          type(e).__name__)
             if self._stopping.wait(delay):

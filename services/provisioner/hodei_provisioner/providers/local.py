@@ -83,6 +83,9 @@ class LocalProvider(Provider):
         """Where the worker's agent writes its stdout and stderr."""
         return self._workers_dir / f"{worker_id}.log"
 
+    def describe(self, resource_id: str) -> str:
+        return f"process {resource_id} started"
+
     async def create(self, spec: WorkerSpec) -> str:
         env = {
             **self._env,
