@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -52,10 +53,12 @@ class PodWatch:
     def stop(self) -> None:
         """End the watch; its thread leaves at once or when its read returns."""
         self._stopping.set()
-        response = self._response
-        if response is not None:
-            with contextlib.suppress(OSError, urllib3.exceptions.HTTPError):
-                response.close()
+        # Closing the response here would wait for the reading thread's lock: shutting its
+        # socket down ends that read at once instead (the thread then closes the response).
+        sock = getattr(getattr(self._response, "connection", None), "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self._thread.join(timeout=2.0)
 
     def _run(self) -> None:
