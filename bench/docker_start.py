@@ -72,11 +72,11 @@ class StartEvents:
         self._stream.close()
 
 
-async def run_one(api: ApiClient, js: JetStreamContext) -> Run:
+async def run_one(api: ApiClient, js: JetStreamContext, provider: str = "docker") -> Run:
     submitted = time.time()
     started = time.perf_counter()
-    job = (await api.submit(SubmitJob(command="echo hello", name="bench-docker",
-                                      provider="docker"))).job
+    job = (await api.submit(SubmitJob(command="echo hello", name=f"bench-{provider}",
+                                      provider=provider))).job
     first: float | None = None
     async for message in read_log(js, job.id, follow=True, idle_timeout_s=JOB_DEADLINE_S):
         now = time.perf_counter() - started

@@ -118,8 +118,11 @@ def terminated(code: int, reason: str) -> dict[str, Any]:
          Verdict.LOST, f"its pod {NAME} was evicted: The node was low on resource: memory."),
         ("MODIFIED", pod("Running", conditions=[{"type": "DisruptionTarget", "status": "True",
                                                  "reason": "PreemptionByScheduler"}]),
-         Verdict.LOST, f"its pod {NAME} was taken away (PreemptionByScheduler): "
-                       "PreemptionByScheduler"),
+         Verdict.LOST, f"its pod {NAME} was preempted: PreemptionByScheduler"),
+        ("MODIFIED", pod("Running", conditions=[{"type": "DisruptionTarget", "status": "True",
+                                                 "reason": "TerminationByKubelet",
+                                                 "message": "low on memory"}]),
+         Verdict.LOST, f"its pod {NAME} was evicted by its node: low on memory"),
         ("MODIFIED", pod("Running", state={"running": {}}, deleting=True), Verdict.LOST,
          f"its pod {NAME} is being deleted"),
         ("DELETED", pod("Running", state={"running": {}}), Verdict.LOST,

@@ -159,10 +159,14 @@ async def _record_resource(
         log.info("worker %s no longer wants resource %s; destroying it", worker.id, resource_id)
         await _destroy_quietly(provider, resource_id, worker.id, settings)
         return
+    status = provider.describe(resource_id)
+    if status is None:
+        return
     try:
         async with deps.pool.acquire() as conn:
-            await workers.note_status(conn, worker.id, provider.describe(resource_id))
-    except Exception as e:  # only a note for people: the worker is made all the same
+            await workers.note_status(conn, worker.id, status)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        # Only a note for people: the worker is made all the same.
         log.warning("worker %s: could not note its resource's status: %s", worker.id, e)
 
 

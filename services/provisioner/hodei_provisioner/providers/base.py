@@ -111,9 +111,10 @@ class Provider(ABC):
                      settings: ProviderSettings | None = None) -> bool:
         """Whether the worker's resource is still there (alive)."""
 
-    def describe(self, resource_id: str) -> str:
+    def describe(self, resource_id: str) -> str | None:
         """One line for the worker's resource status once it is created (``hodei job
-        explain`` and the status line of ``hodei job run`` show it while a job waits)."""
+        explain`` and the status line of ``hodei job run`` show it while a job waits); None
+        for a provider whose own news says more, and may already have been noted."""
         return f"{self.kind} resource {resource_id} created"
 
     async def resources(self, scope: str, settings: ProviderSettings | None = None

@@ -73,8 +73,8 @@ class KubernetesProvider(Provider):
         self._told: dict[str, tuple[Verdict, str]] = {}  # pod -> the last news told
         self._listener: tuple[asyncio.AbstractEventLoop, Callable[[News], None]] | None = None
 
-    def describe(self, resource_id: str) -> str:
-        return f"pod {resource_id} created"
+    def describe(self, resource_id: str) -> None:
+        return None  # the pod's watch tells its progress, maybe before its id is recorded
 
     def on_news(self, callback: Callable[[News], None]) -> None:
         self._listener = (asyncio.get_running_loop(), callback)

@@ -46,6 +46,14 @@ IMAGE_ERRORS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"
                           "ErrImageNeverPull"})
 CONFIG_ERRORS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
 Pod = Mapping[str, Any]
+# A DisruptionTarget condition's reasons (Kubernetes 1.26+), in words.
+DISRUPTIONS = {
+    "TerminationByKubelet": "evicted by its node",
+    "EvictionByEvictionAPI": "evicted",
+    "PreemptionByScheduler": "preempted",
+    "DeletionByTaintManager": "deleted: its node is lost or tainted",
+    "DeletionByPodGC": "deleted: its node is gone",
+}
 
 
 def pod_name(worker_id: UUID) -> str:
@@ -247,8 +255,9 @@ def _disruption(status: Mapping[str, Any]) -> str | None:
         return f"evicted: {status.get('message') or 'by its node'}"
     for condition in status.get("conditions") or []:
         if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
-            why = condition.get("message") or condition.get("reason") or "disrupted"
-            return f"taken away ({condition.get('reason')}): {why}"
+            reason = str(condition.get("reason") or "")
+            how = DISRUPTIONS.get(reason, f"taken away ({reason or 'disrupted'})")
+            return f"{how}: {condition.get('message') or reason or 'no reason given'}"
     return None
 
 
