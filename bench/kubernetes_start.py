@@ -30,6 +30,8 @@ from embedded import embedded_platform
 from execution import wait_for_no_workers
 from kubernetes import config, watch
 from kubernetes.client import CoreV1Api
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import ProtocolError
 
 from hodei_cli.image import build_worker_image, default_tag
 from hodei_common import messaging
@@ -50,12 +52,15 @@ class RunningPods:
         self._thread.start()
 
     def _read(self) -> None:
-        for event in self._watch.stream(self._core.list_namespaced_pod, NAMESPACE,
-                                        label_selector="hodei.managed=true"):
-            pod = event["object"]
-            job = (pod.metadata.labels or {}).get("hodei.job_id")
-            if job and pod.status.phase == "Running":
-                self.running.setdefault(job, time.time())
+        try:
+            for event in self._watch.stream(self._core.list_namespaced_pod, NAMESPACE,
+                                            label_selector="hodei.managed=true"):
+                pod = event["object"]
+                job = (pod.metadata.labels or {}).get("hodei.job_id")
+                if job and pod.status.phase == "Running":
+                    self.running.setdefault(job, time.time())
+        except (ProtocolError, ApiException):
+            return  # the stand-in stopped under the watch: the run is over
 
     def close(self) -> None:
         self._watch.stop()
