@@ -12,11 +12,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hodei_common.testing.processes import agent_processes
-from tests.cli.conftest import HODEI
+from tests.cli.conftest import HODEI, run_cli
 
 __all__ = ["agent_processes"]
 
@@ -39,6 +40,18 @@ class Platform:
         """The NATS and PostgreSQL URLs of the running platform."""
         info = self.endpoints
         return {"nats_url": info["nats_url"], "database_url": info["database_url"]}
+
+
+async def cli_json(platform: Platform, *args: str) -> Any:
+    """The CLI's JSON output of ``args`` against the platform (which must succeed)."""
+    result = await run_cli(platform.env, *args, "-o", "json")
+    assert result.code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+async def job_of(platform: Platform, job_id: str) -> dict[str, Any]:
+    job: dict[str, Any] = await cli_json(platform, "job", "get", job_id)
+    return job
 
 
 def start_platform(home: Path, extra_env: dict[str, str] | None = None) -> Platform:

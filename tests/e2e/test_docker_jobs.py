@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import shutil
 import tempfile
@@ -17,7 +16,7 @@ import pytest
 from hodei_common.testing import assert_eventually
 from hodei_provisioner.providers.docker import LABEL_JOB, LABEL_MANAGED, LABEL_PROVIDER_ID
 from tests.cli.conftest import CliResult, run_cli
-from tests.e2e.conftest import Platform, start_platform, stop_platform
+from tests.e2e.conftest import Platform, cli_json, job_of, start_platform, stop_platform
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.slow]
 
@@ -37,12 +36,6 @@ def docker_platform(worker_image: str) -> Iterator[Platform]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def cli_json(platform: Platform, *args: str) -> Any:
-    result = await run_cli(platform.env, *args, "-o", "json")
-    assert result.code == 0, result.stderr
-    return json.loads(result.stdout)
-
-
 async def docker_job(platform: Platform, *args: str, within_s: float = 30) -> CliResult:
     return await run_cli(platform.env, "job", "run", "--provider", "docker", *args,
                          timeout_s=within_s)
@@ -57,11 +50,6 @@ async def containers(platform: Platform, engine: docker.DockerClient,
     wanted = [f"{LABEL_MANAGED}=true", f"{LABEL_PROVIDER_ID}={scope}",
               *(f"{k}={v}" for k, v in labels.items())]
     return list(engine.api.containers(all=True, filters={"label": wanted}))
-
-
-async def job_of(platform: Platform, job_id: str) -> dict[str, Any]:
-    job: dict[str, Any] = await cli_json(platform, "job", "get", job_id)
-    return job
 
 
 async def _no_containers_left(platform: Platform, engine: docker.DockerClient) -> None:
@@ -250,3 +238,23 @@ async def test_at_max_workers_jobs_wait_queued_and_all_run(
     assert {j["state"] for j in jobs} == {"SUCCEEDED"}
     await _no_containers_left(docker_platform, docker_engine)
 
+
+
+async def test_a_missing_worker_image_fails_the_job_at_once_not_worker_after_worker(
+    docker_platform: Platform, docker_engine: docker.DockerClient, worker_image: str,
+) -> None:
+    changed = await run_cli(docker_platform.env, "provider", "set", "docker", "--image",
+                            "hodei-agent:no-such-tag")
+    assert changed.code == 0, changed.stderr
+    try:
+        result = await docker_job(docker_platform, "--command", "echo never", within_s=15)
+    finally:
+        await run_cli(docker_platform.env, "provider", "set", "docker", "--image",
+                      worker_image)
+    assert result.code == 1
+    job = (await cli_json(docker_platform, "job", "list", "--limit", "1"))[0]
+    assert (job["state"], job["attempt"]) == ("FAILED", 1)
+    assert job["error"].startswith("worker image not found")
+    trail = await cli_json(docker_platform, "job", "events", job["id"])
+    assert [e["event_type"] for e in trail].count("WorkerFailed") == 1
+    await _no_containers_left(docker_platform, docker_engine)

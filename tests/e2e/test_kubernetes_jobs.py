@@ -31,7 +31,7 @@ from hodei_provisioner.providers.kubernetes_pods import (
     LABEL_WORKER,
 )
 from tests.cli.conftest import CliResult, run_cli
-from tests.e2e.conftest import Platform, start_platform, stop_platform
+from tests.e2e.conftest import Platform, cli_json, job_of, start_platform, stop_platform
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kubernetes, pytest.mark.docker, pytest.mark.slow]
 
@@ -85,12 +85,6 @@ def kube_platform(cluster: Cluster, worker_image: str) -> Iterator[Platform]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def cli_json(platform: Platform, *args: str) -> Any:
-    result = await run_cli(platform.env, *args, "-o", "json")
-    assert result.code == 0, result.stderr
-    return json.loads(result.stdout)
-
-
 async def kube_job(platform: Platform, *args: str, within_s: float = 60) -> CliResult:
     return await run_cli(platform.env, "job", "run", "--provider", "kubernetes", *args,
                          timeout_s=within_s)
@@ -100,11 +94,6 @@ async def queue(platform: Platform, *args: str) -> str:
     queued = await run_cli(platform.env, "job", "queue", "--provider", "kubernetes", *args)
     assert queued.code == 0, queued.stderr
     return queued.stdout.strip()
-
-
-async def job_of(platform: Platform, job_id: str) -> dict[str, Any]:
-    job: dict[str, Any] = await cli_json(platform, "job", "get", job_id)
-    return job
 
 
 async def scope_of(platform: Platform) -> str:
@@ -298,9 +287,10 @@ async def test_a_missing_image_fails_the_job_at_once_naming_the_image(
     assert job["state"] == "FAILED"
     assert job["error"].startswith(f"image not found: {missing}")
     assert job["attempt"] == 1  # never retried in a loop
-    workers = [w for w in await cli_json(kube_platform, "worker", "list")
-               if w["id"] == job["worker_id"] or w["state"] == "FAILED"]
-    assert workers
+    trail = await cli_json(kube_platform, "job", "events", job_id)
+    failed = [e["payload"]["error"] for e in trail if e["event_type"] == "WorkerFailed"]
+    assert len(failed) == 1  # one worker tried, not one after another
+    assert failed[0] == job["error"]
     await no_pods_left(cluster)
 
 
@@ -331,7 +321,7 @@ async def _requeued_after(kube_platform: Platform, job_id: str) -> dict[str, Any
     assert kinds.count("JobRequeued") == 1
     assert kinds.count("JobSucceeded") == 1
     logs = await run_cli(kube_platform.env, "job", "logs", job_id, "--follow", timeout_s=20)
-    assert logs.stdout == "up\ndone\n" or logs.stdout.startswith("up\n"), logs.stdout
+    assert logs.stdout == "up\nup\ndone\n"  # each attempt's lines, in order
     return job
 
 
@@ -359,6 +349,9 @@ async def test_a_pod_deleted_by_hand_requeues_its_job(
     await asyncio.to_thread(cluster.core.delete_namespaced_pod, pod.metadata.name,
                             cluster.namespace)
     await _requeued_after(kube_platform, job_id)
+    lost = [w for w in await cli_json(kube_platform, "worker", "list", "--state", "FAILED")
+            if w["provider_resource_id"] == f"{cluster.namespace}/{pod.metadata.name}"]
+    assert [w["error"] for w in lost] == [f"its pod {pod.metadata.name} is being deleted"]
     await no_pods_left(cluster)
 
 
