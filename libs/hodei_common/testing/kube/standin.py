@@ -60,6 +60,9 @@ class KubeStandIn:
         args = [sys.executable, "-m", "hodei_common.testing.kube", "--dir", str(self.dir),
                 "--instance", self.instance, "--cpu", self.capacity["cpu"],
                 "--memory", self.capacity["memory"], "--pods", self.capacity["pods"]]
+        setpriv = shutil.which("setpriv")
+        if setpriv is not None:  # a test session killed outright leaves no stand-in behind
+            args = [setpriv, "--pdeathsig", "TERM", "--", *args]
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
                                           stderr=subprocess.STDOUT)
