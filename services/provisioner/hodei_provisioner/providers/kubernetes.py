@@ -71,6 +71,8 @@ class KubernetesProvider(Provider):
         self._watches: dict[str, tuple[tuple[ClientKey, str], PodWatch]] = {}
         self._lock = threading.Lock()
         self._told: dict[str, tuple[Verdict, str]] = {}  # pod -> the last news told
+        # Pods it deleted itself: their deletion is no news (their workers were let go).
+        self._deleting: set[str] = set()
         self._listener: tuple[asyncio.AbstractEventLoop, Callable[[News], None]] | None = None
 
     def describe(self, resource_id: str) -> None:
@@ -148,19 +150,23 @@ class KubernetesProvider(Provider):
         watch.start()
 
     def _on_pod(self, event: str, pod: dict[str, Any]) -> None:
+        name = pod["metadata"]["name"]
         news = pods.news_of(event, pod)
-        if news is not None:
-            self._tell(news, pod["metadata"]["name"], forget=event == "DELETED")
-
-    def _tell(self, news: News, pod: str, *, forget: bool = False) -> None:
-        """Hand news to the provisioner's loop, once per change (the watch repeats itself)."""
         with self._lock:
-            said = (news.verdict, news.reason)
-            if forget:
-                self._told.pop(pod, None)
-            elif self._told.get(pod) == said:
+            ours = name in self._deleting
+            if event == "DELETED":  # the pod's last word: nothing more to remember of it
+                self._deleting.discard(name)
+                self._told.pop(name, None)
+        if news is not None and not (ours and news.verdict is Verdict.LOST):
+            self._tell(news, name, remember=event != "DELETED")
+
+    def _tell(self, news: News, pod: str, *, remember: bool = True) -> None:
+        """Hand news to the provisioner's loop, once per change (the watch repeats itself)."""
+        said = (news.verdict, news.reason)
+        with self._lock:
+            if self._told.get(pod) == said:
                 return
-            else:
+            if remember:
                 self._told[pod] = said
         if self._listener is not None:
             loop, callback = self._listener
@@ -238,6 +244,8 @@ class KubernetesProvider(Provider):
             log.warning("pod %s is not worker %s's; left alone", resource_id, worker_id)
             return
         if pod is not None:
+            with self._lock:
+                self._deleting.add(name)
             try:  # SIGTERM first: the agent ends its job before the pod goes
                 core.delete_namespaced_pod(name, namespace,
                                            grace_period_seconds=max(1, round(self._grace_s)),
