@@ -118,6 +118,11 @@ LOG_ARCHIVE_BUCKET = "HODEI_LOG_ARCHIVE"
 LOG_ARCHIVE_STREAM = f"OBJ_{LOG_ARCHIVE_BUCKET}"
 
 
+def log_archive_subjects() -> str:
+    """Every subject of the archive's object store (chunks and metadata)."""
+    return f"$O.{LOG_ARCHIVE_BUCKET}.>"
+
+
 def log_archive_chunks(nuid: str) -> str:
     """Subject of the chunks of one stored object (``nuid`` from its info)."""
     return f"$O.{LOG_ARCHIVE_BUCKET}.C.{nuid}"
@@ -144,6 +149,49 @@ PROVISIONER_QUEUE_GROUP = "hodei-provisioner"
 def msg_id(*parts: object) -> str:
     """A ``Nats-Msg-Id`` from its parts (``job:attempt:kind``), stable across retries."""
     return ":".join(str(p) for p in parts)
+
+
+# --- protocol subjects, as permission lists name them ---------------------------------------
+# The JetStream API (`$JS.API.<verb>`), message acks and flow control, the micro services'
+# discovery verbs, and reply inboxes: spelled here so that no permission list spells them.
+JS_API_PREFIX = "$JS.API"
+JS_ACK_PREFIX = "$JS.ACK"
+JS_FLOW_CONTROL_PREFIX = "$JS.FC"
+SRV_PREFIX = "$SRV"
+SRV_VERBS = ("PING", "INFO", "STATS")
+INBOX_ROOT = "_INBOX"
+
+
+def js_api(*tokens: str) -> str:
+    """A JetStream API subject, e.g. ``js_api("STREAM.INFO", "LOGS")``."""
+    return ".".join((JS_API_PREFIX, *tokens))
+
+
+def js_acks(stream: str, consumer: str) -> str:
+    """Every ack subject of one consumer's messages (ack, nak, term, in progress)."""
+    return f"{JS_ACK_PREFIX}.{stream}.{consumer}.>"
+
+
+def js_flow_control(stream: str) -> str:
+    """The flow-control replies of push consumers on one stream."""
+    return f"{JS_FLOW_CONTROL_PREFIX}.{stream}.>"
+
+
+def srv_control(verb: str, name: str | None = None) -> str:
+    """A micro discovery subject: ``$SRV.PING``, ``$SRV.PING.<name>``."""
+    return f"{SRV_PREFIX}.{verb}" if name is None else f"{SRV_PREFIX}.{verb}.{name}"
+
+
+def inbox_prefix(identity: str) -> str:
+    """The reply-inbox prefix of one NATS user (nats-py's ``inbox_prefix=``), so that its
+    replies can be allowed to it alone: ``_INBOX.<identity>``."""
+    return f"{INBOX_ROOT}.{identity}"
+
+
+def agent_identity(worker_id: UUID | str) -> str:
+    """The NATS user name (and inbox token) of one worker's agent."""
+    return f"hodei-agent-{worker_id}"
+
 
 # --- Postgres notification channels ----------------------------------------------------
 OUTBOX_NOTIFY_CHANNEL = "hodei_outbox"

@@ -1,0 +1,171 @@
+"""What each Hodei identity may publish and subscribe to: the one place permissions live.
+
+Every list is built from :mod:`hodei_common.contracts.subjects`, after what the code does:
+
+- every service (``runner.HodeiService``) declares the streams (``STREAM.CREATE``/``UPDATE``),
+  answers ``$SRV.PING/INFO/STATS`` as ``hodei-<name>``, and gets JetStream acks and request
+  replies on an inbox of its own (``_INBOX.hodei-<name>.>``);
+- a durable consumer (``consumer.consume``) is created (``CONSUMER.DURABLE.CREATE``), fetched
+  (``CONSUMER.MSG.NEXT``) and acked (``$JS.ACK.<stream>.<durable>.>``) by its name only;
+- a log reader (``logreader``, ``logarchive``) gets single messages (``STREAM.MSG.GET``) and
+  makes ordered push consumers it deletes after use (``CONSUMER.CREATE/INFO/DELETE``, flow
+  control on ``$JS.FC.<stream>.>``);
+- an agent is confined to its own worker's subjects (see :func:`agent`).
+
+A connection using these must pass ``inbox_prefix=permissions.inbox_prefix`` to nats-py, and a
+service answers requests through ``respond`` (nats ``resp``: one reply per request received).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from uuid import UUID
+
+from hodei_common.contracts import subjects as s
+
+
+class Role(enum.StrEnum):
+    """A kind of Hodei NATS user; each service replica of one kind shares its permissions."""
+
+    API = "api"
+    RELAY = "relay"
+    SCHEDULER = "scheduler"
+    PROVISIONER = "provisioner"
+    LOGS = "logs"
+    SUPERVISOR = "supervisor"
+    CLI = "cli"
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """Allow lists (nothing else is allowed) and the inbox prefix the client must use."""
+
+    identity: str
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    respond: bool = False
+
+    @property
+    def inbox_prefix(self) -> str:
+        return s.inbox_prefix(self.identity)
+
+
+STREAMS = (s.JOB_EVENTS_STREAM, s.WORKER_EVENTS_STREAM, s.WORKER_STATUS_STREAM,
+           s.WORKER_ASSIGN_STREAM, s.LOGS_STREAM)
+
+
+def _declare_streams() -> list[str]:
+    return [s.js_api(verb, stream) for stream in STREAMS
+            for verb in ("STREAM.CREATE", "STREAM.UPDATE")]
+
+
+def _durable(stream: str, durable: str) -> list[str]:
+    """Create (either form nats-py may use), fetch from and ack one durable consumer."""
+    return [
+        s.js_api("CONSUMER.DURABLE.CREATE", stream, durable),
+        s.js_api("CONSUMER.CREATE", stream, durable),
+        s.js_api("CONSUMER.CREATE", stream, durable, ">"),
+        s.js_api("CONSUMER.INFO", stream, durable),
+        s.js_api("CONSUMER.MSG.NEXT", stream, durable),
+        s.js_acks(stream, durable),
+    ]
+
+
+def _reader(stream: str) -> list[str]:
+    """Read a stream: single messages, and ordered consumers made and deleted by the reader."""
+    return [
+        s.js_api("STREAM.MSG.GET", stream),
+        s.js_api("CONSUMER.CREATE", stream),
+        s.js_api("CONSUMER.INFO", stream, "*"),
+        s.js_api("CONSUMER.DELETE", stream, "*"),
+        s.js_flow_control(stream),
+    ]
+
+
+def _archive_writer() -> list[str]:
+    """Create the archive bucket, put, replace and delete objects in it."""
+    stream = s.LOG_ARCHIVE_STREAM
+    return [s.js_api("STREAM.CREATE", stream), s.js_api("STREAM.INFO", stream),
+            s.js_api("STREAM.PURGE", stream), s.log_archive_subjects()]
+
+
+def _micro(name: str) -> list[str]:
+    return [subject for verb in s.SRV_VERBS for subject in (
+        s.srv_control(verb), s.srv_control(verb, name), s.srv_control(verb, name) + ".*")]
+
+
+def _service(role: Role, publish: list[str], subscribe: list[str]) -> Permissions:
+    identity = s.service_name(role.value)
+    return Permissions(
+        identity=identity,
+        publish=tuple(_declare_streams() + publish),
+        subscribe=tuple([*_micro(identity), s.inbox_prefix(identity) + ".>", *subscribe]),
+        respond=True,
+    )
+
+
+def role(which: Role) -> Permissions:
+    """The permissions of a service kind, or of the ``hodei`` CLI (an operator's tool)."""
+    control = s.worker_control("*")
+    if which is Role.API:
+        return _service(which, [s.SCHEDULER_WAKE], [s.api(">")])
+    if which is Role.RELAY:
+        return _service(which, [s.JOB_EVENTS_SUBJECTS, *s.WORKER_EVENTS_SUBJECTS], [])
+    if which is Role.SCHEDULER:
+        return _service(which, [
+            s.WORKER_ASSIGN_SUBJECTS, s.LOGS_SUBJECTS, control,
+            *_durable(s.JOB_EVENTS_STREAM, s.SCHEDULER_DISPATCH_CONSUMER),
+            *_durable(s.WORKER_EVENTS_STREAM, s.SCHEDULER_DISPATCH_CONSUMER),
+            *_durable(s.WORKER_STATUS_STREAM, s.SCHEDULER_STATUS_CONSUMER),
+            *_durable(s.JOB_EVENTS_STREAM, s.SCHEDULER_CANCEL_CONSUMER),
+        ], [s.SCHEDULER_WAKE])
+    if which is Role.PROVISIONER:
+        return _service(which, [
+            s.SCHEDULER_WAKE, control, s.js_api("STREAM.MSG.GET", s.WORKER_STATUS_STREAM),
+            *_durable(s.WORKER_EVENTS_STREAM, s.PROVISIONER_REQUESTS_CONSUMER),
+            *_durable(s.WORKER_EVENTS_STREAM, s.PROVISIONER_RELEASE_CONSUMER),
+        ], [s.WORKER_REGISTER])
+    if which is Role.LOGS:
+        return _service(which, [
+            s.LOGS_SUBJECTS, *_durable(s.JOB_EVENTS_STREAM, s.LOGS_ARCHIVE_CONSUMER),
+            *_reader(s.LOGS_STREAM), *_reader(s.LOG_ARCHIVE_STREAM), *_archive_writer(),
+        ], [])
+    if which is Role.SUPERVISOR:
+        return _service(which, [control, s.js_api("STREAM.MSG.GET", s.WORKER_STATUS_STREAM)],
+                        [s.WORKER_HEARTBEATS])
+    return _cli()
+
+
+def _cli() -> Permissions:
+    """Calls the API, pings services, reads logs live, from the stream or the archive, and
+    (``hodei dev`` shutting down) tells busy workers to stop."""
+    identity = "hodei-cli"
+    return Permissions(
+        identity=identity,
+        publish=(s.api(">"), s.SRV_PREFIX + ".>", s.worker_control("*"),
+                 *_reader(s.LOGS_STREAM), *_reader(s.LOG_ARCHIVE_STREAM)),
+        subscribe=(s.inbox_prefix(identity) + ".>", s.LOGS_SUBJECTS),
+    )
+
+
+def agent(worker_id: UUID | str, job_id: UUID | str | None = None) -> Permissions:
+    """One worker's agent: its own status, heartbeat and register request, the log of its
+    job (of any job when ``job_id`` is None: a reusable worker runs jobs not known when its
+    credentials are made), its control orders, and its assignments through a consumer whose
+    filter is its own assign subject (the named ``CONSUMER.CREATE`` form, which puts the
+    filter in the subject so that permissions can pin it)."""
+    identity = s.agent_identity(worker_id)
+    return Permissions(
+        identity=identity,
+        publish=(
+            s.worker_status(worker_id),
+            s.worker_heartbeat(worker_id),
+            s.job_logs(job_id if job_id is not None else "*"),
+            s.WORKER_REGISTER,
+            s.js_api("CONSUMER.CREATE", s.WORKER_ASSIGN_STREAM, "*",
+                     s.worker_assign(worker_id)),
+            s.js_flow_control(s.WORKER_ASSIGN_STREAM),
+        ),
+        subscribe=(s.worker_control(worker_id), s.inbox_prefix(identity) + ".>"),
+    )
