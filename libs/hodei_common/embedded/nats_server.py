@@ -15,6 +15,7 @@ from hodei_common.embedded.process import (
     port_open,
     wait_until,
 )
+from hodei_common.natsauth.server import Trust
 
 
 def nats_server_binary() -> Path:
@@ -42,9 +43,12 @@ class NatsServer(ChildServer):
         host: str = "127.0.0.1",
         port: int | None = None,
         die_with_parent: bool = False,
+        auth: Trust | None = None,
     ) -> None:
+        """``auth`` runs the server in operator mode trusting it: only its users get in."""
         super().__init__(die_with_parent=die_with_parent)
         self.store_dir = store_dir
+        self.auth = auth
         self.host = host
         self.port = port or 0
         self.log_file = store_dir / "nats-server.log"
@@ -58,10 +62,16 @@ class NatsServer(ChildServer):
         self.store_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port(self.host)
+        config: list[str] = []
+        if self.auth is not None:
+            config_file = self.store_dir / "auth.conf"
+            config_file.write_text(self.auth.server_config())
+            config = ["--config", str(config_file)]
         with self.log_file.open("ab") as log:
             self._proc = self._launch(
                 [
                     str(nats_server_binary()),
+                    *config,
                     "--jetstream",
                     "--store_dir", str(self.store_dir / "jetstream"),
                     "--addr", self.host,

@@ -2,3 +2,10 @@
 
 Not switched on anywhere yet: this builds what a server in operator mode and its users need.
 """
+
+from hodei_common.natsauth.keys import KeyKind, NKey, NKeyError, write_secret
+from hodei_common.natsauth.permissions import Permissions, Role
+from hodei_common.natsauth.server import Trust, UserCredentials
+
+__all__ = ["KeyKind", "NKey", "NKeyError", "Permissions", "Role", "Trust", "UserCredentials",
+           "write_secret"]

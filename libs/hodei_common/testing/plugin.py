@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 
 from hodei_common import database, messaging
 from hodei_common.embedded import NatsServer, PostgresServer
+from hodei_common.natsauth import Trust
 from hodei_common.settings import Settings
 from hodei_common.testing.docker import docker_engine
 from hodei_common.testing.kube import kube_standin
@@ -115,6 +116,26 @@ def nats_server() -> Iterator[NatsServer]:
     """A nats-server with JetStream of this test's own."""
     root = _scratch_dir("hodei-nats-")
     server = NatsServer(root)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def nats_trust() -> Trust:
+    """New operator, account and system keys for this test."""
+    return Trust.create()
+
+
+@pytest.fixture
+def secured_nats_server(nats_trust: Trust) -> Iterator[NatsServer]:
+    """A nats-server with JetStream of this test's own in operator mode: only users minted
+    by ``nats_trust`` get in, each with its own permissions."""
+    root = _scratch_dir("hodei-nats-auth-")
+    server = NatsServer(root, auth=nats_trust)
     server.start()
     try:
         yield server

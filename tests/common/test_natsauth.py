@@ -1,0 +1,347 @@
+"""NATS decentralized auth: a server in operator mode lets in only the platform's users, each
+allowed exactly its role's subjects."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.micro import add_service
+from nats.micro.request import Request
+
+from hodei_common import logarchive, messaging
+from hodei_common.consumer import ConsumerSpec
+from hodei_common.contracts import subjects
+from hodei_common.contracts.jobs import JobState
+from hodei_common.contracts.logs import LogEnd
+from hodei_common.embedded import NatsServer
+from hodei_common.natsauth import KeyKind, NKey, Trust, UserCredentials, jwt, permissions
+from hodei_common.natsauth.permissions import Role
+
+VIOLATION = "permissions violation"  # how nats-py words the server's -ERR to error_cb
+JS_TIMEOUT_S = 1.0  # a refused JetStream API request is never answered
+
+
+class Connection:
+    """A client connected as one user, with the errors the server sent it."""
+
+    def __init__(self, nc: NATS, errors: list[Exception]) -> None:
+        self.nc = nc
+        self.errors = errors
+        self.js = nc.jetstream(timeout=JS_TIMEOUT_S)
+
+    async def violations(self) -> list[str]:
+        """The permission violations reported so far (after a round trip); nats-py gives the
+        server's error in lower case, subjects included."""
+        await self.nc.flush()
+        await asyncio.sleep(0.05)  # the error callback runs in its own task
+        return [str(e) for e in self.errors if VIOLATION in str(e)]
+
+    async def refused(self, action: Awaitable[object], subject: str) -> None:
+        """``action`` fails, and the server says the subject was not allowed."""
+        with pytest.raises((NatsError, TimeoutError)):
+            await action
+        assert any(subject.lower() in v for v in await self.violations()), self.errors
+
+
+ConnectAs = Callable[[UserCredentials], AbstractAsyncContextManager[Connection]]
+
+
+async def _connect(url: str, creds_file: Path | None, inbox_prefix: str = "_INBOX",
+                   errors: list[Exception] | None = None) -> NATS:
+    errors = errors if errors is not None else []
+
+    async def on_error(e: Exception) -> None:
+        errors.append(e)
+
+    nc = NATS()
+    try:
+        await nc.connect(
+            url, user_credentials=str(creds_file) if creds_file else None,
+            inbox_prefix=inbox_prefix, error_cb=on_error, allow_reconnect=False,
+            max_reconnect_attempts=0, connect_timeout=2,
+        )
+    except BaseException:
+        await nc.close()  # a refused connect leaves its socket open otherwise
+        raise
+    return nc
+
+
+@pytest.fixture
+def connect_as(
+    secured_nats_server: NatsServer, tmp_path: Path
+) -> ConnectAs:
+    """Connect as a minted user, through a creds file, with the user's inbox prefix."""
+
+    @asynccontextmanager
+    async def connect(user: UserCredentials) -> AsyncIterator[Connection]:
+        errors: list[Exception] = []
+        creds_file = user.write(tmp_path / f"{user.name}-{uuid4()}.creds")
+        nc = await _connect(secured_nats_server.url, creds_file, user.inbox_prefix, errors)
+        try:
+            yield Connection(nc, errors)
+        finally:
+            await nc.close()
+
+    return connect
+
+
+# --- who gets in -----------------------------------------------------------------------------
+
+@pytest.mark.nats
+async def test_a_connection_without_credentials_is_refused(
+    secured_nats_server: NatsServer,
+) -> None:
+    with pytest.raises(NatsError, match="Authorization Violation"):
+        await _connect(secured_nats_server.url, None)
+
+
+@pytest.mark.nats
+async def test_a_user_signed_by_another_account_is_refused(
+    secured_nats_server: NatsServer, nats_trust: Trust, tmp_path: Path
+) -> None:
+    stranger = nats_trust.user(permissions.role(Role.CLI), signer=NKey.create(KeyKind.ACCOUNT))
+    with pytest.raises(NatsError, match="Authorization Violation"):
+        await _connect(secured_nats_server.url, stranger.write(tmp_path / "stranger.creds"))
+
+
+@pytest.mark.nats
+async def test_an_expired_user_is_refused_and_an_unexpired_one_let_in(
+    secured_nats_server: NatsServer, nats_trust: Trust, tmp_path: Path
+) -> None:
+    cli = permissions.role(Role.CLI)
+    expired = nats_trust.user(cli, expires_at=time.time() - 5)
+    with pytest.raises(NatsError, match="Authorization Violation"):
+        await _connect(secured_nats_server.url, expired.write(tmp_path / "expired.creds"))
+    valid = nats_trust.user(cli, expires_at=time.time() + 600)
+    nc = await _connect(secured_nats_server.url, valid.write(tmp_path / "valid.creds"),
+                        valid.inbox_prefix)
+    await nc.close()
+
+
+# --- what each role may do -------------------------------------------------------------------
+
+@pytest.mark.nats
+async def test_relay_and_scheduler_move_an_event_through_a_durable_consumer(
+    connect_as: ConnectAs, nats_trust: Trust
+) -> None:
+    relay_user = nats_trust.user(permissions.role(Role.RELAY))
+    scheduler_user = nats_trust.user(permissions.role(Role.SCHEDULER))
+    async with connect_as(relay_user) as relay, connect_as(scheduler_user) as scheduler:
+        await messaging.ensure_streams(scheduler.js)
+        await messaging.ensure_streams(relay.js)  # an update in place: allowed too
+        ack = await relay.js.publish(subjects.JOB_CREATED, b"{}",
+                                     headers={subjects.HEADER_MSG_ID: "e1"})
+        assert ack.stream == subjects.JOB_EVENTS_STREAM
+
+        spec = ConsumerSpec(stream=subjects.JOB_EVENTS_STREAM,
+                            durable=subjects.SCHEDULER_DISPATCH_CONSUMER,
+                            filter_subjects=[subjects.JOB_CREATED])
+        await messaging.ensure_consumer(scheduler.js, spec.stream, spec.config())
+        sub = await scheduler.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
+        [msg] = await sub.fetch(1, timeout=2)
+        await msg.ack_sync()
+        worker = uuid4()
+        ack = await scheduler.js.publish(subjects.worker_assign(worker), b"{}")
+        assert ack.stream == subjects.WORKER_ASSIGN_STREAM
+        assert await scheduler.violations() == []
+        assert await relay.violations() == []
+
+
+@pytest.mark.nats
+async def test_scheduler_is_refused_what_is_not_its_work(
+    connect_as: ConnectAs, nats_trust: Trust
+) -> None:
+    async with connect_as(nats_trust.user(permissions.role(Role.SCHEDULER))) as scheduler:
+        await messaging.ensure_streams(scheduler.js)
+        await scheduler.nc.publish(subjects.JOB_CREATED, b"{}")  # the relay's
+        await scheduler.nc.subscribe(subjects.WORKER_HEARTBEATS)  # the supervisor's
+        found = await scheduler.violations()
+        assert any(f'publish to "{subjects.JOB_CREATED}"' in v for v in found), found
+        assert any(f'subscription to "{subjects.WORKER_HEARTBEATS}"' in v for v in found), found
+        # Another service's durable consumer is not the scheduler's to make.
+        foreign = ConsumerConfig(durable_name=subjects.PROVISIONER_REQUESTS_CONSUMER,
+                                 ack_policy=AckPolicy.EXPLICIT)
+        await scheduler.refused(
+            scheduler.js.add_consumer(subjects.WORKER_EVENTS_STREAM, foreign),
+            subjects.PROVISIONER_REQUESTS_CONSUMER)
+        await scheduler.refused(scheduler.js.delete_stream(subjects.LOGS_STREAM),
+                                "STREAM.DELETE")
+
+
+@pytest.mark.nats
+async def test_agent_takes_its_own_assignments_and_reports_only_as_itself(
+    connect_as: ConnectAs, nats_trust: Trust
+) -> None:
+    worker, other, job = uuid4(), uuid4(), uuid4()
+    async with (
+        connect_as(nats_trust.user(permissions.role(Role.SCHEDULER))) as scheduler,
+        connect_as(nats_trust.user(permissions.agent(worker, job))) as agent,
+    ):
+        await messaging.ensure_streams(scheduler.js)
+        await scheduler.js.publish(subjects.worker_assign(worker), b"mine")
+        await scheduler.js.publish(subjects.worker_assign(other), b"not mine")
+
+        # A consumer made by name carries its filter in the subject: the agent's own only.
+        got: asyncio.Queue[Msg] = asyncio.Queue()
+        await agent.js.subscribe(
+            subjects.worker_assign(worker), stream=subjects.WORKER_ASSIGN_STREAM,
+            cb=got.put, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
+            config=ConsumerConfig(name=f"agent-{worker}"),
+        )
+        assert (await asyncio.wait_for(got.get(), 2)).data == b"mine"
+        ack = await agent.js.publish(subjects.worker_status(worker), b"{}")
+        assert ack.stream == subjects.WORKER_STATUS_STREAM
+        await agent.js.publish(subjects.job_logs(job), b"{}")
+        await agent.nc.publish(subjects.worker_heartbeat(worker), b"{}")
+        await agent.nc.subscribe(subjects.worker_control(worker))
+        assert await agent.violations() == []
+
+        await agent.refused(agent.js.subscribe(
+            subjects.worker_assign(other), stream=subjects.WORKER_ASSIGN_STREAM,
+            ordered_consumer=True, config=ConsumerConfig(name=f"agent-{other}")),
+            subjects.worker_assign(other))
+        # The unnamed form (how the agent subscribes today) names no filter: refused.
+        await agent.refused(agent.js.subscribe(
+            subjects.worker_assign(worker), stream=subjects.WORKER_ASSIGN_STREAM,
+            ordered_consumer=True), subjects.js_api("CONSUMER.CREATE",
+                                                     subjects.WORKER_ASSIGN_STREAM) + '"')
+        await agent.refused(agent.js.publish(subjects.worker_status(other), b"{}"),
+                            subjects.worker_status(other))
+        await agent.refused(agent.js.publish(subjects.job_logs(uuid4()), b"{}"), ".logs")
+        await agent.nc.subscribe(subjects.worker_control(other))
+        await agent.nc.subscribe(subjects.WORKER_HEARTBEATS)
+        found = await agent.violations()
+        assert any(subjects.worker_control(other) in v for v in found), found
+        assert any(subjects.WORKER_HEARTBEATS in v for v in found), found
+
+
+@pytest.mark.nats
+async def test_api_answers_the_cli_and_its_pings(
+    connect_as: ConnectAs, nats_trust: Trust
+) -> None:
+    async with (
+        connect_as(nats_trust.user(permissions.role(Role.API))) as api,
+        connect_as(nats_trust.user(permissions.role(Role.CLI))) as cli,
+    ):
+        name = subjects.service_name(Role.API.value)
+        micro = await add_service(api.nc, name=name, version="0.0.1")
+
+        async def echo(req: Request) -> None:
+            await req.respond(req.data)
+
+        await micro.add_endpoint(name="jobs_get", subject=subjects.API_JOBS_GET, handler=echo,
+                                 queue_group=subjects.API_QUEUE_GROUP)
+        reply = await cli.nc.request(subjects.API_JOBS_GET, b"hello", timeout=2)
+        assert reply.data == b"hello"
+        pong = await cli.nc.request(subjects.srv_control("PING", name), b"", timeout=2)
+        assert name.encode() in pong.data
+        assert await api.violations() == []
+        assert await cli.violations() == []
+        # The API answers requests; it sends nothing of its own to another user's inbox.
+        await api.nc.publish(subjects.inbox_prefix("hodei-cli") + ".x", b"")
+        assert any("_inbox.hodei-cli.x" in v for v in await api.violations())
+        await micro.stop()
+
+
+@pytest.mark.nats
+async def test_cli_reads_a_log_through_an_ordered_consumer_it_then_deletes(
+    connect_as: ConnectAs, nats_trust: Trust
+) -> None:
+    job = uuid4()
+    async with (
+        connect_as(nats_trust.user(permissions.role(Role.LOGS))) as logs,
+        connect_as(nats_trust.user(permissions.role(Role.CLI))) as cli,
+    ):
+        await messaging.ensure_streams(logs.js)
+        await logs.js.publish(subjects.job_logs(job), b"line")
+        last = await cli.js.get_last_msg(subjects.LOGS_STREAM, subjects.job_logs(job))
+        assert last.data == b"line"
+        sub = await cli.js.subscribe(subjects.job_logs(job), stream=subjects.LOGS_STREAM,
+                                     ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+        assert (await sub.next_msg(timeout=2)).data == b"line"
+        consumer = (await sub.consumer_info()).name
+        await sub.unsubscribe()
+        assert await cli.js.delete_consumer(subjects.LOGS_STREAM, consumer)
+        assert await cli.violations() == []
+        await cli.refused(cli.js.publish(subjects.job_logs(job), b"forged"),
+                          subjects.job_logs(job))
+
+
+@pytest.mark.nats
+async def test_logs_service_archives_a_log_the_cli_reads_back(
+    connect_as: ConnectAs, nats_trust: Trust
+) -> None:
+    job = uuid4()
+    end = LogEnd(job_id=job, attempt=1, state=JobState.SUCCEEDED, exit_code=0, error=None)
+    async with (
+        connect_as(nats_trust.user(permissions.role(Role.LOGS))) as logs,
+        connect_as(nats_trust.user(permissions.role(Role.CLI))) as cli,
+    ):
+        await messaging.ensure_streams(logs.js)
+        await logarchive.ensure_bucket(logs.js)
+        await logarchive.ensure_bucket(logs.js)  # it exists: kept
+        for _ in range(2):  # stored, then replaced (old chunks purged)
+            writer = logarchive.ArchiveWriter()
+            writer.add(end)
+            await writer.store(logs.js, job, truncated=False)
+            writer.discard()
+        found = await logarchive.info(cli.js, job)
+        assert found is not None
+        assert [m async for m in logarchive.read(cli.js, found)] == [end]
+        await logarchive.delete(logs.js, job)
+        assert await logarchive.info(cli.js, job) is None
+        assert await logs.violations() == []
+        assert await cli.violations() == []
+
+
+# --- the material itself ---------------------------------------------------------------------
+
+def test_jwts_carry_their_issuer_and_a_repeatable_id(nats_trust: Trust) -> None:
+    user = NKey.create(KeyKind.USER)
+    first = jwt.user_jwt(nats_trust.account, user.public_key, "u", pub_allow=["a"],
+                         sub_allow=["b"])
+    claims = jwt.decode(first)
+    assert claims["iss"] == nats_trust.account.public_key
+    assert claims["sub"] == user.public_key
+    assert claims["nats"] == {"type": "user", "version": 2, "pub": {"allow": ["a"]},
+                              "sub": {"allow": ["b"]}, "subs": -1, "data": -1, "payload": -1,
+                              "bearer_token": False}
+    again = jwt.encode(nats_trust.account, user.public_key, "u", {}, issued_at=1000.0)
+    assert jwt.decode(again)["jti"] == jwt.claim_id(
+        {"iat": 1000, "iss": nats_trust.account.public_key, "name": "u",
+         "sub": user.public_key})
+    account = jwt.decode(nats_trust.account_jwt())["nats"]
+    assert account["limits"]["disk_storage"] == -1
+    assert "disk_storage" not in jwt.decode(nats_trust.system_jwt())["nats"]["limits"]
+
+
+def test_seeds_are_written_for_their_owner_only(nats_trust: Trust, tmp_path: Path) -> None:
+    nats_trust.save(tmp_path / "trust")
+    assert Trust.load(tmp_path / "trust") == nats_trust
+    user = nats_trust.user(permissions.role(Role.SUPERVISOR))
+    creds_file = user.write(tmp_path / "supervisor.creds")
+    for path in [creds_file, *(tmp_path / "trust").iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert user.seed in creds_file.read_text()
+    assert NKey.from_seed(user.seed, KeyKind.USER).public_key == jwt.decode(user.jwt)["sub"]
+
+
+def test_an_agent_is_allowed_only_its_own_worker_and_job() -> None:
+    worker, job = uuid4(), uuid4()
+    agent = permissions.agent(worker, job)
+    for subject in (*agent.publish, *agent.subscribe):
+        assert str(worker) in subject or str(job) in subject or subject in (
+            subjects.WORKER_REGISTER, subjects.js_flow_control(subjects.WORKER_ASSIGN_STREAM))
+    assert not agent.respond
+    assert permissions.agent(worker).publish[2] == subjects.job_logs("*")
