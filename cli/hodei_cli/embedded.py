@@ -30,7 +30,7 @@ from hodei_common import database, platform_settings
 from hodei_common.embedded import NatsServer, PostgresServer
 from hodei_common.errors import HodeiError
 from hodei_common.runner import HodeiService, run_until_signalled
-from hodei_common.settings import Settings
+from hodei_common.settings import Settings, redact_url
 from hodei_migrations import migrate
 
 log = logging.getLogger(__name__)
@@ -94,15 +94,19 @@ async def _ensure_database(server: PostgresServer, settings: Settings) -> None:
 
 
 def write_dev_file(settings: Settings, endpoints: Endpoints) -> None:
-    """Write dev.json atomically so a reader never sees half a file."""
+    """Write dev.json atomically so a reader never sees half a file, readable by its owner
+    only: the database URL in it carries PostgreSQL's password."""
     path = settings.dev_file()
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({
+    text = json.dumps({
         "nats_url": endpoints.nats_url,
         "database_url": endpoints.database_url,
         "pid": os.getpid(),
         "started_at": datetime.now(UTC).isoformat(),
-    }, indent=2) + "\n")
+    }, indent=2) + "\n"
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        os.fchmod(f.fileno(), 0o600)  # a leftover tmp file may have had another mode
+        f.write(text)
     tmp.replace(path)
 
 
@@ -169,8 +173,8 @@ async def _run(
         return
     write_dev_file(settings, endpoints)
     print(f"Hodei is up ({', '.join(s.name for s in services)})", file=announce)
-    print(f"  NATS        {endpoints.nats_url}", file=announce)
-    print(f"  PostgreSQL  {endpoints.database_url}", file=announce)
+    print(f"  NATS        {redact_url(endpoints.nats_url)}", file=announce)
+    print(f"  PostgreSQL  {redact_url(endpoints.database_url)}", file=announce)
     print(f"  home        {settings.home}", file=announce)
     print("Press Ctrl-C to stop.", file=announce, flush=True)
     await running

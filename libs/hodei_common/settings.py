@@ -34,9 +34,10 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=default_home)
     nats_url: str | None = None
-    database_url: str | None = None
+    # May carry a password: kept out of the settings' repr, shown through redact_url().
+    database_url: str | None = Field(default=None, repr=False)
     nats_user: str | None = None
-    nats_password: str | None = None
+    nats_password: str | None = Field(default=None, repr=False)
     db_pool_min: int = Field(default=1, ge=0)
     db_pool_max: int = Field(default=10, ge=1)
     drain_grace_s: float = Field(default=10.0, gt=0)
@@ -86,6 +87,19 @@ class Settings(BaseSettings):
             ) from None
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"{path} is not a valid dev file: {e}") from e
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, if any, shown as ``***``: for logs and messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    if not at or not colon:
+        return url
+    return f"{scheme}://{user}:***@{host}{slash}{path}"
 
 
 def load_settings(cls: type[S], **overrides: Any) -> S:

@@ -6,9 +6,11 @@ import asyncio
 import json
 import os
 import signal
+import stat
 import uuid
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from hodei_common.testing import assert_eventually
@@ -96,3 +98,37 @@ async def test_dev_up_runs_the_platform_and_keeps_jobs_across_a_restart(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_dev_up_keeps_the_database_password_out_of_sight(scratch_dir: Path) -> None:
+    home = scratch_dir / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HODEI_", "PG"))}
+    env["HODEI_HOME"] = str(home)
+
+    proc = await start_platform(env, home)
+    try:
+        dev_file = home / "dev.json"
+        assert stat.S_IMODE(dev_file.stat().st_mode) == 0o600
+        url = json.loads(dev_file.read_text())["database_url"]
+        password = (home / "postgres" / "password").read_text().strip()
+        assert stat.S_IMODE((home / "postgres" / "password").stat().st_mode) == 0o600
+        assert f":{password}@" in url
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await asyncpg.connect(host="127.0.0.1", port=port, user="hodei", database="hodei",
+                                  password="")
+        conn = await asyncpg.connect(url)
+        await conn.close()
+
+        down = await run_cli(env, "dev", "down")
+        assert down.code == 0, down.stderr
+        await asyncio.wait_for(proc.wait(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.stdout is not None
+    output = (await proc.stdout.read()).decode()
+    announced = [line for line in output.splitlines() if line.strip().startswith("PostgreSQL")]
+    assert announced == [f"  PostgreSQL  postgresql://hodei:***@127.0.0.1:{port}/hodei"], output
+    assert password not in output

@@ -4,6 +4,14 @@ The cluster lives in ``root/data`` with its log in ``root/postgres.log``. Postgr
 run as root, so as root the cluster runs as an unprivileged user (``postgres`` when it exists,
 else ``nobody``); when that user cannot reach ``root`` (a home under /root), the cluster lives in
 /var/lib/hodei/<hash> and ``root`` is a link to it.
+
+Connections need the superuser's password (SCRAM-SHA-256, local and host lines alike): anyone
+on the machine, a job's code among them, reaches 127.0.0.1, and the ``jobs`` table holds
+secrets. The password is made on first start and kept in ``root/password`` (mode 0600,
+owned by whoever runs the platform); ``url()`` carries it. A cluster made before passwords
+(trust auth, no password file) is upgraded at its next start, before its server listens:
+the password is set in single-user mode and ``pg_hba.conf`` rewritten to scram-sha-256
+(``hodei_common.embedded.postgres_auth``).
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ import shutil
 import signal
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
+from hodei_common.embedded import postgres_auth
 from hodei_common.embedded.process import (
     ChildServer,
     EmbeddedServerError,
@@ -67,7 +77,7 @@ def _run_as() -> pwd.struct_passwd | None:
 
 
 class PostgresServer(ChildServer):
-    """A PostgreSQL cluster in ``root/data`` listening on 127.0.0.1 only, trust auth."""
+    """A PostgreSQL cluster in ``root/data`` listening on 127.0.0.1 only, password auth."""
 
     # Fast shutdown: roll back open transactions, checkpoint, exit.
     stop_signal = signal.SIGINT
@@ -90,6 +100,7 @@ class PostgresServer(ChildServer):
         self.root = self._placed(root)
         self.data_dir = self.root / "data"
         self.log_file = self.root / "postgres.log"
+        self._password: str | None = None
 
     def _placed(self, root: Path) -> Path:
         """As root, keep the cluster where its user can reach it and link it from ``root``."""
@@ -106,8 +117,20 @@ class PostgresServer(ChildServer):
             root.symlink_to(target)
         return target
 
+    @property
+    def password(self) -> str:
+        """The superuser's password, from ``root/password`` (made by ``init``)."""
+        if self._password is None:
+            self._password = postgres_auth.read_password(self.root)
+            if self._password is None:
+                raise EmbeddedServerError(
+                    f"PostgreSQL in {self.root} has no password yet: start it first")
+        return self._password
+
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+        """The URL to connect as the superuser, password included: keep it out of logs."""
+        password = quote(self.password, safe="")
+        return f"postgresql://{SUPERUSER}:{password}@127.0.0.1:{self.port}/{database}"
 
     def _popen_user(self) -> dict[str, object]:
         if self.user is None:
@@ -123,25 +146,45 @@ class PostgresServer(ChildServer):
         return (self.data_dir / "PG_VERSION").exists()
 
     def init(self) -> None:
-        """Create the cluster (initdb) when it does not exist yet."""
+        """Create the cluster (initdb) with its password when it does not exist yet; give
+        one made before passwords its password. The server must not be running."""
         self._prepare_dirs()
         if self.initialized():
+            if postgres_auth.read_password(self.root) is None:
+                self._require_password()
             return
-        args = [
-            str(postgres_bindir() / "initdb"),
-            "-D", str(self.data_dir),
-            "-U", SUPERUSER,
-            "-A", "trust",
-            "-E", "UTF8",
-            "--locale=C",
-        ]
-        if not self.durable:
-            args.append("--no-sync")
-        result = subprocess.run(
-            args, capture_output=True, text=True, check=False, **self._popen_user()  # type: ignore[call-overload]
-        )
+        if postgres_auth.read_password(self.root) is None:
+            postgres_auth.write_password(self.root, postgres_auth.new_password())
+        self._password = None
+        with postgres_auth.pwfile_for(self.root, self.user) as pwfile:
+            args = [
+                str(postgres_bindir() / "initdb"),
+                "-D", str(self.data_dir),
+                "-U", SUPERUSER,
+                f"--auth={postgres_auth.AUTH_METHOD}",
+                f"--pwfile={pwfile}",
+                "-E", "UTF8",
+                "--locale=C",
+            ]
+            if not self.durable:
+                args.append("--no-sync")
+            result = subprocess.run(
+                args, capture_output=True, text=True, check=False, **self._popen_user()  # type: ignore[call-overload]
+            )
         if result.returncode != 0:
             raise EmbeddedServerError(f"initdb failed: {result.stderr.strip()[-2000:]}")
+
+    def _require_password(self) -> None:
+        """Upgrade a trust-auth cluster: set a new password offline, rewrite pg_hba.conf,
+        and only then keep the password file, so an upgrade cut short is done again."""
+        password = postgres_auth.new_password()
+        postgres_auth.set_password_offline(
+            postgres_bindir() / "postgres", self.data_dir, SUPERUSER, password,
+            self._popen_user(),
+        )
+        postgres_auth.require_password_in_hba(self.data_dir / "pg_hba.conf")
+        postgres_auth.write_password(self.root, password)
+        self._password = None
 
     def start(self, timeout_s: float = 60.0) -> None:
         """initdb when needed, start the server, and wait until it accepts connections."""
