@@ -165,10 +165,18 @@ def logs(
     raise typer.Exit(asyncio.run(show_logs(jid, follow=follow, printer=printer)))
 
 
+def env_line(job: Job) -> str | None:
+    """``K=value, K2=value2`` when the values came, else ``K=<hidden>, K2=<hidden>``."""
+    keys = job.env_keys or sorted(job.env)  # an older API sent no env_keys
+    if not keys:
+        return None
+    return ", ".join(f"{k}={job.env.get(k, '<hidden>')}" for k in keys)
+
+
 def show_job(job: Job) -> None:
     output.details([
         ("id", job.id), ("name", job.name), ("state", job.state), ("command", job.command),
-        ("args", job.args), ("env", sorted(job.env)), ("provider", job.provider),
+        ("args", job.args), ("env", env_line(job)), ("provider", job.provider),
         ("timeout", f"{job.timeout_s:g}s"), ("cpus", job.cpus),
         ("memory", job.memory_bytes), ("attempt", f"{job.attempt}/{job.max_attempts}"),
         ("worker", job.worker_id), ("exit code", job.exit_code), ("error", job.error),
@@ -179,11 +187,17 @@ def show_job(job: Job) -> None:
 
 
 @app.command("get")
-def get(job_id: IdArg = None, id_: IdOpt = None, out: Output = OutputOption) -> None:
-    """Show one job."""
+def get(
+    job_id: IdArg = None,
+    id_: IdOpt = None,
+    show_env: Annotated[bool, typer.Option(
+        "--show-env", help="show the values of its env (secrets); else only the names")] = False,
+    out: Output = OutputOption,
+) -> None:
+    """Show one job; its env values are hidden unless --show-env."""
     jid = parse_job_id(job_id, id_)
 
-    job = call_api(lambda api: api.get(jid))
+    job = call_api(lambda api: api.get(jid, show_env=show_env))
     if out is Output.JSON:
         output.emit_json(job)
     else:

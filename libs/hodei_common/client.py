@@ -90,9 +90,10 @@ class ApiClient:
         """Queue a job (or find the one an idempotency key already queued)."""
         return await self._call(subjects.API_JOBS_SUBMIT, job, SubmitJobReply)
 
-    async def get(self, job_id: UUID | str) -> Job:
-        """One job by id."""
-        reply = await self._call(subjects.API_JOBS_GET, {"id": str(job_id)}, JobReply)
+    async def get(self, job_id: UUID | str, *, show_env: bool = False) -> Job:
+        """One job by id; its env values only with ``show_env`` (else just ``env_keys``)."""
+        request = {"id": str(job_id), "show_env": show_env}
+        reply = await self._call(subjects.API_JOBS_GET, request, JobReply)
         return reply.job
 
     async def list_jobs(

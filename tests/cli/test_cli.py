@@ -14,7 +14,7 @@ from tests.cli.conftest import run_cli
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
 
 JOB_FIELDS = {
-    "id", "name", "state", "command", "args", "env", "timeout_s", "provider", "attempt",
+    "id", "name", "state", "command", "args", "env", "env_keys", "timeout_s", "provider", "attempt",
     "worker_id", "exit_code", "error", "created_at", "started_at", "completed_at", "updated_at",
 }
 WORKER_FIELDS = {
@@ -59,8 +59,10 @@ async def test_queue_parses_env_args_and_timeout_like_the_old_cli(
     assert queued.code == 0, queued.stderr
     job = json.loads(queued.stdout)
     assert job["args"] == ["-c", "echo Processing file test.txt && echo Done"]
-    assert job["env"] == {"MY_VAR": "hello_world", "NUM_VAR": "42"}
+    assert (job["env"], job["env_keys"]) == ({}, ["MY_VAR", "NUM_VAR"])
     assert job["timeout_s"] == 30
+    shown = await run_cli(cli_env, "job", "get", job["id"], "--show-env", "-o", "json")
+    assert json.loads(shown.stdout)["env"] == {"MY_VAR": "hello_world", "NUM_VAR": "42"}
 
 
 async def test_idempotency_key_returns_the_same_job(

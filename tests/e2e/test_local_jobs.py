@@ -97,6 +97,25 @@ async def test_env_vars_reach_the_command(platform: Platform) -> None:
     await finished_job(platform, result, 15)
 
 
+async def test_a_secret_env_value_reaches_the_command_but_no_output_but_get_show_env(
+    platform: Platform,
+) -> None:
+    secret = "s3cr3t-value"
+    result, _ = await run_job(platform, "--command", "echo $API_TOKEN",
+                              "--env", f"API_TOKEN={secret},MODE=x")
+    assert (result.code, result.stdout) == (0, f"{secret}\n"), result.stderr
+    job = await finished_job(platform, result, 15)
+    job_id = str(job["id"])
+
+    for command in (("list",), ("get", job_id), ("explain", job_id), ("events", job_id)):
+        shown = await run_cli(platform.env, "job", *command, "-o", "json")
+        assert shown.code == 0, shown.stderr
+        assert secret not in shown.stdout, command
+    assert job["env_keys"] == ["API_TOKEN", "MODE"]
+    revealed = await run_cli(platform.env, "job", "get", job_id, "--show-env", "-o", "json")
+    assert json.loads(revealed.stdout)["env"] == {"API_TOKEN": secret, "MODE": "x"}
+
+
 async def test_args_are_appended_as_shell_words(platform: Platform) -> None:
     result, _ = await run_job(platform, "--command", "bash",
                               "--args", "-c 'echo Processing file test.txt && echo Done'")

@@ -86,13 +86,20 @@ class SubmitJobReply(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class JobRef(msgspec.Struct, frozen=True, kw_only=True):
-    """``jobs.get``, ``jobs.cancel``, ``jobs.events``: one job by id."""
+    """``jobs.cancel``, ``jobs.events``, ``jobs.explain``: one job by id."""
 
     id: UUID
 
 
+class GetJob(JobRef, frozen=True, kw_only=True):
+    """``jobs.get``: one job by id, its env values withheld unless ``show_env`` (see
+    :class:`~hodei_common.contracts.jobs.Job`). A plain :class:`JobRef` body decodes as one."""
+
+    show_env: bool = False
+
+
 class JobReply(msgspec.Struct, frozen=True, kw_only=True):
-    """One job."""
+    """One job; its ``env`` holds values only when ``show_env`` asked for them."""
 
     job: Job
 

@@ -51,7 +51,13 @@ MemoryBytes = Annotated[int, msgspec.Meta(ge=MIN_MEMORY_BYTES, le=MAX_MEMORY_BYT
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):
-    """A job as the API returns it."""
+    """A job as the API returns it.
+
+    Env values may be secrets, so replies withhold them: ``env_keys`` (sorted) always names
+    the job's variables, and ``env`` is empty except in a ``jobs.get`` reply to a request
+    with ``show_env``, where it holds every name and value. Readers that need only the
+    names use ``env_keys``; the agent gets the values in its ``Assignment``, never from here.
+    """
 
     id: UUID
     namespace: str
@@ -59,7 +65,8 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     state: JobState
     command: str
     args: list[str]
-    env: dict[str, str]
+    env: dict[str, str] = {}  # empty unless asked for: see above
+    env_keys: list[str] = []
     timeout_s: float
     provider: str
     priority: int

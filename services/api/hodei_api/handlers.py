@@ -12,6 +12,7 @@ import msgspec
 from hodei_api import store
 from hodei_common.contracts.api import (
     CancelJobReply,
+    GetJob,
     JobEvents,
     JobList,
     JobRef,
@@ -139,10 +140,10 @@ async def _why_not_inserted(conn: Conn, req: SubmitJob) -> Job:
     raise PreconditionError("the job could not be stored; try again")
 
 
-async def get_job(pool: asyncpg.Pool, req: JobRef) -> JobReply:
-    """One job by id."""
+async def get_job(pool: asyncpg.Pool, req: GetJob) -> JobReply:
+    """One job by id; its env values only when the request asks for them."""
     async with pool.acquire() as conn:
-        job = await store.get_job(conn, req.id)
+        job = await store.get_job(conn, req.id, show_env=req.show_env)
     if job is None:
         raise _job_not_found(req.id)
     return JobReply(job=job)

@@ -19,6 +19,7 @@ from hodei_api.explain import explain_job
 from hodei_common import messaging
 from hodei_common.contracts import subjects
 from hodei_common.contracts.api import (
+    GetJob,
     JobRef,
     ListJobs,
     ListProviders,
@@ -36,7 +37,7 @@ __all__ = ["INTERNAL_MESSAGE", "UNAVAILABLE_MESSAGE", "ApiService"]
 Handler = Callable[[asyncpg.Pool, Any], Awaitable[msgspec.Struct]]
 # Every endpoint but jobs.submit, which also wakes the schedulers.
 ENDPOINTS: tuple[tuple[str, str, type[msgspec.Struct], Handler], ...] = (
-    ("jobs_get", subjects.API_JOBS_GET, JobRef, handlers.get_job),
+    ("jobs_get", subjects.API_JOBS_GET, GetJob, handlers.get_job),
     ("jobs_list", subjects.API_JOBS_LIST, ListJobs, handlers.list_jobs),
     ("jobs_cancel", subjects.API_JOBS_CANCEL, JobRef, handlers.cancel_job),
     ("jobs_events", subjects.API_JOBS_EVENTS, JobRef, handlers.job_events),

@@ -73,32 +73,43 @@ def _maybe(struct: type[T], row: asyncpg.Record | None) -> T | None:
     return None if row is None else _to(struct, row)
 
 
-def job_from_row(row: asyncpg.Record | None) -> Job | None:
-    """A job struct from a row that holds the job columns."""
-    return _maybe(Job, row)
+def _job(row: asyncpg.Record, *, show_env: bool = False) -> Job:
+    # Every job the API returns is made here: env values (secrets) withheld, keys kept.
+    fields = dict(row)
+    env = fields.pop("env")
+    fields["env_keys"] = sorted(env)
+    if show_env:
+        fields["env"] = env
+    return msgspec.convert(fields, Job)
+
+
+def job_from_row(row: asyncpg.Record | None, *, show_env: bool = False) -> Job | None:
+    """A job struct from a row that holds the job columns; its env values are withheld
+    unless ``show_env`` (only ``jobs.get`` asks), its env keys always there."""
+    return None if row is None else _job(row, show_env=show_env)
 
 
 async def job_by_idempotency_key(conn: Conn, namespace: str, key: str) -> Job | None:
-    """The job submitted earlier with this key in this namespace."""
-    return _maybe(Job, await conn.fetchrow(_JOB_BY_KEY, namespace, key))
+    """The job submitted earlier with this key in this namespace, env values withheld."""
+    return job_from_row(await conn.fetchrow(_JOB_BY_KEY, namespace, key))
 
 
-async def get_job(conn: Conn, job_id: UUID) -> Job | None:
-    """One job by id."""
-    return _maybe(Job, await conn.fetchrow(_JOB_BY_ID, job_id))
+async def get_job(conn: Conn, job_id: UUID, *, show_env: bool = False) -> Job | None:
+    """One job by id, env values withheld unless ``show_env``."""
+    return job_from_row(await conn.fetchrow(_JOB_BY_ID, job_id), show_env=show_env)
 
 
 async def lock_job(conn: Conn, job_id: UUID) -> Job | None:
-    """One job by id, row-locked until the caller's transaction ends."""
-    return _maybe(Job, await conn.fetchrow(_LOCK_JOB, job_id))
+    """One job by id (env values withheld), row-locked until the caller's transaction ends."""
+    return job_from_row(await conn.fetchrow(_LOCK_JOB, job_id))
 
 
 async def list_jobs(
     conn: Conn, *, state: JobState | None, namespace: str | None, limit: int
 ) -> list[Job]:
-    """Jobs newest first, optionally of one state and one namespace."""
+    """Jobs newest first, optionally of one state and one namespace, env values withheld."""
     rows = await conn.fetch(_LIST_JOBS, state, namespace, limit)
-    return [_to(Job, row) for row in rows]
+    return [_job(row) for row in rows]
 
 
 async def job_events(conn: Conn, job_id: UUID) -> list[DomainEvent]:
