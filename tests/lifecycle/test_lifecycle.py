@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
@@ -260,3 +260,23 @@ async def test_a_resource_status_is_noted_once_per_change_while_the_worker_lives
     assert (row["state"], row["resource_status"]) == ("TERMINATING", f"{pod} Running")
     # Noting a status records no event: only registration's two are new.
     assert after_register == (before[0] + 2, before[1] + 2)
+
+
+@pytest.mark.postgres
+async def test_a_beat_taken_before_its_worker_was_destroyed_is_no_sign_of_life(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as conn:
+        worker_id = uuid4()
+        ref = workers.WorkerRef(worker_id, "local")
+        await workers.request(conn, ref, mode=WorkerMode.EPHEMERAL, cpus=None,
+                              memory_bytes=None, actor="t")
+        await workers.retire(conn, ref, workers.Retirement.WIND_DOWN, "stopping", actor="t")
+        assert await workers.terminate(conn, ref, "stopping", actor="t")
+        ended = await conn.fetchval("SELECT terminated_at FROM workers WHERE id = $1",
+                                    worker_id)
+        # Sent before the end, applied after it (the supervisor flushes beats in batches).
+        late = await workers.beat(conn, {worker_id: ended - timedelta(seconds=0.3)})
+        after = await workers.beat(conn, {worker_id: ended + timedelta(seconds=0.3)})
+    assert late == []
+    assert [(r["id"], r["state"]) for r in after] == [(worker_id, "TERMINATED")]

@@ -141,7 +141,8 @@ FROM released;
 -- name: beat
 -- The newest heartbeat of each worker of a batch (`:worker_ids`, `:beats`); a late, older
 -- beat never moves the time back. Returns the beats of workers that should be silent:
--- finished, declared dead (`:silent_states`), or unknown.
+-- finished, declared dead (`:silent_states`), or unknown; a beat taken before its worker's
+-- resource was destroyed (`terminated_at`), only applied late, is no sign of life.
 WITH beat AS (
     SELECT * FROM unnest(:worker_ids::uuid[], :beats::timestamptz[]) AS b(id, at)
 ),
@@ -153,7 +154,8 @@ recorded AS (
 )
 SELECT beat.id, w.state, w.provider, coalesce(w.current_job_id, w.for_job_id) AS job_id
 FROM beat LEFT JOIN workers AS w ON w.id = beat.id
-WHERE w.id IS NULL OR w.state = ANY(:silent_states);
+WHERE w.id IS NULL
+   OR (w.state = ANY(:silent_states) AND (w.terminated_at IS NULL OR beat.at > w.terminated_at));
 
 -- name: order_stop
 -- The first beat of a worker that should be gone: it is told to stop, and that is recorded.
