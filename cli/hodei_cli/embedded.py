@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import os
+import pwd
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -116,6 +117,20 @@ WHERE name = 'docker'
 """
 
 
+
+# Local workers are processes of this user: a job's code can do whatever the platform can.
+LOCAL_TRUST_NOTE = ("Note: local jobs run as {user}, with the platform's own access: run "
+                    "only trusted code on the local provider (docker and kubernetes jobs run "
+                    "as uid 10001 in containers).")
+
+
+def _user_name() -> str:
+    uid = os.getuid()
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
 async def _enable_docker(server: PostgresServer, image: str | None) -> None:
     conn = await asyncpg.connect(server.url(DATABASE))
     try:
@@ -176,6 +191,7 @@ async def _run(
     print(f"  NATS        {redact_url(endpoints.nats_url)}", file=announce)
     print(f"  PostgreSQL  {redact_url(endpoints.database_url)}", file=announce)
     print(f"  home        {settings.home}", file=announce)
+    print(LOCAL_TRUST_NOTE.format(user=_user_name()), file=announce)
     print("Press Ctrl-C to stop.", file=announce, flush=True)
     await running
 

@@ -100,7 +100,9 @@ async def test_dev_up_runs_the_platform_and_keeps_jobs_across_a_restart(
             await proc.wait()
 
 
-async def test_dev_up_keeps_the_database_password_out_of_sight(scratch_dir: Path) -> None:
+async def test_dev_up_hides_the_database_password_and_says_local_jobs_are_trusted(
+    scratch_dir: Path,
+) -> None:
     home = scratch_dir / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HODEI_", "PG"))}
     env["HODEI_HOME"] = str(home)
@@ -132,3 +134,6 @@ async def test_dev_up_keeps_the_database_password_out_of_sight(scratch_dir: Path
     announced = [line for line in output.splitlines() if line.strip().startswith("PostgreSQL")]
     assert announced == [f"  PostgreSQL  postgresql://hodei:***@127.0.0.1:{port}/hodei"], output
     assert password not in output
+    trust = [line for line in output.splitlines() if "local jobs run as" in line]
+    assert len(trust) == 1  # said once: the local provider is for trusted code only
+    assert "run only trusted code on the local provider" in trust[0]
