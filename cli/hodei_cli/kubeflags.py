@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from hodei_common.endpoints import one_line
 from hodei_common.errors import ValidationError
 
 
@@ -18,7 +19,7 @@ def kubeconfig_path(raw: str, context: str | None) -> str:
     except OSError as e:
         raise ValidationError(f"--kubeconfig {path}: cannot read it ({e.strerror})") from e
     except yaml.YAMLError as e:
-        raise ValidationError(f"--kubeconfig {path}: not YAML ({_first_line(e)})") from e
+        raise ValidationError(f"--kubeconfig {path}: not YAML ({one_line(str(e))})") from e
     if not isinstance(loaded, dict) or not isinstance(loaded.get("contexts"), list):
         raise ValidationError(f"--kubeconfig {path}: not a kubeconfig (it has no contexts)")
     names = [c.get("name") for c in loaded["contexts"] if isinstance(c, dict)]
@@ -53,7 +54,3 @@ def toleration(raw: str) -> dict[str, str]:
     if colon:
         found["effect"] = effect.strip()
     return found
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]

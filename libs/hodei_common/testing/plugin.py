@@ -111,17 +111,21 @@ def scratch_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def nats_server() -> Iterator[NatsServer]:
-    """A nats-server with JetStream of this test's own."""
-    root = _scratch_dir("hodei-nats-")
-    server = NatsServer(root)
+def _own_nats_server(prefix: str, auth: Trust | None = None) -> Iterator[NatsServer]:
+    root = _scratch_dir(prefix)
+    server = NatsServer(root, auth=auth)
     server.start()
     try:
         yield server
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    """A nats-server with JetStream of this test's own."""
+    yield from _own_nats_server("hodei-nats-")
 
 
 @pytest.fixture
@@ -134,14 +138,7 @@ def nats_trust() -> Trust:
 def secured_nats_server(nats_trust: Trust) -> Iterator[NatsServer]:
     """A nats-server with JetStream of this test's own in operator mode: only users minted
     by ``nats_trust`` get in, each with its own permissions."""
-    root = _scratch_dir("hodei-nats-auth-")
-    server = NatsServer(root, auth=nats_trust)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    yield from _own_nats_server("hodei-nats-auth-", nats_trust)
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ from hodei_common.recovery import Fate
 from hodei_provisioner import store
 from hodei_provisioner.handlers import ACTOR, Deps
 from hodei_provisioner.providers import News, Verdict
+from hodei_provisioner.providers.base import OOM_KILLED
 
 log = logging.getLogger(__name__)
 
-OOM_KILLED = "OOMKilled"
 
 
 async def apply(deps: Deps, news: News) -> None:

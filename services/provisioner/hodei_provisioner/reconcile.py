@@ -31,10 +31,10 @@ from hodei_common.recovery import Fate
 from hodei_provisioner import store
 from hodei_provisioner.handlers import Deps
 from hodei_provisioner.providers import Provider, Resource
+from hodei_provisioner.providers.base import OOM_KILLED
 
 log = logging.getLogger(__name__)
 
-OOM_KILLED = "OOMKilled"
 
 
 @dataclass

@@ -14,6 +14,16 @@ from hodei_common.contracts.providers import ProviderSettings
 from hodei_common.contracts.workers import WorkerMode
 from hodei_common.errors import HodeiError
 
+# The labels every provider puts on its resources (containers, pods): only resources with
+# ``hodei.managed=true`` are ever touched, and only those of this platform's provider row.
+LABEL_MANAGED = "hodei.managed"
+LABEL_WORKER = "hodei.worker_id"
+LABEL_JOB = "hodei.job_id"
+LABEL_PROVIDER = "hodei.provider"
+LABEL_PROVIDER_ID = "hodei.provider_id"
+# What a resource killed for memory is said to be (Docker's State.OOMKilled, a pod's reason).
+OOM_KILLED = "OOMKilled"
+
 
 class ProviderError(HodeiError):
     """A provider could not do what it was asked; the message is one line, with no secret."""

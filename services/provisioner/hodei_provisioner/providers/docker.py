@@ -23,6 +23,11 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from hodei_common.contracts.providers import DockerSettings, ProviderSettings
 from hodei_provisioner.providers.base import (
+    LABEL_JOB,
+    LABEL_MANAGED,
+    LABEL_PROVIDER,
+    LABEL_PROVIDER_ID,
+    LABEL_WORKER,
     CannotStart,
     Provider,
     ProviderError,
@@ -32,11 +37,6 @@ from hodei_provisioner.providers.base import (
 
 log = logging.getLogger(__name__)
 
-LABEL_MANAGED = "hodei.managed"
-LABEL_WORKER = "hodei.worker_id"
-LABEL_JOB = "hodei.job_id"
-LABEL_PROVIDER = "hodei.provider"
-LABEL_PROVIDER_ID = "hodei.provider_id"
 DEFAULT_NETWORK_MODE = "host"
 CONTAINER_PREFIX = "hodei-worker-"
 API_VERSION = "1.41"

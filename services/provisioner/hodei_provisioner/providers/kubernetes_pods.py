@@ -28,13 +28,19 @@ from typing import Any
 from uuid import UUID
 
 from hodei_common.contracts.providers import KubernetesSettings
-from hodei_provisioner.providers.base import News, Resource, Verdict, WorkerSpec
+from hodei_provisioner.providers.base import (
+    LABEL_JOB,
+    LABEL_MANAGED,
+    LABEL_PROVIDER,
+    LABEL_PROVIDER_ID,
+    LABEL_WORKER,
+    OOM_KILLED,
+    News,
+    Resource,
+    Verdict,
+    WorkerSpec,
+)
 
-LABEL_MANAGED = "hodei.managed"
-LABEL_WORKER = "hodei.worker_id"
-LABEL_JOB = "hodei.job_id"
-LABEL_PROVIDER = "hodei.provider"
-LABEL_PROVIDER_ID = "hodei.provider_id"
 POD_PREFIX = "hodei-worker-"
 CONTAINER = "agent"
 TOKEN_KEY = "token"
@@ -195,7 +201,7 @@ def news_of(event: str, pod: Pod) -> News | None:
         code = int((terminated or {}).get("exitCode", 1 if phase == "Failed" else 0))
         why = (terminated or {}).get("reason") or status.get("reason") or phase
         return tell(Verdict.ENDED, f"its pod {name} ended: {why}, exit code {code}",
-                    exit_code=code, oom_killed=why == "OOMKilled")
+                    exit_code=code, oom_killed=why == OOM_KILLED)
     if waiting and waiting.get("reason") in IMAGE_ERRORS | CONFIG_ERRORS:
         return tell(Verdict.CANNOT_START, _cannot_start(pod, waiting))
     if phase == "Running":
@@ -237,7 +243,7 @@ def resource_of(namespace: str, pod: Pod) -> Resource:
     return Resource(
         resource_id=f"{namespace}/{pod['metadata']['name']}", worker_id=worker_of(pod),
         alive=alive, exit_code=terminated.get("exitCode"),
-        oom_killed=terminated.get("reason") == "OOMKilled",
+        oom_killed=terminated.get("reason") == OOM_KILLED,
         ended_at=datetime.fromisoformat(finished.replace("Z", "+00:00")) if finished else None,
         reason=None if alive else reason)
 
