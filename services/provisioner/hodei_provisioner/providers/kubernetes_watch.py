@@ -43,7 +43,6 @@ class PodWatch:
         self._stopping = threading.Event()
         self._response: Any = None
         self._known: dict[str, dict[str, Any]] = {}  # name -> the pod last seen
-        self.lists = 0  # how many times it listed (the first, then after each 410)
         self._thread = threading.Thread(target=self._run, name=f"pod-watch-{namespace}",
                                         daemon=True)
 
@@ -77,12 +76,9 @@ class PodWatch:
                     continue
                 log.warning("pod watch in %s: the API server answered %s %s; retrying",
                             self.namespace, e.status, e.reason)
-            except (OSError, ValueError, AttributeError, urllib3.exceptions.HTTPError) as e:
-                # (AttributeError: urllib3's reply to a read of a response closed by stop.)
+            except (OSError, ValueError, urllib3.exceptions.HTTPError) as e:
                 if self._stopping.is_set():
                     return
-                if isinstance(e, AttributeError):
-                    raise
                 log.info("pod watch in %s dropped (%s); resuming", self.namespace,
                          type(e).__name__)
             if self._stopping.wait(delay):
@@ -94,7 +90,6 @@ class PodWatch:
             self.namespace, label_selector=self.selector, _preload_content=False,
             _request_timeout=(CONNECT_TIMEOUT_S, 30.0))
         listed = json.loads(response.data)
-        self.lists += 1
         present = {pod["metadata"]["name"]: pod for pod in listed.get("items") or []}
         for name, pod in list(self._known.items()):
             if name not in present:  # deleted while nobody watched
