@@ -101,7 +101,8 @@ async def test_a_reader_attached_before_the_job_is_assigned_gets_it_all_then_the
 async def test_a_reader_attached_while_the_job_runs_gets_every_line_once_in_order(
     platform: Platform,
 ) -> None:
-    job_id = await queue(platform, "echo first; sleep 1.5; seq 2 3000")
+    # Long enough to be still running after a few CLI calls on a loaded machine.
+    job_id = await queue(platform, "echo first; sleep 5; seq 2 3000")
 
     async def first_line_out() -> bool:
         return (await logs(platform, job_id)).stdout.startswith("first\n")
