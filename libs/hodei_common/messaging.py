@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from nats.aio.client import DEFAULT_INBOX_PREFIX, Credentials
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.errors import NoServersError
@@ -17,7 +18,9 @@ from nats.js.api import ConsumerConfig, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
 from hodei_common.contracts import subjects
-from hodei_common.errors import UnavailableError
+from hodei_common.errors import ConfigError, UnavailableError
+from hodei_common.natsauth import jwt
+from hodei_common.natsauth.keys import NKeyError
 from hodei_common.settings import LOGS_MAX_AGE_S, Settings
 
 log = logging.getLogger(__name__)
@@ -53,22 +56,43 @@ def stream_configs(logs_max_age_s: float = LOGS_MAX_AGE_S) -> list[StreamConfig]
     ]
 
 
+def credentials(settings: Settings, identity: str) -> tuple[Credentials | None, str]:
+    """What to connect as ``identity`` with: the creds (None: none asked for) and the inbox
+    prefix its user may receive replies on (``_INBOX.<user name>``: its JWT's name)."""
+    path = settings.resolved_creds(identity)
+    if path is None:
+        return None, DEFAULT_INBOX_PREFIX.decode()
+    try:
+        text = path.read_text()
+        name = jwt.decode(jwt.creds_user_jwt(text))["name"]
+    except (OSError, KeyError, NKeyError) as e:
+        raise ConfigError(f"cannot use the NATS credentials {path}: {e}") from e
+    return str(path), subjects.inbox_prefix(name)
+
+
 async def connect(
     settings: Settings,
     name: str,
     *,
+    identity: str | None = None,
+    creds: tuple[Credentials | None, str] | None = None,
     url: str | None = None,
     initial_attempts: int | None = None,
 ) -> NATS:
-    """Connect to NATS, retrying the first connect and reconnecting forever afterwards.
+    """Connect to NATS as ``identity`` (default: ``name``; see :func:`credentials`), or with
+    ``creds`` given as that function returns them, retrying the first connect and
+    reconnecting forever afterwards.
 
     ``initial_attempts`` None retries the first connect forever (a service waiting for its
     NATS to come up); a number makes a CLI give up with one clear line.
     """
     server = url or settings.resolved_nats_url()
+    user_credentials, inbox_prefix = creds or credentials(settings, identity or name)
     nc = NATS()
+    errors: list[Exception] = []
 
     async def on_error(e: Exception) -> None:
+        errors.append(e)
         log.warning("nats: %s", e)
 
     async def on_disconnect() -> None:
@@ -87,6 +111,8 @@ async def connect(
                 name=name,
                 user=settings.nats_user,
                 password=settings.nats_password,
+                user_credentials=user_credentials,
+                inbox_prefix=inbox_prefix,
                 # nats-py retries the first connect forever when this is -1; bound it here and
                 # lift the bound once connected so later disconnects reconnect forever.
                 max_reconnect_attempts=-1 if initial_attempts is None else initial_attempts,
@@ -97,14 +123,39 @@ async def connect(
                 reconnected_cb=on_reconnect,
             )
         except (NoServersError, OSError, TimeoutError) as e:
+            refusal = next((r for r in reversed(errors)
+                            if isinstance(r, NatsError) and _refused(r)), None)
+            if refusal is not None:
+                await nc.close()
+                raise _refusal(server, user_credentials, refusal) from e
             if initial_attempts is not None:
                 reason = str(e) or type(e).__name__
                 raise UnavailableError(f"cannot reach NATS at {server}: {reason}") from e
             log.warning("nats: %s not reachable yet (%s); retrying", server, e)
             await asyncio.sleep(min(0.2 * attempt, 2.0))
+        except NatsError as e:
+            if not _refused(e):
+                raise
+            await nc.close()
+            raise _refusal(server, user_credentials, e) from e
         else:
             nc.options["max_reconnect_attempts"] = -1
             return nc
+
+
+def _refused(error: NatsError) -> bool:
+    """Whether the server refused who we are (a wrong, expired or missing credential)."""
+    text = str(error).lower()
+    return "authorization violation" in text or "authentication" in text \
+        or "expired" in text
+
+
+def _refusal(server: str, creds: Credentials | None, error: NatsError) -> ConfigError:
+    """One line saying the server refused us: a retry would not change that."""
+    who = f"the credentials {creds}" if isinstance(creds, str) else (
+        "a connection without credentials" if creds is None else "this connection")
+    reason = str(error).removeprefix("nats: ").strip("'")
+    return ConfigError(f"NATS at {server} refused {who}: {reason}")
 
 
 async def ensure_streams(js: JetStreamContext, configs: list[StreamConfig] | None = None) -> None:

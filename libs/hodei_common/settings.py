@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, repr=False)
     nats_user: str | None = None
     nats_password: str | None = Field(default=None, repr=False)
+    # NATS credentials (a creds file: the user's JWT and nkey seed). ``creds`` is this
+    # process's (HODEI_CREDS); else ``creds_dir`` holds one per identity (``<name>.creds``:
+    # the embedded platform's services each connect as their own user); else, with no NATS
+    # URL set, the embedded platform's dev file names that directory.
+    creds: Path | None = None
+    creds_dir: Path | None = None
     db_pool_min: int = Field(default=1, ge=0)
     db_pool_max: int = Field(default=10, ge=1)
     drain_grace_s: float = Field(default=10.0, gt=0)
@@ -74,6 +80,23 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return str(self._dev_endpoint("database_url"))
+
+    def resolved_creds(self, identity: str) -> Path | None:
+        """The creds file to connect as ``identity`` with; None: connect without any (a
+        NATS that asks for no credentials)."""
+        if self.creds is not None:
+            return self.creds.expanduser()
+        directory = self.creds_dir
+        if directory is None and not self.nats_url and self.dev_file().exists():
+            named = self._dev_endpoint("creds_dir")
+            directory = Path(named) if named else None
+        if directory is None:
+            return None
+        path = directory.expanduser() / f"{identity}.creds"
+        if not path.is_file():
+            raise ConfigError(f"no NATS credentials for {identity}: {path} does not exist "
+                              f"(set HODEI_CREDS to a creds file)")
+        return path
 
     def _dev_endpoint(self, key: str) -> Any:
         path = self.dev_file()

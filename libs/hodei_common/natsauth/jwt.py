@@ -96,13 +96,27 @@ def operator_jwt(operator: NKey, name: str, *, system_account: str | None = None
     return encode(operator, operator.public_key, name, nats)
 
 
-def account_jwt(operator: NKey, account: str, name: str, *, jetstream: bool = True) -> str:
+def account_jwt(
+    operator: NKey,
+    account: str,
+    name: str,
+    *,
+    jetstream: bool = True,
+    signing_keys: list[str] | None = None,
+    revocations: dict[str, int] | None = None,
+) -> str:
     """An account's JWT signed by the operator; ``jetstream`` gives it unlimited JetStream
-    (the system account must have none)."""
+    (the system account must have none). ``signing_keys`` may issue its users besides the
+    account's own key; ``revocations`` refuses each listed user's JWTs issued before (or in)
+    the given second."""
     _check(operator, KeyKind.OPERATOR)
     limits = {**ACCOUNT_LIMITS, **(JETSTREAM_LIMITS if jetstream else {})}
-    nats = {"type": "account", "limits": limits,
-            "default_permissions": {"pub": {}, "sub": {}}}
+    nats: dict[str, Any] = {"type": "account", "limits": limits,
+                            "default_permissions": {"pub": {}, "sub": {}}}
+    if signing_keys:
+        nats["signing_keys"] = signing_keys
+    if revocations:
+        nats["revocations"] = revocations
     return encode(operator, account, name, nats)
 
 
@@ -115,8 +129,10 @@ def user_jwt(
     sub_allow: list[str],
     respond: bool = False,
     expires_at: float | None = None,
+    issuer_account: str | None = None,
 ) -> str:
-    """A user's JWT signed by its account, allowed only the listed subjects. ``respond`` lets
+    """A user's JWT signed by its account (or by one of its signing keys: then
+    ``issuer_account`` names the account), allowed only the listed subjects. ``respond`` lets
     it answer each request it receives once (nats ``resp``), wherever the reply goes."""
     _check(account, KeyKind.ACCOUNT)
     nats: dict[str, Any] = {
@@ -128,6 +144,8 @@ def user_jwt(
     }
     if respond:
         nats["resp"] = {"max": 1, "ttl": 0}  # ttl 0: the server's default (two minutes)
+    if issuer_account is not None:
+        nats["issuer_account"] = issuer_account
     return encode(account, user, name, nats, expires_at=expires_at)
 
 
@@ -154,6 +172,15 @@ def creds(user_jwt: str, seed: str) -> str:
         "\n"
         "*************************************************************\n"
     )
+
+
+def creds_user_jwt(text: str) -> str:
+    """The user JWT of a creds file's text."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines[:-1]):
+        if "BEGIN NATS USER JWT" in line:
+            return lines[i + 1].strip()
+    raise NKeyError("not a creds file: no user JWT in it")
 
 
 def write_creds(path: Path, user_jwt: str, seed: str) -> Path:

@@ -7,6 +7,7 @@ random bytes encoded with the kind's prefix (``nkeys.encode_seed``).
 
 from __future__ import annotations
 
+import base64
 import enum
 import os
 import secrets
@@ -28,6 +29,9 @@ class KeyKind(enum.Enum):
     OPERATOR = nkeys.PREFIX_BYTE_OPERATOR
     ACCOUNT = nkeys.PREFIX_BYTE_ACCOUNT
     USER = nkeys.PREFIX_BYTE_USER
+
+
+PUBLIC_KEY_BYTES = 35  # prefix byte, ed25519 key, CRC-16
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,19 @@ class NKey:
             want = kind.name.lower() if kind else "operator, account or user"
             raise NKeyError(f"the seed is not an {want} seed")
         return cls(seed=seed.strip(), public_key=pair.public_key.decode(), kind=found)
+
+    @staticmethod
+    def kind_of(public_key: str) -> KeyKind | None:
+        """The kind of a public key (prefix byte, 32 key bytes, CRC-16), or None when it is
+        not a valid one."""
+        try:
+            raw = base64.b32decode(public_key + "=" * (-len(public_key) % 8))
+        except (ValueError, TypeError):
+            return None
+        if len(raw) != PUBLIC_KEY_BYTES or nkeys.crc16(raw[:-2]) != int.from_bytes(
+                raw[-2:], "little"):
+            return None
+        return next((k for k in KeyKind if k.value == raw[0]), None)
 
     def sign(self, data: bytes) -> bytes:
         """The raw ed25519 signature of ``data``."""

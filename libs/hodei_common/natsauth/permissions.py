@@ -24,6 +24,8 @@ from uuid import UUID
 
 from hodei_common.contracts import subjects as s
 
+CLI_IDENTITY = "hodei-cli"
+
 
 class Role(enum.StrEnum):
     """A kind of Hodei NATS user; each service replica of one kind shares its permissions."""
@@ -140,7 +142,7 @@ def role(which: Role) -> Permissions:
 def _cli() -> Permissions:
     """Calls the API, pings services, reads logs live, from the stream or the archive, and
     (``hodei dev`` shutting down) tells busy workers to stop."""
-    identity = "hodei-cli"
+    identity = CLI_IDENTITY
     return Permissions(
         identity=identity,
         publish=(s.api(">"), s.SRV_PREFIX + ".>", s.worker_control("*"),
@@ -150,11 +152,11 @@ def _cli() -> Permissions:
 
 
 def agent(worker_id: UUID | str, job_id: UUID | str | None = None) -> Permissions:
-    """One worker's agent: its own status, heartbeat and register request, the log of its
-    job (of any job when ``job_id`` is None: a reusable worker runs jobs not known when its
-    credentials are made), its control orders, and its assignments through a consumer whose
-    filter is its own assign subject (the named ``CONSUMER.CREATE`` form, which puts the
-    filter in the subject so that permissions can pin it)."""
+    """One registered worker's agent: its own status and heartbeat, the log of its job (of any
+    job when ``job_id`` is None: a reusable worker runs jobs not known when its credentials
+    are made), its control orders, and its assignments through a consumer whose filter is its
+    own assign subject (the named ``CONSUMER.CREATE`` form, which puts the filter in the
+    subject so that permissions can pin it)."""
     identity = s.agent_identity(worker_id)
     return Permissions(
         identity=identity,
@@ -162,10 +164,22 @@ def agent(worker_id: UUID | str, job_id: UUID | str | None = None) -> Permission
             s.worker_status(worker_id),
             s.worker_heartbeat(worker_id),
             s.job_logs(job_id if job_id is not None else "*"),
-            s.WORKER_REGISTER,
             s.js_api("CONSUMER.CREATE", s.WORKER_ASSIGN_STREAM, "*",
                      s.worker_assign(worker_id)),
             s.js_flow_control(s.WORKER_ASSIGN_STREAM),
         ),
         subscribe=(s.worker_control(worker_id), s.inbox_prefix(identity) + ".>"),
     )
+
+
+def bootstrap(worker_id: UUID | str) -> Permissions:
+    """What a new worker's agent gets before it registers: the register request alone, and
+    the reply to it on its own inbox."""
+    identity = s.agent_identity(worker_id)
+    return Permissions(identity=identity, publish=(s.WORKER_REGISTER,),
+                       subscribe=(s.inbox_prefix(identity) + ".>",))
+
+
+def everything(identity: str) -> Permissions:
+    """Every subject: for a test's own observer, never for a part of the platform."""
+    return Permissions(identity=identity, publish=(">",), subscribe=(">",), respond=True)

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hodei_common.natsauth import jwt
-from hodei_common.natsauth.keys import KeyKind, NKey, write_secret
-from hodei_common.natsauth.permissions import Permissions
+from hodei_common.natsauth.keys import KeyKind, NKey, NKeyError, write_secret
+from hodei_common.natsauth.permissions import Permissions, Role, role
 
 OPERATOR_NAME = "hodei"
 ACCOUNT_NAME = "HODEI"
 SYSTEM_ACCOUNT_NAME = "SYS"
 _SEED_FILES = {"operator": KeyKind.OPERATOR, "account": KeyKind.ACCOUNT,
-               "system": KeyKind.ACCOUNT}
+               "system": KeyKind.ACCOUNT, "signing": KeyKind.ACCOUNT}
 
 
 @dataclass(frozen=True)
@@ -43,18 +43,71 @@ class UserCredentials:
 
 
 @dataclass(frozen=True)
+class Issuer:
+    """What mints users at run time: a signing key of the platform's account (the
+    provisioner holds one, for its agents), not the account's own key."""
+
+    signing: NKey
+    account: str  # the account's public key, which the users' JWTs name
+
+    @classmethod
+    def load(cls, seed_file: Path, own_creds: Path) -> Issuer:
+        """The signing key in ``seed_file``, for the account of the user in ``own_creds``
+        (the service's own creds file names its account)."""
+        claims = jwt.decode(jwt.creds_user_jwt(own_creds.read_text()))
+        account = claims["nats"].get("issuer_account") or claims["iss"]
+        return cls(signing=NKey.from_seed(seed_file.read_text(), KeyKind.ACCOUNT),
+                   account=account)
+
+    def new_user(self, permissions: Permissions, *, expires_at: float | None = None
+                 ) -> UserCredentials:
+        """A user with a key pair made here (its seed goes with the credentials)."""
+        key = NKey.create(KeyKind.USER)
+        return UserCredentials(name=permissions.identity, jwt=self.bind(
+            key.public_key, permissions, expires_at=expires_at), seed=key.seed,
+            inbox_prefix=permissions.inbox_prefix)
+
+    def bind(self, public_key: str, permissions: Permissions, *,
+             expires_at: float | None = None) -> str:
+        """A JWT for a key pair someone else made and keeps (an agent's): only the holder of
+        its seed can connect with it."""
+        if NKey.kind_of(public_key) is not KeyKind.USER:
+            raise NKeyError("not a user public key")
+        return jwt.user_jwt(
+            self.signing, public_key, permissions.identity,
+            pub_allow=list(permissions.publish), sub_allow=list(permissions.subscribe),
+            respond=permissions.respond, expires_at=expires_at, issuer_account=self.account)
+
+
+@dataclass(frozen=True)
 class Trust:
-    """An operator, the platform's account and the system account, with their JWTs."""
+    """An operator, the platform's account (with a signing key) and the system account."""
 
     operator: NKey
     account: NKey
     system: NKey
+    signing: NKey
 
     @classmethod
     def create(cls) -> Trust:
         """New keys for a new platform."""
         return cls(operator=NKey.create(KeyKind.OPERATOR), account=NKey.create(KeyKind.ACCOUNT),
-                   system=NKey.create(KeyKind.ACCOUNT))
+                   system=NKey.create(KeyKind.ACCOUNT), signing=NKey.create(KeyKind.ACCOUNT))
+
+    @classmethod
+    def load_or_create(cls, directory: Path) -> Trust:
+        """The keys saved in ``directory``, made and saved there first if there are none."""
+        if not (directory / "operator.nk").exists():
+            cls.create().save(directory)
+        return cls.load(directory)
+
+    @property
+    def issuer(self) -> Issuer:
+        return Issuer(signing=self.signing, account=self.account.public_key)
+
+    def signing_key_file(self, directory: Path) -> Path:
+        """Where :meth:`save` put the signing key's seed (for the provisioner)."""
+        return directory / "signing.nk"
 
     @classmethod
     def load(cls, directory: Path) -> Trust:
@@ -75,7 +128,8 @@ class Trust:
                                 system_account=self.system.public_key)
 
     def account_jwt(self) -> str:
-        return jwt.account_jwt(self.operator, self.account.public_key, ACCOUNT_NAME)
+        return jwt.account_jwt(self.operator, self.account.public_key, ACCOUNT_NAME,
+                               signing_keys=[self.signing.public_key])
 
     def system_jwt(self) -> str:
         return jwt.account_jwt(self.operator, self.system.public_key, SYSTEM_ACCOUNT_NAME,
@@ -93,6 +147,13 @@ class Trust:
         )
         return UserCredentials(name=permissions.identity, jwt=token, seed=key.seed,
                                inbox_prefix=permissions.inbox_prefix)
+
+    def write_creds(self, directory: Path) -> None:
+        """A creds file per service role, and the CLI's, as ``<identity>.creds`` (0600):
+        minted anew each time (JWTs without expiry; the keys are the state)."""
+        for which in Role:
+            user = self.user(role(which))
+            user.write(directory / f"{user.name}.creds")
 
     def server_config(self) -> str:
         """The nats-server config lines for operator mode (JWTs quoted as JSON strings, which
