@@ -134,7 +134,7 @@ def _line(name: str, values: list[float]) -> str:
 async def main(kills: int, freezes: int) -> None:
     platform = await asyncio.to_thread(start_process_platform)
     try:
-        nc = await nats.connect(platform.nats_url)
+        nc = await platform.connect()
         pool = await asyncpg.create_pool(platform.database_url, min_size=1, max_size=2)
         killed = [await time_to_run_again(nc, pool, signal.SIGKILL) for _ in range(kills)]
         frozen = [await time_to_run_again(nc, pool, signal.SIGSTOP) for _ in range(freezes)]

@@ -20,14 +20,15 @@ from uuid import UUID
 
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.client import RawCredentials
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from hodei_agent.config import AgentSettings
 from hodei_agent.lost import PlatformLost, StopBound, watch_platform
-from hodei_agent.registration import RegistrationRefused, register
+from hodei_agent.registration import RegistrationRefused, forget_secrets, register
 from hodei_agent.runner import JobRun
 from hodei_common import messaging, tracing
 from hodei_common.contracts import subjects
@@ -39,6 +40,7 @@ from hodei_common.contracts.agent import (
     RegisterReply,
 )
 from hodei_common.contracts.workers import WorkerMode
+from hodei_common.natsauth import KeyKind, NKey, jwt
 
 log = logging.getLogger(__name__)
 
@@ -139,17 +141,40 @@ class Agent:
 
     async def _start(self) -> tuple[NATS, RegisterReply]:
         s = self.settings
-        nc = await messaging.connect(
-            s, f"hodei-agent-{self.worker_id}", initial_attempts=s.nats_connect_attempts
-        )
-        try:
-            reply = await register(nc, s)
-        except BaseException:
-            await nc.close()
-            raise
+        name = subjects.agent_identity(self.worker_id)
+        if s.bootstrap_creds is None:  # a NATS that asks for no credentials
+            nc = await messaging.connect(s, name, initial_attempts=s.nats_connect_attempts)
+            try:
+                reply = await register(nc, s)
+            except BaseException:
+                await nc.close()
+                raise
+        else:
+            reply, nc = await self._register_own_key(name)
+        forget_secrets()
         log.info("registered: %s worker, heartbeat every %gs, max_jobs %s, idle_ttl %s",
                  reply.mode, reply.heartbeat_interval_s, reply.max_jobs, reply.idle_ttl_s)
         return nc, reply
+
+    async def _register_own_key(self, name: str) -> tuple[RegisterReply, NATS]:
+        """Register over the bootstrap credentials with a key made here, then connect as the
+        user the platform minted for that key. The seed stays in this process's memory."""
+        s = self.settings
+        assert s.bootstrap_creds is not None
+        key = NKey.create(KeyKind.USER)
+        inbox = subjects.inbox_prefix(name)
+        boot = await messaging.connect(
+            s, name, creds=(RawCredentials(s.bootstrap_creds.get_secret_value()), inbox),
+            initial_attempts=s.nats_connect_attempts)
+        try:
+            reply = await register(boot, s, public_key=key.public_key)
+        finally:
+            await self._close(boot)
+        assert reply.user_jwt is not None
+        own = RawCredentials(jwt.creds(reply.user_jwt, key.seed))
+        nc = await messaging.connect(s, name, creds=(own, inbox),
+                                     initial_attempts=s.nats_connect_attempts)
+        return reply, nc
 
     async def _serve(self, nc: NATS, reply: RegisterReply) -> None:
         js = nc.jetstream()
@@ -162,6 +187,9 @@ class Agent:
             cb=self._on_assignment,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.ALL,
+            # Created by name, the consumer's filter is in the request's subject: NATS
+            # permissions let this agent make one on its own assign subject only.
+            config=ConsumerConfig(name=f"{subjects.agent_identity(self.worker_id)}-assign"),
         )
         try:
             async with asyncio.TaskGroup() as tg:

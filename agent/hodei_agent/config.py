@@ -19,6 +19,9 @@ class AgentSettings(Settings):
     nats_url: str  # required: a worker never falls back to the embedded platform's dev file
     worker_id: UUID
     bootstrap_token: SecretStr  # SecretStr: never shown by repr() or in a log line
+    # NATS credentials (creds file text) that allow the register request alone, when NATS
+    # asks for credentials: the agent then registers its own key and gets its user.
+    bootstrap_creds: SecretStr | None = None
     # Base directory for the per-job working directories; None means the system temp dir.
     worker_workdir: Path | None = None
 

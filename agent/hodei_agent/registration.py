@@ -23,14 +23,25 @@ from hodei_common.errors import HodeiError, UnavailableError
 log = logging.getLogger(__name__)
 
 RETRY_S = 0.25
+# What the agent is started with to register, and needs no more once it has.
+SECRET_VARIABLES = ("HODEI_BOOTSTRAP_TOKEN", "HODEI_BOOTSTRAP_CREDS")
 
 
 class RegistrationRefused(HodeiError):
     """The platform refused the bootstrap token (invalid, expired or already used)."""
 
 
-async def register(nc: NATS, settings: AgentSettings) -> RegisterReply:
-    """Exchange the bootstrap token for this worker's orders.
+def forget_secrets() -> None:
+    """Drop the spent token and bootstrap credentials from the environment, so that nothing
+    started from here on (a job) inherits them."""
+    for name in SECRET_VARIABLES:
+        os.environ.pop(name, None)
+
+
+async def register(nc: NATS, settings: AgentSettings, public_key: str | None = None
+                   ) -> RegisterReply:
+    """Exchange the bootstrap token (and ``public_key``, the agent's own nkey, for a NATS user
+    bound to it) for this worker's orders.
 
     Retries while nobody answers (the provisioner may still be starting) until
     ``register_deadline_s``; raises RegistrationRefused on an error reply.
@@ -41,6 +52,7 @@ async def register(nc: NATS, settings: AgentSettings) -> RegisterReply:
         hostname=socket.gethostname(),
         pid=os.getpid(),
         agent_version=AGENT_VERSION,
+        public_key=public_key,
     )
     data = msgspec.json.encode(request)
     loop = asyncio.get_running_loop()
@@ -75,4 +87,6 @@ async def register(nc: NATS, settings: AgentSettings) -> RegisterReply:
         raise HodeiError(
             f"registration: the reply is for worker {reply.worker_id}, not {settings.worker_id}"
         )
+    if public_key is not None and reply.user_jwt is None:
+        raise HodeiError("registration: the platform sent no NATS user for this agent")
     return reply

@@ -10,6 +10,7 @@ from typing import TypeVar
 from hodei_common import messaging
 from hodei_common.client import ApiClient
 from hodei_common.errors import UnavailableError
+from hodei_common.natsauth.permissions import CLI_IDENTITY
 from hodei_common.settings import Settings, load_settings
 
 
@@ -35,7 +36,7 @@ async def api_client(settings: Settings | None = None) -> AsyncIterator[ApiClien
     """An API client on a fresh connection; one clear line when the platform is not there."""
     settings = settings or cli_settings()
     try:
-        nc = await messaging.connect(settings, name="hodei-cli", initial_attempts=1)
+        nc = await messaging.connect(settings, name=CLI_IDENTITY, initial_attempts=1)
     except UnavailableError as e:
         hint = "" if settings.nats_url else " (is `hodei dev up` still running?)"
         raise UnavailableError(f"{e}{hint}") from e

@@ -15,6 +15,7 @@ from hodei_cli.services import SERVICES
 from hodei_common import messaging
 from hodei_common.contracts import subjects
 from hodei_common.errors import UnavailableError
+from hodei_common.natsauth.permissions import CLI_IDENTITY
 from hodei_common.runner import configure_logging
 from hodei_common.settings import Settings
 
@@ -66,7 +67,7 @@ def down(
 
 
 async def _ping_all(settings: Settings) -> dict[str, bool]:
-    nc = await messaging.connect(settings, name="hodei-cli", initial_attempts=1)
+    nc = await messaging.connect(settings, name=CLI_IDENTITY, initial_attempts=1)
     try:
         result = {}
         for name in PLATFORM_SERVICES:

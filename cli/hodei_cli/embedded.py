@@ -30,6 +30,8 @@ from hodei_cli.services import SERVICES
 from hodei_common import database, platform_settings
 from hodei_common.embedded import NatsServer, PostgresServer
 from hodei_common.errors import HodeiError
+from hodei_common.natsauth import Trust
+from hodei_common.natsauth.permissions import CLI_IDENTITY
 from hodei_common.runner import HodeiService, run_until_signalled
 from hodei_common.settings import Settings, redact_url
 from hodei_migrations import migrate
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 DATABASE = "hodei"
 LOCK_FILE = "dev.lock"
+AUTH_DIR = "auth"
 
 
 class AlreadyRunning(HodeiError):
@@ -48,6 +51,41 @@ class AlreadyRunning(HodeiError):
 class Endpoints:
     nats_url: str
     database_url: str
+    creds_dir: Path  # every identity's NATS credentials, <identity>.creds
+
+
+@dataclass(frozen=True)
+class Auth:
+    """The platform's NATS trust and its users' credentials, under ``$HODEI_HOME/auth``:
+    made on the first start (files 0600), the same keys on every later one."""
+
+    trust: Trust
+    keys_dir: Path
+    creds_dir: Path
+
+    @classmethod
+    def prepare(cls, home: Path) -> Auth:
+        root = home / AUTH_DIR
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        root.chmod(0o700)
+        keys_dir, creds_dir = root / "keys", root / "creds"
+        trust = Trust.load_or_create(keys_dir)
+        trust.write_creds(creds_dir)
+        return cls(trust, keys_dir, creds_dir)
+
+    @property
+    def signing_key(self) -> Path:
+        return self.trust.signing_key_file(self.keys_dir)
+
+
+def adopt_unsecured_streams(store_dir: Path, account: str) -> None:
+    """A home first run without NATS credentials kept its streams in the global account's
+    directory: move them to the platform's account, which they belong to now."""
+    jetstream = store_dir / "jetstream" / "jetstream"
+    legacy, own = jetstream / "$G", jetstream / account
+    if legacy.is_dir() and not own.exists():
+        legacy.rename(own)
+        log.info("moved the JetStream data of the unsecured platform to its account")
 
 
 @contextlib.contextmanager
@@ -102,6 +140,7 @@ def write_dev_file(settings: Settings, endpoints: Endpoints) -> None:
     text = json.dumps({
         "nats_url": endpoints.nats_url,
         "database_url": endpoints.database_url,
+        "creds_dir": str(endpoints.creds_dir),
         "pid": os.getpid(),
         "started_at": datetime.now(UTC).isoformat(),
     }, indent=2) + "\n"
@@ -152,20 +191,25 @@ async def serve(
     # In sessions of their own: Ctrl-C signals the terminal's whole process group, and the
     # servers must outlive the services' drain (stopped below, last). They still die with us
     # should we be killed outright.
-    nats = NatsServer(home / "nats", die_with_parent=True)
     postgres = PostgresServer(home / "postgres", durable=True, die_with_parent=True)
     with home_lock(home):
+        auth = Auth.prepare(home)
+        adopt_unsecured_streams(home / "nats", auth.trust.account.public_key)
+        nats = NatsServer(home / "nats", die_with_parent=True, auth=auth.trust)
         try:
             nats.start()
             postgres.start()
             await _ensure_database(postgres, settings)
             if docker:
                 await _enable_docker(postgres, worker_image)
-            endpoints = Endpoints(nats.url, postgres.url(DATABASE))
+            endpoints = Endpoints(nats.url, postgres.url(DATABASE), auth.creds_dir)
             base = settings.model_copy(update={
                 "nats_url": endpoints.nats_url, "database_url": endpoints.database_url,
+                "creds": None, "creds_dir": endpoints.creds_dir,
             })
-            services = [build(base) for build in SERVICES.values()]
+            services = [build(base, **({"nats_signing_key": auth.signing_key}
+                                       if name == "provisioner" else {}))
+                        for name, build in SERVICES.items()]
             await _run(services, settings, endpoints, announce)
         finally:
             settings.dev_file().unlink(missing_ok=True)
@@ -255,9 +299,11 @@ async def retire_workers(endpoints: Endpoints, settings: Settings, within_s: flo
     from hodei_common import messaging
 
     base = settings.model_copy(update={"nats_url": endpoints.nats_url,
-                                       "database_url": endpoints.database_url})
+                                       "database_url": endpoints.database_url,
+                                       "creds": None, "creds_dir": endpoints.creds_dir})
     pool = await database.create_pool(base, initial_attempts=1)
-    nc = await messaging.connect(base, name="hodei-dev-shutdown", initial_attempts=1)
+    nc = await messaging.connect(base, name="hodei-dev-shutdown", identity=CLI_IDENTITY,
+                                 initial_attempts=1)
     handled: set[tuple[UUID, str]] = set()
     deadline = asyncio.get_running_loop().time() + within_s
     try:

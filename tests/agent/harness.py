@@ -34,6 +34,8 @@ from hodei_common.contracts.agent import (
 from hodei_common.contracts.api import ErrorCode, ErrorReply
 from hodei_common.contracts.logs import LogBatch, LogLine, LogStream
 from hodei_common.contracts.workers import WorkerMode
+from hodei_common.natsauth import permissions
+from hodei_common.natsauth.server import Issuer
 from hodei_common.testing import assert_eventually
 
 TOKEN = "bootstrap-secret-token-1234"
@@ -75,8 +77,10 @@ class AgentProcess:
 class Platform:
     """Answers registration, assigns jobs and records what the agent reports."""
 
-    def __init__(self, nc: NATS, js: JetStreamContext, nats_url: str, workdir: Path) -> None:
+    def __init__(self, nc: NATS, js: JetStreamContext, nats_url: str, workdir: Path,
+                 issuer: Issuer) -> None:
         self.nc = nc
+        self.issuer = issuer
         self.js = js
         self.nats_url = nats_url
         self.workdir = workdir
@@ -111,9 +115,14 @@ class Platform:
             self._registrar = None
 
     async def _on_register(self, msg: Msg) -> None:
-        self.registrations.append(msgspec.json.decode(msg.data, type=RegisterRequest))
+        request = msgspec.json.decode(msg.data, type=RegisterRequest)
+        self.registrations.append(request)
         if self.refusal is None:
-            await msg.respond(msgspec.json.encode(self.reply))
+            reply = self.reply
+            if request.public_key is not None:  # its own user, as the provisioner mints it
+                reply = msgspec.structs.replace(reply, user_jwt=self.issuer.bind(
+                    request.public_key, permissions.agent(self.worker_id)))
+            await msg.respond(msgspec.json.encode(reply))
             return
         # As the provisioner's micro endpoint answers: the two service-error headers and an
         # ErrorReply body.
@@ -142,6 +151,8 @@ class Platform:
             HODEI_NATS_URL=self.nats_url,
             HODEI_WORKER_ID=str(self.worker_id),
             HODEI_BOOTSTRAP_TOKEN=TOKEN,
+            HODEI_BOOTSTRAP_CREDS=self.issuer.new_user(
+                permissions.bootstrap(self.worker_id)).creds,
             HODEI_HOME=str(self.workdir / "home"),
             HODEI_WORKER_WORKDIR=str(self.workdir / "jobs"),
             HODEI_REGISTER_DEADLINE_S="5",

@@ -46,6 +46,8 @@ def cli_env(settings: Settings) -> dict[str, str]:
     env["HODEI_NATS_URL"] = settings.resolved_nats_url()
     env["HODEI_DATABASE_URL"] = settings.resolved_database_url()
     env["HODEI_HOME"] = str(settings.home)
+    if settings.creds_dir is not None:  # every identity's NATS credentials
+        env["HODEI_CREDS_DIR"] = str(settings.creds_dir)
     return env
 
 

@@ -242,6 +242,7 @@ async def test_api_answers_the_cli_and_its_pings(
 
         await micro.add_endpoint(name="jobs_get", subject=subjects.API_JOBS_GET, handler=echo,
                                  queue_group=subjects.API_QUEUE_GROUP)
+        await api.nc.flush()  # the server has the subscription before the request comes
         reply = await cli.nc.request(subjects.API_JOBS_GET, b"hello", timeout=2)
         assert reply.data == b"hello"
         pong = await cli.nc.request(subjects.srv_control("PING", name), b"", timeout=2)

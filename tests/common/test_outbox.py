@@ -25,6 +25,7 @@ from hodei_common.lifecycle.transitions import JOBS
 from hodei_common.relay import OutboxRelay
 from hodei_common.settings import Settings
 from hodei_common.testing import assert_eventually
+from hodei_common.testing.plugin import platform_env
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
 
@@ -173,8 +174,7 @@ async def test_three_relay_processes_racing_one_killed_publish_every_event_once(
     total = 6000
     env = {
         **os.environ,
-        "HODEI_NATS_URL": settings.resolved_nats_url(),
-        "HODEI_DATABASE_URL": settings.resolved_database_url(),
+        **platform_env(settings),
         "HODEI_RELAY_BATCH_SIZE": "50",
     }
     procs = [

@@ -10,6 +10,7 @@ import pytest
 from hodei_common.errors import SchemaError
 from hodei_common.runner import HodeiService, Loop
 from hodei_common.settings import Settings
+from hodei_common.testing.plugin import as_test_user
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
 
@@ -43,14 +44,14 @@ class Probe(HodeiService):
 
 
 async def test_stop_before_run_makes_run_return_at_once(settings: Settings) -> None:
-    service = Probe(settings)
+    service = Probe(as_test_user(settings))
     await service.stop()
     await asyncio.wait_for(service.run(), 5)
     assert not service.ready.is_set()
 
 
 async def test_stop_is_idempotent_and_waits_for_the_drain(settings: Settings) -> None:
-    service = Probe(settings)
+    service = Probe(as_test_user(settings))
     run = asyncio.create_task(service.run())
     await asyncio.wait_for(service.ready.wait(), 30)
     await asyncio.gather(service.stop(), service.stop())
@@ -61,14 +62,14 @@ async def test_stop_is_idempotent_and_waits_for_the_drain(settings: Settings) ->
 
 
 async def test_a_dying_loop_takes_the_service_down_with_its_error(settings: Settings) -> None:
-    service = Probe(settings, fail=True)
+    service = Probe(as_test_user(settings), fail=True)
     with pytest.raises(ValueError, match="loop blew up"):
         await asyncio.wait_for(service.run(), 30)
     assert service.nc.is_closed
 
 
 async def test_a_loop_ignoring_stop_is_cancelled_after_the_grace_period(settings: Settings) -> None:
-    service = Probe(settings.model_copy(update={"drain_grace_s": 0.2}), stubborn=True)
+    service = Probe(as_test_user(settings).model_copy(update={"drain_grace_s": 0.2}), stubborn=True)
     run = asyncio.create_task(service.run())
     await asyncio.wait_for(service.ready.wait(), 30)
     await asyncio.wait_for(service.stop(), 10)

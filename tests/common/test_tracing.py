@@ -22,6 +22,7 @@ from hodei_common.client import ApiClient
 from hodei_common.contracts import subjects
 from hodei_common.settings import Settings
 from hodei_common.testing import assert_eventually
+from hodei_common.testing.plugin import platform_env
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres, pytest.mark.slow]
 
@@ -82,8 +83,7 @@ async def test_submit_is_exported_over_otlp_and_its_event_continues_the_callers_
 ) -> None:
     env = {
         **os.environ,
-        "HODEI_NATS_URL": settings.resolved_nats_url(),
-        "HODEI_DATABASE_URL": settings.resolved_database_url(),
+        **platform_env(settings),
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
         "OTEL_BSP_SCHEDULE_DELAY": "50",
     }

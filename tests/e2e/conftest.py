@@ -16,7 +16,10 @@ from typing import Any
 
 import pytest
 
-from hodei_common.testing.processes import agent_processes
+from hodei_cli.embedded import AUTH_DIR
+from hodei_common.natsauth import Trust, permissions
+from hodei_common.settings import Settings
+from hodei_common.testing.processes import TEST_IDENTITY, agent_processes
 from tests.cli.conftest import HODEI, run_cli
 
 __all__ = ["agent_processes"]
@@ -36,10 +39,20 @@ class Platform:
     def nats_url(self) -> str:
         return self.endpoints["nats_url"]
 
-    def endpoints_only(self) -> dict[str, str]:
-        """The NATS and PostgreSQL URLs of the running platform."""
+    def endpoints_only(self) -> dict[str, Any]:
+        """Where the running platform's NATS and PostgreSQL are, and its NATS credentials."""
         info = self.endpoints
-        return {"nats_url": info["nats_url"], "database_url": info["database_url"]}
+        return {"nats_url": info["nats_url"], "database_url": info["database_url"],
+                "creds_dir": Path(info["creds_dir"])}
+
+    def test_settings(self) -> Settings:
+        """Settings connecting as a test's own user, minted from the platform's keys: a test
+        does what an operator does (purge a stream), which no part of the platform may."""
+        creds = self.home / "test.creds"
+        if not creds.exists():
+            trust = Trust.load(self.home / AUTH_DIR / "keys")
+            trust.user(permissions.everything(TEST_IDENTITY)).write(creds)
+        return Settings(nats_url=self.nats_url, creds=creds)
 
 
 async def cli_json(platform: Platform, *args: str) -> Any:

@@ -54,8 +54,7 @@ def chaos() -> Iterator[ProcessPlatform]:
 
 @pytest.fixture
 async def nc(chaos: ProcessPlatform) -> AsyncIterator[NATS]:
-    client = await nats.connect(chaos.nats_url, max_reconnect_attempts=-1,
-                                reconnect_time_wait=0.2)
+    client = await chaos.connect(max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     yield client
     await client.close()
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from hodei_common import settings as hodei_settings
 from hodei_common.contracts import subjects
 from hodei_common.messaging import connect
 from hodei_common.testing import assert_eventually
@@ -204,8 +203,7 @@ async def test_a_log_is_read_from_its_archive_after_the_stream_dropped_it_and_a_
         finally:
             await conn.close()
         # What the stream's max age does to old logs, at once.
-        nc = await connect(hodei_settings.Settings(nats_url=running.nats_url), "test",
-                           initial_attempts=3)
+        nc = await connect(running.test_settings(), "test", initial_attempts=3)
         try:
             await nc.jetstream().purge_stream(subjects.LOGS_STREAM)
         finally:

@@ -14,19 +14,30 @@ import os
 import signal
 
 import nats
+from nats.aio.client import RawCredentials
 
 from hodei_common.contracts import subjects
+from hodei_common.natsauth import KeyKind, NKey
 
 
 async def register() -> None:
-    nc = await nats.connect(os.environ["HODEI_NATS_URL"])
+    """Register as the real agent does: over its bootstrap credentials, with a key of its
+    own."""
+    worker_id = os.environ["HODEI_WORKER_ID"]
+    key = NKey.create(KeyKind.USER).public_key
+    nc = await nats.connect(
+        os.environ["HODEI_NATS_URL"],
+        user_credentials=RawCredentials(os.environ["HODEI_BOOTSTRAP_CREDS"]),
+        inbox_prefix=subjects.inbox_prefix(subjects.agent_identity(worker_id)))
     try:
         body = {
-            "worker_id": os.environ["HODEI_WORKER_ID"],
+            "worker_id": worker_id,
             "token": os.environ["HODEI_BOOTSTRAP_TOKEN"],
             "hostname": "fake-host",
             "pid": os.getpid(),
+            "public_key": key,
         }
+        print("key", key, flush=True)
         msg = await nc.request(subjects.WORKER_REGISTER, json.dumps(body).encode(), timeout=10)
         print("reply", json.dumps({"headers": msg.headers or {}, "data": msg.data.decode()}),
               flush=True)

@@ -17,6 +17,7 @@ from hodei_common.contracts import subjects
 from hodei_common.contracts.api import ErrorReply
 from hodei_common.contracts.workers import WorkerMode
 from hodei_common.lifecycle import workers
+from hodei_common.natsauth import KeyKind, NKey
 from hodei_common.testing.processes import running
 
 is_alive = running  # a zombie counts as dead
@@ -82,8 +83,10 @@ async def published(js: JetStreamContext, worker_id: UUID, subject: str) -> bool
 async def register(
     nc: NATS, worker_id: UUID | str, token: str, **fields: Any
 ) -> tuple[bool, dict[str, Any]]:
-    """Send a registration: (ok, decoded reply or error reply)."""
-    body = {"worker_id": str(worker_id), "token": token, **fields}
+    """Send a registration, with a new agent key unless ``fields`` name one: (ok, decoded
+    reply or error reply)."""
+    body = {"worker_id": str(worker_id), "token": token,
+            "public_key": NKey.create(KeyKind.USER).public_key, **fields}
     return await register_raw(nc, json.dumps(body).encode())
 
 

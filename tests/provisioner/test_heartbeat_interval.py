@@ -36,13 +36,14 @@ SUPERVISOR_S = 0.01  # ...and the supervisor's: silence this short
 @pytest.fixture
 async def provisioner_settings(
     settings: Settings, agent_command: list[str], tmp_path: Path, pool: asyncpg.Pool,
+    nats_signing_key: Path,
 ) -> ProvisionerSettings:
     async with pool.acquire() as conn:
         await platform_settings.record(
             conn, settings.model_copy(update={"heartbeat_interval_s": PLATFORM_S}))
     return ProvisionerSettings(**{
         **settings.model_dump(), "heartbeat_interval_s": PROVISIONER_S,
-        "provisioner_agent_command": agent_command,
+        "provisioner_agent_command": agent_command, "nats_signing_key": nats_signing_key,
         "provisioner_workers_dir": tmp_path / "workers", "provisioner_destroy_grace_s": 1.0})
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -15,6 +16,7 @@ from nats.js import JetStreamContext
 from hodei_common.contracts import subjects
 from hodei_common.contracts.workers import ProvisionRequested, WorkerMode, WorkerState
 from hodei_common.lifecycle import workers
+from hodei_common.natsauth import jwt
 from hodei_common.testing import assert_eventually
 from hodei_provisioner import store, tokens
 from hodei_provisioner.config import ProvisionerSettings
@@ -35,7 +37,7 @@ from tests.provisioner.helpers import (
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
 
 AGENT_ENV = {"PATH", "HOME", "LANG", "HODEI_LOG_LEVEL", "HODEI_NATS_URL", "HODEI_WORKER_ID",
-             "HODEI_BOOTSTRAP_TOKEN"}
+             "HODEI_BOOTSTRAP_TOKEN", "HODEI_BOOTSTRAP_CREDS"}
 NO_REGISTER = [sys.executable, str(FAKE_AGENT), "--no-register"]
 
 
@@ -64,6 +66,13 @@ async def test_provision_request_spawns_an_agent_and_records_its_pid(
     assert env["HODEI_WORKER_ID"] == str(worker_id)
     assert env["HODEI_NATS_URL"] == provisioner_settings.resolved_nats_url()
     assert provisioner_settings.workers_dir().joinpath(f"{worker_id}.log").exists()
+    # Its NATS credentials allow the register request alone, and expire with its token.
+    claims = jwt.decode(jwt.creds_user_jwt(env["HODEI_BOOTSTRAP_CREDS"]))
+    assert claims["name"] == subjects.agent_identity(worker_id)
+    assert claims["nats"]["pub"] == {"allow": [subjects.WORKER_REGISTER]}
+    assert claims["nats"]["sub"] == {
+        "allow": [subjects.inbox_prefix(subjects.agent_identity(worker_id)) + ".>"]}
+    assert 0 < claims["exp"] - time.time() <= provisioner_settings.provisioner_token_ttl_s
 
 
 @pytest.mark.parametrize("agent_command", [NO_REGISTER])

@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 
 from hodei_common.contracts import subjects
 from hodei_common.contracts.workers import WorkerState
+from hodei_common.natsauth import KeyKind, NKey, Trust, jwt, permissions
 from hodei_common.testing import assert_eventually
 from hodei_provisioner import store, tokens
 from hodei_provisioner.config import ProvisionerSettings
@@ -41,13 +42,18 @@ def _reply_of(log: str) -> dict[str, object]:
     return json.loads(line.removeprefix("reply "))  # type: ignore[no-any-return]
 
 
+def _sent_key(log: str) -> str:
+    line = next(line for line in log.splitlines() if line.startswith("key "))
+    return line.removeprefix("key ")
+
+
 async def _ready(pool: asyncpg.Pool, worker_id: UUID) -> bool:
     return (await worker(pool, worker_id))["state"] == WorkerState.READY
 
 
 async def test_the_agents_registration_makes_the_worker_ready(
     provisioner: ProvisionerService, pool: asyncpg.Pool, js: JetStreamContext,
-    provisioner_settings: ProvisionerSettings,
+    provisioner_settings: ProvisionerSettings, nats_trust: Trust,
 ) -> None:
     await pool.execute("""UPDATE provider_configs SET settings = '{"max_jobs": 3}'
                           WHERE name = 'local'""")
@@ -73,10 +79,20 @@ async def test_the_agents_registration_makes_the_worker_ready(
     reply = await assert_eventually(
         lambda: _reply_of(log_text(provisioner_settings.workers_dir(), worker_id)))
     assert reply["headers"] == {}
-    assert json.loads(str(reply["data"])) == {
+    data = json.loads(str(reply["data"]))
+    user = jwt.decode(data.pop("user_jwt"))
+    assert data == {
         "worker_id": str(worker_id), "mode": "ephemeral", "heartbeat_interval_s": 1.0,
         "max_jobs": 3, "idle_ttl_s": None,
     }
+    # Its NATS user: bound to the key it sent, signed by the account's signing key, allowed
+    # its own worker's subjects only.
+    agent = permissions.agent(worker_id)
+    assert user["sub"] == _sent_key(log_text(provisioner_settings.workers_dir(), worker_id))
+    assert user["iss"] == nats_trust.signing.public_key
+    assert user["nats"]["issuer_account"] == nats_trust.account.public_key
+    assert user["nats"]["pub"] == {"allow": list(agent.publish)}
+    assert user["nats"]["sub"] == {"allow": list(agent.subscribe)}
 
 
 async def test_a_spent_token_is_refused(
@@ -148,7 +164,13 @@ async def test_a_worker_that_is_no_longer_creating_is_refused(
     (b"garbage", "malformed request: JSON is malformed"),
     (b'{"token": "x"}', "Object missing required field `worker_id`"),
     (b'{"worker_id": "nope", "token": "x"}', "Invalid UUID"),
-    (json.dumps({"worker_id": str(UUID(int=1)), "token": "x", "hostname": "h" * 300}).encode(),
+    (json.dumps({"worker_id": str(UUID(int=1)), "token": "x"}).encode(),
+     "public_key must be the agent's own nkey user public key"),
+    (json.dumps({"worker_id": str(UUID(int=1)), "token": "x",
+                 "public_key": NKey.create(KeyKind.ACCOUNT).public_key}).encode(),
+     "public_key must be the agent's own nkey user public key"),
+    (json.dumps({"worker_id": str(UUID(int=1)), "token": "x", "hostname": "h" * 300,
+                 "public_key": NKey.create(KeyKind.USER).public_key}).encode(),
      "hostname is longer than 255 characters"),
 ])
 async def test_a_malformed_registration_is_an_invalid_argument(

@@ -29,6 +29,9 @@ class RegisterRequest(msgspec.Struct, frozen=True, kw_only=True):
     hostname: str = ""
     pid: int | None = None
     agent_version: str = ""
+    # The agent's own nkey (a user public key) when NATS asks for credentials: its user is
+    # minted for this key, whose seed never leaves the agent.
+    public_key: str | None = None
 
 
 class RegisterReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,6 +42,8 @@ class RegisterReply(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
     max_jobs: int | None = None
     idle_ttl_s: float | None = None
+    # The agent's NATS user JWT, bound to its ``public_key``: it reconnects with it.
+    user_jwt: str | None = None
 
 
 class Assignment(msgspec.Struct, frozen=True, kw_only=True):

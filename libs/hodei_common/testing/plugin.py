@@ -22,14 +22,16 @@ from nats.js import JetStreamContext
 
 from hodei_common import database, messaging
 from hodei_common.embedded import NatsServer, PostgresServer
-from hodei_common.natsauth import Trust
+from hodei_common.natsauth import Trust, permissions
 from hodei_common.settings import Settings
 from hodei_common.testing.docker import docker_engine
 from hodei_common.testing.kube import kube_standin
+from hodei_common.testing.processes import TEST_IDENTITY
 
 __all__ = ["docker_engine", "kube_standin"]
 
 TEMPLATE_DB = "hodei_template"
+
 _db_counter = itertools.count(1)
 
 
@@ -123,22 +125,23 @@ def _own_nats_server(prefix: str, auth: Trust | None = None) -> Iterator[NatsSer
 
 
 @pytest.fixture
-def nats_server() -> Iterator[NatsServer]:
-    """A nats-server with JetStream of this test's own."""
-    yield from _own_nats_server("hodei-nats-")
-
-
-@pytest.fixture
 def nats_trust() -> Trust:
     """New operator, account and system keys for this test."""
     return Trust.create()
 
 
 @pytest.fixture
-def secured_nats_server(nats_trust: Trust) -> Iterator[NatsServer]:
-    """A nats-server with JetStream of this test's own in operator mode: only users minted
-    by ``nats_trust`` get in, each with its own permissions."""
-    yield from _own_nats_server("hodei-nats-auth-", nats_trust)
+def nats_server(nats_trust: Trust) -> Iterator[NatsServer]:
+    """A nats-server with JetStream of this test's own, secured as the platform runs it
+    (operator mode): only users minted by ``nats_trust`` get in, each with its own
+    permissions, so a service missing a permission fails its tests."""
+    yield from _own_nats_server("hodei-nats-", nats_trust)
+
+
+@pytest.fixture
+def secured_nats_server(nats_server: NatsServer) -> NatsServer:
+    """The same server, named for tests about its security."""
+    return nats_server
 
 
 @pytest.fixture
@@ -147,15 +150,53 @@ def nats_url(nats_server: NatsServer) -> str:
 
 
 @pytest.fixture
-def settings(nats_url: str, database_url: str, tmp_path: Path) -> Settings:
-    """Settings pointing at this test's NATS and database, with short drain times."""
+def nats_creds_dir(nats_trust: Trust, tmp_path: Path) -> Path:
+    """Every service's and the CLI's creds file, and the test's own (``hodei-test``, which may
+    do anything: a test observes and plays parts, it is not the platform)."""
+    directory = tmp_path / "creds"
+    nats_trust.write_creds(directory)
+    nats_trust.user(permissions.everything(TEST_IDENTITY)).write(
+        directory / f"{TEST_IDENTITY}.creds")
+    return directory
+
+
+@pytest.fixture
+def nats_signing_key(nats_trust: Trust, tmp_path: Path) -> Path:
+    """The account signing key's seed file, as the provisioner is given it."""
+    nats_trust.save(tmp_path / "nats-keys")
+    return nats_trust.signing_key_file(tmp_path / "nats-keys")
+
+
+@pytest.fixture
+def settings(nats_url: str, database_url: str, nats_creds_dir: Path, tmp_path: Path
+             ) -> Settings:
+    """Settings pointing at this test's NATS (each identity with its own credentials) and
+    database, with short drain times."""
     return Settings(
         nats_url=nats_url,
         database_url=database_url,
+        creds_dir=nats_creds_dir,
         home=tmp_path / "hodei-home",
         drain_grace_s=5.0,
         request_timeout_s=5.0,
     )
+
+
+def platform_env(settings: Settings) -> dict[str, str]:
+    """The environment a service process started by a test needs to reach its NATS (as its
+    own user) and database."""
+    env = {"HODEI_NATS_URL": settings.resolved_nats_url(),
+           "HODEI_DATABASE_URL": settings.resolved_database_url()}
+    if settings.creds_dir is not None:
+        env["HODEI_CREDS_DIR"] = str(settings.creds_dir)
+    return env
+
+
+def as_test_user(settings: Settings) -> Settings:
+    """``settings`` connecting as the test's own user (a service only a test runs has no
+    role of its own)."""
+    assert settings.creds_dir is not None
+    return settings.model_copy(update={"creds": settings.creds_dir / f"{TEST_IDENTITY}.creds"})
 
 
 @pytest.fixture
@@ -169,7 +210,7 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 async def nc(settings: Settings) -> AsyncIterator[NATS]:
-    client = await messaging.connect(settings, name="hodei-test", initial_attempts=3)
+    client = await messaging.connect(settings, name=TEST_IDENTITY, initial_attempts=3)
     try:
         yield client
     finally:

@@ -15,12 +15,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import nats
+from nats.aio.client import Client as NATS
 
 from hodei_common.contracts import subjects
 from hodei_common.embedded import NatsServer, PostgresServer
+from hodei_common.natsauth import Trust, permissions
 
 # Service name -> the module that runs it.
 SERVICE_MODULES = {
@@ -32,6 +35,7 @@ SERVICE_MODULES = {
     "logs": "hodei_logs",
 }
 DATABASE = "hodei"
+TEST_IDENTITY = "hodei-test"  # a test's own NATS user, as in the pytest plugin
 
 
 def running(pid: int) -> bool:
@@ -112,10 +116,17 @@ class ProcessPlatform:
     nats: NatsServer
     postgres: PostgresServer
     services: ServiceProcesses
+    creds_dir: Path  # each service's NATS credentials, and the test's own
 
     @property
     def nats_url(self) -> str:
         return self.nats.url
+
+    async def connect(self, **options: Any) -> NATS:
+        """A NATS connection as the test's own user (``options`` go to nats-py)."""
+        return await nats.connect(
+            self.nats_url, user_credentials=str(self.creds_dir / f"{TEST_IDENTITY}.creds"),
+            inbox_prefix=subjects.inbox_prefix(TEST_IDENTITY), **options)
 
     @property
     def database_url(self) -> str:
@@ -123,7 +134,7 @@ class ProcessPlatform:
 
     async def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Until every service answers ``$SRV.PING``."""
-        nc = await nats.connect(self.nats_url)
+        nc = await self.connect()
         try:
             deadline = time.monotonic() + timeout_s
             for name in SERVICE_MODULES:
@@ -180,7 +191,12 @@ def start_process_platform(extra_env: dict[str, str] | None = None) -> ProcessPl
     """Start nats-server, a migrated PostgreSQL and the six services as processes."""
     root = Path(tempfile.mkdtemp(prefix="hodei-procs-"))
     root.chmod(0o755)  # PostgreSQL runs unprivileged when this runs as root
-    nats_server = NatsServer(root / "nats")
+    trust = Trust.create()
+    trust.save(root / "keys")
+    creds_dir = root / "creds"
+    trust.write_creds(creds_dir)
+    trust.user(permissions.everything(TEST_IDENTITY)).write(creds_dir / f"{TEST_IDENTITY}.creds")
+    nats_server = NatsServer(root / "nats", auth=trust)
     nats_server.start()
     # Durable, as production runs it: a server killed -9 keeps every commit it acknowledged
     # (with synchronous_commit off it may not, and a lost assignment commit runs a job twice).
@@ -190,9 +206,12 @@ def start_process_platform(extra_env: dict[str, str] | None = None) -> ProcessPl
     (root / "logs").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
     env |= {"HODEI_NATS_URL": nats_server.url, "HODEI_DATABASE_URL": postgres.url(DATABASE),
-            "HODEI_HOME": str(root / "home"), **(extra_env or {})}
+            "HODEI_HOME": str(root / "home"), "HODEI_CREDS_DIR": str(creds_dir),
+            # Only the provisioner uses it: it mints its agents' NATS users.
+            "HODEI_NATS_SIGNING_KEY": str(trust.signing_key_file(root / "keys")),
+            **(extra_env or {})}
     services = ServiceProcesses(env, root / "logs")
-    platform = ProcessPlatform(root, nats_server, postgres, services)
+    platform = ProcessPlatform(root, nats_server, postgres, services, creds_dir)
     for name in SERVICE_MODULES:
         services.start(name)
     try:

@@ -30,6 +30,9 @@ class ProvisionerSettings(Settings):
     provisioner_max_in_flight: int = Field(default=32, ge=1)
     # Seconds between reconciliation passes (one also runs at start).
     provisioner_reconcile_interval_s: float = Field(default=2.0, gt=0)
+    # A signing key of the platform's NATS account (a seed file, HODEI_NATS_SIGNING_KEY): the
+    # provisioner mints each agent's NATS user with it. Unset: NATS asks for no credentials.
+    nats_signing_key: Path | None = None
 
     def agent_nats_url(self) -> str:
         """The NATS URL agents are given: the configured one, else the service's own."""

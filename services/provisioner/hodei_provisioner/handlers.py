@@ -7,6 +7,7 @@ conditional UPDATE that matches no row) and does nothing more.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from uuid import UUID
@@ -26,6 +27,8 @@ from hodei_common.database import Conn
 from hodei_common.endpoints import one_line
 from hodei_common.errors import PermissionDeniedError, RetryLater, ValidationError
 from hodei_common.lifecycle import workers
+from hodei_common.natsauth import KeyKind, NKey, permissions
+from hodei_common.natsauth.server import Issuer
 from hodei_common.recovery import Recovery
 from hodei_provisioner import store, tokens
 from hodei_provisioner.providers import CannotStart, Provider, WorkerSpec
@@ -54,6 +57,8 @@ class Deps:
     heartbeat_interval_s: float
     agent_nats_url: str
     recovery: Recovery
+    # Mints agents' NATS users; None when NATS asks for no credentials.
+    issuer: Issuer | None = None
 
 
 def worker_settings(worker: store.WorkerRow) -> ProviderSettings:
@@ -122,24 +127,35 @@ async def provision(deps: Deps, event: ProvisionRequested) -> None:
                       job_timeout_s=worker.job_timeout_s if worker.mode is WorkerMode.EPHEMERAL
                       else None,
                       cpus=worker.cpus or settings.cpus,
-                      memory_bytes=worker.memory_bytes or settings.memory_bytes)
+                      memory_bytes=worker.memory_bytes or settings.memory_bytes,
+                      bootstrap_creds=_bootstrap_creds(deps, worker.id))
     try:
         resource_id = await provider.create(spec)
     except CannotStart as e:  # nor would another: the job it was made for fails too
-        error = str(e).replace(token, "<token>")
+        error = spec.redact(str(e))
         log.warning("worker %s cannot start: %s", worker.id, error)
         async with deps.pool.acquire() as conn:
             await workers.cannot_start(conn, worker.ref, one_line(error),
                                        job_error=one_line(error), created=False, actor=ACTOR)
         return
     except Exception as e:  # whatever broke, this worker will not come up: fail it
-        error = str(e).replace(token, "<token>") or type(e).__name__
+        error = spec.redact(str(e)) or type(e).__name__
         log.warning("worker %s: the %s provider could not create it: %s", worker.id,
                     worker.kind, error)
         await _fail(deps, worker, f"the {worker.kind} provider could not create the worker: "
                                   f"{error}")
         return
     await _record_resource(deps, provider, worker, resource_id, settings)
+
+
+def _bootstrap_creds(deps: Deps, worker_id: UUID) -> str | None:
+    """Credentials for the agent's register request alone, expiring with its token; None
+    when NATS asks for none."""
+    if deps.issuer is None:
+        return None
+    user = deps.issuer.new_user(permissions.bootstrap(worker_id),
+                                expires_at=time.time() + deps.token_ttl_s)
+    return user.creds
 
 
 async def _record_resource(
@@ -196,8 +212,11 @@ async def _fail(deps: Deps, worker: store.WorkerRow, error: str) -> None:
 
 
 # --- registration ------------------------------------------------------------------------
-def validate_register(req: RegisterRequest) -> str | None:
+def validate_register(req: RegisterRequest, *, key_required: bool = False) -> str | None:
     """The hostname to store (None when not given); raises on a malformed request."""
+    if key_required and (req.public_key is None
+                         or NKey.kind_of(req.public_key) is not KeyKind.USER):
+        raise ValidationError("public_key must be the agent's own nkey user public key")
     if len(req.hostname) > MAX_HOSTNAME_CHARS:
         raise ValidationError(f"hostname is longer than {MAX_HOSTNAME_CHARS} characters")
     if "\0" in req.hostname:
@@ -207,7 +226,7 @@ def validate_register(req: RegisterRequest) -> str | None:
 
 async def register(deps: Deps, req: RegisterRequest) -> RegisterReply:
     """Spend the worker's bootstrap token and make the worker READY, in one transaction."""
-    hostname = validate_register(req)
+    hostname = validate_register(req, key_required=deps.issuer is not None)
     token_hash = tokens.digest(req.token)
     async with deps.pool.acquire() as conn, conn.transaction():
         if not await store.spend_token(conn, token_hash, req.worker_id):
@@ -224,6 +243,7 @@ async def register(deps: Deps, req: RegisterRequest) -> RegisterReply:
     settings = _agent_settings(worker.provider, row["settings"] or {})
     idle_ttl_s = settings.idle_ttl_s
     return RegisterReply(
+        user_jwt=_agent_jwt(deps, req, worker),
         worker_id=req.worker_id,
         mode=WorkerMode(row["mode"]),
         heartbeat_interval_s=deps.heartbeat_interval_s,
@@ -232,6 +252,15 @@ async def register(deps: Deps, req: RegisterRequest) -> RegisterReply:
         # backstop for a platform that is gone, late enough never to race the scheduler.
         idle_ttl_s=None if idle_ttl_s is None else AGENT_IDLE_FACTOR * idle_ttl_s + 30.0,
     )
+
+
+def _agent_jwt(deps: Deps, req: RegisterRequest, worker: store.WorkerRow) -> str | None:
+    """The agent's NATS user, bound to the key it made (its seed never leaves it): its own
+    worker's subjects, and job logs (a worker may run another job than the one it was made
+    for: an ephemeral worker whose job was cancelled takes the next)."""
+    if deps.issuer is None or req.public_key is None:
+        return None
+    return deps.issuer.bind(req.public_key, permissions.agent(worker.id))
 
 
 async def _why_refused(conn: Conn, token_hash: bytes, worker_id: UUID) -> str:

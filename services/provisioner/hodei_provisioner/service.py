@@ -24,7 +24,9 @@ from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import RegisterReply, RegisterRequest
 from hodei_common.contracts.workers import ProvisionRequested, WorkerFailed, WorkerTerminating
 from hodei_common.endpoints import Endpoint, EndpointServer
-from hodei_common.errors import HodeiError
+from hodei_common.errors import ConfigError, HodeiError
+from hodei_common.natsauth.keys import NKeyError
+from hodei_common.natsauth.server import Issuer
 from hodei_common.recovery import Backoff, Recovery
 from hodei_common.runner import HodeiService, Loop
 from hodei_common.waiting import wait_any
@@ -107,12 +109,27 @@ class ProvisionerService(HodeiService):
             agent_nats_url=self.settings.agent_nats_url(),
             recovery=Recovery(self.pool, self.nc, actor=handlers.ACTOR,
                               backoff=Backoff.from_settings(self.settings)),
+            issuer=self._issuer(),
         )
         for provider in self.providers.values():
             provider.on_news(self._news.put_nowait)
         register = Endpoint("worker_register", subjects.WORKER_REGISTER, RegisterRequest,
                             self._register, max_bytes=MAX_REGISTER_BYTES)
         await self.endpoints.add(self.micro, [register], subjects.PROVISIONER_QUEUE_GROUP)
+
+    def _issuer(self) -> Issuer | None:
+        """What mints agents' NATS users, from the signing key configured (None: none)."""
+        seed_file = self.settings.nats_signing_key
+        if seed_file is None:
+            return None
+        own = self.settings.resolved_creds(subjects.service_name(self.name))
+        if own is None:
+            raise ConfigError("HODEI_NATS_SIGNING_KEY is set, but the provisioner has no NATS "
+                              "credentials of its own to name the account (HODEI_CREDS)")
+        try:
+            return Issuer.load(seed_file.expanduser(), own)
+        except (OSError, KeyError, NKeyError) as e:
+            raise ConfigError(f"HODEI_NATS_SIGNING_KEY: cannot use {seed_file}: {e}") from e
 
     def loops(self) -> list[Loop]:
         return [self._provision_loop, self._release_loop, self._reconcile_loop,

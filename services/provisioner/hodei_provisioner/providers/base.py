@@ -29,6 +29,11 @@ class ProviderError(HodeiError):
     """A provider could not do what it was asked; the message is one line, with no secret."""
 
 
+# A WorkerSpec's secrets by their short name (a Kubernetes Secret's keys), as the agent's
+# environment names them.
+SECRET_ENV = {"token": "HODEI_BOOTSTRAP_TOKEN", "creds": "HODEI_BOOTSTRAP_CREDS"}
+
+
 class CannotStart(ProviderError):
     """The worker can never start, nor could another like it (its image does not exist):
     the job it was made for fails at once instead of waiting for worker after worker."""
@@ -54,6 +59,23 @@ class WorkerSpec:
     job_timeout_s: float | None = None
     cpus: float | None = None  # limits (the job's, else the provider's); None: unlimited
     memory_bytes: int | None = None
+    # The NATS credentials (creds file text) the agent registers with, when NATS asks for
+    # credentials: they allow that request alone, and expire with the token.
+    bootstrap_creds: str | None = field(default=None, repr=False)
+
+    def secrets(self) -> dict[str, str]:
+        """The agent's secret environment: its one-time token and bootstrap credentials."""
+        found = {SECRET_ENV["token"]: self.token}
+        if self.bootstrap_creds is not None:
+            found[SECRET_ENV["creds"]] = self.bootstrap_creds
+        return found
+
+    def redact(self, text: str) -> str:
+        """``text`` (a provider's error) with the agent's secrets, should it quote them,
+        replaced."""
+        for value in filter(None, (self.token, self.bootstrap_creds)):
+            text = text.replace(value, "<secret>")
+        return text
 
 
 class Verdict(enum.Enum):

@@ -146,7 +146,7 @@ class DockerProvider(Provider):
             **self._env,
             "HODEI_NATS_URL": spec.nats_url,
             "HODEI_WORKER_ID": str(spec.worker_id),
-            "HODEI_BOOTSTRAP_TOKEN": spec.token,
+            **spec.secrets(),
         }
         container = api.create_container(
             spec.image, name=f"{CONTAINER_PREFIX}{spec.worker_id}", labels=labels,

@@ -35,6 +35,7 @@ from hodei_provisioner.providers.base import (
     LABEL_PROVIDER_ID,
     LABEL_WORKER,
     OOM_KILLED,
+    SECRET_ENV,
     News,
     Resource,
     Verdict,
@@ -43,7 +44,6 @@ from hodei_provisioner.providers.base import (
 
 POD_PREFIX = "hodei-worker-"
 CONTAINER = "agent"
-TOKEN_KEY = "token"
 # The worker image's user (see the Dockerfile): pods run as it, never as root.
 RUN_AS = 10001
 # An ephemeral pod's deadline past its job's timeout: time to start, report and leave.
@@ -81,11 +81,15 @@ def labels(spec: WorkerSpec, settings: KubernetesSettings) -> dict[str, str]:
 
 
 def secret_manifest(spec: WorkerSpec, settings: KubernetesSettings) -> dict[str, Any]:
-    """The Secret holding the worker's one-time token (its pod reads it as an env var)."""
+    """The Secret holding the worker's one-time token and bootstrap credentials (its pod
+    reads them as env vars)."""
+    values = {key: value for key, value in (("token", spec.token),
+                                             ("creds", spec.bootstrap_creds)) if value}
     return {
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
         "metadata": {"name": pod_name(spec.worker_id), "labels": labels(spec, settings)},
-        "data": {TOKEN_KEY: base64.b64encode(spec.token.encode()).decode()},
+        "data": {key: base64.b64encode(value.encode()).decode()
+                 for key, value in values.items()},
     }
 
 
@@ -106,9 +110,10 @@ def pod_manifest(spec: WorkerSpec, settings: KubernetesSettings, *, nats_url: st
         {"name": "HODEI_WORKER_ID", "value": str(spec.worker_id)},
         # A pod's SIGTERM is the node taking it away: its job runs again elsewhere.
         {"name": "HODEI_AGENT_ON_SIGTERM", "value": "abandon"},
-        {"name": "HODEI_BOOTSTRAP_TOKEN",
-         "valueFrom": {"secretKeyRef": {"name": name, "key": TOKEN_KEY}}},
     ]
+    variables += [{"name": SECRET_ENV[key], "valueFrom": {"secretKeyRef": {"name": name,
+                                                                          "key": key}}}
+                  for key in ("token", "creds") if key == "token" or spec.bootstrap_creds]
     container: dict[str, Any] = {
         "name": CONTAINER, "image": spec.image, "env": variables,
         "resources": _resources(spec),

@@ -91,7 +91,7 @@ class LocalProvider(Provider):
             **self._env,
             "HODEI_NATS_URL": spec.nats_url,
             "HODEI_WORKER_ID": str(spec.worker_id),
-            "HODEI_BOOTSTRAP_TOKEN": spec.token,
+            **spec.secrets(),
         }
         try:
             pid = _spawn(self._command, env, self.log_path(spec.worker_id))
