@@ -58,7 +58,6 @@ Reply = Awaitable[msgspec.Struct]
 
 
 def _decode(request_type: type[R], data: bytes) -> R:
-    """The request struct; an empty body means every field's default."""
     return msgspec.json.decode(data or b"{}", type=request_type)
 
 
@@ -85,7 +84,8 @@ class Endpoint(Generic[R]):
 class NamespacedEndpoint(Generic[R]):
     """An endpoint of every namespace (``hodei.api.*.jobs.get``): its handler is given the
     namespace of the subject a request came on, first. That subject is all the caller's
-    identity the handler needs: NATS lets a user publish to its own namespace's only."""
+    identity the handler needs, once NATS credentials let a user publish to its own
+    namespace's subjects only."""
 
     name: str
     subject: str
