@@ -29,7 +29,8 @@ from hodei_cli.run import run_job, show_logs
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, Job, JobState
 
-app = typer.Typer(help="Submit jobs and look at them.", no_args_is_help=True)
+app = typer.Typer(help="Submit jobs and look at them, in the namespace HODEI_NAMESPACE names "
+                  "(default: default).", no_args_is_help=True)
 
 IdArg = Annotated[str | None, typer.Argument(help="job id", show_default=False)]
 IdOpt = Annotated[str | None, typer.Option("--id", help="job id", show_default=False)]
@@ -175,7 +176,8 @@ def env_line(job: Job) -> str | None:
 
 def show_job(job: Job) -> None:
     output.details([
-        ("id", job.id), ("name", job.name), ("state", job.state), ("command", job.command),
+        ("id", job.id), ("namespace", job.namespace), ("name", job.name), ("state", job.state),
+        ("command", job.command),
         ("args", job.args), ("env", env_line(job)), ("provider", job.provider),
         ("timeout", f"{job.timeout_s:g}s"), ("cpus", job.cpus),
         ("memory", job.memory_bytes), ("attempt", f"{job.attempt}/{job.max_attempts}"),
@@ -210,7 +212,7 @@ def list_(
     limit: Annotated[int, typer.Option(min=1, max=1000, help="at most this many")] = 50,
     out: Output = OutputOption,
 ) -> None:
-    """List jobs, newest first."""
+    """List the namespace's jobs (HODEI_NAMESPACE), newest first."""
     wanted = parse_state(JobState, state)
 
     jobs = call_api(lambda api: api.list_jobs(state=wanted, limit=limit))
@@ -218,8 +220,9 @@ def list_(
         output.emit_json(jobs)
         return
     output.table(
-        ["ID", "NAME", "STATE", "PROVIDER", "ATTEMPT", "EXIT", "CREATED"],
-        [[j.id, j.name, j.state, j.provider, j.attempt, j.exit_code, j.created_at] for j in jobs],
+        ["ID", "NAMESPACE", "NAME", "STATE", "PROVIDER", "ATTEMPT", "EXIT", "CREATED"],
+        [[j.id, j.namespace, j.name, j.state, j.provider, j.attempt, j.exit_code, j.created_at]
+         for j in jobs],
     )
 
 

@@ -127,7 +127,9 @@ async def show_logs(
     job waits until it runs or prints."""
     printer = printer or LogPrinter()
     async with api_client() as api:
-        job = await api.get(job_id)  # a clear "not found" for an unknown job
+        # A clear "not found" for an unknown job, and for another namespace's: the log's own
+        # subjects are not namespaced, so only NATS permissions can keep its reads apart.
+        job = await api.get(job_id)
         reader = LogReader(api.nc.jetstream(), job_id)
         # A finished job's log is complete: its end marker is there or a moment away.
         idle = GONE_AFTER_S if job.state.terminal else None

@@ -33,6 +33,7 @@ from hodei_common.contracts.api import (
 )
 from hodei_common.contracts.events import DomainEvent
 from hodei_common.contracts.jobs import Job, JobState
+from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE, check_namespace
 from hodei_common.contracts.workers import ProviderConfig, Worker, WorkerState
 from hodei_common.errors import ApiError, UnavailableError
 
@@ -54,11 +55,18 @@ def error_from_reply(headers: dict[str, str], data: bytes) -> ApiError:
 
 
 class ApiClient:
-    """Typed calls to the Hodei API over NATS request/reply."""
+    """Typed calls to the Hodei API over NATS request/reply; its job calls act in
+    ``namespace`` (the subjects they are sent on name it)."""
 
-    def __init__(self, nc: NATS, timeout_s: float = 5.0) -> None:
+    def __init__(self, nc: NATS, timeout_s: float = 5.0, *,
+                 namespace: str = DEFAULT_NAMESPACE) -> None:
         self.nc = nc
         self.timeout_s = timeout_s
+        self.namespace = check_namespace(namespace)
+
+    def jobs_subject(self, endpoint: str) -> str:
+        """The subject of a job endpoint in this client's namespace."""
+        return subjects.api_ns(self.namespace, endpoint)
 
     async def request(self, subject: str, data: bytes) -> bytes:
         """Send raw bytes; return the reply's bytes or raise ApiError/UnavailableError."""
@@ -88,32 +96,33 @@ class ApiClient:
 
     async def submit(self, job: SubmitJob) -> SubmitJobReply:
         """Queue a job (or find the one an idempotency key already queued)."""
-        return await self._call(subjects.API_JOBS_SUBMIT, job, SubmitJobReply)
+        return await self._call(self.jobs_subject(subjects.JOBS_SUBMIT), job, SubmitJobReply)
 
     async def get(self, job_id: UUID | str, *, show_env: bool = False) -> Job:
         """One job by id; its env values only with ``show_env`` (else just ``env_keys``)."""
         request = {"id": str(job_id), "show_env": show_env}
-        reply = await self._call(subjects.API_JOBS_GET, request, JobReply)
+        reply = await self._call(self.jobs_subject(subjects.JOBS_GET), request, JobReply)
         return reply.job
 
-    async def list_jobs(
-        self, state: JobState | None = None, limit: int = 50, namespace: str | None = None
-    ) -> list[Job]:
-        """Jobs newest first, optionally of one state."""
-        query = ListJobs(state=state, limit=limit, namespace=namespace)
-        return (await self._call(subjects.API_JOBS_LIST, query, JobList)).jobs
+    async def list_jobs(self, state: JobState | None = None, limit: int = 50) -> list[Job]:
+        """The namespace's jobs newest first, optionally of one state."""
+        query = ListJobs(state=state, limit=limit)
+        return (await self._call(self.jobs_subject(subjects.JOBS_LIST), query, JobList)).jobs
 
     async def cancel(self, job_id: UUID | str) -> CancelJobReply:
         """Cancel a queued job, or ask a running one to stop."""
-        return await self._call(subjects.API_JOBS_CANCEL, {"id": str(job_id)}, CancelJobReply)
+        subject = self.jobs_subject(subjects.JOBS_CANCEL)
+        return await self._call(subject, {"id": str(job_id)}, CancelJobReply)
 
     async def explain(self, job_id: UUID | str) -> JobExplanation:
         """Where a job is, what it waits for, and what last went wrong."""
-        return await self._call(subjects.API_JOBS_EXPLAIN, {"id": str(job_id)}, JobExplanation)
+        subject = self.jobs_subject(subjects.JOBS_EXPLAIN)
+        return await self._call(subject, {"id": str(job_id)}, JobExplanation)
 
     async def events(self, job_id: UUID | str) -> list[DomainEvent]:
         """A job's audit events, oldest first."""
-        reply = await self._call(subjects.API_JOBS_EVENTS, {"id": str(job_id)}, JobEvents)
+        subject = self.jobs_subject(subjects.JOBS_EVENTS)
+        reply = await self._call(subject, {"id": str(job_id)}, JobEvents)
         return reply.events
 
     async def list_workers(
@@ -121,12 +130,13 @@ class ApiClient:
     ) -> list[Worker]:
         """Workers newest first, optionally of one state."""
         query = ListWorkers(state=state, limit=limit)
-        return (await self._call(subjects.API_WORKERS_LIST, query, WorkerList)).workers
+        return (await self._call(subjects.ADMIN_WORKERS_LIST, query, WorkerList)).workers
 
     async def update_provider(self, request: UpdateProvider) -> ProviderConfig:
         """Change a provider's configuration; the fields left None stay as they are."""
-        return (await self._call(subjects.API_PROVIDERS_UPDATE, request, ProviderReply)).provider
+        reply = await self._call(subjects.ADMIN_PROVIDERS_UPDATE, request, ProviderReply)
+        return reply.provider
 
     async def list_providers(self) -> list[ProviderConfig]:
         """Every provider configuration, by name."""
-        return (await self._call(subjects.API_PROVIDERS_LIST, {}, ProviderList)).providers
+        return (await self._call(subjects.ADMIN_PROVIDERS_LIST, {}, ProviderList)).providers

@@ -9,6 +9,7 @@ what needs an operator's look is logged, without echoing row data (which may hol
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import traceback
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from nats.micro.service import Service as MicroService
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from hodei_common import tracing
+from hodei_common.contracts import subjects
 from hodei_common.contracts.api import ERROR_STATUS, MAX_REQUEST_BYTES, ErrorCode, ErrorReply
 from hodei_common.errors import (
     NotFoundError,
@@ -52,6 +54,13 @@ _CODES: tuple[tuple[type[Exception], ErrorCode], ...] = (
 )
 
 
+Reply = Awaitable[msgspec.Struct]
+
+
+def _decode(request_type: type[R], data: bytes) -> R:
+    return msgspec.json.decode(data or b"{}", type=request_type)
+
+
 @dataclass(frozen=True)
 class Endpoint(Generic[R]):
     """One micro endpoint: its subject, request struct and handler."""
@@ -59,12 +68,42 @@ class Endpoint(Generic[R]):
     name: str
     subject: str
     request_type: type[R]
-    handler: Callable[[R], Awaitable[msgspec.Struct]]
+    handler: Callable[[R], Reply]
     max_bytes: int = MAX_REQUEST_BYTES
 
     def decode(self, data: bytes) -> R:
         """The request struct; an empty body means every field's default."""
-        return msgspec.json.decode(data or b"{}", type=self.request_type)
+        return _decode(self.request_type, data)
+
+    def bind(self, subject: str) -> Callable[[R], Reply]:
+        """The handler of a request received on ``subject``."""
+        return self.handler
+
+
+@dataclass(frozen=True)
+class NamespacedEndpoint(Generic[R]):
+    """An endpoint of every namespace (``hodei.api.*.jobs.get``): its handler is given the
+    namespace of the subject a request came on, first. That subject is all the caller's
+    identity the handler needs, once NATS credentials let a user publish to its own
+    namespace's subjects only."""
+
+    name: str
+    subject: str
+    request_type: type[R]
+    handler: Callable[[str, R], Reply]
+    max_bytes: int = MAX_REQUEST_BYTES
+
+    def decode(self, data: bytes) -> R:
+        """The request struct; an empty body means every field's default."""
+        return _decode(self.request_type, data)
+
+    def bind(self, subject: str) -> Callable[[R], Reply]:
+        """The handler of a request received on ``subject``, in the subject's namespace; a
+        malformed namespace token is a :class:`ValidationError`."""
+        return functools.partial(self.handler, subjects.namespace_of(subject))
+
+
+AnyEndpoint = Endpoint[Any] | NamespacedEndpoint[Any]
 
 
 def one_line(message: str) -> str:
@@ -101,7 +140,7 @@ class EndpointServer:
         """How many requests this replica is working on right now."""
         return len(self._in_flight)
 
-    async def add(self, micro: MicroService, endpoints: list[Endpoint[Any]], queue: str) -> None:
+    async def add(self, micro: MicroService, endpoints: list[AnyEndpoint], queue: str) -> None:
         """Add each endpoint to ``micro`` in the queue group shared by the replicas."""
         for endpoint in endpoints:
             await micro.add_endpoint(name=endpoint.name, subject=endpoint.subject,
@@ -137,7 +176,7 @@ class EndpointServer:
         _log_failure(subject, error)
         return ErrorCode.INTERNAL, internal_message(self._service)
 
-    def _dispatcher(self, endpoint: Endpoint[Any]) -> Callable[[Request], Awaitable[None]]:
+    def _dispatcher(self, endpoint: AnyEndpoint) -> Callable[[Request], Awaitable[None]]:
         # The subscription delivers one message at a time: hand each to its own task.
         async def dispatch(req: Request) -> None:
             await self._slots.acquire()
@@ -152,13 +191,13 @@ class EndpointServer:
         self._in_flight.discard(task)
         self._slots.release()
 
-    async def _handle(self, endpoint: Endpoint[Any], req: Request) -> None:
+    async def _handle(self, endpoint: AnyEndpoint, req: Request) -> None:
         with tracing.continued_span(
             f"{self._service} {endpoint.subject}", req.headers, kind=SpanKind.SERVER,
             attributes={"messaging.destination.name": endpoint.subject},
         ) as span:
             try:
-                body = await self._reply_body(endpoint, req.data)
+                body = await self._reply_body(endpoint, req)
             except Exception as e:
                 code, message = self.classify(e, endpoint.subject)
                 span.set_status(Status(StatusCode.ERROR, code.value))
@@ -170,14 +209,16 @@ class EndpointServer:
             else:
                 await self._send(req.respond(body))
 
-    async def _reply_body(self, endpoint: Endpoint[Any], data: bytes) -> bytes:
+    async def _reply_body(self, endpoint: AnyEndpoint, req: Request) -> bytes:
+        data = req.data
         if len(data) > endpoint.max_bytes:
             raise ValidationError(
                 f"request is {len(data)} bytes; at most {endpoint.max_bytes // 1024} KiB"
             )
+        handler = endpoint.bind(req.subject)
         request = endpoint.decode(data)
         async with asyncio.timeout(self._deadline_s):
-            reply = await endpoint.handler(request)
+            reply = await handler(request)
         return msgspec.json.encode(reply)
 
     async def _send(self, reply: Awaitable[None]) -> None:

@@ -6,7 +6,9 @@ from typing import Any
 
 import asyncpg
 
+from hodei_common.contracts import subjects
 from hodei_common.contracts.api import SubmitJob
+from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE
 
 TABLES = ("jobs", "outbox_events", "domain_events")
 
@@ -19,3 +21,8 @@ async def row_counts(pool: asyncpg.Pool) -> dict[str, int]:
 def job(command: str = "echo hello", **fields: Any) -> SubmitJob:
     """A valid submit request, with ``fields`` overridden."""
     return SubmitJob(command=command, **fields)
+
+
+def jobs_subject(endpoint: str, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """The subject of a job endpoint (``subjects.JOBS_GET``) in ``namespace``."""
+    return subjects.api_ns(namespace, endpoint)

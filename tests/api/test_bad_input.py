@@ -11,7 +11,7 @@ from hodei_common.contracts import subjects
 from hodei_common.contracts.api import MAX_REQUEST_BYTES, ErrorCode
 from hodei_common.contracts.jobs import MAX_COMMAND_BYTES, MAX_ENV_ENTRIES
 from hodei_common.errors import ApiError
-from tests.api.helpers import row_counts
+from tests.api.helpers import jobs_subject, row_counts
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
 
@@ -80,7 +80,7 @@ async def test_bad_submit_is_invalid_argument_and_writes_nothing(
 ) -> None:
     before = await row_counts(pool)
 
-    error = await expect_error(client, subjects.API_JOBS_SUBMIT, data)
+    error = await expect_error(client, jobs_subject(subjects.JOBS_SUBMIT), data)
 
     assert error.code == INVALID
     assert message in error.message
@@ -92,7 +92,7 @@ async def test_submit_to_disabled_provider_is_failed_precondition(
 ) -> None:
     before = await row_counts(pool)
 
-    error = await expect_error(client, subjects.API_JOBS_SUBMIT, body(provider="docker"))
+    error = await expect_error(client, jobs_subject(subjects.JOBS_SUBMIT), body(provider="docker"))
 
     assert (error.code, error.message) == (ErrorCode.FAILED_PRECONDITION,
                                            "provider 'docker' is disabled")
@@ -104,13 +104,13 @@ async def test_submit_to_enabled_docker_provider_is_accepted(
 ) -> None:
     await pool.execute("UPDATE provider_configs SET enabled = true WHERE name = 'docker'")
 
-    data = await client.request(subjects.API_JOBS_SUBMIT, body(provider="docker"))
+    data = await client.request(jobs_subject(subjects.JOBS_SUBMIT), body(provider="docker"))
 
     assert msgspec.json.decode(data)["job"]["provider"] == "docker"
 
 
-@pytest.mark.parametrize("subject", [subjects.API_JOBS_GET, subjects.API_JOBS_CANCEL,
-                                     subjects.API_JOBS_EVENTS])
+@pytest.mark.parametrize("subject", [jobs_subject(endpoint) for endpoint in (
+    subjects.JOBS_GET, subjects.JOBS_CANCEL, subjects.JOBS_EVENTS)])
 @pytest.mark.parametrize(("data", "message"), [
     (b'{"id": "not-a-uuid"}', "Invalid UUID - at `$.id`"),
     (b'{"id": 7}', "Expected `uuid`, got `int` - at `$.id`"),
@@ -128,9 +128,11 @@ async def test_bad_job_id_is_invalid_argument(
 
 
 @pytest.mark.parametrize(("subject", "data", "message"), [
-    (subjects.API_JOBS_LIST, b'{"state": "DONE"}', "Invalid enum value 'DONE' - at `$.state`"),
-    (subjects.API_JOBS_LIST, b'{"limit": 0}', "Expected `int` >= 1 - at `$.limit`"),
-    (subjects.API_WORKERS_LIST, b'{"state": 1}', "Expected `str | null`, got `int` - at `$.state`"),
+    (jobs_subject(subjects.JOBS_LIST), b'{"state": "DONE"}',
+     "Invalid enum value 'DONE' - at `$.state`"),
+    (jobs_subject(subjects.JOBS_LIST), b'{"limit": 0}', "Expected `int` >= 1 - at `$.limit`"),
+    (subjects.ADMIN_WORKERS_LIST, b'{"state": 1}',
+     "Expected `str | null`, got `int` - at `$.state`"),
 ])
 async def test_bad_list_query_is_invalid_argument(
     client: ApiClient, subject: str, data: bytes, message: str

@@ -9,7 +9,7 @@ from asyncpg import Pool
 from hodei_common.client import ApiClient
 from hodei_common.contracts import subjects
 from hodei_common.contracts.api import GetJob, JobRef, JobReply, ListJobs
-from tests.api.helpers import job
+from tests.api.helpers import job, jobs_subject
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
 
@@ -25,8 +25,9 @@ async def test_no_reply_carries_an_env_value_and_every_job_names_its_keys(
     client: ApiClient, pool: Pool
 ) -> None:
     submit = job(env=ENV, idempotency_key="deploy-1")
-    queued = await raw(client, subjects.API_JOBS_SUBMIT, submit)
-    again = await raw(client, subjects.API_JOBS_SUBMIT, submit)  # the existing job, re-read
+    queued = await raw(client, jobs_subject(subjects.JOBS_SUBMIT), submit)
+    # The existing job, re-read:
+    again = await raw(client, jobs_subject(subjects.JOBS_SUBMIT), submit)
     running = (await client.submit(job("sleep 9", env=ENV))).job
     await pool.execute("UPDATE jobs SET state = 'RUNNING' WHERE id = $1", running.id)
     queued_id = msgspec.json.decode(queued, type=dict)["job"]["id"]
@@ -34,12 +35,13 @@ async def test_no_reply_carries_an_env_value_and_every_job_names_its_keys(
     replies = {
         "submit": queued,
         "submit again": again,
-        "get": await raw(client, subjects.API_JOBS_GET, GetJob(id=running.id)),
-        "list": await raw(client, subjects.API_JOBS_LIST, ListJobs()),
-        "explain": await raw(client, subjects.API_JOBS_EXPLAIN, JobRef(id=running.id)),
-        "events": await raw(client, subjects.API_JOBS_EVENTS, JobRef(id=running.id)),
-        "cancel running": await raw(client, subjects.API_JOBS_CANCEL, JobRef(id=running.id)),
-        "cancel queued": await raw(client, subjects.API_JOBS_CANCEL,
+        "get": await raw(client, jobs_subject(subjects.JOBS_GET), GetJob(id=running.id)),
+        "list": await raw(client, jobs_subject(subjects.JOBS_LIST), ListJobs()),
+        "explain": await raw(client, jobs_subject(subjects.JOBS_EXPLAIN), JobRef(id=running.id)),
+        "events": await raw(client, jobs_subject(subjects.JOBS_EVENTS), JobRef(id=running.id)),
+        "cancel running": await raw(client, jobs_subject(subjects.JOBS_CANCEL),
+                                    JobRef(id=running.id)),
+        "cancel queued": await raw(client, jobs_subject(subjects.JOBS_CANCEL),
                                    JobRef(id=queued_id)),
     }
 
@@ -62,7 +64,7 @@ async def test_get_request_without_show_env_withholds_the_values(client: ApiClie
     submitted = (await client.submit(job(env=ENV))).job
 
     # The body an older client sends: a bare job reference.
-    reply = await raw(client, subjects.API_JOBS_GET, JobRef(id=submitted.id))
+    reply = await raw(client, jobs_subject(subjects.JOBS_GET), JobRef(id=submitted.id))
 
     got = msgspec.json.decode(reply, type=JobReply).job
     assert (got.env, got.env_keys) == ({}, ["API_TOKEN", "MODE"])

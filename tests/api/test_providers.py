@@ -110,6 +110,6 @@ async def test_bad_updates_are_refused_and_change_nothing(
 
 async def test_negative_pool_sizes_are_refused_with_the_field_named(client: ApiClient) -> None:
     with pytest.raises(ApiError) as caught:
-        await client.request(subjects.API_PROVIDERS_UPDATE, b'{"name": "local", "min_idle": -1}')
+        await client.request(subjects.ADMIN_PROVIDERS_UPDATE, b'{"name": "local", "min_idle": -1}')
     assert caught.value.code == "invalid_argument"
     assert "min_idle" in caught.value.message

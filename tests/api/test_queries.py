@@ -55,13 +55,6 @@ async def test_list_is_newest_first_filtered_by_state_and_limited(
     assert [j.id for j in newest_two] == [ids[3], ids[2]]
 
 
-async def test_list_filters_by_namespace(client: ApiClient) -> None:
-    mine = (await client.submit(job(namespace="team-a"))).job
-    await client.submit(job(namespace="team-b"))
-
-    assert [j.id for j in await client.list_jobs(namespace="team-a")] == [mine.id]
-
-
 async def test_events_come_back_in_order(client: ApiClient, pool: Pool) -> None:
     submitted = (await client.submit(job())).job
     await pool.execute("UPDATE jobs SET state = 'RUNNING' WHERE id = $1", submitted.id)

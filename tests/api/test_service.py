@@ -21,15 +21,15 @@ from hodei_common.contracts import subjects
 from hodei_common.contracts.api import ErrorCode, SubmitJobReply
 from hodei_common.errors import ApiError, UnavailableError
 from hodei_common.testing import assert_eventually
-from tests.api.helpers import job, row_counts
+from tests.api.helpers import job, jobs_subject, row_counts
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
 
 ENDPOINT_SUBJECTS = {
-    subjects.API_JOBS_SUBMIT, subjects.API_JOBS_GET, subjects.API_JOBS_LIST,
-    subjects.API_JOBS_CANCEL, subjects.API_JOBS_EVENTS, subjects.API_JOBS_EXPLAIN,
-    subjects.API_WORKERS_LIST,
-    subjects.API_PROVIDERS_LIST, subjects.API_PROVIDERS_UPDATE,
+    *(subjects.api_any(endpoint) for endpoint in (
+        subjects.JOBS_SUBMIT, subjects.JOBS_GET, subjects.JOBS_LIST, subjects.JOBS_CANCEL,
+        subjects.JOBS_EVENTS, subjects.JOBS_EXPLAIN)),
+    subjects.ADMIN_WORKERS_LIST, subjects.ADMIN_PROVIDERS_LIST, subjects.ADMIN_PROVIDERS_UPDATE,
 }
 
 
@@ -85,7 +85,7 @@ async def test_replicas_share_requests_and_each_is_handled_once(
     assert len({r.job.id for r in replies}) == 20
     assert await pool.fetchval("SELECT count(*) FROM jobs") == 20
     handled = [e["num_requests"] for s in stats for e in s["endpoints"]
-               if e["subject"] == subjects.API_JOBS_SUBMIT]
+               if e["subject"] == subjects.api_any(subjects.JOBS_SUBMIT)]
     assert len(handled) == 2
     assert sum(handled) == 20
 
@@ -124,11 +124,11 @@ async def test_database_outage_is_unavailable(api: ApiService, client: ApiClient
 
 
 @pytest.mark.parametrize(("subject", "data"), [
-    (subjects.API_JOBS_SUBMIT, b"\x00\x01garbage"),
-    (subjects.API_JOBS_SUBMIT, b'{"command": "x", "env": {"K": 1}}'),
-    (subjects.API_JOBS_GET, b'{"id": "00000000-0000-0000-0000-000000000000"}'),
-    (subjects.API_JOBS_CANCEL, b"null"),
-    (subjects.API_JOBS_LIST, b'{"limit": "many"}'),
+    (jobs_subject(subjects.JOBS_SUBMIT), b"\x00\x01garbage"),
+    (jobs_subject(subjects.JOBS_SUBMIT), b'{"command": "x", "env": {"K": 1}}'),
+    (jobs_subject(subjects.JOBS_GET), b'{"id": "00000000-0000-0000-0000-000000000000"}'),
+    (jobs_subject(subjects.JOBS_CANCEL), b"null"),
+    (jobs_subject(subjects.JOBS_LIST), b'{"limit": "many"}'),
 ])
 async def test_error_replies_never_carry_a_traceback(
     api: ApiService, nc: NATS, subject: str, data: bytes
@@ -163,14 +163,14 @@ async def test_stop_lets_a_request_in_flight_finish(
 
 
 async def test_empty_body_means_defaults(api: ApiService, nc: NATS) -> None:
-    reply = await nc.request(subjects.API_JOBS_LIST, b"", timeout=5)
+    reply = await nc.request(jobs_subject(subjects.JOBS_LIST), b"", timeout=5)
 
     assert json.loads(reply.data) == {"jobs": []}
     assert reply.headers is None or "Nats-Service-Error-Code" not in reply.headers
 
 
 async def test_submit_reply_decodes_as_the_contract(api: ApiService, nc: NATS) -> None:
-    reply = await nc.request(subjects.API_JOBS_SUBMIT, b'{"command": "true"}', timeout=5)
+    reply = await nc.request(jobs_subject(subjects.JOBS_SUBMIT), b'{"command": "true"}', timeout=5)
 
     decoded = msgspec.json.decode(reply.data, type=SubmitJobReply)
     assert decoded.created is True

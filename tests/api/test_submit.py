@@ -108,16 +108,6 @@ async def test_a_job_id_already_taken_by_another_job_is_refused_and_changes_noth
     assert await row_counts(pool) == before
 
 
-async def test_same_idempotency_key_in_another_namespace_is_another_job(
-    client: ApiClient,
-) -> None:
-    first = await client.submit(job(idempotency_key="k", namespace="team-a"))
-    other = await client.submit(job(idempotency_key="k", namespace="team-b"))
-
-    assert other.created is True
-    assert other.job.id != first.job.id
-
-
 async def test_a_new_job_wakes_the_schedulers_and_a_repeated_submit_does_not(
     client: ApiClient, nc: NATS
 ) -> None:

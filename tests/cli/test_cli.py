@@ -158,8 +158,9 @@ async def test_list_filters_by_state_newest_first(
     assert [j["id"] for j in queued] == [ids[2], ids[0]]
     table = await run_cli(cli_env, "job", "list")
     header, *rows = table.stdout.strip().splitlines()
-    assert header.split()[:3] == ["ID", "NAME", "STATE"]
+    assert header.split()[:4] == ["ID", "NAMESPACE", "NAME", "STATE"]
     assert len(rows) == 3
+    assert {row.split()[1] for row in rows} == {"default"}
 
 
 async def test_cancel_and_events_tell_the_jobs_story_in_order(

@@ -19,6 +19,7 @@ from nats.aio.client import Client as NATS
 
 from hodei_cli.statusline import ERASE, POLL_INTERVAL_S
 from hodei_common.contracts import subjects
+from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE
 from hodei_common.contracts.workers import WorkerMode
 from hodei_common.lifecycle import workers
 from hodei_common.runner import HodeiService
@@ -60,7 +61,7 @@ async def explain_requests(nc: NATS) -> list[object]:
     async def heard(msg: object) -> None:
         seen.append(msg)
 
-    await nc.subscribe(subjects.API_JOBS_EXPLAIN, cb=heard)
+    await nc.subscribe(subjects.api_ns(DEFAULT_NAMESPACE, subjects.JOBS_EXPLAIN), cb=heard)
     await nc.flush()
     return seen
 

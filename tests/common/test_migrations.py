@@ -58,6 +58,9 @@ async def test_migrate_creates_every_table_with_uuid_keys_and_timestamps(
         assert nullable == "YES"
         assert (columns["workers"]["resource_status"],
                 columns["workers"]["resource_status_at"]) == ("text", "timestamp with time zone")
+        listing = await conn.fetchval(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'jobs_namespace_state_created_idx'")
+        assert "(namespace, state, created_at DESC)" in listing
         providers = await conn.fetch("SELECT name, enabled FROM provider_configs ORDER BY name")
         assert [(p["name"], p["enabled"]) for p in providers] == [
             ("docker", False), ("kubernetes", False), ("local", True)

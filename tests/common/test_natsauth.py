@@ -24,6 +24,7 @@ from hodei_common.consumer import ConsumerSpec
 from hodei_common.contracts import subjects
 from hodei_common.contracts.jobs import JobState
 from hodei_common.contracts.logs import LogEnd
+from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE
 from hodei_common.embedded import NatsServer
 from hodei_common.natsauth import KeyKind, NKey, Trust, UserCredentials, jwt, permissions
 from hodei_common.natsauth.permissions import Role
@@ -240,11 +241,16 @@ async def test_api_answers_the_cli_and_its_pings(
         async def echo(req: Request) -> None:
             await req.respond(req.data)
 
-        await micro.add_endpoint(name="jobs_get", subject=subjects.API_JOBS_GET, handler=echo,
-                                 queue_group=subjects.API_QUEUE_GROUP)
-        await api.nc.flush()  # the server has the subscription before the request comes
-        reply = await cli.nc.request(subjects.API_JOBS_GET, b"hello", timeout=2)
+        await micro.add_endpoint(name="jobs_get", subject=subjects.api_any(subjects.JOBS_GET),
+                                 handler=echo, queue_group=subjects.API_QUEUE_GROUP)
+        await micro.add_endpoint(name="workers_list", subject=subjects.ADMIN_WORKERS_LIST,
+                                 handler=echo, queue_group=subjects.API_QUEUE_GROUP)
+        await api.nc.flush()  # the server has the subscriptions before the requests come
+        reply = await cli.nc.request(subjects.api_ns(DEFAULT_NAMESPACE, subjects.JOBS_GET),
+                                     b"hello", timeout=2)
         assert reply.data == b"hello"
+        admin = await cli.nc.request(subjects.ADMIN_WORKERS_LIST, b"admin", timeout=2)
+        assert admin.data == b"admin"
         pong = await cli.nc.request(subjects.srv_control("PING", name), b"", timeout=2)
         assert name.encode() in pong.data
         assert await api.violations() == []

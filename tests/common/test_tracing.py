@@ -20,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from hodei_common.client import ApiClient
 from hodei_common.contracts import subjects
+from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE
 from hodei_common.settings import Settings
 from hodei_common.testing import assert_eventually
 from hodei_common.testing.plugin import platform_env
@@ -103,7 +104,8 @@ async def test_submit_is_exported_over_otlp_and_its_event_continues_the_callers_
 
         await assert_eventually(api_up, within_s=30.0)
         reply = await nc.request(
-            subjects.API_JOBS_SUBMIT, b'{"command": "echo traced"}', timeout=5.0,
+            subjects.api_ns(DEFAULT_NAMESPACE, subjects.JOBS_SUBMIT),
+            b'{"command": "echo traced"}', timeout=5.0,
             headers={"traceparent": CALLER},
         )
         assert not (reply.headers or {}).get("Nats-Service-Error-Code")
@@ -121,7 +123,7 @@ async def test_submit_is_exported_over_otlp_and_its_event_continues_the_callers_
 
         def exported() -> bool:
             return any(
-                service == "hodei-api" and name == f"api {subjects.API_JOBS_SUBMIT}"
+                service == "hodei-api" and name == f"api {subjects.api_any(subjects.JOBS_SUBMIT)}"
                 and trace_id == TRACE_ID
                 for service, name, trace_id in receiver.spans
             )

@@ -14,6 +14,7 @@ import pytest
 from hodei_common.contracts.agent import Outcome, StatusKind, StatusReport
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.jobs import JobCreated, JobState
+from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE
 from hodei_common.contracts.workers import WorkerMode
 from hodei_common.lifecycle import jobs, queries, transitions, workers
 from hodei_common.lifecycle.transitions import JOBS, WORKERS, UnknownTransition
@@ -111,7 +112,8 @@ async def test_a_transition_whose_fence_does_not_hold_changes_and_records_nothin
 ) -> None:
     job_id = uuid4()
     async with pool.acquire() as conn:
-        assert await jobs.submit(conn, SubmitJob(command="true"), job_id=job_id, actor="t")
+        assert await jobs.submit(conn, SubmitJob(command="true"), job_id=job_id,
+                                 namespace=DEFAULT_NAMESPACE, actor="t")
         before = await _counts(pool)
         worker_id = uuid4()
         # QUEUED: it cannot start, finish, or be cancelled as a held job.
@@ -133,7 +135,8 @@ async def test_a_transition_whose_fence_does_not_hold_changes_and_records_nothin
 async def test_a_workers_events_carry_the_job_it_was_made_for(pool: asyncpg.Pool) -> None:
     job_id, worker_id = uuid4(), uuid4()
     async with pool.acquire() as conn:
-        await jobs.submit(conn, SubmitJob(command="true"), job_id=job_id, actor="t")
+        await jobs.submit(conn, SubmitJob(command="true"), job_id=job_id,
+                          namespace=DEFAULT_NAMESPACE, actor="t")
         ref = workers.WorkerRef(worker_id, "local", job_id)
         assert await workers.request(conn, ref, mode=WorkerMode.EPHEMERAL, cpus=None,
                                      memory_bytes=None, actor="t")
@@ -154,7 +157,8 @@ async def test_an_assignment_not_taken_is_abandoned_with_its_worker_only_until_t
         pairs, refs = [], []
         for _ in range(2):
             job_id, worker_id = uuid4(), uuid4()
-            await jobs.submit(conn, SubmitJob(command="true"), job_id=job_id, actor="t")
+            await jobs.submit(conn, SubmitJob(command="true"), job_id=job_id,
+                              namespace=DEFAULT_NAMESPACE, actor="t")
             ref = workers.WorkerRef(worker_id, "local", job_id)
             await workers.request(conn, ref, mode=WorkerMode.EPHEMERAL, cpus=None,
                                   memory_bytes=None, actor="t")
@@ -187,7 +191,8 @@ async def test_a_worker_that_can_never_start_fails_with_the_queued_job_it_was_ma
 ) -> None:
     async with pool.acquire() as conn:
         job_id, worker_id = uuid4(), uuid4()
-        await jobs.submit(conn, SubmitJob(command="true"), job_id=job_id, actor="t")
+        await jobs.submit(conn, SubmitJob(command="true"), job_id=job_id,
+                          namespace=DEFAULT_NAMESPACE, actor="t")
         ref = workers.WorkerRef(worker_id, "kubernetes", job_id)
         await workers.request(conn, ref, mode=WorkerMode.EPHEMERAL, cpus=None,
                               memory_bytes=None, actor="t")
@@ -205,7 +210,8 @@ async def test_a_worker_that_can_never_start_fails_with_the_queued_job_it_was_ma
             str(job_id))]
         # A job no longer QUEUED (cancelled meanwhile) is left as it is.
         other_job, other_worker = uuid4(), uuid4()
-        await jobs.submit(conn, SubmitJob(command="true"), job_id=other_job, actor="t")
+        await jobs.submit(conn, SubmitJob(command="true"), job_id=other_job,
+                          namespace=DEFAULT_NAMESPACE, actor="t")
         other = workers.WorkerRef(other_worker, "kubernetes", other_job)
         await workers.request(conn, other, mode=WorkerMode.EPHEMERAL, cpus=None,
                               memory_bytes=None, actor="t")
@@ -226,7 +232,8 @@ async def test_a_resource_status_is_noted_once_per_change_while_the_worker_lives
     job_id, worker_id = uuid4(), uuid4()
     pod = f"pod hodei-worker-{worker_id}"
     async with pool.acquire() as conn:
-        await jobs.submit(conn, SubmitJob(command="true"), job_id=job_id, actor="t")
+        await jobs.submit(conn, SubmitJob(command="true"), job_id=job_id,
+                          namespace=DEFAULT_NAMESPACE, actor="t")
         ref = workers.WorkerRef(worker_id, "kubernetes", job_id)
         await workers.request(conn, ref, mode=WorkerMode.EPHEMERAL, cpus=None,
                               memory_bytes=None, actor="t")

@@ -58,7 +58,7 @@ class ErrorReply(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SubmitJob(msgspec.Struct, frozen=True, kw_only=True):
-    """``jobs.submit``: queue a shell command."""
+    """``jobs.submit``: queue a shell command in the namespace of the request's subject."""
 
     command: str
     name: Annotated[str, msgspec.Meta(max_length=MAX_NAME_CHARS)] = ""
@@ -69,7 +69,6 @@ class SubmitJob(msgspec.Struct, frozen=True, kw_only=True):
     priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = DEFAULT_MAX_ATTEMPTS
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
-    namespace: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "default"
     # Chosen by the client, so that it can listen to the job's log before the job exists;
     # submitting the same id again returns that job (an id already used by another is refused).
     id: UUID | None = None
@@ -86,7 +85,8 @@ class SubmitJobReply(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class JobRef(msgspec.Struct, frozen=True, kw_only=True):
-    """``jobs.cancel``, ``jobs.events``, ``jobs.explain``: one job by id."""
+    """``jobs.cancel``, ``jobs.events``, ``jobs.explain``: one job of the request subject's
+    namespace, by id (another namespace's job is not found)."""
 
     id: UUID
 
@@ -105,11 +105,11 @@ class JobReply(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ListJobs(msgspec.Struct, frozen=True, kw_only=True):
-    """``jobs.list``: newest first, optionally one state."""
+    """``jobs.list``: the jobs of the request subject's namespace, newest first, optionally
+    one state."""
 
     state: JobState | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIST_LIMIT)] = 50
-    namespace: str | None = None
 
 
 class JobList(msgspec.Struct, frozen=True, kw_only=True):

@@ -30,6 +30,7 @@ from hodei_common.contracts.jobs import (
     Cpus,
     MemoryBytes,
 )
+from hodei_common.contracts.namespaces import DNS_LABEL
 from hodei_common.errors import ValidationError
 
 # Past a year an idle worker is simply kept; the bound keeps the scheduler's interval sane.
@@ -78,8 +79,7 @@ class DockerSettings(ProviderSettings, frozen=True, kw_only=True):
 
 
 # Kubernetes names and labels (apimachinery's validation, as patterns).
-_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS_SUBDOMAIN = rf"{_DNS_LABEL}(\.{_DNS_LABEL})*"
+_DNS_SUBDOMAIN = rf"{DNS_LABEL}(\.{DNS_LABEL})*"
 _LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
 LabelKey = Annotated[str, msgspec.Meta(
     min_length=1, max_length=253 + 1 + 63, pattern=rf"^({_DNS_SUBDOMAIN}/)?{_LABEL_NAME}$")]
@@ -125,7 +125,7 @@ class KubernetesSettings(ProviderSettings, frozen=True, kw_only=True):
     """Kubernetes pods: where they run, how they reach NATS, and what the cluster needs."""
 
     namespace: Annotated[str, msgspec.Meta(
-        max_length=63, pattern=rf"^{_DNS_LABEL}$",
+        max_length=63, pattern=rf"^{DNS_LABEL}$",
         description=f"{NAMESPACE_DESCRIPTION} characters")] | None = None
     # Where the provisioner finds the cluster: a kubeconfig file (and context), or the
     # service account of the pod it runs in; neither: in-cluster when in a pod, else

@@ -9,26 +9,49 @@ from __future__ import annotations
 
 from uuid import UUID
 
+from hodei_common.contracts.namespaces import check_namespace
+
 # --- request/reply: the API micro service -------------------------------------------------
+# A caller's job endpoints are under its namespace (``hodei.api.<namespace>.jobs.get``): NATS
+# permissions let a user publish to its own namespace's subjects only, and the API takes the
+# namespace from the subject a request came on. What spans namespaces (workers, providers)
+# is under ``hodei.admin``, for admins alone.
 API_SERVICE_NAME = "hodei-api"
 API_PREFIX = "hodei.api"
+ADMIN_PREFIX = "hodei.admin"
 API_QUEUE_GROUP = "hodei-api"
+_NAMESPACE_TOKEN = API_PREFIX.count(".") + 1
+
+JOBS_SUBMIT = "jobs.submit"
+JOBS_GET = "jobs.get"
+JOBS_LIST = "jobs.list"
+JOBS_CANCEL = "jobs.cancel"
+JOBS_EVENTS = "jobs.events"
+JOBS_EXPLAIN = "jobs.explain"
+
+ADMIN_WORKERS_LIST = f"{ADMIN_PREFIX}.workers.list"
+ADMIN_PROVIDERS_LIST = f"{ADMIN_PREFIX}.providers.list"
+ADMIN_PROVIDERS_UPDATE = f"{ADMIN_PREFIX}.providers.update"
+
+# Every namespace's API subjects, and every admin subject, as permission lists name them.
+API_SUBJECTS = f"{API_PREFIX}.*.>"
+ADMIN_SUBJECTS = f"{ADMIN_PREFIX}.>"
 
 
-def api(endpoint: str) -> str:
-    """Subject of one API endpoint, e.g. ``api("jobs.submit")``."""
-    return f"{API_PREFIX}.{endpoint}"
+def api_ns(namespace: str, endpoint: str) -> str:
+    """Subject of one job endpoint in one namespace, e.g. ``api_ns("team-a", JOBS_GET)``."""
+    return f"{API_PREFIX}.{check_namespace(namespace)}.{endpoint}"
 
 
-API_JOBS_SUBMIT = api("jobs.submit")
-API_JOBS_GET = api("jobs.get")
-API_JOBS_LIST = api("jobs.list")
-API_JOBS_CANCEL = api("jobs.cancel")
-API_JOBS_EVENTS = api("jobs.events")
-API_JOBS_EXPLAIN = api("jobs.explain")
-API_WORKERS_LIST = api("workers.list")
-API_PROVIDERS_LIST = api("providers.list")
-API_PROVIDERS_UPDATE = api("providers.update")
+def api_any(endpoint: str) -> str:
+    """The subject the API subscribes to for one job endpoint, in every namespace."""
+    return f"{API_PREFIX}.*.{endpoint}"
+
+
+def namespace_of(subject: str) -> str:
+    """The namespace of a request received on an :func:`api_any` subject; a token that is
+    no namespace is a :class:`~hodei_common.errors.ValidationError`."""
+    return check_namespace(subject.split(".")[_NAMESPACE_TOKEN])
 
 
 def service_name(service: str) -> str:

@@ -44,17 +44,17 @@ FINISHING: dict[Outcome, Transition] = {
 }
 
 
-async def submit(conn: Conn, req: SubmitJob, *, job_id: UUID, actor: str
+async def submit(conn: Conn, req: SubmitJob, *, job_id: UUID, namespace: str, actor: str
                  ) -> asyncpg.Record | None:
-    """A new QUEUED job (its row); None when the provider is unknown or disabled or the id
-    or idempotency key is taken."""
+    """A new QUEUED job of ``namespace`` (its row); None when the provider is unknown or
+    disabled or the id or the namespace's idempotency key is taken."""
     t = JOBS["submit"]
     created = events.new(
         JobCreated, actor=actor, job=job_id, job_id=job_id, attempt=1,
-        namespace=req.namespace, name=req.name, provider=req.provider, priority=req.priority,
+        namespace=namespace, name=req.name, provider=req.provider, priority=req.priority,
         timeout_s=req.timeout_s, env_keys=sorted(req.env))
     return await SQL["submit"].fetchrow(
-        conn, job_id=job_id, namespace=req.namespace, name=req.name, to_state=t.to_state,
+        conn, job_id=job_id, namespace=namespace, name=req.name, to_state=t.to_state,
         command=req.command, args=req.args, env=req.env, timeout_s=req.timeout_s,
         provider=req.provider, priority=req.priority, max_attempts=req.max_attempts,
         idempotency_key=req.idempotency_key, cpus=req.cpus, memory_bytes=req.memory_bytes,

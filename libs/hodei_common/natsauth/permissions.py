@@ -111,7 +111,7 @@ def role(which: Role) -> Permissions:
     """The permissions of a service kind, or of the ``hodei`` CLI (an operator's tool)."""
     control = s.worker_control("*")
     if which is Role.API:
-        return _service(which, [s.SCHEDULER_WAKE], [s.api(">")])
+        return _service(which, [s.SCHEDULER_WAKE], [s.API_SUBJECTS, s.ADMIN_SUBJECTS])
     if which is Role.RELAY:
         return _service(which, [s.JOB_EVENTS_SUBJECTS, *s.WORKER_EVENTS_SUBJECTS], [])
     if which is Role.SCHEDULER:
@@ -145,7 +145,7 @@ def _cli() -> Permissions:
     identity = CLI_IDENTITY
     return Permissions(
         identity=identity,
-        publish=(s.api(">"), s.SRV_PREFIX + ".>", s.worker_control("*"),
+        publish=(s.API_SUBJECTS, s.ADMIN_SUBJECTS, s.SRV_PREFIX + ".>", s.worker_control("*"),
                  *_reader(s.LOGS_STREAM), *_reader(s.LOG_ARCHIVE_STREAM)),
         subscribe=(s.inbox_prefix(identity) + ".>", s.LOGS_SUBJECTS),
     )

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncpg
 
 from hodei_api import store
+from hodei_api.handlers import job_not_found
 from hodei_common.contracts.api import JobExplanation, JobRef
 from hodei_common.contracts.jobs import Job, JobState
 from hodei_common.contracts.workers import WorkerState
 from hodei_common.database import Conn
-from hodei_common.errors import NotFoundError
 
 
 def _seconds(value: float) -> str:
@@ -60,12 +60,12 @@ async def _waiting_for(conn: Conn, job: Job, worker: store.ExplainedWorker | Non
     return "; then ".join(parts)
 
 
-async def explain_job(pool: asyncpg.Pool, req: JobRef) -> JobExplanation:
-    """Where the job is and why it waits."""
+async def explain_job(pool: asyncpg.Pool, namespace: str, req: JobRef) -> JobExplanation:
+    """Where a job of ``namespace`` is and why it waits."""
     async with pool.acquire() as conn:
-        job = await store.get_job(conn, req.id)
+        job = await store.get_job(conn, namespace, req.id)
         if job is None:
-            raise NotFoundError(f"job {req.id} not found")
+            raise job_not_found(req.id)
         worker = await store.explained_worker(conn, job.id, job.worker_id)
         failure = await store.last_failure(conn, job.id)
         waiting = await _waiting_for(conn, job, worker)

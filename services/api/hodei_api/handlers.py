@@ -99,7 +99,6 @@ def validate_submit(req: SubmitJob) -> None:
     named: dict[str, str | None] = {
         "name": req.name,
         "provider": req.provider,
-        "namespace": req.namespace,
         "idempotency_key": req.idempotency_key,
     }
     for field, text in named.items():
@@ -107,20 +106,22 @@ def validate_submit(req: SubmitJob) -> None:
             raise ValidationError(f"{field} must not contain NUL bytes")
 
 
-async def submit_job(pool: asyncpg.Pool, req: SubmitJob) -> SubmitJobReply:
-    """Store a QUEUED job and its JobCreated event atomically, in one round trip."""
+async def submit_job(pool: asyncpg.Pool, namespace: str, req: SubmitJob) -> SubmitJobReply:
+    """Store a QUEUED job of ``namespace`` and its JobCreated event atomically, in one round
+    trip."""
     validate_submit(req)
     job_id = req.id or uuid4()
     async with pool.acquire() as conn:
-        row = await jobs.submit(conn, req, job_id=job_id, actor=ACTOR)
+        row = await jobs.submit(conn, req, job_id=job_id, namespace=namespace, actor=ACTOR)
         job = store.job_from_row(row)
         if job is not None:
             return SubmitJobReply(job=job, created=True)
-        return SubmitJobReply(job=await _why_not_inserted(conn, req), created=False)
+        return SubmitJobReply(job=await _why_not_inserted(conn, namespace, req), created=False)
 
 
-async def _why_not_inserted(conn: Conn, req: SubmitJob) -> Job:
-    """The job an idempotency key already names, or the error that kept the job out."""
+async def _why_not_inserted(conn: Conn, namespace: str, req: SubmitJob) -> Job:
+    """The job the namespace's idempotency key or the request's id already names, or the
+    error that kept the job out."""
     provider = await store.get_provider(conn, req.provider)
     if provider is None:
         known = ", ".join(await store.provider_names(conn))
@@ -128,42 +129,44 @@ async def _why_not_inserted(conn: Conn, req: SubmitJob) -> Job:
     if not provider.enabled:
         raise PreconditionError(f"provider {quote(req.provider)} is disabled")
     if req.idempotency_key is not None:
-        existing = await store.job_by_idempotency_key(conn, req.namespace, req.idempotency_key)
+        existing = await store.job_by_idempotency_key(conn, namespace, req.idempotency_key)
         if existing is not None:
             return existing
-    if req.id is not None and (existing := await store.get_job(conn, req.id)) is not None:
-        if (existing.namespace, existing.command, existing.args) != (
-                req.namespace, req.command, req.args):
+    if req.id is not None:
+        existing = await store.get_job(conn, namespace, req.id)
+        if existing is not None and (existing.command, existing.args) == (req.command, req.args):
+            return existing
+        # Said alike whether the other job is this namespace's or another's.
+        if existing is not None or await store.job_id_taken(conn, req.id):
             raise ValidationError(f"job id {req.id} is already taken by another job")
-        return existing
     # The provider was disabled (or the keyed job deleted) between the two statements.
     raise PreconditionError("the job could not be stored; try again")
 
 
-async def get_job(pool: asyncpg.Pool, req: GetJob) -> JobReply:
-    """One job by id; its env values only when the request asks for them."""
+async def get_job(pool: asyncpg.Pool, namespace: str, req: GetJob) -> JobReply:
+    """One job of ``namespace`` by id; its env values only when the request asks for them."""
     async with pool.acquire() as conn:
-        job = await store.get_job(conn, req.id, show_env=req.show_env)
+        job = await store.get_job(conn, namespace, req.id, show_env=req.show_env)
     if job is None:
-        raise _job_not_found(req.id)
+        raise job_not_found(req.id)
     return JobReply(job=job)
 
 
-async def list_jobs(pool: asyncpg.Pool, req: ListJobs) -> JobList:
-    """Jobs newest first, optionally of one state."""
+async def list_jobs(pool: asyncpg.Pool, namespace: str, req: ListJobs) -> JobList:
+    """The jobs of ``namespace`` newest first, optionally of one state."""
     async with pool.acquire() as conn:
-        jobs = await store.list_jobs(conn, state=req.state, namespace=req.namespace,
-                                     limit=req.limit)
+        jobs = await store.list_jobs(conn, namespace, state=req.state, limit=req.limit)
     return JobList(jobs=jobs)
 
 
-async def cancel_job(pool: asyncpg.Pool, req: JobRef) -> CancelJobReply:
-    """Cancel a queued job at once, or ask the worker of a running one to stop."""
+async def cancel_job(pool: asyncpg.Pool, namespace: str, req: JobRef) -> CancelJobReply:
+    """Cancel a queued job of ``namespace`` at once, or ask the worker of a running one to
+    stop."""
     async with pool.acquire() as conn, conn.transaction():
         # The row lock keeps the state from moving between the check and the update.
-        job = await store.lock_job(conn, req.id)
+        job = await store.lock_job(conn, namespace, req.id)
         if job is None:
-            raise _job_not_found(req.id)
+            raise job_not_found(req.id)
         if job.state.terminal:
             raise PreconditionError(f"job {job.id} is already {job.state}")
         if job.state is JobState.QUEUED:
@@ -179,11 +182,11 @@ async def cancel_job(pool: asyncpg.Pool, req: JobRef) -> CancelJobReply:
         return CancelJobReply(job=requested, cancelled=False)
 
 
-async def job_events(pool: asyncpg.Pool, req: JobRef) -> JobEvents:
-    """A job's audit events, oldest first."""
+async def job_events(pool: asyncpg.Pool, namespace: str, req: JobRef) -> JobEvents:
+    """The audit events of a job of ``namespace``, oldest first."""
     async with pool.acquire() as conn:
-        if await store.get_job(conn, req.id) is None:
-            raise _job_not_found(req.id)
+        if await store.get_job(conn, namespace, req.id) is None:
+            raise job_not_found(req.id)
         events = await store.job_events(conn, req.id)
     return JobEvents(events=events)
 
@@ -244,5 +247,7 @@ def _settings_patch(provider: ProviderConfig, asked: Mapping[str, object]) -> di
     return {**dict.fromkeys(provider.settings), **checked}
 
 
-def _job_not_found(job_id: UUID) -> NotFoundError:
+def job_not_found(job_id: UUID) -> NotFoundError:
+    """The one error for a job id that is unknown or another namespace's: the two must not be
+    told apart."""
     return NotFoundError(f"job {job_id} not found")

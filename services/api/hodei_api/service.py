@@ -1,4 +1,5 @@
-"""The API service: the ``hodei-api`` micro endpoints under ``hodei.api.*``.
+"""The API service: the ``hodei-api`` micro endpoints, a namespace's jobs under
+``hodei.api.<namespace>.jobs.*`` and what spans namespaces under ``hodei.admin.*``.
 
 Requests are worked concurrently (up to ``api_max_in_flight`` per replica) by the shared
 :class:`~hodei_common.endpoints.EndpointServer`; the queue group spreads them over replicas.
@@ -28,29 +29,40 @@ from hodei_common.contracts.api import (
     SubmitJobReply,
     UpdateProvider,
 )
-from hodei_common.endpoints import UNAVAILABLE_MESSAGE, Endpoint, EndpointServer, internal_message
+from hodei_common.endpoints import (
+    UNAVAILABLE_MESSAGE,
+    AnyEndpoint,
+    Endpoint,
+    EndpointServer,
+    NamespacedEndpoint,
+    internal_message,
+)
 from hodei_common.runner import HodeiService
 
 INTERNAL_MESSAGE = internal_message("api")
 __all__ = ["INTERNAL_MESSAGE", "UNAVAILABLE_MESSAGE", "ApiService"]
 
 Handler = Callable[[asyncpg.Pool, Any], Awaitable[msgspec.Struct]]
-# Every endpoint but jobs.submit, which also wakes the schedulers.
-ENDPOINTS: tuple[tuple[str, str, type[msgspec.Struct], Handler], ...] = (
-    ("jobs_get", subjects.API_JOBS_GET, GetJob, handlers.get_job),
-    ("jobs_list", subjects.API_JOBS_LIST, ListJobs, handlers.list_jobs),
-    ("jobs_cancel", subjects.API_JOBS_CANCEL, JobRef, handlers.cancel_job),
-    ("jobs_events", subjects.API_JOBS_EVENTS, JobRef, handlers.job_events),
-    ("jobs_explain", subjects.API_JOBS_EXPLAIN, JobRef, explain_job),
-    ("workers_list", subjects.API_WORKERS_LIST, ListWorkers, handlers.list_workers),
-    ("providers_list", subjects.API_PROVIDERS_LIST, ListProviders, handlers.list_providers),
-    ("providers_update", subjects.API_PROVIDERS_UPDATE, UpdateProvider,
+JobHandler = Callable[[asyncpg.Pool, str, Any], Awaitable[msgspec.Struct]]
+# A namespace's job endpoints but jobs.submit, which also wakes the schedulers.
+JOB_ENDPOINTS: tuple[tuple[str, str, type[msgspec.Struct], JobHandler], ...] = (
+    ("jobs_get", subjects.JOBS_GET, GetJob, handlers.get_job),
+    ("jobs_list", subjects.JOBS_LIST, ListJobs, handlers.list_jobs),
+    ("jobs_cancel", subjects.JOBS_CANCEL, JobRef, handlers.cancel_job),
+    ("jobs_events", subjects.JOBS_EVENTS, JobRef, handlers.job_events),
+    ("jobs_explain", subjects.JOBS_EXPLAIN, JobRef, explain_job),
+)
+# What spans namespaces, for admins alone.
+ADMIN_ENDPOINTS: tuple[tuple[str, str, type[msgspec.Struct], Handler], ...] = (
+    ("workers_list", subjects.ADMIN_WORKERS_LIST, ListWorkers, handlers.list_workers),
+    ("providers_list", subjects.ADMIN_PROVIDERS_LIST, ListProviders, handlers.list_providers),
+    ("providers_update", subjects.ADMIN_PROVIDERS_UPDATE, UpdateProvider,
      handlers.update_provider),
 )
 
 
 class ApiService(HodeiService):
-    """Answers ``hodei.api.*`` requests from the CLI and other callers."""
+    """Answers ``hodei.api.*`` and ``hodei.admin.*`` requests from the CLI and other callers."""
 
     name: ClassVar[str] = "api"
     description: ClassVar[str] = "Hodei API: submit, get, list, cancel and audit jobs"
@@ -69,16 +81,21 @@ class ApiService(HodeiService):
         return self.endpoints.in_flight
 
     async def setup(self) -> None:
-        """Add one micro endpoint per API subject, all in the shared queue group."""
-        endpoints: list[Endpoint[Any]] = [
-            Endpoint("jobs_submit", subjects.API_JOBS_SUBMIT, SubmitJob, self._submit),
+        """Add one micro endpoint per API subject, all in the shared queue group: the job
+        endpoints on every namespace's subject, the admin endpoints on their own."""
+        endpoints: list[AnyEndpoint] = [
+            NamespacedEndpoint("jobs_submit", subjects.api_any(subjects.JOBS_SUBMIT), SubmitJob,
+                               self._submit),
+            *(NamespacedEndpoint(name, subjects.api_any(endpoint), request_type,
+                                 functools.partial(handler, self.pool))
+              for name, endpoint, request_type, handler in JOB_ENDPOINTS),
             *(Endpoint(name, subject, request_type, functools.partial(handler, self.pool))
-              for name, subject, request_type, handler in ENDPOINTS),
+              for name, subject, request_type, handler in ADMIN_ENDPOINTS),
         ]
         await self.endpoints.add(self.micro, endpoints, subjects.API_QUEUE_GROUP)
 
-    async def _submit(self, request: SubmitJob) -> SubmitJobReply:
-        reply = await handlers.submit_job(self.pool, request)
+    async def _submit(self, namespace: str, request: SubmitJob) -> SubmitJobReply:
+        reply = await handlers.submit_job(self.pool, namespace, request)
         if reply.created:
             await messaging.wake_scheduler(self.nc)
         return reply

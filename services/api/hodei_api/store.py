@@ -35,14 +35,23 @@ _EVENT_COLUMNS = """
     occurred_at, trace_id
 """
 
+# Every job read is one namespace's: another namespace's job is not there, as an unknown id.
 _JOB_BY_KEY = f"""
 SELECT {_JOB_COLUMNS} FROM jobs WHERE namespace = $1 AND idempotency_key = $2
 """
-_JOB_BY_ID = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1"
-_LOCK_JOB = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE"
+_JOB_BY_ID = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1 AND namespace = $2"
+_LOCK_JOB = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1 AND namespace = $2 FOR UPDATE"
+# Ids are unique across namespaces: a submit may find its id taken by another's job.
+_JOB_ID_TAKEN = "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1)"
 _LIST_JOBS = f"""
 SELECT {_JOB_COLUMNS} FROM jobs
-WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR namespace = $2)
+WHERE namespace = $1
+ORDER BY created_at DESC, id
+LIMIT $2
+"""
+_LIST_JOBS_IN_STATE = f"""
+SELECT {_JOB_COLUMNS} FROM jobs
+WHERE namespace = $1 AND state = $2
 ORDER BY created_at DESC, id
 LIMIT $3
 """
@@ -94,21 +103,30 @@ async def job_by_idempotency_key(conn: Conn, namespace: str, key: str) -> Job | 
     return job_from_row(await conn.fetchrow(_JOB_BY_KEY, namespace, key))
 
 
-async def get_job(conn: Conn, job_id: UUID, *, show_env: bool = False) -> Job | None:
-    """One job by id, env values withheld unless ``show_env``."""
-    return job_from_row(await conn.fetchrow(_JOB_BY_ID, job_id), show_env=show_env)
+async def get_job(conn: Conn, namespace: str, job_id: UUID, *, show_env: bool = False
+                  ) -> Job | None:
+    """One job of ``namespace`` by id, env values withheld unless ``show_env``."""
+    return job_from_row(await conn.fetchrow(_JOB_BY_ID, job_id, namespace), show_env=show_env)
 
 
-async def lock_job(conn: Conn, job_id: UUID) -> Job | None:
-    """One job by id (env values withheld), row-locked until the caller's transaction ends."""
-    return job_from_row(await conn.fetchrow(_LOCK_JOB, job_id))
+async def job_id_taken(conn: Conn, job_id: UUID) -> bool:
+    """Whether a job of any namespace has this id."""
+    return bool(await conn.fetchval(_JOB_ID_TAKEN, job_id))
 
 
-async def list_jobs(
-    conn: Conn, *, state: JobState | None, namespace: str | None, limit: int
-) -> list[Job]:
-    """Jobs newest first, optionally of one state and one namespace, env values withheld."""
-    rows = await conn.fetch(_LIST_JOBS, state, namespace, limit)
+async def lock_job(conn: Conn, namespace: str, job_id: UUID) -> Job | None:
+    """One job of ``namespace`` by id (env values withheld), row-locked until the caller's
+    transaction ends."""
+    return job_from_row(await conn.fetchrow(_LOCK_JOB, job_id, namespace))
+
+
+async def list_jobs(conn: Conn, namespace: str, *, state: JobState | None, limit: int
+                    ) -> list[Job]:
+    """The jobs of ``namespace`` newest first, optionally of one state, env values withheld."""
+    if state is None:
+        rows = await conn.fetch(_LIST_JOBS, namespace, limit)
+    else:
+        rows = await conn.fetch(_LIST_JOBS_IN_STATE, namespace, state, limit)
     return [_job(row) for row in rows]
 
 
