@@ -8,11 +8,13 @@ or a stop whose job's end could not be reported).
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 
 from hodei_agent.agent import Agent
 from hodei_agent.config import AgentSettings
+from hodei_agent.jobuser import check_can_switch, forbid_dumping
 from hodei_agent.registration import RegistrationRefused
 from hodei_common import tracing
 from hodei_common.errors import HodeiError
@@ -43,11 +45,23 @@ async def _run(settings: AgentSettings) -> None:
             loop.remove_signal_handler(sig)
 
 
+def _guard(settings: AgentSettings) -> None:
+    """Keep the agent's powers from its jobs before any runs: the one-time token leaves the
+    environment (the settings hold it), and with a job user the agent checks it can switch
+    to it and stops being dumpable."""
+    os.environ.pop("HODEI_BOOTSTRAP_TOKEN", None)
+    user = settings.job_user()
+    if user is not None:
+        check_can_switch(user)
+        forbid_dumping()
+
+
 def main() -> None:
     """Build the settings from the environment and run the agent."""
     try:
         settings = load_settings(AgentSettings)
         configure_logging(settings.log_level)
+        _guard(settings)
         asyncio.run(_run(settings))
     except RegistrationRefused as e:
         print(f"error: registration refused: {e}", file=sys.stderr)
