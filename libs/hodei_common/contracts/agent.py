@@ -25,6 +25,10 @@ DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
 # DAC_OVERRIDE to remove what it left there (whatever the modes) and to make it the OOM
 # killer's first choice (its /proc files are the job user's). The job gets none of them.
 AGENT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "KILL", "SETGID", "SETUID")
+# The worker image's job user (agent/Dockerfile), "uid:gid": a provider that starts the agent
+# as root also tells it this (HODEI_AGENT_JOB_USER), so that no image left without it runs
+# its jobs as root.
+JOB_USER = "10001:10001"
 
 
 class RegisterRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -27,7 +27,7 @@ from uuid import UUID
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
-from hodei_common.contracts.agent import AGENT_CAPABILITIES
+from hodei_common.contracts.agent import AGENT_CAPABILITIES, JOB_USER
 from hodei_common.contracts.providers import DockerSettings, ProviderSettings
 from hodei_provisioner.providers.base import (
     LABEL_JOB,
@@ -158,6 +158,7 @@ class DockerProvider(Provider):
             "HODEI_NATS_URL": spec.nats_url,
             "HODEI_WORKER_ID": str(spec.worker_id),
             "HODEI_BOOTSTRAP_TOKEN": spec.token,
+            "HODEI_AGENT_JOB_USER": JOB_USER,
         }
         container = api.create_container(
             spec.image, name=f"{CONTAINER_PREFIX}{spec.worker_id}", labels=labels,

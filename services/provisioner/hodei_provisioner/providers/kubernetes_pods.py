@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from hodei_common.contracts.agent import AGENT_CAPABILITIES
+from hodei_common.contracts.agent import AGENT_CAPABILITIES, JOB_USER
 from hodei_common.contracts.providers import KubernetesSettings
 from hodei_provisioner.providers.base import (
     LABEL_JOB,
@@ -117,6 +117,7 @@ def pod_manifest(spec: WorkerSpec, settings: KubernetesSettings, *, nats_url: st
         {"name": "HODEI_WORKER_ID", "value": str(spec.worker_id)},
         # A pod's SIGTERM is the node taking it away: its job runs again elsewhere.
         {"name": "HODEI_AGENT_ON_SIGTERM", "value": "abandon"},
+        {"name": "HODEI_AGENT_JOB_USER", "value": JOB_USER},
         {"name": "HODEI_BOOTSTRAP_TOKEN",
          "valueFrom": {"secretKeyRef": {"name": name, "key": TOKEN_KEY}}},
     ]
