@@ -409,22 +409,22 @@ async def test_a_create_the_api_refuses_is_retried_by_a_new_worker(
     await no_pods_left(cluster)
 
 
-def _stray_pod(name: str, scope: str) -> dict[str, Any]:
+def _stray_pod(name: str, scope: str, image: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "labels": {
             LABEL_MANAGED: "true", LABEL_PROVIDER_ID: scope, LABEL_WORKER: str(uuid.uuid4())}},
         "spec": {"restartPolicy": "Never", "containers": [
-            {"name": "agent", "image": "hodei-agent:test", "command": ["sleep", "300"]}]},
+            {"name": "agent", "image": image, "command": ["sleep", "300"]}]},
     }
 
 
 async def test_a_labelled_pod_without_a_live_worker_is_deleted_and_others_left_alone(
-    kube_platform: Platform, cluster: Cluster,
+    kube_platform: Platform, cluster: Cluster, worker_image: str,
 ) -> None:
     scope = await scope_of(kube_platform)
-    ours, theirs = _stray_pod("hodei-worker-stray-ours", scope), \
-        _stray_pod("hodei-worker-stray-theirs", str(uuid.uuid4()))
+    ours, theirs = _stray_pod("hodei-worker-stray-ours", scope, worker_image), \
+        _stray_pod("hodei-worker-stray-theirs", str(uuid.uuid4()), worker_image)
     for body in (ours, theirs):
         await asyncio.to_thread(cluster.core.create_namespaced_pod, cluster.namespace, body)
 
