@@ -28,7 +28,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from hodei_agent.config import AgentSettings
 from hodei_agent.lost import PlatformLost, StopBound, watch_platform
-from hodei_agent.registration import RegistrationRefused, forget_secrets, register
+from hodei_agent.registration import RegistrationRefused, register
 from hodei_agent.runner import JobRun
 from hodei_common import messaging, tracing
 from hodei_common.contracts import subjects
@@ -151,7 +151,6 @@ class Agent:
                 raise
         else:
             reply, nc = await self._register_own_key(name)
-        forget_secrets()
         log.info("registered: %s worker, heartbeat every %gs, max_jobs %s, idle_ttl %s",
                  reply.mode, reply.heartbeat_interval_s, reply.max_jobs, reply.idle_ttl_s)
         return nc, reply

@@ -8,6 +8,7 @@ from uuid import UUID
 
 from pydantic import Field, SecretStr
 
+from hodei_agent.jobuser import JobUser
 from hodei_common.settings import Settings
 
 AGENT_VERSION = "0.1.0"
@@ -24,6 +25,10 @@ class AgentSettings(Settings):
     bootstrap_creds: SecretStr | None = None
     # Base directory for the per-job working directories; None means the system temp dir.
     worker_workdir: Path | None = None
+    # "uid[:gid]" the job runs as (HODEI_AGENT_JOB_USER), set by the worker image: the agent
+    # runs as another user, so the job cannot read its environment or signal it. None: the
+    # job runs as the agent's own user (the local provider, trusted code only).
+    agent_job_user: str | None = Field(default=None, pattern=r"^\d+(:\d+)?$")
 
     nats_connect_attempts: int = Field(default=10, ge=1)
     register_timeout_s: float = Field(default=10.0, gt=0)
@@ -53,3 +58,7 @@ class AgentSettings(Settings):
     log_max_in_flight: int = Field(default=4, ge=1)
     # A longer line is split into pieces of at most this many bytes.
     log_max_line_bytes: int = Field(default=64 * 1024, ge=256)
+
+    def job_user(self) -> JobUser | None:
+        """The user jobs run as, parsed; None to run them as the agent's own user."""
+        return JobUser.parse(self.agent_job_user) if self.agent_job_user else None

@@ -13,7 +13,8 @@ import sys
 
 from hodei_agent.agent import Agent
 from hodei_agent.config import AgentSettings
-from hodei_agent.registration import RegistrationRefused
+from hodei_agent.jobuser import check_can_switch, forbid_dumping
+from hodei_agent.registration import RegistrationRefused, forget_secrets
 from hodei_common import tracing
 from hodei_common.errors import HodeiError
 from hodei_common.logconfig import configure_logging
@@ -43,11 +44,23 @@ async def _run(settings: AgentSettings) -> None:
             loop.remove_signal_handler(sig)
 
 
+def _guard(settings: AgentSettings) -> None:
+    """Keep the agent's powers from its jobs before any runs: the one-time token and the
+    bootstrap credentials leave the environment (the settings hold them), and with a job
+    user the agent checks it can switch to it and stops being dumpable."""
+    forget_secrets()
+    user = settings.job_user()
+    if user is not None:
+        check_can_switch(user)
+        forbid_dumping()
+
+
 def main() -> None:
     """Build the settings from the environment and run the agent."""
     try:
         settings = load_settings(AgentSettings)
         configure_logging(settings.log_level)
+        _guard(settings)
         asyncio.run(_run(settings))
     except RegistrationRefused as e:
         print(f"error: registration refused: {e}", file=sys.stderr)

@@ -14,10 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from hodei_agent.jobuser import JobUser
+
 SHELL = "/bin/sh"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Taken from the agent's environment when set; nothing else of it reaches a job (above all
-# not HODEI_BOOTSTRAP_TOKEN or the NATS credentials).
+# no HODEI_* variable: not HODEI_BOOTSTRAP_TOKEN, HODEI_NATS_URL or the NATS credentials).
 INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME")
 GONE_POLL_S = 0.02
 KILL_WAIT_S = 2.0
@@ -34,11 +36,19 @@ def command_line(command: str, args: list[str]) -> str:
 
 
 def job_environment(
-    job_env: Mapping[str, str], workdir: Path, agent_env: Mapping[str, str] | None = None
+    job_env: Mapping[str, str], workdir: Path, agent_env: Mapping[str, str] | None = None,
+    user: JobUser | None = None,
 ) -> dict[str, str]:
-    """A clean base environment (never the agent's own variables) merged with the job's."""
+    """A clean base environment (never the agent's own variables) merged with the job's.
+
+    A job user's HOME, USER and LOGNAME are its own (from its passwd entry), not the agent's.
+    """
     source = os.environ if agent_env is None else agent_env
     env = {key: source[key] for key in INHERITED if source.get(key)}
+    if user is not None:
+        for key in ("HOME", "USER", "LOGNAME"):
+            env.pop(key, None)
+        env.update(user.account())
     env.setdefault("PATH", DEFAULT_PATH)
     env.setdefault("HOME", str(workdir))
     env.setdefault("LANG", "C.UTF-8")
@@ -86,23 +96,31 @@ def _die_with_the_agent() -> None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _argv(cmdline: str) -> list[str]:
+def _argv(cmdline: str, user: JobUser | None) -> list[str]:
     """The shell running ``cmdline``, set to be killed when the agent dies, so an agent
     killed -9 does not leave its job running with nobody to report it. ``setpriv`` (from
     util-linux, on every Debian) sets that and execs the shell in place (same pid); a
-    ``preexec_fn`` would do it too, but forces a fork of the whole agent (~6 ms a job)."""
-    if _SETPRIV is not None:
-        return [_SETPRIV, "--pdeathsig", "KILL", "--", SHELL, "-c", cmdline]
-    return [SHELL, "-c", cmdline]
+    ``preexec_fn`` would do it too, but forces a fork of the whole agent (~6 ms a job).
+    With a job user, setpriv also switches to it (real and effective ids, no supplementary
+    groups) before the exec; the parent-death signal survives the switch."""
+    if _SETPRIV is None:
+        if user is not None:
+            raise OSError("setpriv (util-linux) is needed to start a job as another user")
+        return [SHELL, "-c", cmdline]
+    switch = [] if user is None else [
+        f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"]
+    return [_SETPRIV, *switch, "--pdeathsig", "KILL", "--", SHELL, "-c", cmdline]
 
 
-async def spawn(cmdline: str, env: Mapping[str, str], cwd: Path) -> JobProcess:
-    """Start ``sh -c cmdline`` as the leader of a new session (so of its own process group)."""
+async def spawn(cmdline: str, env: Mapping[str, str], cwd: Path,
+                user: JobUser | None = None) -> JobProcess:
+    """Start ``sh -c cmdline`` as the leader of a new session (so of its own process group),
+    as ``user`` when one is given."""
     loop = asyncio.get_running_loop()
     protocol = _ExitProtocol(READ_LIMIT, loop)
     transport, _ = await loop.subprocess_exec(
         lambda: protocol,
-        *_argv(cmdline),
+        *_argv(cmdline, user),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

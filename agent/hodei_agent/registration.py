@@ -32,8 +32,8 @@ class RegistrationRefused(HodeiError):
 
 
 def forget_secrets() -> None:
-    """Drop the spent token and bootstrap credentials from the environment, so that nothing
-    started from here on (a job) inherits them."""
+    """Drop the token and bootstrap credentials from the environment (the settings hold
+    them), so that nothing started from here on (a job) inherits them."""
     for name in SECRET_VARIABLES:
         os.environ.pop(name, None)
 

@@ -22,6 +22,7 @@ from typing import Any
 from nats.js import JetStreamContext
 
 from hodei_agent.config import AgentSettings
+from hodei_agent.jobuser import hand_over
 from hodei_agent.logstream import LogPublisher, pump_lines
 from hodei_agent.oom import OOM_KILLED, make_first_victim, oom_killed_since, oom_kills
 from hodei_agent.process import JobProcess, command_line, job_environment, kill_group, spawn
@@ -166,21 +167,31 @@ class JobRun:
         )
 
     def _make_workdir(self) -> Path:
-        """A fresh directory of the job's own, under ``worker_workdir`` (else the temp dir)."""
+        """A fresh directory of the job's own, under ``worker_workdir`` (else the temp dir),
+        made the job user's when there is one."""
         base = self._settings.worker_workdir
         if base is not None:
             base.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f"job-{self.assignment.job_id}-", dir=base))
+        workdir = Path(tempfile.mkdtemp(prefix=f"job-{self.assignment.job_id}-", dir=base))
+        user = self._settings.job_user()
+        if user is not None:
+            try:
+                hand_over(workdir, user)
+            except OSError:
+                workdir.rmdir()
+                raise
+        return workdir
 
     async def _execute(self, workdir: Path) -> JobResult:
         a = self.assignment
         if self._cancelled.is_set():
             return JobResult(Outcome.CANCELLED, error=self._cancel_message())
-        env = job_environment(a.env, workdir)
+        user = self._settings.job_user()
+        env = job_environment(a.env, workdir, user=user)
         started_monotonic = time.monotonic()
         ooms = oom_kills()
         try:
-            proc = await spawn(command_line(a.command, a.args), env, workdir)
+            proc = await spawn(command_line(a.command, a.args), env, workdir, user)
         except (OSError, ValueError) as e:  # ValueError: a NUL byte in the command or env
             return JobResult(Outcome.FAILED, error=f"cannot start the command: {e}")
         make_first_victim(proc.pgid)

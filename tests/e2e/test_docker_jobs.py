@@ -16,6 +16,7 @@ import pytest
 from hodei_common.testing import assert_eventually
 from hodei_provisioner.providers.docker import LABEL_JOB, LABEL_MANAGED, LABEL_PROVIDER_ID
 from tests.cli.conftest import CliResult, run_cli
+from tests.e2e.attacks import ALL_REFUSED, ON_THE_AGENT
 from tests.e2e.conftest import Platform, cli_json, job_of, start_platform, stop_platform
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.slow]
@@ -71,7 +72,7 @@ CASES: list[tuple[list[str], int, str]] = [
     (["--command", "definitely-not-a-command-xyz"], 127, ""),
     (["--command", "echo started; sleep 60", "--timeout", "2"], 124, "started\n"),
     (["--command", "seq 1 500"], 0, "".join(f"{i}\n" for i in range(1, 501))),
-    (["--command", "id -u"], 0, "10001\n"),  # the image's unprivileged user, not root
+    (["--command", "id -u"], 0, "10001\n"),  # the image's job user, not the agent's root
 ]
 
 
@@ -190,20 +191,50 @@ async def test_a_job_over_its_memory_limit_fails_as_oomkilled_with_its_log_kept(
 async def test_a_job_whose_agent_the_oom_killer_takes_fails_as_oomkilled(
     docker_platform: Platform, docker_engine: docker.DockerClient,
 ) -> None:
-    # The job makes the agent (the container's first process, same user) the OOM killer's
-    # first choice and itself the last: the agent dies, and the container with it.
-    result = await docker_job(
-        docker_platform, "--memory", "64m", "--command",
-        "echo 1000 > /proc/1/oom_score_adj && echo protected && sleep 0.5 && "
-        "echo 0 > /proc/self/oom_score_adj && exec python3 -c 'b = bytearray(500 * 2**20)'")
-    assert result.code == 1, result.stderr
-    assert result.stdout == "protected\n"
-    job = (await cli_json(docker_platform, "job", "list", "--limit", "1"))[0]
-    assert (job["state"], job["error"]) == ("FAILED", "OOMKilled")
+    # The job cannot make its agent (root, the container's first process) the OOM killer's
+    # first choice: the test does it from outside, then the job takes itself out of the
+    # first place (which it may) and allocates: the agent dies, and the container with it.
+    command = (
+        "echo 1000 2>/dev/null > /proc/1/oom_score_adj && echo JOB-RAISED-THE-AGENT; "
+        "until [ \"$(cat /proc/1/oom_score_adj)\" = 1000 ]; do sleep 0.05; done; "
+        "echo 0 > /proc/self/oom_score_adj && echo protected && "
+        "exec python3 -c 'b = bytearray(500 * 2**20)'")
+    queued = await run_cli(docker_platform.env, "job", "queue", "--provider", "docker",
+                           "--memory", "64m", "--command", command)
+    job_id = queued.stdout.strip()
+    await assert_eventually(
+        lambda: _running(docker_platform, job_id), within_s=20, message="never RUNNING")
+    (container,) = await containers(docker_platform, docker_engine, **{LABEL_JOB: job_id})
+    run = docker_engine.api.exec_create(
+        container["Id"], ["sh", "-c", "echo 1000 > /proc/1/oom_score_adj"], user="0")
+    docker_engine.api.exec_start(run["Id"])
+
+    async def ended() -> bool:
+        return (await job_of(docker_platform, job_id))["state"] == "FAILED"
+
+    await assert_eventually(ended, within_s=30, message="the job never failed")
+    job = await job_of(docker_platform, job_id)
+    assert job["error"] == "OOMKilled"
+    logs = await run_cli(docker_platform.env, "job", "logs", job_id)
+    assert logs.stdout == "protected\n"
     worker = next(w for w in await cli_json(docker_platform, "worker", "list")
                   if w["id"] == job["worker_id"])
     assert (worker["state"], worker["error"]) == (
         "FAILED", "OOMKilled: its container ran out of memory")
+    await _no_containers_left(docker_platform, docker_engine)
+
+
+async def _running(platform: Platform, job_id: str) -> bool:
+    return (await job_of(platform, job_id))["state"] == "RUNNING"
+
+
+async def test_a_job_cannot_read_signal_or_inherit_the_powers_of_its_agent(
+    docker_platform: Platform, docker_engine: docker.DockerClient,
+) -> None:
+    result = await docker_job(docker_platform, "--command", ON_THE_AGENT)
+    assert (result.code, result.stdout) == (0, ALL_REFUSED), result.stderr
+    (job,) = await cli_json(docker_platform, "job", "list", "--limit", "1")
+    assert job["state"] == "SUCCEEDED"
     await _no_containers_left(docker_platform, docker_engine)
 
 

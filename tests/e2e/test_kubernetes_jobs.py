@@ -31,6 +31,7 @@ from hodei_provisioner.providers.kubernetes_pods import (
     LABEL_WORKER,
 )
 from tests.cli.conftest import CliResult, run_cli
+from tests.e2e.attacks import ALL_REFUSED, ON_THE_AGENT
 from tests.e2e.conftest import Platform, cli_json, job_of, start_platform, stop_platform
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kubernetes, pytest.mark.docker, pytest.mark.slow]
@@ -142,7 +143,7 @@ CASES: list[tuple[list[str], int, str]] = [
      "Processing file test.txt\nDone\n"),
     (["--command", "for i in $(seq 1 10); do echo tick $i; sleep 1; done"], 0,
      "".join(f"tick {i}\n" for i in range(1, 11))),
-    (["--command", "id -u"], 0, "10001\n"),  # runAsUser: never root
+    (["--command", "id -u"], 0, "10001\n"),  # the image's job user, not the agent's root
 ]
 
 
@@ -183,6 +184,16 @@ async def test_a_batch_of_five_runs_as_five_pods(
     await no_pods_left(cluster)
 
 
+async def test_a_pod_s_job_cannot_read_signal_or_inherit_the_powers_of_its_agent(
+    kube_platform: Platform, cluster: Cluster,
+) -> None:
+    result = await kube_job(kube_platform, "--command", ON_THE_AGENT)
+    assert (result.code, result.stdout) == (0, ALL_REFUSED), result.stderr
+    (job,) = await cli_json(kube_platform, "job", "list", "--limit", "1")
+    assert job["state"] == "SUCCEEDED"
+    await no_pods_left(cluster)
+
+
 async def test_every_pod_and_secret_sent_is_valid_and_keeps_the_token_out_of_the_spec(
     kube_platform: Platform, cluster: Cluster,
 ) -> None:
@@ -206,10 +217,13 @@ async def test_every_pod_and_secret_sent_is_valid_and_keeps_the_token_out_of_the
     assert spec["restartPolicy"] == "Never"
     assert spec["automountServiceAccountToken"] is False
     assert spec["activeDeadlineSeconds"] >= 30
-    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
     (container,) = spec["containers"]
+    # The agent: root with only what it needs to run its job as uid 10001.
+    assert container["securityContext"]["runAsUser"] == 0
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["securityContext"]["capabilities"] == {
+        "drop": ["ALL"], "add": ["CHOWN", "DAC_OVERRIDE", "KILL", "SETGID", "SETUID"]}
     assert container["resources"] == {"requests": {"cpu": "500m", "memory": str(128 * 2**20)},
                                       "limits": {"cpu": "500m", "memory": str(128 * 2**20)}}
     token = next(e for e in container["env"] if e["name"] == "HODEI_BOOTSTRAP_TOKEN")
@@ -395,22 +409,22 @@ async def test_a_create_the_api_refuses_is_retried_by_a_new_worker(
     await no_pods_left(cluster)
 
 
-def _stray_pod(name: str, scope: str) -> dict[str, Any]:
+def _stray_pod(name: str, scope: str, image: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "labels": {
             LABEL_MANAGED: "true", LABEL_PROVIDER_ID: scope, LABEL_WORKER: str(uuid.uuid4())}},
         "spec": {"restartPolicy": "Never", "containers": [
-            {"name": "agent", "image": "hodei-agent:test", "command": ["sleep", "300"]}]},
+            {"name": "agent", "image": image, "command": ["sleep", "300"]}]},
     }
 
 
 async def test_a_labelled_pod_without_a_live_worker_is_deleted_and_others_left_alone(
-    kube_platform: Platform, cluster: Cluster,
+    kube_platform: Platform, cluster: Cluster, worker_image: str,
 ) -> None:
     scope = await scope_of(kube_platform)
-    ours, theirs = _stray_pod("hodei-worker-stray-ours", scope), \
-        _stray_pod("hodei-worker-stray-theirs", str(uuid.uuid4()))
+    ours, theirs = _stray_pod("hodei-worker-stray-ours", scope, worker_image), \
+        _stray_pod("hodei-worker-stray-theirs", str(uuid.uuid4()), worker_image)
     for body in (ours, theirs):
         await asyncio.to_thread(cluster.core.create_namespaced_pod, cluster.namespace, body)
 

@@ -92,6 +92,19 @@ async def test_pod_runs_then_succeeds_with_its_log(
     assert {"Scheduled", "Pulled", "Created", "Started"} <= set(events_of(core, ns, "ok"))
 
 
+async def test_a_container_runs_with_the_user_and_capabilities_its_security_context_says(
+        core: client.CoreV1Api, ns: str, worker_image: str) -> None:
+    locked = {"runAsUser": 0, "runAsGroup": 0, "allowPrivilegeEscalation": False,
+              "capabilities": {"drop": ["ALL"], "add": ["KILL", "SETUID"]}}
+    core.create_namespaced_pod(ns, pod(
+        "locked", worker_image, "grep -E '^(Uid|Gid|CapEff|NoNewPrivs):' /proc/self/status",
+        container={"securityContext": locked}))
+    await assert_eventually(lambda: phase_of(core, ns, "locked") == "Succeeded", within_s=15)
+    assert core.read_namespaced_pod_log("locked", ns).split("\n") == [
+        "Uid:\t0\t0\t0\t0", "Gid:\t0\t0\t0\t0",
+        f"CapEff:\t{1 << 5 | 1 << 7:016x}", "NoNewPrivs:\t1", ""]
+
+
 async def test_failed_pod_reports_exit_code_and_reason(
         core: client.CoreV1Api, ns: str, worker_image: str) -> None:
     core.create_namespaced_pod(ns, pod("bad", worker_image, "echo hi; exit 3"))

@@ -95,6 +95,11 @@ async def test_a_docker_worker_is_a_labelled_limited_container_whose_agent_regis
     host = container.attrs["HostConfig"]
     assert (host["Memory"], host["MemorySwap"], host["NanoCpus"]) == (2**27, 2**27, 5 * 10**8)
     assert host["NetworkMode"] == "host"
+    # The agent: root with only what it needs to run its job as the image's job user.
+    assert container.attrs["Config"]["User"] == "0:0"
+    assert "HODEI_AGENT_JOB_USER=10001:10001" in container.attrs["Config"]["Env"]
+    assert (host["CapDrop"], sorted(host["CapAdd"]), host["SecurityOpt"]) == (
+        ["ALL"], ["CHOWN", "DAC_OVERRIDE", "KILL", "SETGID", "SETUID"], ["no-new-privileges"])
     assert await docker_provider.exists(container_id, worker_id=worker_id)
     assert not await docker_provider.exists(container_id, worker_id=uuid4())
 

@@ -68,6 +68,7 @@ def test_a_pod_without_settings_gets_the_defaults_and_the_services_nats_url() ->
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
     assert env["HODEI_NATS_URL"] == "nats://10.0.0.1:4222"
     assert env["HODEI_AGENT_ON_SIGTERM"] == "abandon"
+    assert env["HODEI_AGENT_JOB_USER"] == "10001:10001"  # even from an image that lacks it
 
 
 def pod(phase: str = "Pending", *, state: dict[str, Any] | None = None,

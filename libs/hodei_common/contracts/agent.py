@@ -19,6 +19,16 @@ from hodei_common.contracts.workers import WorkerMode
 
 # With 3 missed beats as the supervisor's grace, a silent worker is lost within ~4 s.
 DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
+# The only capabilities a container's or pod's agent keeps (it runs as root, all others
+# dropped) to run each job as the image's job user and clean up after it: SETUID and SETGID
+# to switch to it, KILL to signal its processes, CHOWN to give it its working directory,
+# DAC_OVERRIDE to remove what it left there (whatever the modes) and to make it the OOM
+# killer's first choice (its /proc files are the job user's). The job gets none of them.
+AGENT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "KILL", "SETGID", "SETUID")
+# The worker image's job user (agent/Dockerfile), "uid:gid": a provider that starts the agent
+# as root also tells it this (HODEI_AGENT_JOB_USER), so that no image left without it runs
+# its jobs as root.
+JOB_USER = "10001:10001"
 
 
 class RegisterRequest(msgspec.Struct, frozen=True, kw_only=True):

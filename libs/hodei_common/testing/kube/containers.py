@@ -154,6 +154,9 @@ def create_args(pod: Obj, image: Obj, env: list[str], instance: str) -> Obj:
         host["mem_limit"] = host["memswap_limit"] = int(quantity.parse(limits["memory"]))
     if "cpu" in limits:
         host["nano_cpus"] = int(quantity.parse(limits["cpu"]) * 10**9)
+    if sc.get("allowPrivilegeEscalation") is False:
+        # What the container runtime does for it: no setuid bit or file capability counts.
+        host["security_opt"] = ["no-new-privileges"]
     caps = sc.get("capabilities") or {}
     if caps.get("add"):
         host["cap_add"] = caps["add"]

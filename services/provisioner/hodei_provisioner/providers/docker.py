@@ -6,6 +6,12 @@ one), ``hodei.provider`` and ``hodei.provider_id`` (the provider_configs row, so
 platforms sharing one engine never reconcile each other's containers). The resource id is
 the container id. Every call to the engine is a blocking HTTP request made by the ``docker``
 SDK, so each runs in a thread, off the event loop.
+
+A container runs its agent as root with every capability dropped but ``AGENT_CAPABILITIES``
+and no way to gain privileges (``no-new-privileges``): just what the agent needs to run its
+job as the image's job user (uid 10001), who then has no capability and cannot read or
+signal the agent. The root filesystem stays writable: the job user can write nothing of the
+agent's there anyway, and jobs expect a usual system (``/tmp``, its home).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from uuid import UUID
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
+from hodei_common.contracts.agent import AGENT_CAPABILITIES, JOB_USER
 from hodei_common.contracts.providers import DockerSettings, ProviderSettings
 from hodei_provisioner.providers.base import (
     LABEL_JOB,
@@ -38,6 +45,8 @@ from hodei_provisioner.providers.base import (
 log = logging.getLogger(__name__)
 
 DEFAULT_NETWORK_MODE = "host"
+# Root, whatever the image says: only root can start the job as its own user.
+AGENT_USER = "0:0"
 CONTAINER_PREFIX = "hodei-worker-"
 API_VERSION = "1.41"
 
@@ -141,16 +150,19 @@ class DockerProvider(Provider):
         settings = spec.settings if isinstance(spec.settings, DockerSettings) \
             else DockerSettings()
         network_mode = settings.network_mode or DEFAULT_NETWORK_MODE
-        host_config = api.create_host_config(network_mode=network_mode, **limits)
+        host_config = api.create_host_config(
+            network_mode=network_mode, cap_drop=["ALL"], cap_add=list(AGENT_CAPABILITIES),
+            security_opt=["no-new-privileges"], **limits)
         environment = {
             **self._env,
             "HODEI_NATS_URL": spec.nats_url,
             "HODEI_WORKER_ID": str(spec.worker_id),
+            "HODEI_AGENT_JOB_USER": JOB_USER,
             **spec.secrets(),
         }
         container = api.create_container(
             spec.image, name=f"{CONTAINER_PREFIX}{spec.worker_id}", labels=labels,
-            environment=environment, host_config=host_config, detach=True,
+            environment=environment, host_config=host_config, detach=True, user=AGENT_USER,
         )
         container_id = str(container["Id"])
         try:

@@ -16,6 +16,15 @@ terminated (Completed, Error, OOMKilled)                ended: as an agent's exi
 Evicted, DisruptionTarget, being deleted, deleted       lost: the job is requeued
 DeadlineExceeded (activeDeadlineSeconds)                timed out
 ======================================================  =====================================
+
+The agent's container runs as root, with every capability dropped but ``AGENT_CAPABILITIES``
+(SETUID, SETGID, KILL to run and stop its job as the image's job user, uid 10001; CHOWN and
+DAC_OVERRIDE for the job's working directory), no privilege escalation and seccomp
+``RuntimeDefault``. The job, not the agent, is the untrusted code: run as another user than
+the agent, it cannot read the agent's environment (its token), signal it or read its files,
+which a pod running both as 10001 allowed. Pod Security ``baseline`` admits such a pod (those
+capabilities are on its list); ``restricted`` would not (it demands a non-root user and no
+capability but NET_BIND_SERVICE), so the workers' namespace may enforce ``baseline`` at most.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from hodei_common.contracts.agent import AGENT_CAPABILITIES, JOB_USER
 from hodei_common.contracts.providers import KubernetesSettings
 from hodei_provisioner.providers.base import (
     LABEL_JOB,
@@ -44,8 +54,9 @@ from hodei_provisioner.providers.base import (
 
 POD_PREFIX = "hodei-worker-"
 CONTAINER = "agent"
-# The worker image's user (see the Dockerfile): pods run as it, never as root.
-RUN_AS = 10001
+# The agent's user: root (with AGENT_CAPABILITIES only), so that it can run its job as the
+# image's job user.
+AGENT_UID = 0
 # An ephemeral pod's deadline past its job's timeout: time to start, report and leave.
 DEADLINE_GRACE_S = 60.0
 IMAGE_ERRORS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
@@ -110,6 +121,7 @@ def pod_manifest(spec: WorkerSpec, settings: KubernetesSettings, *, nats_url: st
         {"name": "HODEI_WORKER_ID", "value": str(spec.worker_id)},
         # A pod's SIGTERM is the node taking it away: its job runs again elsewhere.
         {"name": "HODEI_AGENT_ON_SIGTERM", "value": "abandon"},
+        {"name": "HODEI_AGENT_JOB_USER", "value": JOB_USER},
     ]
     variables += [{"name": SECRET_ENV[key], "valueFrom": {"secretKeyRef": {"name": name,
                                                                           "key": key}}}
@@ -119,7 +131,8 @@ def pod_manifest(spec: WorkerSpec, settings: KubernetesSettings, *, nats_url: st
         "resources": _resources(spec),
         "securityContext": {
             "allowPrivilegeEscalation": False, "privileged": False,
-            "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"], "add": list(AGENT_CAPABILITIES)},
+            "runAsNonRoot": False, "runAsUser": AGENT_UID, "runAsGroup": AGENT_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
@@ -129,10 +142,7 @@ def pod_manifest(spec: WorkerSpec, settings: KubernetesSettings, *, nats_url: st
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": max(1, math.ceil(grace_s)),
-        "securityContext": {
-            "runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
     }
     if spec.job_timeout_s is not None:
