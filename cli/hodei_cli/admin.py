@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from hodei_cli import kubeflags, output
-from hodei_cli.connection import call_api, cli_settings
+from hodei_cli.connection import call_admin_api, cli_settings
 from hodei_cli.output import Output, OutputOption
 from hodei_cli.parsing import parse_cpus, parse_memory, parse_state
 from hodei_cli.services import SERVICES
@@ -71,7 +71,7 @@ def list_workers(
     """List workers, newest first."""
     wanted = parse_state(WorkerState, state)
 
-    workers = call_api(lambda api: api.list_workers(state=wanted))
+    workers = call_admin_api(lambda api: api.list_workers(state=wanted))
     if out is Output.JSON:
         output.emit_json(workers)
         return
@@ -110,7 +110,7 @@ def build_image(
 def list_providers(out: Output = OutputOption) -> None:
     """List providers and their configuration."""
 
-    providers = call_api(lambda api: api.list_providers())
+    providers = call_admin_api(lambda api: api.list_providers())
     if out is Output.JSON:
         output.emit_json(providers)
         return
@@ -241,7 +241,7 @@ def set_provider(
         settings=parse_assignments(assignments or [], flags),
     )
 
-    provider = call_api(lambda api: api.update_provider(request))
+    provider = call_admin_api(lambda api: api.update_provider(request))
     if out is Output.JSON:
         output.emit_json(provider)
     else:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -12,7 +14,7 @@ import typer
 # these, whether or not click itself is installed too.
 from typer._click.exceptions import ClickException
 
-from hodei_cli import admin, dev, jobs
+from hodei_cli import admin, auth, dev, jobs
 from hodei_common.errors import HodeiError
 
 app = typer.Typer(
@@ -27,8 +29,19 @@ app.add_typer(jobs.app, name="job")
 app.add_typer(admin.worker_app, name="worker")
 app.add_typer(admin.provider_app, name="provider")
 app.add_typer(dev.app, name="dev")
+app.add_typer(auth.app, name="auth")
 app.command("migrate")(admin.migrate_command)
 app.command("service")(admin.service_command)
+
+
+@app.callback()
+def _options(
+    creds: Annotated[Path | None, typer.Option(
+        "--creds", help="NATS credentials to act with (default: HODEI_CREDS, else the "
+        "embedded platform's)", dir_okay=False)] = None,
+) -> None:
+    if creds is not None:  # every command's settings read it from the environment
+        os.environ["HODEI_CREDS"] = str(creds)
 
 
 def main(argv: list[str] | None = None) -> None:

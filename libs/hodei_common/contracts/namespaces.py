@@ -21,9 +21,10 @@ _NAMESPACE = re.compile(DNS_LABEL)
 _SHOWN_CHARS = MAX_NAMESPACE_CHARS + 1
 
 
-def check_namespace(value: str) -> str:
-    """``value`` if it is a namespace, else :class:`ValidationError` in one line."""
+def check_namespace(value: str, what: str = "namespace") -> str:
+    """``value`` if it is a namespace (or a name by the same rule: ``what`` says which),
+    else :class:`ValidationError` in one line."""
     if len(value) <= MAX_NAMESPACE_CHARS and _NAMESPACE.fullmatch(value):
         return value
     shown = value if len(value) <= _SHOWN_CHARS else value[:_SHOWN_CHARS] + "..."
-    raise ValidationError(f"namespace {shown!r} is not valid: a namespace is {NAMESPACE_RULE}")
+    raise ValidationError(f"{what} {shown!r} is not valid: a {what} is {NAMESPACE_RULE}")

@@ -211,6 +211,12 @@ def inbox_prefix(identity: str) -> str:
     return f"{INBOX_ROOT}.{identity}"
 
 
+def user_identity(namespace: str, name: str) -> str:
+    """The NATS user name (and inbox tokens) of an API user: ``u.<namespace>.<name>``, both
+    DNS labels, so that no two users share an inbox."""
+    return f"u.{check_namespace(namespace)}.{check_namespace(name, 'user name')}"
+
+
 def agent_identity(worker_id: UUID | str) -> str:
     """The NATS user name (and inbox token) of one worker's agent."""
     return f"hodei-agent-{worker_id}"

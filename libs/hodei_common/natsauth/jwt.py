@@ -130,6 +130,7 @@ def user_jwt(
     respond: bool = False,
     expires_at: float | None = None,
     issuer_account: str | None = None,
+    tags: list[str] | None = None,
 ) -> str:
     """A user's JWT signed by its account (or by one of its signing keys: then
     ``issuer_account`` names the account), allowed only the listed subjects. ``respond`` lets
@@ -146,6 +147,8 @@ def user_jwt(
         nats["resp"] = {"max": 1, "ttl": 0}  # ttl 0: the server's default (two minutes)
     if issuer_account is not None:
         nats["issuer_account"] = issuer_account
+    if tags:
+        nats["tags"] = tags
     return encode(account, user, name, nats, expires_at=expires_at)
 
 

@@ -19,12 +19,36 @@ service answers requests through ``respond`` (nats ``resp``: one reply per reque
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from uuid import UUID
 
 from hodei_common.contracts import subjects as s
+from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE
 
 CLI_IDENTITY = "hodei-cli"
+# JWT tags naming a user's namespace and whether it is an admin: the CLI reads them to know
+# where it acts (the server enforces the subjects, not the tags).
+NAMESPACE_TAG = "hodei-namespace:"
+ADMIN_TAG = "hodei-admin"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a user acts: its namespace, and whether it may act in every one."""
+
+    namespace: str
+    admin: bool
+
+    @classmethod
+    def of_tags(cls, tags: list[str]) -> Scope | None:
+        """The scope the tags of a user JWT name; None when they name none (a service)."""
+        namespace = next((t.removeprefix(NAMESPACE_TAG) for t in tags
+                          if t.startswith(NAMESPACE_TAG)), None)
+        return None if namespace is None else cls(namespace, ADMIN_TAG in tags)
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return (f"{NAMESPACE_TAG}{self.namespace}", *((ADMIN_TAG,) if self.admin else ()))
 
 
 class Role(enum.StrEnum):
@@ -47,6 +71,7 @@ class Permissions:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     respond: bool = False
+    tags: tuple[str, ...] = ()  # what the user's JWT says of it (its namespace, admin)
 
     @property
     def inbox_prefix(self) -> str:
@@ -140,14 +165,30 @@ def role(which: Role) -> Permissions:
 
 
 def _cli() -> Permissions:
-    """Calls the API, pings services, reads logs live, from the stream or the archive, and
-    (``hodei dev`` shutting down) tells busy workers to stop."""
-    identity = CLI_IDENTITY
+    """The ``hodei`` CLI of the embedded platform's owner: an admin of the default namespace
+    that may also tell busy workers to stop (``hodei dev`` shutting down)."""
+    admin = user_permissions(CLI_IDENTITY, Scope(DEFAULT_NAMESPACE, admin=True))
+    return replace(admin, publish=(*admin.publish, s.worker_control("*")))
+
+
+def user(name: str, namespace: str, *, admin: bool = False) -> Permissions:
+    """A person or program calling the API (``hodei auth create-user``), known on NATS as
+    ``u.<namespace>.<name>``."""
+    return user_permissions(s.user_identity(namespace, name), Scope(namespace, admin))
+
+
+def user_permissions(identity: str, scope: Scope) -> Permissions:
+    """Calls its namespace's job endpoints (an admin: every namespace's, the admin endpoints
+    and the services' pings), and reads logs live, from the stream or the archive."""
+    if scope.admin:
+        calls = [s.API_SUBJECTS, s.ADMIN_SUBJECTS, s.SRV_PREFIX + ".>"]
+    else:
+        calls = [s.api_ns(scope.namespace, ">")]
     return Permissions(
         identity=identity,
-        publish=(s.API_SUBJECTS, s.ADMIN_SUBJECTS, s.SRV_PREFIX + ".>", s.worker_control("*"),
-                 *_reader(s.LOGS_STREAM), *_reader(s.LOG_ARCHIVE_STREAM)),
+        publish=(*calls, *_reader(s.LOGS_STREAM), *_reader(s.LOG_ARCHIVE_STREAM)),
         subscribe=(s.inbox_prefix(identity) + ".>", s.LOGS_SUBJECTS),
+        tags=scope.tags,
     )
 
 

@@ -76,7 +76,8 @@ class Issuer:
         return jwt.user_jwt(
             self.signing, public_key, permissions.identity,
             pub_allow=list(permissions.publish), sub_allow=list(permissions.subscribe),
-            respond=permissions.respond, expires_at=expires_at, issuer_account=self.account)
+            respond=permissions.respond, expires_at=expires_at,
+            tags=list(permissions.tags), issuer_account=self.account)
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,7 @@ class Trust:
             signer or self.account, key.public_key, permissions.identity,
             pub_allow=list(permissions.publish), sub_allow=list(permissions.subscribe),
             respond=permissions.respond, expires_at=expires_at,
+            tags=list(permissions.tags),
         )
         return UserCredentials(name=permissions.identity, jwt=token, seed=key.seed,
                                inbox_prefix=permissions.inbox_prefix)
