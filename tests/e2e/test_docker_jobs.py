@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import docker
 import pytest
@@ -16,7 +18,7 @@ import pytest
 from hodei_common.testing import assert_eventually
 from hodei_provisioner.providers.docker import LABEL_JOB, LABEL_MANAGED, LABEL_PROVIDER_ID
 from tests.cli.conftest import CliResult, run_cli
-from tests.e2e.attacks import ALL_REFUSED, ON_THE_AGENT
+from tests.e2e.attacks import ALL_REFUSED, ON_THE_AGENT, ON_THE_PLATFORM
 from tests.e2e.conftest import Platform, cli_json, job_of, start_platform, stop_platform
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.slow]
@@ -236,6 +238,38 @@ async def test_a_job_cannot_read_signal_or_inherit_the_powers_of_its_agent(
     (job,) = await cli_json(docker_platform, "job", "list", "--limit", "1")
     assert job["state"] == "SUCCEEDED"
     await _no_containers_left(docker_platform, docker_engine)
+
+
+async def test_a_hostile_job_finds_no_secret_and_gets_into_neither_nats_nor_postgres(
+    docker_platform: Platform, docker_engine: docker.DockerClient,
+) -> None:
+    """A job's code with the run of its container and the platform's addresses: no
+    credential anywhere it can read, NATS refuses it without one, PostgreSQL without the
+    password; a job running beside it is untouched."""
+    victim = await run_cli(docker_platform.env, "job", "queue", "--command",
+                           "sleep 2; echo victim done")
+    victim_id = victim.stdout.strip()
+    database = urlsplit(docker_platform.endpoints["database_url"])
+    target = f"TARGET_NATS={docker_platform.nats_url},TARGET_PG_PORT={database.port}"
+    attack = f"/opt/hodei/bin/python - <<'PY'\n{ON_THE_PLATFORM}\nPY"
+    result = await docker_job(docker_platform, "--env", target, "--command", attack,
+                              within_s=90)
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["found"] == []
+    assert report["nats"] == "refused: nats: 'Authorization Violation'"
+    assert set(report["postgres"].values()) <= {
+        "refused: InvalidPasswordError", "refused: InvalidAuthorizationSpecificationError"}, \
+        report["postgres"]
+    await assert_eventually(
+        lambda: _state_is(docker_platform, victim_id, "SUCCEEDED"), within_s=30)
+    logs = await run_cli(docker_platform.env, "job", "logs", victim_id)
+    assert logs.stdout == "victim done\n"
+    await _no_containers_left(docker_platform, docker_engine)
+
+
+async def _state_is(platform: Platform, job_id: str, state: str) -> bool:
+    return bool((await job_of(platform, job_id))["state"] == state)
 
 
 async def test_at_max_workers_jobs_wait_queued_and_all_run(
