@@ -17,13 +17,33 @@ from hodei_cli.connection import cli_settings
 from hodei_cli.embedded import AUTH_DIR
 from hodei_common.contracts.namespaces import check_namespace
 from hodei_common.errors import ConfigError, ValidationError
-from hodei_common.natsauth import NKeyError, Trust, permissions
+from hodei_common.natsauth import NKeyError, Trust, permissions, write_secret
 
 app = typer.Typer(help="Make credentials for the platform's users.", no_args_is_help=True)
 
 
-def _keys_dir(keys: Path | None) -> Path:
-    return keys if keys is not None else cli_settings().home / AUTH_DIR / "keys"
+def _auth_dir(directory: Path | None) -> Path:
+    return directory if directory is not None else cli_settings().home / AUTH_DIR
+
+
+@app.command("init")
+def init(
+    directory: Annotated[Path | None, typer.Option(
+        "--dir", help="where to keep them (default: $HODEI_HOME/auth, as hodei dev up does)")
+    ] = None,
+) -> None:
+    """Make the platform's NATS trust for a deployment, once: the operator, account and
+    signing keys (DIR/keys), nats-server's configuration trusting them (DIR/nats-auth.conf,
+    to include in the server's), and each service's and the CLI's creds files (DIR/creds).
+    Run again, it keeps the keys and writes the rest anew."""
+    root = _auth_dir(directory)
+    trust = Trust.load_or_create(root / "keys")
+    trust.write_creds(root / "creds")
+    write_secret(root / "nats-auth.conf", trust.server_config())
+    typer.echo(f"keys in {root / 'keys'} (the signing key, for the provisioner: "
+               f"{trust.signing_key_file(root / 'keys')})")
+    typer.echo(f"nats-server configuration in {root / 'nats-auth.conf'}")
+    typer.echo(f"services' and CLI's credentials in {root / 'creds'}")
 
 
 @app.command("create-user")
@@ -34,8 +54,9 @@ def create_user(
         "--admin", help="may also act in every namespace and change providers")] = False,
     out: Annotated[Path | None, typer.Option(
         "--output", help="the creds file to write (default: ./NAME.creds)")] = None,
-    keys: Annotated[Path | None, typer.Option(
-        "--keys", help="the platform's keys (default: $HODEI_HOME/auth/keys)")] = None,
+    directory: Annotated[Path | None, typer.Option(
+        "--dir", help="the platform's trust, as hodei auth init made it (default: "
+        "$HODEI_HOME/auth)")] = None,
 ) -> None:
     """Write a creds file for NAME in NAMESPACE; use it with --creds FILE or HODEI_CREDS."""
     check_namespace(name, "user name")
@@ -43,7 +64,7 @@ def create_user(
     path = out if out is not None else Path(f"{name}.creds")
     if path.exists():
         raise ValidationError(f"{path} exists; remove it or choose another --output")
-    directory = _keys_dir(keys)
+    directory = _auth_dir(directory) / "keys"
     try:
         trust = Trust.load(directory)
     except (OSError, NKeyError) as e:

@@ -83,7 +83,7 @@ class NKey:
 
 def write_secret(path: Path, text: str) -> None:
     """Write a file only its owner may read (0600 from its creation, never wider)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
     with os.fdopen(fd, "w") as handle:
