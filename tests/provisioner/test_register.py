@@ -88,7 +88,9 @@ async def test_the_agents_registration_makes_the_worker_ready(
     # Its NATS user: bound to the key it sent, signed by the account's signing key, allowed
     # its own worker's subjects only.
     agent = permissions.agent(worker_id)
-    assert user["sub"] == _sent_key(log_text(provisioner_settings.workers_dir(), worker_id))
+    sent = _sent_key(log_text(provisioner_settings.workers_dir(), worker_id))
+    assert user["sub"] == sent
+    assert (await worker(pool, worker_id))["nats_public_key"] == sent
     assert user["iss"] == nats_trust.signing.public_key
     assert user["nats"]["issuer_account"] == nats_trust.account.public_key
     assert user["nats"]["pub"] == {"allow": list(agent.publish)}

@@ -140,16 +140,16 @@ async def cannot_start(conn: Conn, worker: WorkerRef, reason: str, *, job_error:
         events=events.encode(emits)) is not None
 
 
-async def register(conn: Conn, worker: WorkerRef, hostname: str | None, *, actor: str
-                   ) -> asyncpg.Record | None:
+async def register(conn: Conn, worker: WorkerRef, hostname: str | None, *, actor: str,
+                   public_key: str | None = None) -> asyncpg.Record | None:
     """CREATING -> READY (its mode, provider and provider settings); None when it is not
-    CREATING."""
+    CREATING. ``public_key`` is the nkey the agent's NATS user is bound to."""
     t = WORKERS["register"]
     emits = [Emit(t, events.new(kind, actor=actor, job=worker.job, **_fields(worker)))
              for kind in (WorkerRegistered, WorkerReady)]
     return await SQL["register"].fetchrow(
-        conn, worker_id=worker.id, hostname=hostname, from_states=t.fence,
-        to_state=t.to_state, events=events.encode(emits))
+        conn, worker_id=worker.id, hostname=hostname, public_key=public_key,
+        from_states=t.fence, to_state=t.to_state, events=events.encode(emits))
 
 
 class Retirement(enum.StrEnum):

@@ -235,7 +235,8 @@ async def register(deps: Deps, req: RegisterRequest) -> RegisterReply:
         worker = await store.get_worker(conn, req.worker_id)
         if worker is None:
             raise RegistrationDenied(f"worker {req.worker_id} does not exist")
-        row = await workers.register(conn, worker.ref, hostname, actor=ACTOR)
+        row = await workers.register(conn, worker.ref, hostname, actor=ACTOR,
+                                     public_key=req.public_key if deps.issuer else None)
         if row is None:
             raise RegistrationDenied(f"worker {req.worker_id} is {worker.state}; it cannot "
                                      "register")

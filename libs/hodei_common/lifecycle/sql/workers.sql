@@ -93,7 +93,7 @@ SELECT attempt FROM jobs WHERE id = :job_id AND state = 'QUEUED';
 -- The agent spent its bootstrap token (in the same transaction): the worker is READY.
 WITH registered AS (
     UPDATE workers AS w SET state = :to_state, registered_at = now(), idle_since = now(),
-                            hostname = :hostname
+                            hostname = :hostname, nats_public_key = :public_key
     FROM provider_configs AS p
     WHERE w.id = :worker_id AND w.state = ANY(:from_states) AND p.name = w.provider
     RETURNING w.id, w.mode, w.provider, w.for_job_id, p.settings
