@@ -31,17 +31,24 @@ def init(
     directory: Annotated[Path | None, typer.Option(
         "--dir", help="where to keep them (default: $HODEI_HOME/auth, as hodei dev up does)")
     ] = None,
+    jwt_dir: Annotated[Path | None, typer.Option(
+        "--jwt-dir", help="where nats-server keeps the account JWTs pushed to it (revoked "
+        "users); default: DIR/nats-jwt")] = None,
 ) -> None:
     """Make the platform's NATS trust for a deployment, once: the operator, account and
     signing keys (DIR/keys), nats-server's configuration trusting them (DIR/nats-auth.conf,
     to include in the server's), and each service's and the CLI's creds files (DIR/creds).
     Run again, it keeps the keys and writes the rest anew."""
     root = _auth_dir(directory)
-    trust = Trust.load_or_create(root / "keys")
+    keys = root / "keys"
+    trust = Trust.load_or_create(keys)
     trust.write_creds(root / "creds")
-    write_secret(root / "nats-auth.conf", trust.server_config())
-    typer.echo(f"keys in {root / 'keys'} (the signing key, for the provisioner: "
-               f"{trust.signing_key_file(root / 'keys')})")
+    revoker = trust.write_revoker_creds(keys)
+    store = (jwt_dir or root / "nats-jwt").absolute()
+    write_secret(root / "nats-auth.conf", trust.server_config(store))
+    typer.echo(f"keys in {keys} (for the provisioner: the signing key "
+               f"{trust.signing_key_file(keys)}, the operator key "
+               f"{trust.operator_key_file(keys)} and {revoker}, to revoke lost agents)")
     typer.echo(f"nats-server configuration in {root / 'nats-auth.conf'}")
     typer.echo(f"services' and CLI's credentials in {root / 'creds'}")
 

@@ -205,6 +205,17 @@ def srv_control(verb: str, name: str | None = None) -> str:
     return f"{SRV_PREFIX}.{verb}" if name is None else f"{SRV_PREFIX}.{verb}.{name}"
 
 
+# The full account resolver's update request (system account only): the body is an account
+# JWT signed by the operator, the reply says whether the server stored it.
+CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
+REVOKER_IDENTITY = "hodei-revoker"
+
+
+def claims_lookup(account: str) -> str:
+    """The request for the JWT the servers hold for one account (system account only)."""
+    return f"$SYS.REQ.ACCOUNT.{account}.CLAIMS.LOOKUP"
+
+
 def inbox_prefix(identity: str) -> str:
     """The reply-inbox prefix of one NATS user (nats-py's ``inbox_prefix=``), so that its
     replies can be allowed to it alone: ``_INBOX.<identity>``."""

@@ -65,7 +65,7 @@ class NatsServer(ChildServer):
         config: list[str] = []
         if self.auth is not None:
             config_file = self.store_dir / "auth.conf"
-            config_file.write_text(self.auth.server_config())
+            config_file.write_text(self.auth.server_config(self.store_dir / "jwt"))
             config = ["--config", str(config_file)]
         with self.log_file.open("ab") as log:
             self._proc = self._launch(

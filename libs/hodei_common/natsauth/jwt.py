@@ -104,6 +104,7 @@ def account_jwt(
     jetstream: bool = True,
     signing_keys: list[str] | None = None,
     revocations: dict[str, int] | None = None,
+    issued_at: float | None = None,
 ) -> str:
     """An account's JWT signed by the operator; ``jetstream`` gives it unlimited JetStream
     (the system account must have none). ``signing_keys`` may issue its users besides the
@@ -117,7 +118,7 @@ def account_jwt(
         nats["signing_keys"] = signing_keys
     if revocations:
         nats["revocations"] = revocations
-    return encode(operator, account, name, nats)
+    return encode(operator, account, name, nats, issued_at=issued_at)
 
 
 def user_jwt(

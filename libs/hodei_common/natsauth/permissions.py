@@ -221,6 +221,14 @@ def bootstrap(worker_id: UUID | str) -> Permissions:
                        subscribe=(s.inbox_prefix(identity) + ".>",))
 
 
+def revoker() -> Permissions:
+    """The system-account user that reads the platform account's JWT from the servers and
+    pushes it anew (its revocations), and reads their replies."""
+    identity = s.REVOKER_IDENTITY
+    return Permissions(identity=identity, publish=(s.CLAIMS_UPDATE, s.claims_lookup("*")),
+                       subscribe=(s.inbox_prefix(identity) + ".>",))
+
+
 def everything(identity: str) -> Permissions:
     """Every subject: for a test's own observer, never for a part of the platform."""
     return Permissions(identity=identity, publish=(">",), subscribe=(">",), respond=True)

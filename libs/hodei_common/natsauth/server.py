@@ -2,23 +2,29 @@
 
 :class:`Trust` holds the operator, the platform's account (with JetStream) and the system
 account; :meth:`Trust.server_config` is the config-file fragment that makes nats-server trust
-them (``operator``, ``system_account``, a memory resolver preloaded with both accounts), and
+them (``operator``, ``system_account``, a full resolver seeded with both accounts, which takes
+the platform account's JWT anew at run time: its revocations, :mod:`.revoker`), and
 :meth:`Trust.user` mints a user of the platform's account with a role's permissions.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hodei_common.natsauth import jwt
 from hodei_common.natsauth.keys import KeyKind, NKey, NKeyError, write_secret
-from hodei_common.natsauth.permissions import Permissions, Role, role
+from hodei_common.natsauth.permissions import Permissions, Role, revoker, role
 
 OPERATOR_NAME = "hodei"
 ACCOUNT_NAME = "HODEI"
 SYSTEM_ACCOUNT_NAME = "SYS"
+# When the preloaded account JWTs say they were issued: before anything pushed at run time, so
+# that nats-server keeps the JWT it stored (revocations and all) over the preload when it
+# restarts; the preload only seeds an empty store. The server keeps the newer of the two.
+PRELOAD_ISSUED_AT = 1_700_000_000  # 2023-11-14
 _SEED_FILES = {"operator": KeyKind.OPERATOR, "account": KeyKind.ACCOUNT,
                "system": KeyKind.ACCOUNT, "signing": KeyKind.ACCOUNT}
 
@@ -40,6 +46,24 @@ class UserCredentials:
     def write(self, path: Path) -> Path:
         """Write the creds file (0600) for ``user_credentials=``."""
         return jwt.write_creds(path, self.jwt, self.seed)
+
+
+@dataclass(frozen=True)
+class PlatformAccount:
+    """What the platform account's JWT says besides its revocations, and the operator key
+    that signs it: whoever holds this can re-sign it with another list of revoked users."""
+
+    operator: NKey
+    account: str  # its public key
+    signing_keys: tuple[str, ...]
+
+    def jwt(self, revocations: Mapping[str, int] | None = None, *,
+            issued_at: float | None = None) -> str:
+        """The account's JWT; ``revocations`` refuses each listed user public key's JWTs
+        issued at or before its time (unix seconds)."""
+        return jwt.account_jwt(self.operator, self.account, ACCOUNT_NAME,
+                               signing_keys=list(self.signing_keys),
+                               revocations=dict(revocations or {}), issued_at=issued_at)
 
 
 @dataclass(frozen=True)
@@ -106,9 +130,19 @@ class Trust:
     def issuer(self) -> Issuer:
         return Issuer(signing=self.signing, account=self.account.public_key)
 
+    @property
+    def platform_account(self) -> PlatformAccount:
+        return PlatformAccount(operator=self.operator, account=self.account.public_key,
+                               signing_keys=(self.signing.public_key,))
+
     def signing_key_file(self, directory: Path) -> Path:
         """Where :meth:`save` put the signing key's seed (for the provisioner)."""
         return directory / "signing.nk"
+
+    def operator_key_file(self, directory: Path) -> Path:
+        """Where :meth:`save` put the operator's seed (the provisioner re-signs the account's
+        JWT with it to revoke users)."""
+        return directory / "operator.nk"
 
     @classmethod
     def load(cls, directory: Path) -> Trust:
@@ -128,13 +162,21 @@ class Trust:
         return jwt.operator_jwt(self.operator, OPERATOR_NAME,
                                 system_account=self.system.public_key)
 
-    def account_jwt(self) -> str:
-        return jwt.account_jwt(self.operator, self.account.public_key, ACCOUNT_NAME,
-                               signing_keys=[self.signing.public_key])
+    def account_jwt(self, *, issued_at: float | None = None) -> str:
+        return self.platform_account.jwt(issued_at=issued_at)
 
-    def system_jwt(self) -> str:
+    def system_jwt(self, *, issued_at: float | None = None) -> str:
         return jwt.account_jwt(self.operator, self.system.public_key, SYSTEM_ACCOUNT_NAME,
-                               jetstream=False)
+                               jetstream=False, issued_at=issued_at)
+
+    def system_user(self, permissions: Permissions) -> UserCredentials:
+        """A new user of the system account (the revoker's), allowed only ``permissions``."""
+        key = NKey.create(KeyKind.USER)
+        token = jwt.user_jwt(self.system, key.public_key, permissions.identity,
+                             pub_allow=list(permissions.publish),
+                             sub_allow=list(permissions.subscribe))
+        return UserCredentials(name=permissions.identity, jwt=token, seed=key.seed,
+                               inbox_prefix=permissions.inbox_prefix)
 
     def user(self, permissions: Permissions, *, expires_at: float | None = None,
              signer: NKey | None = None) -> UserCredentials:
@@ -157,15 +199,24 @@ class Trust:
             user = self.user(role(which))
             user.write(directory / f"{user.name}.creds")
 
-    def server_config(self) -> str:
+    def write_revoker_creds(self, directory: Path) -> Path:
+        """Write the revoker's creds file (a system-account user) as ``revoker.creds`` in
+        ``directory``: beside the keys, not with the services' creds, for the provisioner
+        alone."""
+        return self.system_user(revoker()).write(directory / "revoker.creds")
+
+    def server_config(self, jwt_dir: Path) -> str:
         """The nats-server config lines for operator mode (JWTs quoted as JSON strings, which
-        the server's config syntax reads alike)."""
-        preload = {self.account.public_key: self.account_jwt(),
-                   self.system.public_key: self.system_jwt()}
+        the server's config syntax reads alike): a full resolver keeps account JWTs pushed at
+        run time in ``jwt_dir``, across restarts; deleting accounts is not allowed."""
+        preload = {self.account.public_key: self.account_jwt(issued_at=PRELOAD_ISSUED_AT),
+                   self.system.public_key: self.system_jwt(issued_at=PRELOAD_ISSUED_AT)}
+        resolver = {"type": "full", "dir": str(jwt_dir), "allow_delete": False,
+                    "interval": "2m"}
         lines = [
             f"operator: {json.dumps(self.operator_jwt())}",
             f"system_account: {json.dumps(self.system.public_key)}",
-            "resolver: MEMORY",
+            f"resolver: {json.dumps(resolver)}",
             "resolver_preload: {",
             *(f"  {key}: {json.dumps(token)}" for key, token in preload.items()),
             "}",
