@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 from nats.aio.client import DEFAULT_INBOX_PREFIX, Credentials
 from nats.aio.client import Client as NATS
@@ -62,6 +63,11 @@ def credentials(settings: Settings, identity: str) -> tuple[Credentials | None, 
     path = settings.resolved_creds(identity)
     if path is None:
         return None, DEFAULT_INBOX_PREFIX.decode()
+    return creds_file(path)
+
+
+def creds_file(path: Path) -> tuple[Credentials, str]:
+    """What to connect with the creds file ``path``: it, and its user's inbox prefix."""
     try:
         text = path.read_text()
         name = jwt.decode(jwt.creds_user_jwt(text))["name"]

@@ -59,11 +59,15 @@ def agent_command() -> list[str]:
 
 @pytest.fixture
 def provisioner_settings(
-    settings: Settings, agent_command: list[str], nats_signing_key: Path, tmp_path: Path
+    settings: Settings, agent_command: list[str], nats_signing_key: Path,
+    nats_operator_key: Path, nats_system_creds: Path, tmp_path: Path
 ) -> ProvisionerSettings:
     return ProvisionerSettings(
         **settings.model_dump(),
         nats_signing_key=nats_signing_key,
+        nats_operator_key=nats_operator_key,
+        nats_system_creds=nats_system_creds,
+        provisioner_revoke_interval_s=0.2,
         provisioner_agent_command=agent_command,
         provisioner_workers_dir=tmp_path / "workers",
         provisioner_destroy_grace_s=1.0,

@@ -199,11 +199,14 @@ class Trust:
             user = self.user(role(which))
             user.write(directory / f"{user.name}.creds")
 
+    def revoker_creds_file(self, directory: Path) -> Path:
+        """Where :meth:`write_revoker_creds` puts the revoker's creds file."""
+        return directory / "revoker.creds"
+
     def write_revoker_creds(self, directory: Path) -> Path:
-        """Write the revoker's creds file (a system-account user) as ``revoker.creds`` in
-        ``directory``: beside the keys, not with the services' creds, for the provisioner
-        alone."""
-        return self.system_user(revoker()).write(directory / "revoker.creds")
+        """Write the revoker's creds file (a system-account user) in ``directory``: beside
+        the keys, not with the services' creds, for the provisioner alone."""
+        return self.system_user(revoker()).write(self.revoker_creds_file(directory))
 
     def server_config(self, jwt_dir: Path) -> str:
         """The nats-server config lines for operator mode (JWTs quoted as JSON strings, which

@@ -168,6 +168,19 @@ def nats_signing_key(nats_trust: Trust, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def nats_operator_key(nats_trust: Trust, tmp_path: Path) -> Path:
+    """The operator's seed file, as the provisioner is given it to revoke users."""
+    nats_trust.save(tmp_path / "nats-keys")
+    return nats_trust.operator_key_file(tmp_path / "nats-keys")
+
+
+@pytest.fixture
+def nats_system_creds(nats_trust: Trust, tmp_path: Path) -> Path:
+    """The revoker's creds file (a system-account user), as the provisioner is given it."""
+    return nats_trust.write_revoker_creds(tmp_path / "nats-keys")
+
+
+@pytest.fixture
 def settings(nats_url: str, database_url: str, nats_creds_dir: Path, tmp_path: Path
              ) -> Settings:
     """Settings pointing at this test's NATS (each identity with its own credentials) and

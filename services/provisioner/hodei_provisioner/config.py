@@ -33,6 +33,13 @@ class ProvisionerSettings(Settings):
     # A signing key of the platform's NATS account (a seed file, HODEI_NATS_SIGNING_KEY): the
     # provisioner mints each agent's NATS user with it. Unset: NATS asks for no credentials.
     nats_signing_key: Path | None = None
+    # The operator's seed file (HODEI_NATS_OPERATOR_KEY) and a system-account user's creds
+    # (HODEI_NATS_SYSTEM_CREDS): with both, the provisioner revokes the NATS users of lost
+    # workers' agents. Unset: their users stay valid until they expire.
+    nats_operator_key: Path | None = None
+    nats_system_creds: Path | None = None
+    # Seconds between checks that the revoked users are the lost workers' agents'.
+    provisioner_revoke_interval_s: float = Field(default=2.0, gt=0)
 
     def agent_nats_url(self) -> str:
         """The NATS URL agents are given: the configured one, else the service's own."""

@@ -39,6 +39,9 @@ ACTOR = "provisioner"
 MAX_HOSTNAME_CHARS = 255
 _LEASE_SLACK_S = 0.5
 AGENT_IDLE_FACTOR = 2.0
+# How long an agent's NATS user is valid: a lost worker's stays revoked that long after its
+# loss, no longer, which bounds the list of revoked users (:mod:`revocations`).
+AGENT_JWT_LIFETIME_S = 30 * 24 * 3600.0
 # States in which a worker's resource should go: TERMINATED again on a redelivery.
 _RELEASABLE = (WorkerState.TERMINATING, WorkerState.TERMINATED, WorkerState.FAILED)
 
@@ -261,7 +264,8 @@ def _agent_jwt(deps: Deps, req: RegisterRequest, worker: store.WorkerRow) -> str
     for: an ephemeral worker whose job was cancelled takes the next)."""
     if deps.issuer is None or req.public_key is None:
         return None
-    return deps.issuer.bind(req.public_key, permissions.agent(worker.id))
+    return deps.issuer.bind(req.public_key, permissions.agent(worker.id),
+                            expires_at=time.time() + AGENT_JWT_LIFETIME_S)
 
 
 async def _why_refused(conn: Conn, token_hash: bytes, worker_id: UUID) -> str:

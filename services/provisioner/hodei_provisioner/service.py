@@ -26,11 +26,12 @@ from hodei_common.contracts.workers import ProvisionRequested, WorkerFailed, Wor
 from hodei_common.endpoints import Endpoint, EndpointServer
 from hodei_common.errors import ConfigError, HodeiError
 from hodei_common.natsauth.keys import NKeyError
+from hodei_common.natsauth.revoker import Revoker, platform_account
 from hodei_common.natsauth.server import Issuer
 from hodei_common.recovery import Backoff, Recovery
 from hodei_common.runner import HodeiService, Loop
 from hodei_common.waiting import wait_any
-from hodei_provisioner import handlers, news
+from hodei_provisioner import handlers, news, revocations
 from hodei_provisioner.config import ProvisionerSettings
 from hodei_provisioner.providers import News, Provider
 from hodei_provisioner.providers.docker import DockerProvider, container_env
@@ -87,6 +88,7 @@ class ProvisionerService(HodeiService):
         )
         self._deps: handlers.Deps | None = None
         self._news: asyncio.Queue[News] = asyncio.Queue()
+        self._revoker: Revoker | None = None
 
     @property
     def deps(self) -> handlers.Deps:
@@ -99,8 +101,12 @@ class ProvisionerService(HodeiService):
         finally:
             for provider in self.providers.values():
                 await provider.close()
+            if self._revoker is not None:
+                await self._revoker.nc.close()
 
     async def setup(self) -> None:
+        issuer = self._issuer()
+        self._revoker = await self._connect_revoker(issuer)
         self._deps = handlers.Deps(
             pool=self.pool,
             providers=self.providers,
@@ -109,7 +115,7 @@ class ProvisionerService(HodeiService):
             agent_nats_url=self.settings.agent_nats_url(),
             recovery=Recovery(self.pool, self.nc, actor=handlers.ACTOR,
                               backoff=Backoff.from_settings(self.settings)),
-            issuer=self._issuer(),
+            issuer=issuer,
         )
         for provider in self.providers.values():
             provider.on_news(self._news.put_nowait)
@@ -131,9 +137,36 @@ class ProvisionerService(HodeiService):
         except (OSError, KeyError, NKeyError) as e:
             raise ConfigError(f"HODEI_NATS_SIGNING_KEY: cannot use {seed_file}: {e}") from e
 
+    async def _connect_revoker(self, issuer: Issuer | None) -> Revoker | None:
+        """What revokes lost agents' NATS users, connected as the system account's user
+        configured (None: none is)."""
+        operator_key, system_creds = (self.settings.nats_operator_key,
+                                      self.settings.nats_system_creds)
+        if operator_key is None and system_creds is None:
+            return None
+        if operator_key is None or system_creds is None or issuer is None:
+            raise ConfigError("revoking agents' NATS users takes HODEI_NATS_OPERATOR_KEY, "
+                              "HODEI_NATS_SYSTEM_CREDS and HODEI_NATS_SIGNING_KEY together")
+        try:
+            account = platform_account(operator_key.expanduser(), issuer)
+        except (OSError, NKeyError) as e:
+            raise ConfigError(f"HODEI_NATS_OPERATOR_KEY: cannot use {operator_key}: {e}"
+                              ) from e
+        nc = await messaging.connect(
+            self.settings, f"{subjects.service_name(self.name)}-revoker",
+            creds=messaging.creds_file(system_creds.expanduser()))
+        revoker = Revoker(account, nc, timeout_s=self.settings.request_timeout_s)
+        try:
+            await revoker.check()
+        except HodeiError as e:
+            await nc.close()
+            raise ConfigError(f"HODEI_NATS_OPERATOR_KEY: {e}") from e
+        return revoker
+
     def loops(self) -> list[Loop]:
-        return [self._provision_loop, self._release_loop, self._reconcile_loop,
-                self._news_loop]
+        loops: list[Loop] = [self._provision_loop, self._release_loop, self._reconcile_loop,
+                             self._news_loop]
+        return loops + ([self._revoke_loop] if self._revoker is not None else [])
 
     async def stop_fetching(self) -> None:
         """Let registrations in flight finish (up to the grace period), then cancel them."""
@@ -185,6 +218,24 @@ class ProvisionerService(HodeiService):
                                 self.settings.provisioner_reconcile_interval_s)
                 failing = True
             await wait_any(self.stopping, within_s=self.settings.provisioner_reconcile_interval_s)
+
+    # --- revocation ----------------------------------------------------------------------
+    async def _revoke_loop(self) -> None:
+        """Every interval, the lost workers' agents' NATS users revoked (:mod:`revocations`)."""
+        assert self._revoker is not None
+        failing = False
+        while not self.stopping.is_set():
+            try:
+                count = await revocations.keep_revoked(self.pool, self._revoker)
+                if count is not None:
+                    log.info("NATS users revoked: %d lost agents'", count)
+                failing = False
+            except (HodeiError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+                if not failing:
+                    log.warning("could not revoke lost agents' NATS users (%s); retrying "
+                                "every %gs", e, self.settings.provisioner_revoke_interval_s)
+                failing = True
+            await wait_any(self.stopping, within_s=self.settings.provisioner_revoke_interval_s)
 
     # --- registration --------------------------------------------------------------------
     async def _register(self, request: RegisterRequest) -> RegisterReply:

@@ -45,6 +45,18 @@ _TOKEN = """
 SELECT worker_id, used_at IS NOT NULL AS used, expires_at <= now() AS expired
 FROM worker_bootstrap_tokens WHERE token_hash = $1
 """
+# Lost workers (FAILED: their recovery saga says when) whose agent registered a NATS key, lost
+# within the last $1 seconds, with the second of their loss.
+_LOST_AGENT_KEYS = """
+SELECT w.nats_public_key, ceil(extract(epoch FROM max(s.created_at)))::bigint AS lost_at
+FROM workers AS w
+JOIN sagas AS s ON s.aggregate_id = w.id AND s.saga_type = 'recovery'
+WHERE w.state = 'FAILED' AND w.nats_public_key IS NOT NULL
+  AND s.created_at > now() - make_interval(secs => $1)
+GROUP BY w.nats_public_key
+"""
+
+
 @dataclass(frozen=True, kw_only=True)
 class WorkerRow:
     """A worker with its provider's configuration."""
@@ -183,3 +195,10 @@ async def worker_states(conn: Conn, worker_ids: list[UUID]) -> dict[UUID, Worker
     """The state of each of these workers that exists."""
     rows = await conn.fetch(_WORKER_STATES, worker_ids)
     return {r["id"]: WorkerState(r["state"]) for r in rows}
+
+
+async def lost_agent_keys(conn: Conn, within_s: float) -> dict[str, int]:
+    """The NATS public keys of agents of workers lost in the last ``within_s`` seconds, with
+    the second (unix) of each loss."""
+    rows = await conn.fetch(_LOST_AGENT_KEYS, within_s)
+    return {row["nats_public_key"]: row["lost_at"] for row in rows}
