@@ -71,11 +71,16 @@ class Auth:
         keys_dir, creds_dir = root / "keys", root / "creds"
         trust = Trust.load_or_create(keys_dir)
         trust.write_creds(creds_dir)
+        trust.write_revoker_creds(keys_dir)
         return cls(trust, keys_dir, creds_dir)
 
-    @property
-    def signing_key(self) -> Path:
-        return self.trust.signing_key_file(self.keys_dir)
+    def provisioner_settings(self) -> dict[str, Path]:
+        """What the provisioner is given beside the services' creds: the signing key it
+        mints agents' users with, and the operator key and system user it revokes those of
+        lost workers with."""
+        return {"nats_signing_key": self.trust.signing_key_file(self.keys_dir),
+                "nats_operator_key": self.trust.operator_key_file(self.keys_dir),
+                "nats_system_creds": self.trust.revoker_creds_file(self.keys_dir)}
 
 
 def adopt_unsecured_streams(store_dir: Path, account: str) -> None:
@@ -207,7 +212,7 @@ async def serve(
                 "nats_url": endpoints.nats_url, "database_url": endpoints.database_url,
                 "creds": None, "creds_dir": endpoints.creds_dir,
             })
-            services = [build(base, **({"nats_signing_key": auth.signing_key}
+            services = [build(base, **(auth.provisioner_settings()
                                        if name == "provisioner" else {}))
                         for name, build in SERVICES.items()]
             await _run(services, settings, endpoints, announce)
