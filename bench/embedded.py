@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from hodei_common.natsauth.permissions import CLI_IDENTITY
 from hodei_common.settings import Settings
 
 HODEI = str(Path(sys.executable).with_name("hodei"))
@@ -37,7 +38,10 @@ async def embedded_platform(extra_env: dict[str, str] | None = None) -> AsyncIte
                 raise SystemExit("hodei dev up failed")
             await asyncio.sleep(0.05)
         dev = json.loads((home / "dev.json").read_text())
-        yield Settings(nats_url=dev["nats_url"], database_url=dev["database_url"], home=home)
+        # The benchmark acts as the platform's own CLI does (an admin).
+        creds = Path(dev["creds_dir"]) / f"{CLI_IDENTITY}.creds"
+        yield Settings(nats_url=dev["nats_url"], database_url=dev["database_url"], home=home,
+                       creds=creds)
     finally:
         platform.send_signal(signal.SIGTERM)
         await platform.wait()

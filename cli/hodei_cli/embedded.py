@@ -240,6 +240,8 @@ async def _run(
     print(f"  NATS        {redact_url(endpoints.nats_url)}", file=announce)
     print(f"  PostgreSQL  {redact_url(endpoints.database_url)}", file=announce)
     print(f"  home        {settings.home}", file=announce)
+    print(f"  NATS users  {endpoints.creds_dir} (hodei commands with this home act as its admin; "
+          f"`hodei auth create-user` adds users)", file=announce)
     print(LOCAL_TRUST_NOTE.format(user=_user_name()), file=announce)
     print("Press Ctrl-C to stop.", file=announce, flush=True)
     await running
