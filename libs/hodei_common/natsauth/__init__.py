@@ -1,6 +1,5 @@
-"""NATS decentralized auth (operator, accounts, users with nkeys and JWTs; NATS ADR-14).
-
-Not switched on anywhere yet: this builds what a server in operator mode and its users need.
+"""NATS decentralized auth (operator, accounts, users with nkeys and JWTs; NATS ADR-14):
+what a server in operator mode trusts, the users it then lets in, and what each may do.
 """
 
 from hodei_common.natsauth.keys import KeyKind, NKey, NKeyError, write_secret
