@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from hodei_common.natsauth.permissions import CLI_IDENTITY
+from hodei_cli.embedded import AUTH_DIR
+from hodei_common.natsauth import Trust, permissions
 from hodei_common.settings import Settings
 
 HODEI = str(Path(sys.executable).with_name("hodei"))
@@ -38,8 +39,11 @@ async def embedded_platform(extra_env: dict[str, str] | None = None) -> AsyncIte
                 raise SystemExit("hodei dev up failed")
             await asyncio.sleep(0.05)
         dev = json.loads((home / "dev.json").read_text())
-        # The benchmark acts as the platform's own CLI does (an admin).
-        creds = Path(dev["creds_dir"]) / f"{CLI_IDENTITY}.creds"
+        # A benchmark looks into streams no part of the platform may read at will: it acts
+        # as an observer minted from the platform's keys.
+        creds = home / "bench.creds"
+        trust = Trust.load(home / AUTH_DIR / "keys")
+        trust.user(permissions.everything("hodei-bench")).write(creds)
         yield Settings(nats_url=dev["nats_url"], database_url=dev["database_url"], home=home,
                        creds=creds)
     finally:
