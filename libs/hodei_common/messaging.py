@@ -16,7 +16,7 @@ from nats.errors import Error as NatsError
 from nats.errors import NoServersError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, ServiceUnavailableError
 
 from hodei_common.contracts import subjects
 from hodei_common.errors import ConfigError, UnavailableError
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 DUPLICATE_WINDOW_S = 120.0
 DAY_S = 24 * 3600.0
+JETSTREAM_READY_S = 10.0  # how long a just-started server may take to serve JetStream
 
 
 def _stream(name: str, subject_filters: list[str], max_age_s: float) -> StreamConfig:
@@ -164,14 +165,32 @@ def _refusal(server: str, creds: Credentials | None, error: NatsError) -> Config
     return ConfigError(f"NATS at {server} refused {who}: {reason}")
 
 
-async def ensure_streams(js: JetStreamContext, configs: list[StreamConfig] | None = None) -> None:
-    """Create each stream, or update it in place when it exists with another config."""
+async def ensure_streams(js: JetStreamContext, configs: list[StreamConfig] | None = None,
+                         *, ready_within_s: float = JETSTREAM_READY_S) -> None:
+    """Create each stream, or update it in place when it exists with another config.
+
+    A nats-server that has just started may not serve its account's JetStream API yet (the
+    account's JWT is still being resolved): nobody answers. That is waited out, up to
+    ``ready_within_s``."""
+    deadline = asyncio.get_running_loop().time() + ready_within_s
     for config in configs or stream_configs():
-        try:
-            await js.add_stream(config)
-        except BadRequestError:
-            # "stream name already in use with a different configuration"
-            await js.update_stream(config)
+        while True:
+            try:
+                await _declare(js, config)
+                break
+            except ServiceUnavailableError:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+                log.info("nats: JetStream not ready yet; retrying")
+                await asyncio.sleep(0.1)
+
+
+async def _declare(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        # "stream name already in use with a different configuration"
+        await js.update_stream(config)
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
