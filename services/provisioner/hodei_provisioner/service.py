@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import ClassVar
 
 import asyncpg
@@ -203,39 +203,40 @@ class ProvisionerService(HodeiService):
                 log.warning("worker %s: could not record that %s (%s)", told.worker_id,
                             told.reason, e)
 
-    # --- reconciliation ------------------------------------------------------------------
+    # --- reconciliation and revocation ---------------------------------------------------
     async def _reconcile_loop(self) -> None:
         """A pass at start, then every interval, until stopping."""
-        failing = False
-        while not self.stopping.is_set():
-            try:
-                await reconcile(self.deps)
-                failing = False
-            except (HodeiError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-                # An engine that is down (or not installed) is said once, not every pass.
-                if not failing:
-                    log.warning("reconciliation failed (%s); retrying every %gs", e,
-                                self.settings.provisioner_reconcile_interval_s)
-                failing = True
-            await wait_any(self.stopping, within_s=self.settings.provisioner_reconcile_interval_s)
+        await self._every(self.settings.provisioner_reconcile_interval_s, "reconciliation",
+                          lambda: reconcile(self.deps))
 
-    # --- revocation ----------------------------------------------------------------------
     async def _revoke_loop(self) -> None:
         """Every interval, the lost workers' agents' NATS users revoked (:mod:`revocations`)."""
-        assert self._revoker is not None
+        revoker = self._revoker
+        assert revoker is not None
+
+        async def revoke() -> None:
+            count = await revocations.keep_revoked(self.pool, revoker)
+            if count is not None:
+                log.info("NATS users revoked: %d lost agents'", count)
+
+        await self._every(self.settings.provisioner_revoke_interval_s,
+                          "revoking lost agents' NATS users", revoke)
+
+    async def _every(self, interval_s: float, what: str,
+                     one_pass: Callable[[], Awaitable[object]]) -> None:
+        """Run ``one_pass`` at start and then every ``interval_s`` until stopping; a failure
+        (an engine down or not installed, the database or NATS away) is said once, not every
+        pass, and the next pass tries again."""
         failing = False
         while not self.stopping.is_set():
             try:
-                count = await revocations.keep_revoked(self.pool, self._revoker)
-                if count is not None:
-                    log.info("NATS users revoked: %d lost agents'", count)
+                await one_pass()
                 failing = False
-            except (HodeiError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+            except (HodeiError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 if not failing:
-                    log.warning("could not revoke lost agents' NATS users (%s); retrying "
-                                "every %gs", e, self.settings.provisioner_revoke_interval_s)
+                    log.warning("%s failed (%s); retrying every %gs", what, e, interval_s)
                 failing = True
-            await wait_any(self.stopping, within_s=self.settings.provisioner_revoke_interval_s)
+            await wait_any(self.stopping, within_s=interval_s)
 
     # --- registration --------------------------------------------------------------------
     async def _register(self, request: RegisterRequest) -> RegisterReply:
