@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from hodei_cli.connection import cli_settings
-from hodei_cli.embedded import AUTH_DIR
+from hodei_cli.embedded import AUTH_DIR, Auth
 from hodei_common.contracts.namespaces import check_namespace
 from hodei_common.errors import ConfigError, ValidationError
 from hodei_common.natsauth import NKeyError, Trust, permissions, write_secret
@@ -40,17 +40,14 @@ def init(
     to include in the server's), and each service's and the CLI's creds files (DIR/creds).
     Run again, it keeps the keys and writes the rest anew."""
     root = _auth_dir(directory)
-    keys = root / "keys"
-    trust = Trust.load_or_create(keys)
-    trust.write_creds(root / "creds")
-    revoker = trust.write_revoker_creds(keys)
+    auth = Auth.prepare(root)
     store = (jwt_dir or root / "nats-jwt").absolute()
-    write_secret(root / "nats-auth.conf", trust.server_config(store))
-    typer.echo(f"keys in {keys} (for the provisioner: the signing key "
-               f"{trust.signing_key_file(keys)}, the operator key "
-               f"{trust.operator_key_file(keys)} and {revoker}, to revoke lost agents)")
+    write_secret(root / "nats-auth.conf", auth.trust.server_config(store))
+    given = ", ".join(str(path) for path in auth.provisioner_settings().values())
+    typer.echo(f"keys in {auth.keys_dir} (for the provisioner: {given}; the last two to "
+               f"revoke lost agents)")
     typer.echo(f"nats-server configuration in {root / 'nats-auth.conf'}")
-    typer.echo(f"services' and CLI's credentials in {root / 'creds'}")
+    typer.echo(f"services' and CLI's credentials in {auth.creds_dir}")
 
 
 @app.command("create-user")

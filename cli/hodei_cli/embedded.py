@@ -64,8 +64,9 @@ class Auth:
     creds_dir: Path
 
     @classmethod
-    def prepare(cls, home: Path) -> Auth:
-        root = home / AUTH_DIR
+    def prepare(cls, root: Path) -> Auth:
+        """The trust in ``root`` (``$HODEI_HOME/auth``, or a deployment's directory), made
+        there first if there is none, with every creds file written anew."""
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         root.chmod(0o700)
         keys_dir, creds_dir = root / "keys", root / "creds"
@@ -198,7 +199,7 @@ async def serve(
     # should we be killed outright.
     postgres = PostgresServer(home / "postgres", durable=True, die_with_parent=True)
     with home_lock(home):
-        auth = Auth.prepare(home)
+        auth = Auth.prepare(home / AUTH_DIR)
         adopt_unsecured_streams(home / "nats", auth.trust.account.public_key)
         nats = NatsServer(home / "nats", die_with_parent=True, auth=auth.trust)
         try:
