@@ -1,4 +1,5 @@
-"""A job's output as numbered lines, published in batches on ``job.<id>.logs``.
+"""A job's output as numbered lines, published in batches on the job's log subject of this
+worker (``logs.<namespace>.<job>.<worker>``).
 
 Throughput and latency both: a batch goes out when it is full (lines or bytes) or a short
 linger after its first line. Back-pressure: at most ``max_in_flight`` batches are published
@@ -43,6 +44,8 @@ class LogPublisher:
         job_id: UUID,
         attempt: int,
         *,
+        namespace: str,
+        worker_id: UUID,
         max_lines: int,
         max_bytes: int,
         linger_s: float,
@@ -54,7 +57,8 @@ class LogPublisher:
         self._js = js
         self._job_id = job_id
         self._attempt = attempt
-        self._subject = subjects.job_logs(job_id)
+        self._worker_id = worker_id
+        self._subject = subjects.job_logs(namespace, job_id, worker_id)
         self._max_lines = max_lines
         self._max_bytes = max_bytes
         self._linger_s = linger_s
@@ -217,7 +221,9 @@ class LogPublisher:
             self._js,
             self._subject,
             msgspec.json.encode(batch),
-            subjects.msg_id(self._job_id, self._attempt, batch.lines[0].seq),
+            # The writer is part of the id: no other worker can pre-empt it to have a batch of
+            # this one's dropped as a duplicate.
+            subjects.msg_id(self._job_id, self._attempt, batch.lines[0].seq, self._worker_id),
             attempts=self._publish_attempts,
             timeout_s=self._publish_timeout_s,
         )

@@ -225,6 +225,8 @@ class JobRun:
             self._js,
             self.assignment.job_id,
             self.assignment.attempt,
+            namespace=self.assignment.namespace,
+            worker_id=self.assignment.worker_id,
             max_lines=s.log_batch_lines,
             max_bytes=s.log_batch_bytes,
             linger_s=s.log_linger_s,

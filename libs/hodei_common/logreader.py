@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from uuid import UUID
 
 import msgspec
+from nats import nuid
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
@@ -24,7 +25,7 @@ from nats.js.errors import NotFoundError
 
 from hodei_common import logarchive
 from hodei_common.contracts import subjects
-from hodei_common.contracts.logs import LogBatch, LogEnd, LogMessage
+from hodei_common.contracts.logs import LogBatch, LogEnd, LogMessage, LogRecord, LogStart
 
 # Out-of-order batches (a publish retried while later ones got through) are held back until
 # the gap fills; past this many, the gap is taken as lines that are gone.
@@ -32,12 +33,16 @@ MAX_HELD_BATCHES = 64
 
 
 class LogAssembler:
-    """Puts a log's messages in reading order: each attempt's lines once, by line number.
+    """Puts a log's messages in reading order: each attempt's lines once, by line number, from
+    the worker the platform gave the attempt to.
 
     Attempts follow one another as the stream has them; a batch of an attempt that arrives
     ahead of its turn waits until the lines before it came (or the log ends). A batch of an
     attempt older than one already seen is refused: a worker declared dead that kept writing
-    for a moment before its stop order landed (the stream keeps those lines).
+    for a moment before its stop order landed (the stream keeps those lines). A batch whose
+    attempt the platform has not yet said whose it is waits for that word (the marker and the
+    first lines travel apart); any other writer's lines, and an end not written by the
+    platform, are no part of the log.
     """
 
     def __init__(self) -> None:
@@ -45,9 +50,41 @@ class LogAssembler:
         self._held: dict[int, list[LogBatch]] = {}
         self._attempt: int | None = None
         self._newest = 0
+        self._owners: dict[int, str] = {}  # attempt -> the worker the platform gave it to
+        self._unowned: list[tuple[str, LogBatch]] = []  # lines of attempts not yet given
+
+    def add_record(self, record: LogRecord, writer: str) -> list[LogMessage]:
+        """What can be given now that ``record`` came from ``writer`` (its subject's last
+        token)."""
+        if writer == subjects.PLATFORM_LOG_WRITER:
+            if isinstance(record, LogStart):
+                return self._owned(record.attempt, str(record.worker_id))
+            return self.add(record) if isinstance(record, LogEnd) else []
+        if not isinstance(record, LogBatch):
+            return []  # only the platform starts or ends an attempt
+        owner = self._owners.get(record.attempt)
+        if owner is None:
+            if len(self._unowned) < MAX_HELD_BATCHES:
+                self._unowned.append((writer, record))
+            return []
+        return self.add(record) if writer == owner else []
+
+    def _owned(self, attempt: int, worker: str) -> list[LogMessage]:
+        if attempt in self._owners:
+            return []  # said again (an assignment sent anew)
+        self._owners[attempt] = worker
+        waiting, self._unowned = self._unowned, []
+        out: list[LogMessage] = []
+        for writer, batch in waiting:
+            if batch.attempt != attempt:
+                self._unowned.append((writer, batch))
+            elif writer == worker:
+                out += self.add(batch)
+        return out
 
     def add(self, message: LogMessage) -> list[LogMessage]:
-        """What can be given now that ``message`` came, in order."""
+        """What can be given now that ``message`` came, in order (its writer already known to
+        be the right one)."""
         if isinstance(message, LogEnd):
             return [*self.flush(), message]
         if message.attempt < self._newest:
@@ -74,10 +111,12 @@ class LogAssembler:
         return out
 
     def flush(self) -> list[LogMessage]:
-        """Everything held, gaps and all (the log ended, or the reader stops here)."""
+        """Everything held, gaps and all (the log ended, or the reader stops here); lines
+        of attempts nobody was given are dropped."""
         out: list[LogMessage] = []
         for attempt in list(self._held):
             out += self._flush(attempt)
+        self._unowned.clear()
         return out
 
     def _give(self, batch: LogBatch) -> list[LogMessage]:
@@ -110,13 +149,25 @@ class LogAssembler:
         return out
 
 
-DIRECT_READS = 8
+_RECORD = msgspec.json.Decoder(LogRecord)
 
 
-async def _last_seq(js: JetStreamContext, job_id: UUID) -> int:
-    """The stream sequence of the job's newest log message, 0 when it has none."""
+def decode_record(data: bytes, job_id: UUID) -> LogRecord | None:
+    """A message of the job's log, or None for one that is not (undecodable, or about
+    another job): any worker may write under its own id, so nothing read is trusted."""
     try:
-        last = await js.get_last_msg(subjects.LOGS_STREAM, subjects.job_logs(job_id))
+        record = _RECORD.decode(data)
+    except msgspec.DecodeError:
+        return None
+    return record if record.job_id == job_id else None
+
+
+async def _last_seq(js: JetStreamContext, namespace: str, job_id: UUID) -> int:
+    """The stream sequence of the job's newest log message, 0 when it has none (a direct get
+    with the subject in the request's own, which permissions can confine to a namespace)."""
+    try:
+        last = await js.get_last_msg(subjects.LOGS_STREAM,
+                                     subjects.job_log_subjects(namespace, job_id), direct=True)
     except NotFoundError:
         return 0
     return int(last.seq or 0)
@@ -129,8 +180,9 @@ class LogReader:
     (``hodei job logs --tail N --follow`` prints its tail then).
     """
 
-    def __init__(self, js: JetStreamContext, job_id: UUID) -> None:
+    def __init__(self, js: JetStreamContext, namespace: str, job_id: UUID) -> None:
         self._js = js
+        self.namespace = namespace
         self.job_id = job_id
         self.caught_up = False
         self.from_archive = False
@@ -151,13 +203,13 @@ class LogReader:
                     yield message
             self.caught_up = True
             return
-        until = await _last_seq(self._js, self.job_id)
+        until = await _last_seq(self._js, self.namespace, self.job_id)
         if until == 0:
             self.caught_up = True
             if not follow:
                 return
         assembler = LogAssembler()
-        async with contextlib.aclosing(self._stream(idle_timeout_s, until, follow)) as stream:
+        async with contextlib.aclosing(self._stream(idle_timeout_s)) as stream:
             async for message in self._assembled(stream, assembler, until, follow):
                 yield message
                 if isinstance(message, LogEnd):
@@ -165,15 +217,15 @@ class LogReader:
 
     async def _assembled(
         self,
-        stream: AsyncIterator[tuple[LogMessage, int]],
+        stream: AsyncIterator[tuple[LogRecord | None, str, int]],
         assembler: LogAssembler,
         until: int,
         follow: bool,
     ) -> AsyncIterator[LogMessage]:
-        async for message, seq in stream:
+        async for record, writer, seq in stream:
             if seq >= until:
                 self.caught_up = True
-            given = assembler.add(message)
+            given = [] if record is None else assembler.add_record(record, writer)
             if not follow and self.caught_up:
                 given += assembler.flush()  # this reading ends here
             for each in given:
@@ -184,37 +236,20 @@ class LogReader:
                 return
 
     async def _stream(
-        self, idle_timeout_s: float | None, until: int, follow: bool
-    ) -> AsyncGenerator[tuple[LogMessage, int], None]:
-        """The job's stream messages with their stream sequence, from the first.
+        self, idle_timeout_s: float | None
+    ) -> AsyncGenerator[tuple[LogRecord | None, str, int], None]:
+        """The job's stream messages with their writer and stream sequence, from the first
+        (those that are no message of this job's log left out).
 
-        Most logs are a few messages: the first ``DIRECT_READS`` are fetched one by one
-        (next message on the job's subject), which costs less than making a consumer; a longer
-        log, or one followed past what exists, goes on with an ordered consumer.
+        The ordered consumer is created by name, so its filter is in the request's subject
+        and NATS permissions can keep a reader to its own namespace's logs.
         """
-        subject = subjects.job_logs(self.job_id)
-        decoder = msgspec.json.Decoder(LogMessage)
-        seq = 0
-        for _ in range(DIRECT_READS):
-            if seq >= until:
-                break
-            try:
-                raw = await self._js.get_msg(subjects.LOGS_STREAM, seq=seq + 1, subject=subject,
-                                             next=True)
-            except NotFoundError:  # the rest expired meanwhile
-                break
-            seq = int(raw.seq or 0)
-            yield decoder.decode(raw.data or b""), seq
-        if seq >= until and not follow:
-            return
-        start = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                               opt_start_seq=seq + 1) if seq else None
         sub = await self._js.subscribe(
-            subject,
+            subjects.job_log_subjects(self.namespace, self.job_id),
             stream=subjects.LOGS_STREAM,
             ordered_consumer=True,
-            deliver_policy=None if seq else DeliverPolicy.ALL,
-            config=start,
+            deliver_policy=DeliverPolicy.ALL,
+            config=ConsumerConfig(name=nuid.NUID().next().decode()),
             # Backstop only: the consumer is deleted below; a reader that dies leaves one
             # that the server drops this long after its interest went away.
             inactive_threshold=5.0,
@@ -227,7 +262,8 @@ class LogReader:
                     if idle_timeout_s is not None:
                         return
                     continue
-                yield decoder.decode(msg.data), msg.metadata.sequence.stream
+                yield (decode_record(msg.data, self.job_id), subjects.log_writer(msg.subject),
+                       msg.metadata.sequence.stream)
         finally:
             # Every `job run` and `job logs` makes a consumer; leaving them to expire piles up
             # thousands under load and the stream refuses new readers.
@@ -239,10 +275,12 @@ class LogReader:
 
 
 async def read_log(
-    js: JetStreamContext, job_id: UUID, *, follow: bool, idle_timeout_s: float | None = None
+    js: JetStreamContext, namespace: str, job_id: UUID, *, follow: bool,
+    idle_timeout_s: float | None = None,
 ) -> AsyncIterator[LogMessage]:
     """Yield the job's log messages in order (see :meth:`LogReader.messages`)."""
-    reading = LogReader(js, job_id).messages(follow=follow, idle_timeout_s=idle_timeout_s)
+    reading = LogReader(js, namespace, job_id).messages(follow=follow,
+                                                        idle_timeout_s=idle_timeout_s)
     async with contextlib.aclosing(reading) as messages:
         async for message in messages:
             yield message
@@ -251,14 +289,17 @@ async def read_log(
 class LiveLog:
     """A job's log, followed from before the job exists.
 
-    A plain subscription to ``job.<id>.logs`` taken before the submit sees every message as it
-    is published, at no cost to the stream. It is checked, not trusted: line numbers must run
-    on without a gap and the end marker must count the lines seen. Anything else (a message
-    dropped by a slow reader or a reconnect, a retried attempt, a marker without a count) and
-    the rest comes from the stream, skipping the lines already given.
+    A plain subscription to the job's log subjects taken before the submit sees every message
+    as it is published, at no cost to the stream. It is checked, not trusted: an attempt's
+    lines count only from the worker the platform's marker named, line numbers must run on
+    without a gap and the end marker must count the lines seen. Anything else (a message
+    dropped by a slow reader or a reconnect, a retried attempt, lines ahead of their marker,
+    a marker without a count) and the rest comes from the stream, skipping the lines already
+    given.
     """
 
-    def __init__(self, nc: NATS, js: JetStreamContext, job_id: UUID) -> None:
+    def __init__(self, nc: NATS, js: JetStreamContext, namespace: str, job_id: UUID) -> None:
+        self.namespace = namespace
         self.job_id = job_id
         self._nc = nc
         self._js = js
@@ -267,7 +308,8 @@ class LiveLog:
 
     async def open(self) -> LiveLog:
         """Start listening; submit the job only after this returned."""
-        self._sub = await self._nc.subscribe(subjects.job_logs(self.job_id))
+        self._sub = await self._nc.subscribe(
+            subjects.job_log_subjects(self.namespace, self.job_id))
         return self
 
     async def close(self) -> None:
@@ -290,7 +332,7 @@ class LiveLog:
         finally:
             await self.close()
         if self.fell_back:
-            async for message in read_log(self._js, self.job_id, follow=True,
+            async for message in read_log(self._js, self.namespace, self.job_id, follow=True,
                                           idle_timeout_s=idle_timeout_s):
                 if isinstance(message, LogBatch):
                     seen = given.get(message.attempt, 0)
@@ -308,6 +350,7 @@ class LiveLog:
     ) -> AsyncIterator[LogMessage]:
         """What the subscription proves complete; sets ``fell_back`` where it stops short."""
         assert self._sub is not None
+        owners: dict[int, str] = {}  # attempt -> the worker the platform gave it to
         while True:
             try:
                 msg = await self._sub.next_msg(timeout=idle_timeout_s or 3600.0)
@@ -315,24 +358,51 @@ class LiveLog:
                 if idle_timeout_s is not None:
                     return
                 continue
-            message = msgspec.json.decode(msg.data, type=LogMessage)
-            if isinstance(message, LogEnd):
-                complete = set(given) <= {message.attempt} and message.lines is not None \
-                    and given.get(message.attempt, 0) == message.lines
-                if not complete:
-                    self.fell_back = True
-                    return
+            record = decode_record(msg.data, self.job_id)
+            if record is None:
+                continue
+            try:
+                message = _proven(record, subjects.log_writer(msg.subject), owners, given)
+            except _Unproven:
+                self.fell_back = True
+                return
+            if message is not None:
                 yield message
-                return
-            seen = given.get(message.attempt)
-            if seen is None and given:  # a new attempt: the last one's tail is unproven
-                self.fell_back = True
-                return
-            lines = [line for line in message.lines if line.seq > (seen or 0)]
-            if not lines:
-                continue  # a batch published twice (a retried publish)
-            if lines[0].seq != (seen or 0) + 1:
-                self.fell_back = True
-                return
-            given[message.attempt] = lines[-1].seq
-            yield message.only(lines)
+                if isinstance(message, LogEnd):
+                    return
+
+
+class _Unproven(Exception):
+    """What the subscription saw does not prove the log complete: read the stream."""
+
+
+def _proven(record: LogRecord, writer: str, owners: dict[int, str],
+            given: dict[int, int]) -> LogMessage | None:
+    """What ``record`` from ``writer`` adds to a live log (None: nothing; ``given`` and
+    ``owners`` kept up to date), or :class:`_Unproven`."""
+    if writer == subjects.PLATFORM_LOG_WRITER:
+        if isinstance(record, LogStart):
+            owners.setdefault(record.attempt, str(record.worker_id))
+        elif isinstance(record, LogEnd):
+            if not (set(given) <= {record.attempt} and record.lines is not None
+                    and given.get(record.attempt, 0) == record.lines):
+                raise _Unproven
+            return record
+        return None
+    if not isinstance(record, LogBatch):
+        return None  # only the platform starts or ends an attempt
+    owner = owners.get(record.attempt)
+    if owner is None:  # lines ahead of their marker, or nobody's: the stream decides
+        raise _Unproven
+    if writer != owner:
+        return None
+    seen = given.get(record.attempt)
+    if seen is None and given:  # a new attempt: the last one's tail is unproven
+        raise _Unproven
+    lines = [line for line in record.lines if line.seq > (seen or 0)]
+    if not lines:
+        return None  # a batch published twice (a retried publish)
+    if lines[0].seq != (seen or 0) + 1:
+        raise _Unproven
+    given[record.attempt] = lines[-1].seq
+    return record.only(lines)

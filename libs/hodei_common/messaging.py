@@ -31,7 +31,8 @@ DAY_S = 24 * 3600.0
 JETSTREAM_READY_S = 10.0  # how long a just-started server may take to serve JetStream
 
 
-def _stream(name: str, subject_filters: list[str], max_age_s: float) -> StreamConfig:
+def _stream(name: str, subject_filters: list[str], max_age_s: float,
+            *, allow_direct: bool = False) -> StreamConfig:
     return StreamConfig(
         name=name,
         subjects=subject_filters,
@@ -39,6 +40,7 @@ def _stream(name: str, subject_filters: list[str], max_age_s: float) -> StreamCo
         # JetStream refuses a duplicate window longer than the stream keeps messages.
         duplicate_window=min(DUPLICATE_WINDOW_S, max_age_s),
         max_age=max_age_s,
+        allow_direct=allow_direct,
     )
 
 
@@ -54,7 +56,9 @@ def stream_configs(logs_max_age_s: float = LOGS_MAX_AGE_S) -> list[StreamConfig]
         _stream(subjects.WORKER_EVENTS_STREAM, list(subjects.WORKER_EVENTS_SUBJECTS), 30 * DAY_S),
         _stream(subjects.WORKER_STATUS_STREAM, [subjects.WORKER_STATUS_SUBJECTS], 7 * DAY_S),
         _stream(subjects.WORKER_ASSIGN_STREAM, [subjects.WORKER_ASSIGN_SUBJECTS], DAY_S),
-        _stream(subjects.LOGS_STREAM, [subjects.LOGS_SUBJECTS], logs_max_age_s),
+        # Direct gets name their subject in the request's own: permissions can confine them.
+        _stream(subjects.LOGS_STREAM, [subjects.LOGS_SUBJECTS], logs_max_age_s,
+                allow_direct=True),
     ]
 
 

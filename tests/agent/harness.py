@@ -33,6 +33,7 @@ from hodei_common.contracts.agent import (
 )
 from hodei_common.contracts.api import ErrorCode, ErrorReply
 from hodei_common.contracts.logs import LogBatch, LogLine, LogStream
+from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE
 from hodei_common.contracts.workers import WorkerMode
 from hodei_common.natsauth import permissions
 from hodei_common.natsauth.server import Issuer
@@ -138,7 +139,9 @@ class Platform:
         self.headers.append(msg.headers or {})
 
     async def _on_logs(self, msg: Msg) -> None:
-        self.batches.append(msgspec.json.decode(msg.data, type=LogBatch))
+        batch = msgspec.json.decode(msg.data, type=LogBatch)
+        assert msg.subject == subjects.job_logs(DEFAULT_NAMESPACE, batch.job_id, self.worker_id)
+        self.batches.append(batch)
         self.headers.append(msg.headers or {})
 
     def serve(self, mode: WorkerMode = WorkerMode.EPHEMERAL, **fields: Any) -> None:
@@ -181,8 +184,8 @@ class Platform:
     ) -> Assignment:
         assignment = Assignment(
             job_id=job_id or uuid4(), attempt=attempt, worker_id=worker_id or self.worker_id,
-            command=command, args=args or [], env=env or {}, timeout_s=timeout_s,
-            assigned_at=datetime.now(UTC), log_max_bytes=log_max_bytes)
+            namespace=DEFAULT_NAMESPACE, command=command, args=args or [], env=env or {},
+            timeout_s=timeout_s, assigned_at=datetime.now(UTC), log_max_bytes=log_max_bytes)
         # No Nats-Msg-Id: a duplicate assignment must reach the agent to test its fencing.
         await self.js.publish(subjects.worker_assign(self.worker_id),
                               msgspec.json.encode(assignment), headers=headers)

@@ -22,23 +22,29 @@ class FakeJetStream:
     def __init__(self) -> None:
         self.batches: list[LogBatch] = []
         self.msg_ids: list[str] = []
+        self.subjects: set[str] = set()
         self.waiting = 0
         self.acking = asyncio.Event()
         self.acking.set()
 
     async def publish(self, subject: str, payload: bytes, **kwargs: Any) -> None:
         self.msg_ids.append(kwargs["headers"][subjects.HEADER_MSG_ID])
+        self.subjects.add(subject)
         self.waiting += 1
         await self.acking.wait()
         self.waiting -= 1
         self.batches.append(msgspec.json.decode(payload, type=LogBatch))
 
 
+WORKER = uuid4()
+
+
 def publisher(js: FakeJetStream, **knobs: Any) -> LogPublisher:
     settings: dict[str, Any] = dict(max_lines=10, max_bytes=64 * 1024, linger_s=0.002,
                                     max_in_flight=2, publish_attempts=1, publish_timeout_s=1.0)
     settings.update(knobs)
-    logs = LogPublisher(cast(JetStreamContext, js), uuid4(), 1, **settings)
+    logs = LogPublisher(cast(JetStreamContext, js), uuid4(), 1, namespace="team-a",
+                        worker_id=WORKER, **settings)
     logs.start()
     return logs
 
@@ -52,7 +58,8 @@ async def test_batches_are_cut_by_line_count_and_every_line_is_acked_by_close() 
     assert [len(b.lines) for b in js.batches] == [10, 10, 5]
     assert [line.seq for b in js.batches for line in b.lines] == list(range(1, 26))
     first = js.batches[0]
-    assert js.msg_ids == [subjects.msg_id(first.job_id, 1, seq) for seq in (1, 11, 21)]
+    assert js.msg_ids == [subjects.msg_id(first.job_id, 1, seq, WORKER) for seq in (1, 11, 21)]
+    assert js.subjects == {subjects.job_logs("team-a", first.job_id, WORKER)}
 
 
 async def test_batches_are_cut_by_size() -> None:

@@ -12,14 +12,47 @@ from nats.js import JetStreamContext
 
 from hodei_common.contracts import subjects
 from hodei_common.contracts.jobs import JobState
-from hodei_common.contracts.logs import LogBatch, LogEnd, LogLine, LogMessage, LogStream
-from hodei_common.logreader import DIRECT_READS, LiveLog, read_log
+from hodei_common.contracts.logs import (
+    LogBatch,
+    LogEnd,
+    LogLine,
+    LogMessage,
+    LogRecord,
+    LogStart,
+    LogStream,
+)
+from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE
+from hodei_common.logreader import LiveLog, read_log
 
 pytestmark = pytest.mark.nats
 
+NS = DEFAULT_NAMESPACE
+# The worker each (job, attempt) was given to, as the platform's markers said.
+_workers: dict[tuple[uuid.UUID, int], uuid.UUID] = {}
+
+
+async def publish_as(js: JetStreamContext, job_id: uuid.UUID, writer: uuid.UUID | str,
+                     record: LogRecord | bytes) -> None:
+    data = record if isinstance(record, bytes) else msgspec.json.encode(record)
+    await js.publish(subjects.job_logs(NS, job_id, writer), data)
+
 
 async def publish(js: JetStreamContext, job_id: uuid.UUID, message: LogMessage) -> None:
-    await js.publish(subjects.job_logs(job_id), msgspec.json.encode(message))
+    """Write as the platform and its workers do: an attempt's first batch after the marker
+    naming its worker, its batches by that worker, the end by the platform."""
+    if isinstance(message, LogEnd):
+        await publish_as(js, job_id, subjects.PLATFORM_LOG_WRITER, message)
+        return
+    await publish_as(js, job_id, await worker_of(js, job_id, message.attempt), message)
+
+
+async def worker_of(js: JetStreamContext, job_id: uuid.UUID, attempt: int) -> uuid.UUID:
+    """The worker of the job's attempt, marked as given to it the first time it is asked."""
+    if (job_id, attempt) not in _workers:
+        worker = _workers[job_id, attempt] = uuid.uuid4()
+        await publish_as(js, job_id, subjects.PLATFORM_LOG_WRITER,
+                         LogStart(job_id=job_id, attempt=attempt, worker_id=worker))
+    return _workers[job_id, attempt]
 
 
 def batch(job_id: uuid.UUID, first: int, count: int) -> LogBatch:
@@ -28,7 +61,7 @@ def batch(job_id: uuid.UUID, first: int, count: int) -> LogBatch:
 
 
 async def collect(js: JetStreamContext, job_id: uuid.UUID, follow: bool) -> list[LogMessage]:
-    return [m async for m in read_log(js, job_id, follow=follow)]
+    return [m async for m in read_log(js, NS, job_id, follow=follow)]
 
 
 async def test_a_reader_attaching_after_the_end_gets_every_line_then_the_marker(
@@ -63,16 +96,16 @@ async def test_follow_waits_for_lines_written_later(js: JetStreamContext) -> Non
     assert [type(m) for m in messages] == [LogBatch, LogEnd]
 
 
-async def test_a_log_longer_than_the_direct_reads_continues_through_a_consumer(
+async def test_a_followed_log_goes_on_past_what_existed_when_reading_began(
     js: JetStreamContext,
 ) -> None:
     job_id = uuid.uuid4()
-    count = DIRECT_READS + 5
+    count = 13
     for first in range(1, count + 1):
         await publish(js, job_id, batch(job_id, first, 1))
     assert seqs(await collect(js, job_id, follow=False)) == list(range(1, count + 1))
     following = asyncio.create_task(collect(js, job_id, follow=True))
-    await asyncio.sleep(0.2)  # past what existed: these come through the consumer
+    await asyncio.sleep(0.2)  # past what existed
     await publish(js, job_id, batch(job_id, count + 1, 2))
     await publish(js, job_id, LogEnd(job_id=job_id, attempt=1, state=JobState.SUCCEEDED,
                                      exit_code=0, lines=count + 2))
@@ -83,7 +116,7 @@ async def test_a_log_longer_than_the_direct_reads_continues_through_a_consumer(
 
 async def test_readers_leave_no_consumer_behind(js: JetStreamContext) -> None:
     job_id = uuid.uuid4()
-    for first in range(1, DIRECT_READS + 3):  # long enough to need a consumer
+    for first in range(1, 11):
         await publish(js, job_id, batch(job_id, first, 1))
     await publish(js, job_id, LogEnd(job_id=job_id, attempt=1, state=JobState.SUCCEEDED,
                                      exit_code=0))
@@ -106,7 +139,7 @@ async def test_a_live_log_opened_before_the_job_sees_it_all_without_the_stream(
     nc: NATS, js: JetStreamContext,
 ) -> None:
     job_id = uuid.uuid4()
-    live = await LiveLog(nc, js, job_id).open()
+    live = await LiveLog(nc, js, NS, job_id).open()
     reading = asyncio.create_task(follow_live(live))
     await publish(js, job_id, batch(job_id, 1, 3))
     await publish(js, job_id, batch(job_id, 1, 3))  # a retried publish: said once only
@@ -124,7 +157,7 @@ async def test_a_live_log_that_missed_lines_reads_the_rest_from_the_stream_once(
 ) -> None:
     job_id = uuid.uuid4()
     await publish(js, job_id, batch(job_id, 1, 2))  # before anyone listened
-    live = await LiveLog(nc, js, job_id).open()
+    live = await LiveLog(nc, js, NS, job_id).open()
     reading = asyncio.create_task(follow_live(live))
     await publish(js, job_id, batch(job_id, 3, 2))
     await publish(js, job_id, LogEnd(job_id=job_id, attempt=1, state=JobState.FAILED,
@@ -141,7 +174,7 @@ async def test_an_end_marker_that_does_not_vouch_for_the_lines_seen_means_readin
     nc: NATS, js: JetStreamContext, lines: int | None,
 ) -> None:
     job_id = uuid.uuid4()
-    live = await LiveLog(nc, js, job_id).open()
+    live = await LiveLog(nc, js, NS, job_id).open()
     reading = asyncio.create_task(follow_live(live))
     await publish(js, job_id, batch(job_id, 1, 2))
     await publish(js, job_id, LogEnd(job_id=job_id, attempt=1, state=JobState.SUCCEEDED,
@@ -178,3 +211,54 @@ async def test_every_attempt_is_shown_in_turn_each_from_its_first_line(
     messages = await collect(js, job_id, follow=True)
     assert [(m.attempt, line.seq) for m in messages if isinstance(m, LogBatch)
             for line in m.lines] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2)]
+
+
+async def test_lines_and_ends_written_by_any_other_worker_are_no_part_of_the_log(
+    nc: NATS, js: JetStreamContext,
+) -> None:
+    """A worker may write under its own id in any job's log (a reusable one runs jobs not
+    known when it registered): a reader takes an attempt's lines from its own worker only."""
+    job_id = uuid.uuid4()
+    intruder = uuid.uuid4()
+    live = await LiveLog(nc, js, NS, job_id).open()
+    reading = asyncio.create_task(follow_live(live))
+    await publish(js, job_id, batch(job_id, 1, 2))
+    forged = LogBatch(job_id=job_id, attempt=1, lines=[
+        LogLine(seq, LogStream.STDOUT, 0.0, "forged") for seq in (3, 4)])
+    await publish_as(js, job_id, intruder, forged)
+    await publish_as(js, job_id, intruder, msgspec.structs.replace(forged, attempt=9))
+    await publish_as(js, job_id, intruder, LogStart(job_id=job_id, attempt=1,
+                                                    worker_id=intruder))
+    await publish_as(js, job_id, intruder, LogEnd(job_id=job_id, attempt=1,
+                                                  state=JobState.FAILED, exit_code=1, lines=2))
+    await publish_as(js, job_id, intruder, b"not a log message")
+    await publish(js, job_id, batch(job_id, 3, 1))
+    end = LogEnd(job_id=job_id, attempt=1, state=JobState.SUCCEEDED, exit_code=0, lines=3)
+    await publish(js, job_id, end)
+    for messages in (await reading, await collect(js, job_id, follow=True),
+                     await collect(js, job_id, follow=False)):
+        assert [line.text for m in messages if isinstance(m, LogBatch)
+                for line in m.lines] == ["line 1", "line 2", "line 3"]
+        assert messages[-1] == end
+
+
+async def test_lines_stored_before_their_attempt_s_marker_wait_for_it(
+    nc: NATS, js: JetStreamContext,
+) -> None:
+    """The marker and an attempt's first lines are published by different parties: the
+    stream may hold the lines first."""
+    job_id = uuid.uuid4()
+    worker = uuid.uuid4()
+    live = await LiveLog(nc, js, NS, job_id).open()
+    reading = asyncio.create_task(follow_live(live))
+    await publish_as(js, job_id, worker, batch(job_id, 1, 2))
+    await publish_as(js, job_id, subjects.PLATFORM_LOG_WRITER,
+                     LogStart(job_id=job_id, attempt=1, worker_id=worker))
+    await publish_as(js, job_id, worker, batch(job_id, 3, 1))
+    await publish_as(js, job_id, subjects.PLATFORM_LOG_WRITER, LogEnd(
+        job_id=job_id, attempt=1, state=JobState.SUCCEEDED, exit_code=0, lines=3))
+    live_messages = await reading
+    assert live.fell_back
+    for messages in (live_messages, await collect(js, job_id, follow=False)):
+        assert seqs(messages) == [1, 2, 3]
+        assert isinstance(messages[-1], LogEnd)

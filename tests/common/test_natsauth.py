@@ -9,8 +9,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4
 
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -23,14 +24,16 @@ from hodei_common import logarchive, messaging
 from hodei_common.consumer import ConsumerSpec
 from hodei_common.contracts import subjects
 from hodei_common.contracts.jobs import JobState
-from hodei_common.contracts.logs import LogEnd
+from hodei_common.contracts.logs import LogBatch, LogEnd, LogLine, LogStart, LogStream
 from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE
 from hodei_common.embedded import NatsServer
+from hodei_common.logreader import read_log
 from hodei_common.natsauth import KeyKind, NKey, Trust, UserCredentials, jwt, permissions
 from hodei_common.natsauth.permissions import Role
 
 VIOLATION = "permissions violation"  # how nats-py words the server's -ERR to error_cb
 JS_TIMEOUT_S = 1.0  # a refused JetStream API request is never answered
+NS = DEFAULT_NAMESPACE
 
 
 class Connection:
@@ -187,7 +190,7 @@ async def test_agent_takes_its_own_assignments_and_reports_only_as_itself(
     worker, other, job = uuid4(), uuid4(), uuid4()
     async with (
         connect_as(nats_trust.user(permissions.role(Role.SCHEDULER))) as scheduler,
-        connect_as(nats_trust.user(permissions.agent(worker, job))) as agent,
+        connect_as(nats_trust.user(permissions.agent(worker, (NS, job)))) as agent,
     ):
         await messaging.ensure_streams(scheduler.js)
         await scheduler.js.publish(subjects.worker_assign(worker), b"mine")
@@ -203,7 +206,7 @@ async def test_agent_takes_its_own_assignments_and_reports_only_as_itself(
         assert (await asyncio.wait_for(got.get(), 2)).data == b"mine"
         ack = await agent.js.publish(subjects.worker_status(worker), b"{}")
         assert ack.stream == subjects.WORKER_STATUS_STREAM
-        await agent.js.publish(subjects.job_logs(job), b"{}")
+        await agent.js.publish(subjects.job_logs(NS, job, worker), b"{}")
         await agent.nc.publish(subjects.worker_heartbeat(worker), b"{}")
         await agent.nc.subscribe(subjects.worker_control(worker))
         assert await agent.violations() == []
@@ -219,7 +222,9 @@ async def test_agent_takes_its_own_assignments_and_reports_only_as_itself(
                                                      subjects.WORKER_ASSIGN_STREAM) + '"')
         await agent.refused(agent.js.publish(subjects.worker_status(other), b"{}"),
                             subjects.worker_status(other))
-        await agent.refused(agent.js.publish(subjects.job_logs(uuid4()), b"{}"), ".logs")
+        for subject in (subjects.job_logs(NS, uuid4(), worker), subjects.job_logs(NS, job, other),
+                        subjects.platform_logs(NS, job)):
+            await agent.refused(agent.js.publish(subject, b"{}"), subject)
         await agent.nc.subscribe(subjects.worker_control(other))
         await agent.nc.subscribe(subjects.WORKER_HEARTBEATS)
         found = await agent.violations()
@@ -262,27 +267,77 @@ async def test_api_answers_the_cli_and_its_pings(
 
 
 @pytest.mark.nats
-async def test_cli_reads_a_log_through_an_ordered_consumer_it_then_deletes(
+async def test_a_reusable_agent_writes_any_job_s_log_but_only_as_itself(
     connect_as: ConnectAs, nats_trust: Trust
 ) -> None:
-    job = uuid4()
+    """Its jobs are not known when it registers; readers take an attempt's lines from the
+    worker the platform gave it to, so writing as itself elsewhere is harmless."""
+    worker, other, job = uuid4(), uuid4(), uuid4()
     async with (
-        connect_as(nats_trust.user(permissions.role(Role.LOGS))) as logs,
-        connect_as(nats_trust.user(permissions.role(Role.CLI))) as cli,
+        connect_as(nats_trust.user(permissions.role(Role.SCHEDULER))) as scheduler,
+        connect_as(nats_trust.user(permissions.agent(worker))) as agent,
     ):
-        await messaging.ensure_streams(logs.js)
-        await logs.js.publish(subjects.job_logs(job), b"line")
-        last = await cli.js.get_last_msg(subjects.LOGS_STREAM, subjects.job_logs(job))
-        assert last.data == b"line"
-        sub = await cli.js.subscribe(subjects.job_logs(job), stream=subjects.LOGS_STREAM,
-                                     ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
-        assert (await sub.next_msg(timeout=2)).data == b"line"
-        consumer = (await sub.consumer_info()).name
-        await sub.unsubscribe()
-        assert await cli.js.delete_consumer(subjects.LOGS_STREAM, consumer)
-        assert await cli.violations() == []
-        await cli.refused(cli.js.publish(subjects.job_logs(job), b"forged"),
-                          subjects.job_logs(job))
+        await messaging.ensure_streams(scheduler.js)
+        await agent.js.publish(subjects.job_logs("team-b", job, worker), b"{}")
+        assert await agent.violations() == []
+        for subject in (subjects.job_logs("team-b", job, other),
+                        subjects.platform_logs("team-b", job)):
+            await agent.refused(agent.js.publish(subject, b"{}"), subject)
+
+
+async def _log(writer: Connection, namespace: str) -> tuple[UUID, LogBatch]:
+    """A job's log of one line in ``namespace``, written as the platform and its worker do."""
+    job, worker = uuid4(), uuid4()
+    line = LogBatch(job_id=job, attempt=1, lines=[LogLine(1, LogStream.STDOUT, 0.0, "secret")])
+    await writer.js.publish(subjects.platform_logs(namespace, job), msgspec.json.encode(
+        LogStart(job_id=job, attempt=1, worker_id=worker)))
+    await writer.js.publish(subjects.job_logs(namespace, job, worker), msgspec.json.encode(line))
+    return job, line
+
+
+@pytest.mark.nats
+async def test_a_user_reads_its_namespace_s_logs_and_no_other_s(
+    connect_as: ConnectAs, nats_trust: Trust
+) -> None:
+    async with (
+        connect_as(nats_trust.user(permissions.everything("writer"))) as writer,
+        connect_as(nats_trust.user(permissions.user("ann", "team-a"))) as ann,
+        connect_as(nats_trust.user(permissions.user("root", "team-c", admin=True))) as admin,
+    ):
+        await messaging.ensure_streams(writer.js)
+        mine, line = await _log(writer, "team-a")
+        theirs, their_line = await _log(writer, "team-b")
+        for reader in (ann, admin):
+            assert [m async for m in read_log(reader.js, "team-a", mine, follow=False)] == [line]
+        assert [m async for m in read_log(admin.js, "team-b", theirs, follow=False)] == [
+            their_line]
+        stream = subjects.LOGS_STREAM
+        assert (await writer.js.stream_info(stream)).state.consumer_count == 0  # all deleted
+        assert await ann.violations() == []
+        assert await admin.violations() == []
+
+        with pytest.raises((NatsError, TimeoutError)):
+            await anext(read_log(ann.js, "team-b", theirs, follow=False))
+        # Every other way in: a wider filter, an unnamed consumer, a plain read, a
+        # subscription, a forged line.
+        for name, filter_subject in (("a", subjects.LOGS_ALL), ("b", "logs.*.>"),
+                                     ("c", subjects.job_log_subjects("team-b", theirs))):
+            await ann.refused(ann.js.subscribe(
+                filter_subject, stream=stream, ordered_consumer=True,
+                config=ConsumerConfig(name=name)), f"consumer.create.{stream}.{name}")
+        await ann.refused(ann.js.subscribe(
+            subjects.job_log_subjects("team-a", mine), stream=stream, ordered_consumer=True),
+            subjects.js_api("CONSUMER.CREATE", stream) + '"')
+        await ann.refused(ann.js.get_msg(stream, seq=1), subjects.js_api("STREAM.MSG.GET"))
+        await ann.refused(ann.js.get_last_msg(stream, subjects.LOGS_ALL, direct=True),
+                          subjects.js_api("DIRECT.GET", stream, subjects.LOGS_ALL))
+        await ann.nc.subscribe(subjects.job_log_subjects("team-b", theirs))
+        await ann.nc.subscribe(subjects.LOGS_ALL)
+        await ann.refused(ann.js.publish(subjects.platform_logs("team-a", mine), b"forged"),
+                          subjects.platform_logs("team-a", mine))
+        found = await ann.violations()
+        assert any("subscription to \"logs.team-b." in v for v in found), found
+        assert any('subscription to "logs.>"' in v for v in found), found
 
 
 @pytest.mark.nats
@@ -346,9 +401,9 @@ def test_seeds_are_written_for_their_owner_only(nats_trust: Trust, tmp_path: Pat
 
 def test_an_agent_is_allowed_only_its_own_worker_and_job() -> None:
     worker, job = uuid4(), uuid4()
-    agent = permissions.agent(worker, job)
+    agent = permissions.agent(worker, (NS, job))
     for subject in (*agent.publish, *agent.subscribe):
         assert str(worker) in subject or str(job) in subject or subject in (
             subjects.WORKER_REGISTER, subjects.js_flow_control(subjects.WORKER_ASSIGN_STREAM))
     assert not agent.respond
-    assert permissions.agent(worker).publish[2] == subjects.job_logs("*")
+    assert permissions.agent(worker).publish[2] == subjects.worker_logs(worker)

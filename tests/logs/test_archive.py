@@ -23,6 +23,7 @@ from hodei_common.testing import assert_eventually
 from hodei_common.testing.services import running
 from hodei_logs.config import LogsSettings
 from hodei_logs.service import LogsService
+from tests.common.test_logreader import NS, publish
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
 
@@ -44,10 +45,10 @@ async def finished_job(pool: asyncpg.Pool, js: JetStreamContext, lines: list[Log
     for first in range(0, len(lines), 100):
         batch = LogBatch(job_id=job_id, attempt=1, lines=lines[first:first + 100],
                          ends=ends or {})
-        await js.publish(subjects.job_logs(job_id), msgspec.json.encode(batch))
+        await publish(js, job_id, batch)
     end = LogEnd(job_id=job_id, attempt=1, state=JobState.SUCCEEDED, exit_code=0,
                  lines=len(lines))
-    await js.publish(subjects.job_logs(job_id), msgspec.json.encode(end))
+    await publish(js, job_id, end)
     event = JobSucceeded(event_id=uuid.uuid4(), occurred_at=datetime.now(UTC), job_id=job_id,
                          attempt=1, state=JobState.SUCCEEDED, exit_code=0)
     await js.publish(subjects.JOB_SUCCEEDED, msgspec.json.encode(event))
@@ -68,7 +69,7 @@ async def archive_row(pool: asyncpg.Pool, job_id: uuid.UUID) -> asyncpg.Record:
 
 
 async def read_all(js: JetStreamContext, job_id: uuid.UUID) -> tuple[list[LogMessage], bool]:
-    reader = LogReader(js, job_id)
+    reader = LogReader(js, NS, job_id)
     messages = [m async for m in reader.messages(follow=True, idle_timeout_s=5)]
     return messages, reader.from_archive
 

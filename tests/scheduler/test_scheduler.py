@@ -177,7 +177,8 @@ async def test_each_outcome_ends_the_job_in_its_state_with_an_end_of_log_marker(
 
     async def end_marker() -> LogEnd | None:
         try:
-            last = await js.get_last_msg(subjects.LOGS_STREAM, subjects.job_logs(job.id))
+            last = await js.get_last_msg(subjects.LOGS_STREAM,
+                                         subjects.platform_logs(job.namespace, job.id))
         except Exception:
             return None
         message = msgspec.json.decode(last.data, type=LogMessage)

@@ -20,6 +20,7 @@ from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import Control, ControlAction, Heartbeat, Outcome, StatusKind
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.logs import LogEnd, LogMessage
+from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE
 from hodei_common.testing import assert_eventually
 from tests.scheduler.conftest import make_ready, report
 from tests.scheduler.test_scheduler import _is, assigned_job, event_types, job_state, workers
@@ -42,7 +43,8 @@ async def beating(nc: NATS, worker_id: UUID, stop: asyncio.Event) -> None:
 
 async def end_of_log(js: JetStreamContext, job_id: UUID) -> LogEnd | None:
     try:
-        last = await js.get_last_msg(subjects.LOGS_STREAM, subjects.job_logs(job_id))
+        last = await js.get_last_msg(subjects.LOGS_STREAM,
+                                     subjects.platform_logs(DEFAULT_NAMESPACE, job_id))
     except Exception:
         return None
     message = msgspec.json.decode(last.data or b"", type=LogMessage)

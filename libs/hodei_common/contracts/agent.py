@@ -62,6 +62,7 @@ class Assignment(msgspec.Struct, frozen=True, kw_only=True):
     job_id: UUID
     attempt: int
     worker_id: UUID
+    namespace: str  # the job's: its log is written under it
     command: str
     args: list[str] = msgspec.field(default_factory=list)
     env: dict[str, str] = msgspec.field(default_factory=dict)

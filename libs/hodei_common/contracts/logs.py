@@ -1,8 +1,10 @@
-"""A job's log on ``job.<id>.logs``: batches of lines, then one end-of-log marker.
+"""A job's log on ``logs.<namespace>.<job>.<writer>``: batches of lines, then an end marker.
 
-Lines are numbered from 1 per attempt; a batch's ``Nats-Msg-Id`` is ``job:attempt:first_seq``
-so a retried publish is dropped by JetStream. The last message of every job's log is a
-:class:`LogEnd` with the final state and exit code (``Nats-Msg-Id`` ``job:end``).
+Each attempt's agent writes its lines under its own worker id; lines are numbered from 1 per
+attempt, and a batch's ``Nats-Msg-Id`` is ``job:attempt:first_seq:worker`` so a retried publish
+is dropped by JetStream. The platform writes, under ``hodei``, a :class:`LogStart` naming the
+worker of each attempt as it assigns it (readers take an attempt's lines from that worker
+alone), and last of all a :class:`LogEnd` with the final state and exit code.
 
 A line is the job's output up to and including its terminator: ``\\n`` (the usual case, not
 repeated on the wire), ``\\r`` (a progress bar redrawing its line), ``\\r\\n``, or nothing (the
@@ -91,4 +93,17 @@ class LogEnd(msgspec.Struct, frozen=True, kw_only=True, tag="end"):
     lines: int | None = None
 
 
+class LogStart(msgspec.Struct, frozen=True, kw_only=True, tag="start"):
+    """The platform gave ``attempt`` to ``worker_id``: its lines are that worker's alone.
+
+    Readers keep it to themselves: a log as read (and archived) is batches and the end.
+    """
+
+    job_id: UUID
+    attempt: int
+    worker_id: UUID
+
+
 LogMessage = Annotated[LogBatch | LogEnd, msgspec.Meta(title="LogMessage")]
+# What the LOGS stream holds: a log's messages and the platform's attempt markers.
+LogRecord = LogBatch | LogEnd | LogStart

@@ -126,13 +126,46 @@ def worker_status(worker_id: UUID | str) -> str:
 
 
 # --- logs --------------------------------------------------------------------------------
+# A job's log is written on ``logs.<namespace>.<job>.<writer>``: the writer is the worker
+# whose agent ran an attempt (its id), or the platform (``hodei``) for the markers only the
+# platform writes (which worker runs an attempt; the end of the log). NATS permissions let a
+# user read its own namespace's logs only, and an agent write under its own worker id only:
+# readers take an attempt's lines from the worker the platform said runs it, nobody else's.
 LOGS_STREAM = "LOGS"
-LOGS_SUBJECTS = "job.*.logs"
+LOGS_SUBJECTS = "logs.*.*.*"
+LOGS_ALL = "logs.>"
+PLATFORM_LOG_WRITER = "hodei"
+_LOG_WRITER_TOKEN = 3
 
 
-def job_logs(job_id: UUID | str) -> str:
-    """JetStream subject carrying one job's log lines and its end-of-log marker."""
-    return f"job.{job_id}.logs"
+def job_logs(namespace: str, job_id: UUID | str, writer: UUID | str) -> str:
+    """JetStream subject of one writer's messages in one job's log."""
+    return f"logs.{namespace}.{job_id}.{writer}"
+
+
+def platform_logs(namespace: str, job_id: UUID | str) -> str:
+    """Subject of the platform's markers in a job's log (attempt starts, the end)."""
+    return job_logs(namespace, job_id, PLATFORM_LOG_WRITER)
+
+
+def job_log_subjects(namespace: str, job_id: UUID | str) -> str:
+    """Every writer's subject of one job's log, as a reader filters them."""
+    return job_logs(namespace, job_id, "*")
+
+
+def namespace_logs(namespace: str) -> str:
+    """Every log subject of one namespace, as permission lists name them."""
+    return f"logs.{namespace}.>"
+
+
+def worker_logs(worker_id: UUID | str) -> str:
+    """Every log subject one worker may write: its own, in any job's log."""
+    return job_logs("*", "*", worker_id)
+
+
+def log_writer(subject: str) -> str:
+    """Who wrote a message received on a :func:`job_logs` subject."""
+    return subject.split(".")[_LOG_WRITER_TOKEN]
 
 
 # Finished jobs' logs, one object per job (named by its id) in a JetStream object store; the

@@ -7,8 +7,11 @@ Every list is built from :mod:`hodei_common.contracts.subjects`, after what the 
   replies on an inbox of its own (``_INBOX.hodei-<name>.>``);
 - a durable consumer (``consumer.consume``) is created (``CONSUMER.DURABLE.CREATE``), fetched
   (``CONSUMER.MSG.NEXT``) and acked (``$JS.ACK.<stream>.<durable>.>``) by its name only;
-- a log reader (``logreader``, ``logarchive``) gets single messages (``STREAM.MSG.GET``) and
-  makes ordered push consumers it deletes after use (``CONSUMER.CREATE/INFO/DELETE``, flow
+- a log reader (``logreader``) gets a log's newest message by a direct get and reads it through
+  an ordered push consumer created by name (``CONSUMER.CREATE.<stream>.<name>.<filter>``),
+  deleted after use: both name the log's subjects in the request's subject, so a user is held
+  to its namespace's logs (``_log_reader``); the archive (``logarchive``) gets single messages
+  (``STREAM.MSG.GET``) and makes ordered consumers (``CONSUMER.CREATE/INFO/DELETE``, flow
   control on ``$JS.FC.<stream>.>``);
 - an agent is confined to its own worker's subjects (see :func:`agent`).
 
@@ -110,6 +113,20 @@ def _reader(stream: str) -> list[str]:
     ]
 
 
+def _log_reader(namespace: str | None) -> list[str]:
+    """Read the logs of one namespace (None: of every one) and nothing else: the newest
+    message by subject, and ordered consumers created by name, their filter in the subject."""
+    logs = s.namespace_logs(namespace) if namespace is not None else s.LOGS_ALL
+    stream = s.LOGS_STREAM
+    return [
+        s.js_api("DIRECT.GET", stream, logs),
+        s.js_api("CONSUMER.CREATE", stream, "*", logs),
+        s.js_api("CONSUMER.INFO", stream, "*"),
+        s.js_api("CONSUMER.DELETE", stream, "*"),
+        s.js_flow_control(stream),
+    ]
+
+
 def _archive_writer() -> list[str]:
     """Create the archive bucket, put, replace and delete objects in it."""
     stream = s.LOG_ARCHIVE_STREAM
@@ -141,7 +158,7 @@ def role(which: Role) -> Permissions:
         return _service(which, [s.JOB_EVENTS_SUBJECTS, *s.WORKER_EVENTS_SUBJECTS], [])
     if which is Role.SCHEDULER:
         return _service(which, [
-            s.WORKER_ASSIGN_SUBJECTS, s.LOGS_SUBJECTS, control,
+            s.WORKER_ASSIGN_SUBJECTS, s.platform_logs("*", "*"), control,
             *_durable(s.JOB_EVENTS_STREAM, s.SCHEDULER_DISPATCH_CONSUMER),
             *_durable(s.WORKER_EVENTS_STREAM, s.SCHEDULER_DISPATCH_CONSUMER),
             *_durable(s.WORKER_STATUS_STREAM, s.SCHEDULER_STATUS_CONSUMER),
@@ -155,8 +172,8 @@ def role(which: Role) -> Permissions:
         ], [s.WORKER_REGISTER])
     if which is Role.LOGS:
         return _service(which, [
-            s.LOGS_SUBJECTS, *_durable(s.JOB_EVENTS_STREAM, s.LOGS_ARCHIVE_CONSUMER),
-            *_reader(s.LOGS_STREAM), *_reader(s.LOG_ARCHIVE_STREAM), *_archive_writer(),
+            s.platform_logs("*", "*"), *_durable(s.JOB_EVENTS_STREAM, s.LOGS_ARCHIVE_CONSUMER),
+            *_log_reader(None), *_reader(s.LOG_ARCHIVE_STREAM), *_archive_writer(),
         ], [])
     if which is Role.SUPERVISOR:
         return _service(which, [control, s.js_api("STREAM.MSG.GET", s.WORKER_STATUS_STREAM)],
@@ -184,27 +201,30 @@ def user_permissions(identity: str, scope: Scope) -> Permissions:
         calls = [s.API_SUBJECTS, s.ADMIN_SUBJECTS, s.SRV_PREFIX + ".>"]
     else:
         calls = [s.api_ns(scope.namespace, ">")]
+    namespace = None if scope.admin else scope.namespace
+    logs = s.LOGS_ALL if namespace is None else s.namespace_logs(namespace)
     return Permissions(
         identity=identity,
-        publish=(*calls, *_reader(s.LOGS_STREAM), *_reader(s.LOG_ARCHIVE_STREAM)),
-        subscribe=(s.inbox_prefix(identity) + ".>", s.LOGS_SUBJECTS),
+        publish=(*calls, *_log_reader(namespace), *_reader(s.LOG_ARCHIVE_STREAM)),
+        subscribe=(s.inbox_prefix(identity) + ".>", logs),
         tags=scope.tags,
     )
 
 
-def agent(worker_id: UUID | str, job_id: UUID | str | None = None) -> Permissions:
-    """One registered worker's agent: its own status and heartbeat, the log of its job (of any
-    job when ``job_id`` is None: a reusable worker runs jobs not known when its credentials
-    are made), its control orders, and its assignments through a consumer whose filter is its
-    own assign subject (the named ``CONSUMER.CREATE`` form, which puts the filter in the
-    subject so that permissions can pin it)."""
+def agent(worker_id: UUID | str, job: tuple[str, UUID | str] | None = None) -> Permissions:
+    """One registered worker's agent: its own status and heartbeat, its lines in the log of
+    its job (``job``: namespace and id), or in any job's when None (a reusable worker runs jobs
+    not known when its credentials are made: readers take an attempt's lines from the worker
+    the platform gave it to only), its control orders, and its assignments through a consumer
+    whose filter is its own assign subject (the named ``CONSUMER.CREATE`` form, which puts the
+    filter in the subject so that permissions can pin it)."""
     identity = s.agent_identity(worker_id)
     return Permissions(
         identity=identity,
         publish=(
             s.worker_status(worker_id),
             s.worker_heartbeat(worker_id),
-            s.job_logs(job_id if job_id is not None else "*"),
+            s.job_logs(*job, worker_id) if job is not None else s.worker_logs(worker_id),
             s.js_api("CONSUMER.CREATE", s.WORKER_ASSIGN_STREAM, "*",
                      s.worker_assign(worker_id)),
             s.js_flow_control(s.WORKER_ASSIGN_STREAM),

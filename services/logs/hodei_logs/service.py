@@ -16,8 +16,8 @@ import asyncio
 import contextlib
 import logging
 from typing import ClassVar
-from uuid import UUID
 
+import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -27,7 +27,7 @@ from hodei_common import logarchive, tracing
 from hodei_common.consumer import ConsumerSpec, consume, decode
 from hodei_common.contracts import subjects
 from hodei_common.contracts.jobs import JobEvent, JobState
-from hodei_common.contracts.logs import LogBatch, LogEnd, LogMessage, LogStream
+from hodei_common.contracts.logs import LogBatch, LogEnd, LogMessage, LogRecord, LogStream
 from hodei_common.database import LOCK_LOG_SWEEP, exclusive
 from hodei_common.errors import RetryLater
 from hodei_common.lifecycle import jobs
@@ -75,30 +75,28 @@ class LogsService(HodeiService):
         await consume(self.js, ARCHIVE_EVENTS, self._archive, self.stopping,
                       batch=ARCHIVE_BATCH)
 
-    async def _close_log(self, job_id: UUID) -> None:
+    async def _close_log(self, job: asyncpg.Record) -> None:
         """Write the end marker unless the log has one: usually the scheduler ended the log as
         the job finished; not for a job cancelled while queued, or when its publish failed."""
-        if await self._already_closed(job_id):
+        subject = subjects.platform_logs(job["namespace"], job["id"])
+        if await self._already_closed(subject):
             return
-        async with self.pool.acquire() as conn:
-            job = await store.final_state(conn, job_id)
-        if job is None:
-            raise RetryLater(1.0, f"job {job_id} is not finished yet")
         marker = LogEnd(job_id=job["id"], attempt=job["attempt"], state=JobState(job["state"]),
                         exit_code=job["exit_code"], error=job["error"])
         await self.js.publish(
-            subjects.job_logs(job["id"]), msgspec.json.encode(marker),
+            subject, msgspec.json.encode(marker),
             headers=tracing.inject({subjects.HEADER_MSG_ID: subjects.msg_id(job["id"], "end")}),
         )
 
-    async def _already_closed(self, job_id: UUID) -> bool:
-        """Whether the log's last message is already its end marker (a redelivery)."""
+    async def _already_closed(self, subject: str) -> bool:
+        """Whether the platform's last word in the log is already its end marker (a
+        redelivery)."""
         try:
-            last = await self.js.get_last_msg(subjects.LOGS_STREAM, subjects.job_logs(job_id))
+            last = await self.js.get_last_msg(subjects.LOGS_STREAM, subject, direct=True)
         except NotFoundError:
             return False
         try:
-            return isinstance(msgspec.json.decode(last.data or b"", type=LogMessage), LogEnd)
+            return isinstance(msgspec.json.decode(last.data or b"", type=LogRecord), LogEnd)
         except msgspec.DecodeError:
             return False
 
@@ -117,12 +115,15 @@ class LogsService(HodeiService):
         async with self.pool.acquire() as conn:
             if await store.archived(conn, job_id):
                 return
-        await self._close_log(job_id)
+            job = await store.final_state(conn, job_id)
+        if job is None:
+            raise RetryLater(1.0, f"job {job_id} is not finished yet")
+        await self._close_log(job)
         writer = logarchive.ArchiveWriter()
         end: LogEnd | None = None
         truncated = False
         try:
-            async for message in read_log(self.js, job_id, follow=False):
+            async for message in read_log(self.js, job["namespace"], job_id, follow=False):
                 writer.add(message)
                 if isinstance(message, LogEnd):
                     end = message

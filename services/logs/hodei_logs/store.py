@@ -9,7 +9,7 @@ import asyncpg
 from hodei_common.database import Conn
 
 FINAL_STATE = """
-SELECT id, attempt, state, exit_code, error FROM jobs
+SELECT id, namespace, attempt, state, exit_code, error FROM jobs
 WHERE id = $1 AND state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMED_OUT')
 """
 

@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from hodei_common import tracing
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import Assignment
+from hodei_common.contracts.logs import LogStart
 from hodei_common.contracts.workers import WorkerMode
 from hodei_common.database import LOCK_DISPATCH, Conn, locked_transaction
 from hodei_common.lifecycle import jobs, workers
@@ -34,6 +35,7 @@ ACTOR = "scheduler"
 MIN_GAP_S = 0.005
 HOUSEKEEPING_S = 0.25
 PICK_BATCH = 64
+MARK_ATTEMPTS = 5
 
 
 def assignment_from_row(
@@ -43,6 +45,7 @@ def assignment_from_row(
         job_id=row["id"],
         attempt=row["attempt"],
         worker_id=worker_id,
+        namespace=row["namespace"],
         command=row["command"],
         args=list(row["args"]),
         env=dict(row["env"]),
@@ -179,7 +182,13 @@ class Dispatcher:
                     memory_bytes=p["memory_bytes"], actor=ACTOR)
 
     async def send(self, assignment: Assignment) -> None:
-        """Publish an assignment to its worker; a failure is retried by a later pass."""
+        """Publish an assignment to its worker, and to the job's log that the attempt is that
+        worker's. The two go out together, the marker first: readers hold an attempt's lines
+        until its marker came, whichever the stream stores first."""
+        await asyncio.gather(self._mark(assignment), self._deliver(assignment))
+
+    async def _deliver(self, assignment: Assignment) -> None:
+        """A failure is retried by a later pass (the assignment is not accepted meanwhile)."""
         try:
             await self._js.publish(
                 subjects.worker_assign(assignment.worker_id),
@@ -189,3 +198,17 @@ class Dispatcher:
             )
         except (NatsError, OSError, TimeoutError) as e:
             log.warning("job %s: could not send its assignment (%s)", assignment.job_id, e)
+
+    async def _mark(self, assignment: Assignment) -> None:
+        """A failure is retried here: no later pass resends what a worker has taken."""
+        start = msgspec.json.encode(LogStart(
+            job_id=assignment.job_id, attempt=assignment.attempt,
+            worker_id=assignment.worker_id))
+        subject = subjects.platform_logs(assignment.namespace, assignment.job_id)
+        for attempt in range(1, MARK_ATTEMPTS + 1):
+            try:
+                await self._js.publish(subject, start, headers=tracing.inject({}))
+                return
+            except (NatsError, OSError, TimeoutError) as e:
+                log.warning("job %s: could not mark attempt %d in its log (%s; try %d of %d)",
+                            assignment.job_id, assignment.attempt, e, attempt, MARK_ATTEMPTS)

@@ -35,8 +35,8 @@ class ReportEffects(Protocol):
     async def cancel_pending(self, job_id: UUID, attempt: int, worker_id: UUID) -> None:
         """The job's cancel was asked for before its agent said it took or started it."""
 
-    async def job_finished(self, end: LogEnd) -> None:
-        """The job reached its terminal state: its log can end."""
+    async def job_finished(self, namespace: str, end: LogEnd) -> None:
+        """The job (of ``namespace``) reached its terminal state: its log can end."""
 
     async def stop_worker(self, worker_id: UUID, reason: str) -> None:
         """A worker the platform counts as gone reported: it must stop."""
@@ -81,7 +81,7 @@ class ReportHandler:
         if row["freed"]:
             self._effects.worker_freed()
         state = JobState(jobs.FINISHING[report.outcome].target)
-        await self._effects.job_finished(LogEnd(
+        await self._effects.job_finished(row["namespace"], LogEnd(
             job_id=report.job_id, attempt=report.attempt, state=state,
             exit_code=report.exit_code, error=report.error, lines=report.log_lines))
         return True

@@ -117,12 +117,12 @@ class SchedulerService(HodeiService):
     async def cancel_pending(self, job_id: UUID, attempt: int, worker_id: UUID) -> None:
         await self.send_cancel(job_id, attempt, worker_id)
 
-    async def job_finished(self, end: LogEnd) -> None:
+    async def job_finished(self, namespace: str, end: LogEnd) -> None:
         """End the job's log at once, as its terminal state commits. The logs service writes
         the same marker from the terminal event (same Nats-Msg-Id): this only saves a hop."""
         try:
             await self.js.publish(
-                subjects.job_logs(end.job_id), msgspec.json.encode(end),
+                subjects.platform_logs(namespace, end.job_id), msgspec.json.encode(end),
                 headers=tracing.inject({subjects.HEADER_MSG_ID: subjects.msg_id(end.job_id,
                                                                                 "end")}),
             )

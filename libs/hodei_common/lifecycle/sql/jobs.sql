@@ -52,7 +52,7 @@ assigned AS (
     FROM pairs AS p
     WHERE jobs.id = p.job_id AND jobs.state = ANY(:from_states) AND jobs.attempt = p.attempt
     RETURNING jobs.id, jobs.attempt, jobs.worker_id, jobs.command, jobs.args, jobs.env,
-              jobs.timeout_s, jobs.assigned_at
+              jobs.timeout_s, jobs.assigned_at, jobs.namespace
 ),
 occupied AS (
     UPDATE workers SET state = :occupy_to, current_job_id = a.id, idle_since = NULL
@@ -113,7 +113,7 @@ finished AS (
     FROM before
     WHERE jobs.id = before.id AND jobs.attempt = :attempt AND jobs.worker_id = :worker_id
       AND jobs.state = ANY(:from_states)
-    RETURNING jobs.id, before.accepted_at IS NULL AS newly_accepted,
+    RETURNING jobs.id, jobs.namespace, before.accepted_at IS NULL AS newly_accepted,
               before.started_at IS NULL AND :started_at::timestamptz IS NOT NULL
                   AS newly_started
 ),
@@ -133,7 +133,7 @@ retired AS (
       AND NOT EXISTS (SELECT 1 FROM freed)
     RETURNING id
 )
-SELECT f.id, EXISTS (SELECT 1 FROM freed) AS freed,
+SELECT f.id, f.namespace, EXISTS (SELECT 1 FROM freed) AS freed,
        hodei_saga_advance('execution', f.id, 'start', 'finish', 'COMPLETED', 'COMPLETED')
            AS saga,
        hodei_record_events(:events, array_remove(ARRAY[
