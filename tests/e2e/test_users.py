@@ -9,12 +9,16 @@ import stat
 import uuid
 from pathlib import Path
 
+import msgspec
 import nats
 import pytest
 from nats.errors import Error as NatsError
 
+from hodei_cli.embedded import AUTH_DIR
 from hodei_common.contracts import subjects
-from hodei_common.natsauth import jwt
+from hodei_common.contracts.jobs import JobState
+from hodei_common.contracts.logs import LogBatch, LogEnd, LogLine, LogStream
+from hodei_common.natsauth import Trust, jwt, permissions
 from tests.cli.conftest import CliResult, run_cli
 from tests.e2e.conftest import Platform
 
@@ -164,3 +168,40 @@ async def test_nats_refuses_a_user_the_subjects_of_other_namespaces_and_admins(
         assert any("subscription to" in str(e).lower() for e in errors), errors
     finally:
         await nc.close()
+
+
+async def test_a_reusable_agent_s_credentials_cannot_put_words_in_another_job_s_log(
+    platform: Platform, users: dict[str, Path], tmp_path: Path,
+) -> None:
+    """What a hostile reusable worker's agent may do (write under its own worker id in any
+    job's log: its jobs are not known when it registers) changes nothing another job's readers
+    see, live, from the stream or from the archive."""
+    intruder = uuid.uuid4()
+    creds = Trust.load(platform.home / AUTH_DIR / "keys").user(
+        permissions.agent(intruder)).write(tmp_path / "intruder.creds")
+    queued = await hodei(platform, users["alice"], "job", "queue", "--command",
+                         "echo begin; sleep 2; echo done")
+    assert queued.code == 0, queued.stderr
+    job_id = uuid.UUID(queued.stdout.strip())
+    following = asyncio.create_task(
+        hodei(platform, users["alice"], "job", "logs", str(job_id), "--follow"))
+    nc = await nats.connect(platform.nats_url, user_credentials=str(creds),
+                            inbox_prefix=subjects.inbox_prefix(subjects.agent_identity(intruder)))
+    try:
+        js = nc.jetstream()
+        mine = subjects.job_logs("team-a", job_id, intruder)
+        for attempt in (1, 2):
+            await js.publish(mine, msgspec.json.encode(LogBatch(
+                job_id=job_id, attempt=attempt,
+                lines=[LogLine(seq, LogStream.STDOUT, 0.0, "forged") for seq in (1, 2, 3)])))
+        await js.publish(mine, msgspec.json.encode(LogEnd(
+            job_id=job_id, attempt=1, state=JobState.FAILED, exit_code=1, lines=3)))
+        with pytest.raises((NatsError, TimeoutError)):  # the platform's subject is not its own
+            await js.publish(subjects.platform_logs("team-a", job_id), b"{}", timeout=1)
+    finally:
+        await nc.close()
+    followed = await asyncio.wait_for(following, 60)
+    assert (followed.code, followed.stdout) == (0, "begin\ndone\n"), followed.stderr
+    for _ in range(2):  # from the stream or the archive, whichever holds it by now
+        read = await hodei(platform, users["alice"], "job", "logs", str(job_id))
+        assert (read.code, read.stdout) == (0, "begin\ndone\n"), read.stderr
