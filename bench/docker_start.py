@@ -78,7 +78,8 @@ async def run_one(api: ApiClient, js: JetStreamContext, provider: str = "docker"
     job = (await api.submit(SubmitJob(command="echo hello", name=f"bench-{provider}",
                                       provider=provider))).job
     first: float | None = None
-    async for message in read_log(js, job.id, follow=True, idle_timeout_s=JOB_DEADLINE_S):
+    async for message in read_log(js, job.namespace, job.id, follow=True,
+                                  idle_timeout_s=JOB_DEADLINE_S):
         now = time.perf_counter() - started
         if isinstance(message, LogBatch) and first is None:
             first = now

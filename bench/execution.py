@@ -79,7 +79,7 @@ class Outcome:
 
 async def submit_and_follow(api: ApiClient, js: JetStreamContext, request: SubmitJob) -> LiveLog:
     """What `hodei job run` does: listen to the job's log, then submit the job."""
-    live = await LiveLog(api.nc, js, uuid4()).open()
+    live = await LiveLog(api.nc, js, api.namespace, uuid4()).open()
     await api.submit(msgspec.structs.replace(request, id=live.job_id))
     return live
 

@@ -91,7 +91,7 @@ async def run_job(request: SubmitJob, *, detach: bool) -> int:
             return 0
         request = msgspec.structs.replace(request, id=request.id or uuid4())
         assert request.id is not None
-        live = await LiveLog(api.nc, api.nc.jetstream(), request.id).open()
+        live = await LiveLog(api.nc, api.nc.jetstream(), api.namespace, request.id).open()
         try:
             job = (await api.submit(request)).job
         except BaseException:
@@ -127,10 +127,10 @@ async def show_logs(
     job waits until it runs or prints."""
     printer = printer or LogPrinter()
     async with api_client() as api:
-        # A clear "not found" for an unknown job, and for another namespace's: the log's own
-        # subjects are not namespaced, so only NATS permissions can keep its reads apart.
+        # A clear "not found" for an unknown job, and for another namespace's; the log is read
+        # in the job's namespace, the one NATS permissions let this caller read.
         job = await api.get(job_id)
-        reader = LogReader(api.nc.jetstream(), job_id)
+        reader = LogReader(api.nc.jetstream(), job.namespace, job_id)
         # A finished job's log is complete: its end marker is there or a moment away.
         idle = GONE_AFTER_S if job.state.terminal else None
         reading = reader.messages(follow=follow or job.state.terminal, idle_timeout_s=idle)

@@ -129,8 +129,9 @@ class LogReader:
     (``hodei job logs --tail N --follow`` prints its tail then).
     """
 
-    def __init__(self, js: JetStreamContext, job_id: UUID) -> None:
+    def __init__(self, js: JetStreamContext, namespace: str, job_id: UUID) -> None:
         self._js = js
+        self.namespace = namespace
         self.job_id = job_id
         self.caught_up = False
         self.from_archive = False
@@ -143,7 +144,7 @@ class LogReader:
         Without ``follow`` it stops at the newest message that existed when called; with it,
         it stops after the end marker (or when nothing arrives for ``idle_timeout_s``).
         """
-        archived = await logarchive.info(self._js, self.job_id)
+        archived = await logarchive.info(self._js, self.namespace, self.job_id)
         if archived is not None:
             self.from_archive = True
             async with contextlib.aclosing(logarchive.read(self._js, archived)) as archive:
@@ -239,10 +240,12 @@ class LogReader:
 
 
 async def read_log(
-    js: JetStreamContext, job_id: UUID, *, follow: bool, idle_timeout_s: float | None = None
+    js: JetStreamContext, namespace: str, job_id: UUID, *, follow: bool,
+    idle_timeout_s: float | None = None,
 ) -> AsyncIterator[LogMessage]:
     """Yield the job's log messages in order (see :meth:`LogReader.messages`)."""
-    reading = LogReader(js, job_id).messages(follow=follow, idle_timeout_s=idle_timeout_s)
+    reading = LogReader(js, namespace, job_id).messages(follow=follow,
+                                                        idle_timeout_s=idle_timeout_s)
     async with contextlib.aclosing(reading) as messages:
         async for message in messages:
             yield message
@@ -258,7 +261,8 @@ class LiveLog:
     the rest comes from the stream, skipping the lines already given.
     """
 
-    def __init__(self, nc: NATS, js: JetStreamContext, job_id: UUID) -> None:
+    def __init__(self, nc: NATS, js: JetStreamContext, namespace: str, job_id: UUID) -> None:
+        self.namespace = namespace
         self.job_id = job_id
         self._nc = nc
         self._js = js
@@ -290,7 +294,7 @@ class LiveLog:
         finally:
             await self.close()
         if self.fell_back:
-            async for message in read_log(self._js, self.job_id, follow=True,
+            async for message in read_log(self._js, self.namespace, self.job_id, follow=True,
                                           idle_timeout_s=idle_timeout_s):
                 if isinstance(message, LogBatch):
                     seen = given.get(message.attempt, 0)

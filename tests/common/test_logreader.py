@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 from hodei_common.contracts import subjects
 from hodei_common.contracts.jobs import JobState
 from hodei_common.contracts.logs import LogBatch, LogEnd, LogLine, LogMessage, LogStream
+from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE
 from hodei_common.logreader import DIRECT_READS, LiveLog, read_log
 
 pytestmark = pytest.mark.nats
@@ -28,7 +29,7 @@ def batch(job_id: uuid.UUID, first: int, count: int) -> LogBatch:
 
 
 async def collect(js: JetStreamContext, job_id: uuid.UUID, follow: bool) -> list[LogMessage]:
-    return [m async for m in read_log(js, job_id, follow=follow)]
+    return [m async for m in read_log(js, DEFAULT_NAMESPACE, job_id, follow=follow)]
 
 
 async def test_a_reader_attaching_after_the_end_gets_every_line_then_the_marker(
@@ -106,7 +107,7 @@ async def test_a_live_log_opened_before_the_job_sees_it_all_without_the_stream(
     nc: NATS, js: JetStreamContext,
 ) -> None:
     job_id = uuid.uuid4()
-    live = await LiveLog(nc, js, job_id).open()
+    live = await LiveLog(nc, js, DEFAULT_NAMESPACE, job_id).open()
     reading = asyncio.create_task(follow_live(live))
     await publish(js, job_id, batch(job_id, 1, 3))
     await publish(js, job_id, batch(job_id, 1, 3))  # a retried publish: said once only
@@ -124,7 +125,7 @@ async def test_a_live_log_that_missed_lines_reads_the_rest_from_the_stream_once(
 ) -> None:
     job_id = uuid.uuid4()
     await publish(js, job_id, batch(job_id, 1, 2))  # before anyone listened
-    live = await LiveLog(nc, js, job_id).open()
+    live = await LiveLog(nc, js, DEFAULT_NAMESPACE, job_id).open()
     reading = asyncio.create_task(follow_live(live))
     await publish(js, job_id, batch(job_id, 3, 2))
     await publish(js, job_id, LogEnd(job_id=job_id, attempt=1, state=JobState.FAILED,
@@ -141,7 +142,7 @@ async def test_an_end_marker_that_does_not_vouch_for_the_lines_seen_means_readin
     nc: NATS, js: JetStreamContext, lines: int | None,
 ) -> None:
     job_id = uuid.uuid4()
-    live = await LiveLog(nc, js, job_id).open()
+    live = await LiveLog(nc, js, DEFAULT_NAMESPACE, job_id).open()
     reading = asyncio.create_task(follow_live(live))
     await publish(js, job_id, batch(job_id, 1, 2))
     await publish(js, job_id, LogEnd(job_id=job_id, attempt=1, state=JobState.SUCCEEDED,

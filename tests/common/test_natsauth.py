@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -296,20 +296,27 @@ async def test_logs_service_archives_a_log_the_cli_reads_back(
         connect_as(nats_trust.user(permissions.role(Role.CLI))) as cli,
     ):
         await messaging.ensure_streams(logs.js)
-        await logarchive.ensure_bucket(logs.js)
-        await logarchive.ensure_bucket(logs.js)  # it exists: kept
+        await logarchive.ensure_archive(logs.js)
+        await logarchive.ensure_archive(logs.js)  # it exists: kept
         for _ in range(2):  # stored, then replaced (old chunks purged)
-            writer = logarchive.ArchiveWriter()
-            writer.add(end)
-            await writer.store(logs.js, job, truncated=False)
-            writer.discard()
-        found = await logarchive.info(cli.js, job)
+            await archive(logs, DEFAULT_NAMESPACE, job, end)
+        found = await logarchive.info(cli.js, DEFAULT_NAMESPACE, job)
         assert found is not None
         assert [m async for m in logarchive.read(cli.js, found)] == [end]
-        await logarchive.delete(logs.js, job)
-        assert await logarchive.info(cli.js, job) is None
+        await logarchive.delete(logs.js, DEFAULT_NAMESPACE, job)
+        assert await logarchive.info(cli.js, DEFAULT_NAMESPACE, job) is None
         assert await logs.violations() == []
         assert await cli.violations() == []
+
+
+async def archive(logs: Connection, namespace: str, job: UUID, end: LogEnd) -> None:
+    """Store a one-message log as the logs service does."""
+    writer = logarchive.ArchiveWriter()
+    try:
+        writer.add(end)
+        await writer.store(logs.js, namespace, job, truncated=False)
+    finally:
+        writer.discard()
 
 
 # --- the material itself ---------------------------------------------------------------------

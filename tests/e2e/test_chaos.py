@@ -22,6 +22,7 @@ from hodei_common.client import ApiClient
 from hodei_common.contracts import subjects
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.logs import LogBatch, LogEnd
+from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE
 from hodei_common.errors import HodeiError
 from hodei_common.logreader import read_log
 from hodei_common.testing import assert_eventually
@@ -152,7 +153,8 @@ async def test_an_agent_killed_mid_job_is_requeued_and_succeeds_on_attempt_two(
         job_id)]
     assert types.count("JobRequeued") == 1
     js = nc.jetstream()
-    log = [m async for m in read_log(js, job_id, follow=True, idle_timeout_s=10)]
+    log = [m async for m in read_log(js, DEFAULT_NAMESPACE, job_id, follow=True,
+                                     idle_timeout_s=10)]
     texts = [(m.attempt, line.text) for m in log if isinstance(m, LogBatch) for line in m.lines]
     assert texts[-2:] == [(2, "begin"), (2, "done")]
     assert texts[0] == (1, "begin")

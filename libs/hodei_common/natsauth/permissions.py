@@ -7,9 +7,12 @@ Every list is built from :mod:`hodei_common.contracts.subjects`, after what the 
   replies on an inbox of its own (``_INBOX.hodei-<name>.>``);
 - a durable consumer (``consumer.consume``) is created (``CONSUMER.DURABLE.CREATE``), fetched
   (``CONSUMER.MSG.NEXT``) and acked (``$JS.ACK.<stream>.<durable>.>``) by its name only;
-- a log reader (``logreader``, ``logarchive``) gets single messages (``STREAM.MSG.GET``) and
-  makes ordered push consumers it deletes after use (``CONSUMER.CREATE/INFO/DELETE``, flow
-  control on ``$JS.FC.<stream>.>``);
+- a log reader (``logreader``) gets single messages (``STREAM.MSG.GET``) and makes ordered
+  push consumers it deletes after use (``CONSUMER.CREATE/INFO/DELETE``, flow control on
+  ``$JS.FC.<stream>.>``);
+- an archive reader (``logarchive``) gets a meta by a direct get and chunks through a
+  consumer created by name, both with the archive's subject in the request's subject, so its
+  allow list names the namespaces it may read (see :func:`_archive_reader`);
 - an agent is confined to its own worker's subjects (see :func:`agent`).
 
 A connection using these must pass ``inbox_prefix=permissions.inbox_prefix`` to nats-py, and a
@@ -110,11 +113,26 @@ def _reader(stream: str) -> list[str]:
     ]
 
 
+def _archive_reader(namespace: str | None) -> list[str]:
+    """Read the archived logs of one namespace (None: of every namespace): a meta by a direct
+    get whose subject ends with the meta's own, and chunks through an ordered consumer created
+    by name whose subject ends with its filter (the server refuses a filter that differs from
+    it). Neither ``STREAM.MSG.GET`` nor the unnamed ``CONSUMER.CREATE``, whose subjects name no
+    filter, is allowed."""
+    stream, subjects = s.LOG_ARCHIVE_STREAM, s.log_archive_namespace(namespace)
+    return [
+        s.js_api("DIRECT.GET", stream, subjects),
+        s.js_api("CONSUMER.CREATE", stream, "*", subjects),
+        s.js_api("CONSUMER.DELETE", stream, "*"),
+        s.js_flow_control(stream),
+    ]
+
+
 def _archive_writer() -> list[str]:
-    """Create the archive bucket, put, replace and delete objects in it."""
+    """Create the archive stream, write archives in it, replace and delete them (purges)."""
     stream = s.LOG_ARCHIVE_STREAM
-    return [s.js_api("STREAM.CREATE", stream), s.js_api("STREAM.INFO", stream),
-            s.js_api("STREAM.PURGE", stream), s.log_archive_subjects()]
+    return [s.js_api("STREAM.CREATE", stream), s.js_api("STREAM.PURGE", stream),
+            s.LOG_ARCHIVE_SUBJECTS]
 
 
 def _micro(name: str) -> list[str]:
@@ -156,7 +174,7 @@ def role(which: Role) -> Permissions:
     if which is Role.LOGS:
         return _service(which, [
             s.LOGS_SUBJECTS, *_durable(s.JOB_EVENTS_STREAM, s.LOGS_ARCHIVE_CONSUMER),
-            *_reader(s.LOGS_STREAM), *_reader(s.LOG_ARCHIVE_STREAM), *_archive_writer(),
+            *_reader(s.LOGS_STREAM), *_archive_reader(None), *_archive_writer(),
         ], [])
     if which is Role.SUPERVISOR:
         return _service(which, [control, s.js_api("STREAM.MSG.GET", s.WORKER_STATUS_STREAM)],
@@ -179,14 +197,16 @@ def user(name: str, namespace: str, *, admin: bool = False) -> Permissions:
 
 def user_permissions(identity: str, scope: Scope) -> Permissions:
     """Calls its namespace's job endpoints (an admin: every namespace's, the admin endpoints
-    and the services' pings), and reads logs live, from the stream or the archive."""
+    and the services' pings), and reads logs live, from the stream, or from the archive of its
+    namespace (an admin: of every namespace)."""
     if scope.admin:
         calls = [s.API_SUBJECTS, s.ADMIN_SUBJECTS, s.SRV_PREFIX + ".>"]
     else:
         calls = [s.api_ns(scope.namespace, ">")]
     return Permissions(
         identity=identity,
-        publish=(*calls, *_reader(s.LOGS_STREAM), *_reader(s.LOG_ARCHIVE_STREAM)),
+        publish=(*calls, *_reader(s.LOGS_STREAM),
+                 *_archive_reader(None if scope.admin else scope.namespace)),
         subscribe=(s.inbox_prefix(identity) + ".>", s.LOGS_SUBJECTS),
         tags=scope.tags,
     )
