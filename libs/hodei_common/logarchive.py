@@ -184,8 +184,8 @@ async def read(js: JetStreamContext, found: Archived) -> AsyncGenerator[LogMessa
     unzip = zlib.decompressobj(GZIP_WBITS)
     decoder = msgspec.json.Decoder(LogMessage)
     rest = b""
-    async with contextlib.aclosing(_chunks(js, found)) as chunks:
-        async for chunk in chunks:
+    async with contextlib.aclosing(chunks(js, found)) as stored:
+        async for chunk in stored:
             sha.update(chunk)
             size += len(chunk)
             data = chunk
@@ -200,9 +200,10 @@ async def read(js: JetStreamContext, found: Archived) -> AsyncGenerator[LogMessa
         raise ArchiveError(f"{name} does not match its digest")
 
 
-async def _chunks(js: JetStreamContext, found: Archived) -> AsyncGenerator[bytes, None]:
-    """The archive's chunks in order, through an ordered consumer made by name (so that its
-    filter is in the request's subject) and deleted after use."""
+async def chunks(js: JetStreamContext, found: Archived) -> AsyncGenerator[bytes, None]:
+    """The archive's bytes as stored (gzip), a chunk at a time, unchecked: through an ordered
+    consumer made by name (so that its filter is in the request's subject), deleted after use.
+    """
     consumer = nuid.NUID().next().decode()
     sub = await js.subscribe(
         subjects.log_archive_chunks(found.namespace, found.job_id, found.put),

@@ -14,7 +14,6 @@ import asyncpg
 import msgspec
 import pytest
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 
 from hodei_common import logarchive
 from hodei_common.contracts import subjects
@@ -72,16 +71,10 @@ async def archive_row(pool: asyncpg.Pool, job_id: uuid.UUID) -> asyncpg.Record:
 
 
 async def stored_bytes(js: JetStreamContext, namespace: str, job_id: uuid.UUID) -> bytes:
-    """The archive's chunks as stored, joined, read as an operator would (a plain consumer on
-    the chunks' subject)."""
+    """The archive's bytes as stored, as an operator gets them out (see the docs)."""
     found = await logarchive.info(js, namespace, job_id)
     assert found is not None
-    sub = await js.subscribe(subjects.log_archive_chunks(namespace, job_id, found.put),
-                             stream=subjects.LOG_ARCHIVE_STREAM, ordered_consumer=True,
-                             deliver_policy=DeliverPolicy.ALL)
-    chunks = [(await sub.next_msg(timeout=5)).data for _ in range(found.chunks)]
-    await sub.unsubscribe()
-    return b"".join(chunks)
+    return b"".join([chunk async for chunk in logarchive.chunks(js, found)])
 
 
 async def read_all(js: JetStreamContext, job_id: uuid.UUID) -> tuple[list[LogMessage], bool]:
