@@ -190,11 +190,15 @@ async def read(js: JetStreamContext, found: Archived) -> AsyncGenerator[LogMessa
             size += len(chunk)
             data = chunk
             while data:
-                rest += unzip.decompress(data, INFLATE_STEP)
-                data = unzip.unconsumed_tail
-                *lines, rest = rest.split(b"\n")
-                for line in lines:
-                    yield decoder.decode(line)
+                try:
+                    rest += unzip.decompress(data, INFLATE_STEP)
+                    data = unzip.unconsumed_tail
+                    *lines, rest = rest.split(b"\n")
+                    messages = [decoder.decode(line) for line in lines]
+                except (zlib.error, msgspec.DecodeError) as e:
+                    raise ArchiveError(f"{name} is corrupt: {e}") from e
+                for message in messages:
+                    yield message
                 await asyncio.sleep(0)
     if size != found.size_bytes or sha.hexdigest() != found.sha256 or rest or not unzip.eof:
         raise ArchiveError(f"{name} does not match its digest")

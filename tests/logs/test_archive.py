@@ -192,7 +192,7 @@ async def test_a_large_log_is_archived_in_chunks_and_read_back_whole(
     assert await logarchive.info(js, "team-b", job_id) is None
 
 
-async def test_an_archive_that_does_not_match_its_digest_is_refused(
+async def test_an_archive_that_does_not_match_its_digest_or_is_no_gzip_log_is_refused(
     js: JetStreamContext,
 ) -> None:
     await logarchive.ensure_archive(js)
@@ -203,6 +203,13 @@ async def test_an_archive_that_does_not_match_its_digest_is_refused(
     forged = msgspec.structs.replace(found, sha256=hashlib.sha256(b"other").hexdigest())
     with pytest.raises(logarchive.ArchiveError, match="does not match its digest"):
         [m async for m in logarchive.read(js, forged)]
+    # Bytes that are no gzip'd log, though they match the meta: refused as corrupt.
+    junk = b"not a gzip stream"
+    await js.publish(subjects.log_archive_chunks(DEFAULT_NAMESPACE, job_id, "junk"), junk)
+    corrupt = msgspec.structs.replace(found, put="junk", chunks=1, size_bytes=len(junk),
+                                      sha256=hashlib.sha256(junk).hexdigest())
+    with pytest.raises(logarchive.ArchiveError, match="is corrupt"):
+        [m async for m in logarchive.read(js, corrupt)]
     # No consumer is left behind by a reading, failed or not.
     assert (await js.stream_info(subjects.LOG_ARCHIVE_STREAM)).state.consumer_count == 0
 
