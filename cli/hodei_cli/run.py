@@ -127,8 +127,8 @@ async def show_logs(
     job waits until it runs or prints."""
     printer = printer or LogPrinter()
     async with api_client() as api:
-        # A clear "not found" for an unknown job, and for another namespace's (whose log
-        # NATS would not let this caller read anyway).
+        # A clear "not found" for an unknown job, and for another namespace's; the log is read
+        # in the job's namespace, the one NATS permissions let this caller read.
         job = await api.get(job_id)
         reader = LogReader(api.nc.jetstream(), job.namespace, job_id)
         # A finished job's log is complete: its end marker is there or a moment away.

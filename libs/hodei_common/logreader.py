@@ -195,7 +195,7 @@ class LogReader:
         Without ``follow`` it stops at the newest message that existed when called; with it,
         it stops after the end marker (or when nothing arrives for ``idle_timeout_s``).
         """
-        archived = await logarchive.info(self._js, self.job_id)
+        archived = await logarchive.info(self._js, self.namespace, self.job_id)
         if archived is not None:
             self.from_archive = True
             async with contextlib.aclosing(logarchive.read(self._js, archived)) as archive:

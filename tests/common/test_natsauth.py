@@ -4,6 +4,7 @@ allowed exactly its role's subjects."""
 from __future__ import annotations
 
 import asyncio
+import json
 import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,6 +35,7 @@ from hodei_common.natsauth.permissions import Role
 VIOLATION = "permissions violation"  # how nats-py words the server's -ERR to error_cb
 JS_TIMEOUT_S = 1.0  # a refused JetStream API request is never answered
 NS = DEFAULT_NAMESPACE
+EVERY_LOG = "logs.>"
 
 
 class Connection:
@@ -320,7 +322,7 @@ async def test_a_user_reads_its_namespace_s_logs_and_no_other_s(
             await anext(read_log(ann.js, "team-b", theirs, follow=False))
         # Every other way in: a wider filter, an unnamed consumer, a plain read, a
         # subscription, a forged line.
-        for name, filter_subject in (("a", subjects.LOGS_ALL), ("b", "logs.*.>"),
+        for name, filter_subject in (("a", EVERY_LOG), ("b", "logs.*.>"),
                                      ("c", subjects.job_log_subjects("team-b", theirs))):
             await ann.refused(ann.js.subscribe(
                 filter_subject, stream=stream, ordered_consumer=True,
@@ -329,10 +331,10 @@ async def test_a_user_reads_its_namespace_s_logs_and_no_other_s(
             subjects.job_log_subjects("team-a", mine), stream=stream, ordered_consumer=True),
             subjects.js_api("CONSUMER.CREATE", stream) + '"')
         await ann.refused(ann.js.get_msg(stream, seq=1), subjects.js_api("STREAM.MSG.GET"))
-        await ann.refused(ann.js.get_last_msg(stream, subjects.LOGS_ALL, direct=True),
-                          subjects.js_api("DIRECT.GET", stream, subjects.LOGS_ALL))
+        await ann.refused(ann.js.get_last_msg(stream, EVERY_LOG, direct=True),
+                          subjects.js_api("DIRECT.GET", stream, EVERY_LOG))
         await ann.nc.subscribe(subjects.job_log_subjects("team-b", theirs))
-        await ann.nc.subscribe(subjects.LOGS_ALL)
+        await ann.nc.subscribe(EVERY_LOG)
         await ann.refused(ann.js.publish(subjects.platform_logs("team-a", mine), b"forged"),
                           subjects.platform_logs("team-a", mine))
         found = await ann.violations()
@@ -351,20 +353,103 @@ async def test_logs_service_archives_a_log_the_cli_reads_back(
         connect_as(nats_trust.user(permissions.role(Role.CLI))) as cli,
     ):
         await messaging.ensure_streams(logs.js)
-        await logarchive.ensure_bucket(logs.js)
-        await logarchive.ensure_bucket(logs.js)  # it exists: kept
+        await logarchive.ensure_archive(logs.js)
+        await logarchive.ensure_archive(logs.js)  # it exists: kept
         for _ in range(2):  # stored, then replaced (old chunks purged)
-            writer = logarchive.ArchiveWriter()
-            writer.add(end)
-            await writer.store(logs.js, job, truncated=False)
-            writer.discard()
-        found = await logarchive.info(cli.js, job)
+            await archive(logs, DEFAULT_NAMESPACE, job, end)
+        found = await logarchive.info(cli.js, DEFAULT_NAMESPACE, job)
         assert found is not None
         assert [m async for m in logarchive.read(cli.js, found)] == [end]
-        await logarchive.delete(logs.js, job)
-        assert await logarchive.info(cli.js, job) is None
+        await logarchive.delete(logs.js, DEFAULT_NAMESPACE, job)
+        assert await logarchive.info(cli.js, DEFAULT_NAMESPACE, job) is None
         assert await logs.violations() == []
         assert await cli.violations() == []
+
+
+async def archive(logs: Connection, namespace: str, job: UUID, end: LogEnd) -> None:
+    """Store a one-message log as the logs service does."""
+    writer = logarchive.ArchiveWriter()
+    try:
+        writer.add(end)
+        await writer.store(logs.js, namespace, job, truncated=False)
+    finally:
+        writer.discard()
+
+
+@pytest.mark.nats
+async def test_a_user_reads_the_archived_logs_of_its_own_namespace_only(
+    connect_as: ConnectAs, nats_trust: Trust
+) -> None:
+    mine, theirs = uuid4(), uuid4()
+    ends = {job: LogEnd(job_id=job, attempt=1, state=JobState.SUCCEEDED, exit_code=0)
+            for job in (mine, theirs)}
+    async with (
+        connect_as(nats_trust.user(permissions.role(Role.LOGS))) as logs,
+        connect_as(nats_trust.user(permissions.user("alice", "team-a"))) as alice,
+        connect_as(nats_trust.user(permissions.user("root", "team-c", admin=True))) as admin,
+    ):
+        await logarchive.ensure_archive(logs.js)
+        await archive(logs, "team-a", mine, ends[mine])
+        await archive(logs, "team-b", theirs, ends[theirs])
+        found = await logarchive.info(alice.js, "team-a", mine)
+        assert found is not None
+        assert [m async for m in logarchive.read(alice.js, found)] == [ends[mine]]
+        assert await alice.violations() == []
+
+        # B's meta and B's chunks, through the reader alice has.
+        await refused(alice, logarchive.info(alice.js, "team-b", theirs),
+                      subjects.log_archive_meta("team-b", theirs))
+        leaked = await logarchive.info(admin.js, "team-b", theirs)  # as if she knew its put
+        assert leaked is not None
+        chunks = subjects.log_archive_chunks("team-b", theirs, leaked.put)
+        await refused(alice, _drain(logarchive.read(alice.js, leaked)), chunks)
+
+        # No way around it: each request names what it reads in its subject, or is refused.
+        stream = subjects.LOG_ARCHIVE_STREAM
+        await refused(alice, alice.js.get_msg(stream, seq=1),
+                      subjects.js_api("STREAM.MSG.GET", stream))
+        await refused(alice, alice.js.get_msg(stream, seq=1, direct=True),
+                      subjects.js_api("DIRECT.GET", stream) + '"')
+        await refused(alice, alice.js.subscribe(chunks, stream=stream, ordered_consumer=True),
+                      subjects.js_api("CONSUMER.CREATE", stream) + '"')
+        for every in ("archive.>", "archive.*.>", f"archive.*.{theirs}.>"):
+            await refused(alice, alice.js.subscribe(
+                every, stream=stream, ordered_consumer=True, config=ConsumerConfig(name="x")),
+                subjects.js_api("CONSUMER.CREATE", stream, "x", every))
+            await refused(alice, alice.js.get_last_msg(stream, every, direct=True),
+                          subjects.js_api("DIRECT.GET", stream, every))
+        # Her own namespace in the subject, B's filter in the body: the server refuses it.
+        forged = {"stream_name": stream, "config": ConsumerConfig(
+            name="y", filter_subject=chunks, deliver_subject=alice.nc.new_inbox()).as_dict()}
+        reply = await alice.nc.request(
+            subjects.js_api("CONSUMER.CREATE", stream, "y", f"archive.team-a.{theirs}.>"),
+            json.dumps(forged).encode(), timeout=2)
+        assert b"did not match filtered subject" in reply.data
+        # A direct get on her own subject with a body asking for a sequence: refused too.
+        reply = await alice.nc.request(
+            subjects.js_api("DIRECT.GET", stream, subjects.log_archive_meta("team-a", mine)),
+            json.dumps({"seq": 1}).encode(), timeout=2)
+        assert (reply.headers or {}).get("Status") == "408"
+        assert not reply.data
+
+        # An admin reads every namespace's.
+        for namespace, job in (("team-a", mine), ("team-b", theirs)):
+            found = await logarchive.info(admin.js, namespace, job)
+            assert found is not None
+            assert [m async for m in logarchive.read(admin.js, found)] == [ends[job]]
+        assert await admin.violations() == []
+        assert await logs.violations() == []
+
+
+async def refused(connection: Connection, action: Awaitable[object], subject: str) -> None:
+    """:meth:`Connection.refused`, counting only what this action brought about."""
+    connection.errors.clear()
+    await connection.refused(action, subject)
+
+
+async def _drain(messages: AsyncIterator[object]) -> None:
+    async for _ in messages:
+        pass
 
 
 # --- the material itself ---------------------------------------------------------------------

@@ -153,7 +153,8 @@ async def test_an_agent_killed_mid_job_is_requeued_and_succeeds_on_attempt_two(
         job_id)]
     assert types.count("JobRequeued") == 1
     js = nc.jetstream()
-    log = [m async for m in read_log(js, DEFAULT_NAMESPACE, job_id, follow=True, idle_timeout_s=10)]
+    log = [m async for m in read_log(js, DEFAULT_NAMESPACE, job_id, follow=True,
+                                     idle_timeout_s=10)]
     texts = [(m.attempt, line.text) for m in log if isinstance(m, LogBatch) for line in m.lines]
     assert texts[-2:] == [(2, "begin"), (2, "done")]
     assert texts[0] == (1, "begin")

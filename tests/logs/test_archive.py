@@ -1,8 +1,10 @@
-"""The logs service against real NATS and PostgreSQL: archive, read-after-expiry, sweep."""
+"""The logs service against real NATS and PostgreSQL: archive, read-after-expiry, sweep; and
+the archive itself: chunked round trip, digest, replacement, deletion."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +19,7 @@ from hodei_common import logarchive
 from hodei_common.contracts import subjects
 from hodei_common.contracts.jobs import JobState, JobSucceeded
 from hodei_common.contracts.logs import LogBatch, LogEnd, LogLine, LogMessage, LogStream
+from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE
 from hodei_common.logreader import LogReader
 from hodei_common.settings import Settings
 from hodei_common.testing import assert_eventually
@@ -68,6 +71,13 @@ async def archive_row(pool: asyncpg.Pool, job_id: uuid.UUID) -> asyncpg.Record:
     return found
 
 
+async def stored_bytes(js: JetStreamContext, namespace: str, job_id: uuid.UUID) -> bytes:
+    """The archive's bytes as stored, as an operator gets them out (see the docs)."""
+    found = await logarchive.info(js, namespace, job_id)
+    assert found is not None
+    return b"".join([chunk async for chunk in logarchive.chunks(js, found)])
+
+
 async def read_all(js: JetStreamContext, job_id: uuid.UUID) -> tuple[list[LogMessage], bool]:
     reader = LogReader(js, NS, job_id)
     messages = [m async for m in reader.messages(follow=True, idle_timeout_s=5)]
@@ -79,11 +89,12 @@ async def test_a_finished_log_is_archived_recorded_and_read_after_the_stream_los
 ) -> None:
     job_id = await finished_job(pool, js, numbered(2500), ends={7: "\r"})
     row = await archive_row(pool, job_id)
-    assert row["storage_uri"] == f"nats-object://{subjects.LOG_ARCHIVE_BUCKET}/{job_id}"
+    assert row["storage_uri"] == (f"nats-stream://{subjects.LOG_ARCHIVE_STREAM}/"
+                                  f"archive.{DEFAULT_NAMESPACE}.{job_id}.meta")
     assert (row["attempt"], row["entry_count"], row["truncated"]) == (1, 2500, False)
-    stored = await (await js.object_store(subjects.LOG_ARCHIVE_BUCKET)).get(str(job_id))
-    assert row["size_bytes"] == len(stored.data or b"")
-    assert row["sha256"] == hashlib.sha256(stored.data or b"").hexdigest()
+    stored = await stored_bytes(js, DEFAULT_NAMESPACE, job_id)
+    assert row["size_bytes"] == len(stored)
+    assert row["sha256"] == hashlib.sha256(stored).hexdigest()
 
     # The stream's retention drops the log: readers get it, whole, from the archive.
     await js.purge_stream(subjects.LOGS_STREAM)
@@ -119,7 +130,117 @@ async def test_archives_past_their_age_are_deleted(
         return not await pool.fetchval("SELECT 1 FROM job_log_files WHERE job_id = $1", old)
 
     await assert_eventually(gone, within_s=10, message="the old archive was not swept")
-    assert await logarchive.info(js, old) is None
-    assert await logarchive.info(js, recent) is not None
+    assert await logarchive.info(js, DEFAULT_NAMESPACE, old) is None
+    assert await logarchive.info(js, DEFAULT_NAMESPACE, recent) is not None
     await asyncio.sleep(0.3)  # a few more sweeps
     assert await pool.fetchval("SELECT count(*) FROM job_log_files") == 1
+
+
+# --- the archive itself ----------------------------------------------------------------------
+
+def noisy(count: int) -> list[LogLine]:
+    """Lines that compress poorly, so that a few thousand of them make several chunks."""
+    return [LogLine(seq, LogStream.STDOUT, 1.0, hashlib.sha256(str(seq).encode()).hexdigest() * 2)
+            for seq in range(1, count + 1)]
+
+
+async def store(js: JetStreamContext, namespace: str, job_id: uuid.UUID,
+                messages: list[LogMessage]) -> logarchive.Written:
+    writer = logarchive.ArchiveWriter()
+    try:
+        for message in messages:
+            writer.add(message)
+        return await writer.store(js, namespace, job_id, truncated=False)
+    finally:
+        writer.discard()
+
+
+def a_log(job_id: uuid.UUID, lines: list[LogLine]) -> list[LogMessage]:
+    batches: list[LogMessage] = [LogBatch(job_id=job_id, attempt=1, lines=lines[i:i + 100])
+                                 for i in range(0, len(lines), 100)]
+    return [*batches, LogEnd(job_id=job_id, attempt=1, state=JobState.SUCCEEDED, exit_code=0,
+                             lines=len(lines))]
+
+
+async def subject_counts(js: JetStreamContext, namespace: str,
+                         job_id: uuid.UUID) -> dict[str, int]:
+    info = await js.stream_info(subjects.LOG_ARCHIVE_STREAM,
+                                subjects_filter=subjects.log_archive_job(namespace, job_id))
+    return info.state.subjects or {}
+
+
+async def test_a_large_log_is_archived_in_chunks_and_read_back_whole(
+    js: JetStreamContext,
+) -> None:
+    await logarchive.ensure_archive(js)
+    await logarchive.ensure_archive(js)  # it exists: kept
+    job_id = uuid.uuid4()
+    log = a_log(job_id, noisy(20_000))
+    written = await store(js, "team-a", job_id, log)
+    found = await logarchive.info(js, "team-a", job_id)
+    assert found is not None
+    assert (found.size_bytes, found.sha256, found.lines) == (
+        written.size_bytes, written.sha256, 20_000)
+    assert found.chunks == -(-written.size_bytes // logarchive.CHUNK_BYTES) > 3
+    counts = await subject_counts(js, "team-a", job_id)
+    assert counts[subjects.log_archive_chunks("team-a", job_id, found.put)] == found.chunks
+    assert [m async for m in logarchive.read(js, found)] == log
+    # Stored as gzip'd JSON lines: what an operator gets out reads with zcat.
+    stored = await stored_bytes(js, "team-a", job_id)
+    first = gzip.decompress(stored).split(b"\n")[0]
+    assert msgspec.json.decode(first, type=LogMessage) == log[0]
+    # Another namespace has no archive of that job.
+    assert await logarchive.info(js, "team-b", job_id) is None
+
+
+async def test_an_archive_that_does_not_match_its_digest_or_is_no_gzip_log_is_refused(
+    js: JetStreamContext,
+) -> None:
+    await logarchive.ensure_archive(js)
+    job_id = uuid.uuid4()
+    await store(js, DEFAULT_NAMESPACE, job_id, a_log(job_id, noisy(3000)))
+    found = await logarchive.info(js, DEFAULT_NAMESPACE, job_id)
+    assert found is not None
+    forged = msgspec.structs.replace(found, sha256=hashlib.sha256(b"other").hexdigest())
+    with pytest.raises(logarchive.ArchiveError, match="does not match its digest"):
+        [m async for m in logarchive.read(js, forged)]
+    # Bytes that are no gzip'd log, though they match the meta: refused as corrupt.
+    junk = b"not a gzip stream"
+    await js.publish(subjects.log_archive_chunks(DEFAULT_NAMESPACE, job_id, "junk"), junk)
+    corrupt = msgspec.structs.replace(found, put="junk", chunks=1, size_bytes=len(junk),
+                                      sha256=hashlib.sha256(junk).hexdigest())
+    with pytest.raises(logarchive.ArchiveError, match="is corrupt"):
+        [m async for m in logarchive.read(js, corrupt)]
+    # No consumer is left behind by a reading, failed or not.
+    assert (await js.stream_info(subjects.LOG_ARCHIVE_STREAM)).state.consumer_count == 0
+
+
+async def test_a_rewritten_archive_replaces_the_earlier_and_a_deleted_one_is_gone(
+    js: JetStreamContext,
+) -> None:
+    await logarchive.ensure_archive(js)
+    job_id, other = uuid.uuid4(), uuid.uuid4()
+    await store(js, DEFAULT_NAMESPACE, other, a_log(other, noisy(10)))
+    await store(js, DEFAULT_NAMESPACE, job_id, a_log(job_id, noisy(3000)))
+    second = a_log(job_id, noisy(5))
+    await store(js, DEFAULT_NAMESPACE, job_id, second)
+    found = await logarchive.info(js, DEFAULT_NAMESPACE, job_id)
+    assert found is not None
+    assert found.lines == 5
+    assert [m async for m in logarchive.read(js, found)] == second
+    # One meta and the new write's chunks: the earlier write's are purged.
+    assert await subject_counts(js, DEFAULT_NAMESPACE, job_id) == {
+        subjects.log_archive_meta(DEFAULT_NAMESPACE, job_id): 1,
+        subjects.log_archive_chunks(DEFAULT_NAMESPACE, job_id, found.put): found.chunks}
+
+    await logarchive.delete(js, DEFAULT_NAMESPACE, job_id)
+    await logarchive.delete(js, DEFAULT_NAMESPACE, job_id)  # gone already: fine
+    assert await logarchive.info(js, DEFAULT_NAMESPACE, job_id) is None
+    assert await subject_counts(js, DEFAULT_NAMESPACE, job_id) == {}
+    assert await logarchive.info(js, DEFAULT_NAMESPACE, other) is not None
+
+
+async def test_no_job_has_an_archive_before_the_archive_stream_exists(
+    js: JetStreamContext,
+) -> None:
+    assert await logarchive.info(js, DEFAULT_NAMESPACE, uuid.uuid4()) is None

@@ -66,11 +66,11 @@ async def _ending_mid_sweep(
     deleted_by: list[tuple[int, uuid.UUID]] = []
     delete = logarchive.delete
 
-    async def watched_delete(js: JetStreamContext, job_id: uuid.UUID) -> None:
+    async def watched_delete(js: JetStreamContext, namespace: str, job_id: uuid.UUID) -> None:
         replica = 0 if js is first.js else 1
         if replica == 0:
             await gate.wait()
-        await delete(js, job_id)
+        await delete(js, namespace, job_id)
         deleted_by.append((replica, job_id))
 
     monkeypatch.setattr(logarchive, "delete", watched_delete)

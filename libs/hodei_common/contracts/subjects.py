@@ -133,7 +133,6 @@ def worker_status(worker_id: UUID | str) -> str:
 # readers take an attempt's lines from the worker the platform said runs it, nobody else's.
 LOGS_STREAM = "LOGS"
 LOGS_SUBJECTS = "logs.*.*.*"
-LOGS_ALL = "logs.>"
 PLATFORM_LOG_WRITER = "hodei"
 _LOG_WRITER_TOKEN = 3
 
@@ -153,9 +152,10 @@ def job_log_subjects(namespace: str, job_id: UUID | str) -> str:
     return job_logs(namespace, job_id, "*")
 
 
-def namespace_logs(namespace: str) -> str:
-    """Every log subject of one namespace, as permission lists name them."""
-    return f"logs.{namespace}.>"
+def namespace_logs(namespace: str | None) -> str:
+    """Every log subject of one namespace (None: of every namespace), as permission lists
+    name them."""
+    return f"logs.{'*' if namespace is None else check_namespace(namespace)}.>"
 
 
 def worker_logs(worker_id: UUID | str) -> str:
@@ -168,20 +168,37 @@ def log_writer(subject: str) -> str:
     return subject.split(".")[_LOG_WRITER_TOKEN]
 
 
-# Finished jobs' logs, one object per job (named by its id) in a JetStream object store; the
-# store's own subjects (``$O.<bucket>.*``) follow the object store protocol.
-LOG_ARCHIVE_BUCKET = "HODEI_LOG_ARCHIVE"
-LOG_ARCHIVE_STREAM = f"OBJ_{LOG_ARCHIVE_BUCKET}"
+# Finished jobs' logs: a stream of the platform's own layout whose subjects name the job's
+# namespace, so that NATS permissions can keep a reader to its own namespace's archives. An
+# archive is its gzip'd bytes in chunks on ``archive.<namespace>.<job>.chunk.<put>`` (``put``
+# new for every write of it) and, written last, its description on
+# ``archive.<namespace>.<job>.meta``. Readers take the meta by a direct get and the chunks
+# through a consumer created by name, both of which carry the subject in the request's own.
+LOG_ARCHIVE_STREAM = "LOG_ARCHIVE"
+LOG_ARCHIVE_PREFIX = "archive"
+LOG_ARCHIVE_SUBJECTS = f"{LOG_ARCHIVE_PREFIX}.>"
 
 
-def log_archive_subjects() -> str:
-    """Every subject of the archive's object store (chunks and metadata)."""
-    return f"$O.{LOG_ARCHIVE_BUCKET}.>"
+def log_archive_meta(namespace: str, job_id: UUID | str) -> str:
+    """Subject of the description of one job's archive (its last message is the current)."""
+    return f"{LOG_ARCHIVE_PREFIX}.{check_namespace(namespace)}.{job_id}.meta"
 
 
-def log_archive_chunks(nuid: str) -> str:
-    """Subject of the chunks of one stored object (``nuid`` from its info)."""
-    return f"$O.{LOG_ARCHIVE_BUCKET}.C.{nuid}"
+def log_archive_chunks(namespace: str, job_id: UUID | str, put: str) -> str:
+    """Subject of the chunks of one write (``put``) of one job's archive."""
+    return f"{LOG_ARCHIVE_PREFIX}.{check_namespace(namespace)}.{job_id}.chunk.{put}"
+
+
+def log_archive_job(namespace: str, job_id: UUID | str) -> str:
+    """Every subject of one job's archive, as a purge filters them."""
+    return f"{LOG_ARCHIVE_PREFIX}.{check_namespace(namespace)}.{job_id}.>"
+
+
+def log_archive_namespace(namespace: str | None) -> str:
+    """Every archive subject of one namespace (None: of every namespace), as permission
+    lists name them."""
+    token = "*" if namespace is None else check_namespace(namespace)
+    return f"{LOG_ARCHIVE_PREFIX}.{token}.>"
 
 
 # --- durable consumers (shared by every replica of their service) ----------------------------

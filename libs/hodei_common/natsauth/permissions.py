@@ -9,10 +9,9 @@ Every list is built from :mod:`hodei_common.contracts.subjects`, after what the 
   (``CONSUMER.MSG.NEXT``) and acked (``$JS.ACK.<stream>.<durable>.>``) by its name only;
 - a log reader (``logreader``) gets a log's newest message by a direct get and reads it through
   an ordered push consumer created by name (``CONSUMER.CREATE.<stream>.<name>.<filter>``),
-  deleted after use: both name the log's subjects in the request's subject, so a user is held
-  to its namespace's logs (``_log_reader``); the archive (``logarchive``) gets single messages
-  (``STREAM.MSG.GET``) and makes ordered consumers (``CONSUMER.CREATE/INFO/DELETE``, flow
-  control on ``$JS.FC.<stream>.>``);
+  deleted after use, and an archive reader (``logarchive``) a meta and chunks the same way:
+  both name the subjects read in the request's subject, so an allow list names the
+  namespaces its user may read (see :func:`_confined_reader`);
 - an agent is confined to its own worker's subjects (see :func:`agent`).
 
 A connection using these must pass ``inbox_prefix=permissions.inbox_prefix`` to nats-py, and a
@@ -102,36 +101,32 @@ def _durable(stream: str, durable: str) -> list[str]:
     ]
 
 
-def _reader(stream: str) -> list[str]:
-    """Read a stream: single messages, and ordered consumers made and deleted by the reader."""
+def _confined_reader(stream: str, allowed: str) -> list[str]:
+    """Read the messages of ``stream`` under ``allowed`` and nothing else: one by a direct get
+    whose subject ends with the message's own, and through an ordered consumer created by name
+    whose subject ends with its filter (the server refuses a filter that differs from it),
+    deleted after use. Neither ``STREAM.MSG.GET`` nor the unnamed ``CONSUMER.CREATE``, whose
+    subjects name no filter, is allowed."""
     return [
-        s.js_api("STREAM.MSG.GET", stream),
-        s.js_api("CONSUMER.CREATE", stream),
+        s.js_api("DIRECT.GET", stream, allowed),
+        s.js_api("CONSUMER.CREATE", stream, "*", allowed),
         s.js_api("CONSUMER.INFO", stream, "*"),
         s.js_api("CONSUMER.DELETE", stream, "*"),
         s.js_flow_control(stream),
     ]
 
 
-def _log_reader(namespace: str | None) -> list[str]:
-    """Read the logs of one namespace (None: of every one) and nothing else: the newest
-    message by subject, and ordered consumers created by name, their filter in the subject."""
-    logs = s.namespace_logs(namespace) if namespace is not None else s.LOGS_ALL
-    stream = s.LOGS_STREAM
-    return [
-        s.js_api("DIRECT.GET", stream, logs),
-        s.js_api("CONSUMER.CREATE", stream, "*", logs),
-        s.js_api("CONSUMER.INFO", stream, "*"),
-        s.js_api("CONSUMER.DELETE", stream, "*"),
-        s.js_flow_control(stream),
-    ]
+def _log_readers(namespace: str | None) -> list[str]:
+    """Read the live and the archived logs of one namespace (None: of every namespace)."""
+    return [*_confined_reader(s.LOGS_STREAM, s.namespace_logs(namespace)),
+            *_confined_reader(s.LOG_ARCHIVE_STREAM, s.log_archive_namespace(namespace))]
 
 
 def _archive_writer() -> list[str]:
-    """Create the archive bucket, put, replace and delete objects in it."""
+    """Create the archive stream, write archives in it, replace and delete them (purges)."""
     stream = s.LOG_ARCHIVE_STREAM
-    return [s.js_api("STREAM.CREATE", stream), s.js_api("STREAM.INFO", stream),
-            s.js_api("STREAM.PURGE", stream), s.log_archive_subjects()]
+    return [s.js_api("STREAM.CREATE", stream), s.js_api("STREAM.PURGE", stream),
+            s.LOG_ARCHIVE_SUBJECTS]
 
 
 def _micro(name: str) -> list[str]:
@@ -173,7 +168,7 @@ def role(which: Role) -> Permissions:
     if which is Role.LOGS:
         return _service(which, [
             s.platform_logs("*", "*"), *_durable(s.JOB_EVENTS_STREAM, s.LOGS_ARCHIVE_CONSUMER),
-            *_log_reader(None), *_reader(s.LOG_ARCHIVE_STREAM), *_archive_writer(),
+            *_log_readers(None), *_archive_writer(),
         ], [])
     if which is Role.SUPERVISOR:
         return _service(which, [control, s.js_api("STREAM.MSG.GET", s.WORKER_STATUS_STREAM)],
@@ -196,17 +191,17 @@ def user(name: str, namespace: str, *, admin: bool = False) -> Permissions:
 
 def user_permissions(identity: str, scope: Scope) -> Permissions:
     """Calls its namespace's job endpoints (an admin: every namespace's, the admin endpoints
-    and the services' pings), and reads logs live, from the stream or the archive."""
+    and the services' pings), and reads logs live, from the stream, or from the archive of its
+    namespace (an admin: of every namespace)."""
     if scope.admin:
         calls = [s.API_SUBJECTS, s.ADMIN_SUBJECTS, s.SRV_PREFIX + ".>"]
     else:
         calls = [s.api_ns(scope.namespace, ">")]
     namespace = None if scope.admin else scope.namespace
-    logs = s.LOGS_ALL if namespace is None else s.namespace_logs(namespace)
     return Permissions(
         identity=identity,
-        publish=(*calls, *_log_reader(namespace), *_reader(s.LOG_ARCHIVE_STREAM)),
-        subscribe=(s.inbox_prefix(identity) + ".>", logs),
+        publish=(*calls, *_log_readers(namespace)),
+        subscribe=(s.inbox_prefix(identity) + ".>", s.namespace_logs(namespace)),
         tags=scope.tags,
     )
 

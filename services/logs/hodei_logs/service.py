@@ -5,9 +5,9 @@ every line (acknowledged) before it reports the job finished, so the marker is t
 message on ``job.<id>.logs``. A reader can always wait for it.
 
 Once the marker is there, the whole log (every line once, in order, then the marker) is
-stored in the archive bucket and recorded in ``job_log_files``; readers take it from there
-when the stream no longer has it. Archives older than ``HODEI_LOG_ARCHIVE_MAX_AGE_S`` are
-deleted by a sweep that one replica at a time runs.
+stored in the archive stream under the job's namespace and recorded in ``job_log_files``;
+readers take it from there when the stream no longer has it. Archives older than
+``HODEI_LOG_ARCHIVE_MAX_AGE_S`` are deleted by a sweep that one replica at a time runs.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class LogsService(HodeiService):
         super().__init__(settings)
 
     async def setup(self) -> None:
-        await logarchive.ensure_bucket(self.js)
+        await logarchive.ensure_archive(self.js)
 
     def loops(self) -> list[Loop]:
         return [self._archives, self._sweep]
@@ -119,11 +119,12 @@ class LogsService(HodeiService):
         if job is None:
             raise RetryLater(1.0, f"job {job_id} is not finished yet")
         await self._close_log(job)
+        namespace = job["namespace"]
         writer = logarchive.ArchiveWriter()
         end: LogEnd | None = None
         truncated = False
         try:
-            async for message in read_log(self.js, job["namespace"], job_id, follow=False):
+            async for message in read_log(self.js, namespace, job_id, follow=False):
                 writer.add(message)
                 if isinstance(message, LogEnd):
                     end = message
@@ -131,12 +132,12 @@ class LogsService(HodeiService):
                     truncated = True
             if end is None:
                 raise RetryLater(1.0, f"job {job_id}: its log has no end marker yet")
-            written = await writer.store(self.js, job_id, truncated=truncated)
+            written = await writer.store(self.js, namespace, job_id, truncated=truncated)
         finally:
             writer.discard()
         async with self.pool.acquire() as conn:
             await jobs.record_log_archive(
-                conn, job_id, end.attempt, storage_uri=logarchive.storage_uri(job_id),
+                conn, job_id, end.attempt, storage_uri=logarchive.storage_uri(namespace, job_id),
                 size_bytes=written.size_bytes, entry_count=written.lines,
                 sha256=written.sha256, truncated=written.truncated)
         log.debug("job %s: log archived (%d lines, %d bytes)", job_id, written.lines,
@@ -165,10 +166,10 @@ class LogsService(HodeiService):
                                                SWEEP_BATCH)
                 if not jobs:
                     break
-                for job_id in jobs:
-                    await logarchive.delete(self.js, job_id)
+                for namespace, job_id in jobs:
+                    await logarchive.delete(self.js, namespace, job_id)
                 async with self.pool.acquire() as conn:
-                    await store.forget(conn, jobs)
+                    await store.forget(conn, [job_id for _, job_id in jobs])
                 swept += len(jobs)
         if swept:
             log.info("deleted %d archived logs older than %gs", swept,
