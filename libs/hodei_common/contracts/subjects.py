@@ -2,7 +2,7 @@
 
 No subject string is spelled anywhere else: producers and consumers import these.
 Templated subjects are small functions so that permission lists stay plain
-(`worker.<id>.>`, `job.<id>.logs`).
+(`worker.<id>.>`, `logs.<ns>.<job>.<writer>`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The end marker is written after the job reached its terminal state, and the agent publishes
 every line (acknowledged) before it reports the job finished, so the marker is the last
-message on ``job.<id>.logs``. A reader can always wait for it.
+message of the job's log. A reader can always wait for it.
 
 Once the marker is there, the whole log (every line once, in order, then the marker) is
 stored in the archive stream under the job's namespace and recorded in ``job_log_files``;
