@@ -24,6 +24,7 @@ from hodei_common.lifecycle import workers
 from hodei_common.natsauth import KeyKind, NKey, jwt, permissions
 from hodei_common.testing import assert_eventually
 from hodei_provisioner.config import ProvisionerSettings
+from hodei_provisioner.handlers import agent_jwt_expiry
 from hodei_provisioner.service import ProvisionerService
 from tests.provisioner.conftest import FAKE_AGENT
 from tests.provisioner.helpers import environ_of, register, request_worker, resource_pid, worker
@@ -106,6 +107,18 @@ async def _renew(nc: NATS, worker_id: UUID) -> tuple[bool, Any]:
 async def _stored_expiry(pool: asyncpg.Pool, worker_id: UUID) -> float:
     expires: datetime = (await worker(pool, worker_id))["nats_jwt_expires_at"]
     return expires.timestamp()
+
+
+def test_an_agents_jwt_lives_until_its_jobs_deadline_plus_a_grace_or_its_lifetime() -> None:
+    def expiry(mode: WorkerMode, left_s: float | None) -> float:
+        return agent_jwt_expiry(mode, left_s, lifetime_s=3600, grace_s=30)
+
+    assert expiry(WorkerMode.EPHEMERAL, 100) == 130
+    assert expiry(WorkerMode.EPHEMERAL, -5) == 30  # past its deadline: the grace still
+    assert expiry(WorkerMode.EPHEMERAL, None) == 3600  # its job gone: it may take another
+    assert expiry(WorkerMode.REUSABLE, 100) == 3600
+    assert expiry(WorkerMode.REUSABLE, 7200) == 7230
+    assert expiry(WorkerMode.REUSABLE, None) == 3600
 
 
 @pytest.mark.parametrize("agent_command", [NO_REGISTER])

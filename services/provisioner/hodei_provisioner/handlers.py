@@ -62,11 +62,11 @@ class Deps:
     heartbeat_interval_s: float
     agent_nats_url: str
     recovery: Recovery
+    # How long agents' NATS users live: see :func:`agent_jwt_expiry`.
+    agent_jwt_lifetime_s: float
+    agent_jwt_grace_s: float
     # Mints agents' NATS users; None when NATS asks for no credentials.
     issuer: Issuer | None = None
-    # How long their JWTs live: see :func:`agent_jwt_expiry`.
-    agent_jwt_lifetime_s: float = 3600.0
-    agent_jwt_grace_s: float = 300.0
 
 
 def worker_settings(worker: store.WorkerRow) -> ProviderSettings:
