@@ -9,10 +9,11 @@ then gives it up for good, so the agent:
   when a job is assigned whose deadline it does not cover (the platform makes the new one
   cover it);
 - takes a renewed JWT into use by reconnecting (the connection gives the newest JWT at every
-  connect, :class:`Identity`) at a quiet moment: between jobs. A job that outlives the JWT
-  its connection was made with gets the reconnect while it runs, shortly before that JWT
-  expires: subscriptions are made again and every JetStream publish (reports, log batches)
-  is retried under its message id, so nothing is lost, only delayed.
+  connect, :class:`Identity`) at a quiet moment, between jobs, once the JWT in use is half
+  spent. A job that outlives the JWT its connection was made with gets the reconnect while
+  it runs, shortly before that JWT expires: subscriptions are made again and every JetStream
+  publish (reports, log batches) is retried under its message id, so nothing is lost, only
+  delayed.
 
 A refused renewal (the worker is no longer live) is logged as an error; the agent keeps its
 JWT until it expires, and then, without NATS, ends as an agent that lost its platform.
@@ -169,6 +170,11 @@ class Renewal:
             self._renewed.clear()
             while self.identity.in_use != self.identity.latest and not self.nc.is_closed:
                 issued, expires = lifetime(self.identity.in_use)
+                # Not before the JWT in use is half spent: a reusable worker's renewals to
+                # cover each new job then cost no reconnect per job.
+                half = issued + (expires - issued) * RENEW_AT
+                if half > time.time():
+                    await asyncio.sleep(half - time.time())
                 ahead = min(RECONNECT_AHEAD_S, (expires - issued) / 4)
                 await wait_any(self._quiet, within_s=max(0.0, expires - ahead - time.time()))
                 async with self._gate:
