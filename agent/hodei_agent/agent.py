@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +28,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from hodei_agent.config import AgentSettings
+from hodei_agent.credentials import Identity, Renewal
 from hodei_agent.lost import PlatformLost, StopBound, watch_platform
 from hodei_agent.registration import RegistrationRefused, register
 from hodei_agent.runner import JobRun
@@ -40,13 +42,15 @@ from hodei_common.contracts.agent import (
     RegisterReply,
 )
 from hodei_common.contracts.workers import WorkerMode
-from hodei_common.natsauth import KeyKind, NKey, jwt
+from hodei_common.natsauth import KeyKind, NKey
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Agent", "PlatformLost", "RegistrationRefused"]
 
 JobKey = tuple[UUID, int | None]
+# A job's NATS user must outlive its timeout by this much: the kill grace, the last reports.
+COVER_AFTER_S = 60.0
 
 
 class Agent:
@@ -67,6 +71,8 @@ class Agent:
         self._cancel_orders: dict[JobKey, str] = {}  # for a job not started yet
         self._lost: str | None = None  # why the platform is considered gone
         self._stop_bound = StopBound(settings.kill_grace_s + settings.drain_grace_s)
+        self._identity: Identity | None = None  # its own NATS user, when NATS asks for one
+        self.renewal: Renewal | None = None
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Cancel the running job (it reports CANCELLED) and end the agent; idempotent."""
@@ -170,8 +176,10 @@ class Agent:
         finally:
             await self._close(boot)
         assert reply.user_jwt is not None
-        own = RawCredentials(jwt.creds(reply.user_jwt, key.seed))
-        nc = await messaging.connect(s, name, creds=(own, inbox),
+        # The connection asks for the newest JWT at each connect: a renewed one is used from
+        # the next reconnect on (credentials.Renewal).
+        self._identity = Identity(key, reply.user_jwt)
+        nc = await messaging.connect(s, name, creds=(None, inbox), signer=self._identity.signer,
                                      initial_attempts=s.nats_connect_attempts)
         return reply, nc
 
@@ -195,11 +203,18 @@ class Agent:
                 beats = tg.create_task(self._heartbeats(nc, reply.heartbeat_interval_s))
                 watch = tg.create_task(watch_platform(
                     nc, self.settings.agent_platform_lost_s, self._platform_lost))
+                renew = None
+                if self._identity is not None:
+                    self.renewal = Renewal(nc, self._identity, self.worker_id,
+                                           timeout_s=self.settings.register_timeout_s)
+                    renew = tg.create_task(self.renewal.run())
                 # Without NATS, a stopped agent's reports would be retried for minutes.
                 async with self._stop_bound.applied(self._unreported):
                     await self._work(js, reply)
                 beats.cancel()
                 watch.cancel()
+                if renew is not None:
+                    renew.cancel()
         except BaseExceptionGroup as group:
             # One failure at a time here (the body or the heartbeats): raise it as itself so
             # that __main__ can tell a HodeiError from a bug.
@@ -290,9 +305,17 @@ class Agent:
         log.info("job %s attempt %d: assigned (timeout %gs)", a.job_id, a.attempt, a.timeout_s)
         try:
             with tracing.continued_span("agent run", msg.headers, attributes=attributes):
-                await job.run()
+                async with self._credentials_for(a):
+                    await job.run()
         finally:
             self._current = None
+
+    def _credentials_for(self, a: Assignment) -> contextlib.AbstractAsyncContextManager[None]:
+        """The job's span of the agent's NATS user: renewed to cover its deadline, and not
+        re-made while it runs unless the JWT in use would expire first."""
+        if self.renewal is None:
+            return contextlib.nullcontext()
+        return self.renewal.job(time.time() + a.timeout_s + COVER_AFTER_S)
 
     async def _on_assignment(self, msg: Msg) -> None:
         await self._inbox.put(msg)

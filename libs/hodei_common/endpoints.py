@@ -103,7 +103,28 @@ class NamespacedEndpoint(Generic[R]):
         return functools.partial(self.handler, subjects.namespace_of(subject))
 
 
-AnyEndpoint = Endpoint[Any] | NamespacedEndpoint[Any]
+@dataclass(frozen=True)
+class SubjectEndpoint(Generic[R]):
+    """An endpoint on a wildcard subject whose handler is given the subject a request came
+    on, first (``hodei.worker.*.renew``: NATS permissions let an agent publish on its own
+    worker's subject only, so the subject says who asks)."""
+
+    name: str
+    subject: str
+    request_type: type[R]
+    handler: Callable[[str, R], Reply]
+    max_bytes: int = MAX_REQUEST_BYTES
+
+    def decode(self, data: bytes) -> R:
+        """The request struct; an empty body means every field's default."""
+        return _decode(self.request_type, data)
+
+    def bind(self, subject: str) -> Callable[[R], Reply]:
+        """The handler of a request received on ``subject``."""
+        return functools.partial(self.handler, subject)
+
+
+AnyEndpoint = Endpoint[Any] | NamespacedEndpoint[Any] | SubjectEndpoint[Any]
 
 
 def one_line(message: str) -> str:

@@ -10,7 +10,12 @@ import asyncio
 import logging
 from pathlib import Path
 
-from nats.aio.client import DEFAULT_INBOX_PREFIX, Credentials
+from nats.aio.client import (
+    DEFAULT_INBOX_PREFIX,
+    Credentials,
+    JWTCallback,
+    SignatureCallback,
+)
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.errors import NoServersError
@@ -89,10 +94,14 @@ async def connect(
     creds: tuple[Credentials | None, str] | None = None,
     url: str | None = None,
     initial_attempts: int | None = None,
+    signer: tuple[JWTCallback, SignatureCallback] | None = None,
 ) -> NATS:
     """Connect to NATS as ``identity`` (default: ``name``; see :func:`credentials`), or with
     ``creds`` given as that function returns them, retrying the first connect and
     reconnecting forever afterwards.
+
+    ``signer`` (with ``creds`` naming no file, only the inbox prefix) gives the user JWT and
+    signs the server's nonce at each (re)connect: a user whose JWT is renewed while it runs.
 
     ``initial_attempts`` None retries the first connect forever (a service waiting for its
     NATS to come up); a number makes a CLI give up with one clear line.
@@ -123,6 +132,8 @@ async def connect(
                 user=settings.nats_user,
                 password=settings.nats_password,
                 user_credentials=user_credentials,
+                user_jwt_cb=signer[0] if signer else None,
+                signature_cb=signer[1] if signer else None,
                 inbox_prefix=inbox_prefix,
                 # nats-py retries the first connect forever when this is -1; bound it here and
                 # lift the bound once connected so later disconnects reconnect forever.
@@ -138,7 +149,7 @@ async def connect(
                             if isinstance(r, NatsError) and _refused(r)), None)
             if refusal is not None:
                 await nc.close()
-                raise _refusal(server, user_credentials, refusal) from e
+                raise _refusal(server, user_credentials, refusal, signed=signer is not None) from e
             if initial_attempts is not None:
                 reason = str(e) or type(e).__name__
                 raise UnavailableError(f"cannot reach NATS at {server}: {reason}") from e
@@ -148,7 +159,7 @@ async def connect(
             if not _refused(e):
                 raise
             await nc.close()
-            raise _refusal(server, user_credentials, e) from e
+            raise _refusal(server, user_credentials, e, signed=signer is not None) from e
         else:
             nc.options["max_reconnect_attempts"] = -1
             return nc
@@ -161,10 +172,12 @@ def _refused(error: NatsError) -> bool:
         or "expired" in text
 
 
-def _refusal(server: str, creds: Credentials | None, error: NatsError) -> ConfigError:
+def _refusal(server: str, creds: Credentials | None, error: NatsError, *,
+             signed: bool = False) -> ConfigError:
     """One line saying the server refused us: a retry would not change that."""
     who = f"the credentials {creds}" if isinstance(creds, str) else (
-        "a connection without credentials" if creds is None else "this connection")
+        "a connection without credentials" if creds is None and not signed
+        else "this connection")
     reason = str(error).removeprefix("nats: ").strip("'")
     return ConfigError(f"NATS at {server} refused {who}: {reason}")
 

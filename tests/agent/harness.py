@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from hodei_common.contracts.agent import (
     Heartbeat,
     RegisterReply,
     RegisterRequest,
+    RenewReply,
     StatusKind,
     StatusReport,
 )
@@ -95,6 +97,11 @@ class Platform:
         self.headers: list[dict[str, str]] = []  # of every status report and log batch
         self.agents: list[AgentProcess] = []
         self._registrar: Subscription | None = None
+        # How long the agent's JWTs live (None: no expiry), and the renewals answered; a
+        # renewal is refused with ``renew_refusal`` when set.
+        self.jwt_lifetime_s: float | None = None
+        self.renewals = 0
+        self.renew_refusal: str | None = None
 
     async def start(self) -> None:
         await self.nc.subscribe(subjects.worker_heartbeat(self.worker_id), cb=self._on_beat)
@@ -104,6 +111,33 @@ class Platform:
         await self.js.subscribe(
             subjects.LOGS_SUBJECTS, stream=subjects.LOGS_STREAM, cb=self._on_logs,
             ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+
+    def user_jwt(self, public_key: str) -> str:
+        """The agent's user, as the provisioner mints it (expiring after ``jwt_lifetime_s``)."""
+        expires_at = None if self.jwt_lifetime_s is None else time.time() + self.jwt_lifetime_s
+        return self.issuer.bind(public_key, permissions.agent(self.worker_id),
+                                expires_at=expires_at)
+
+    async def open_renewals(self) -> None:
+        """Answer ``hodei.worker.<id>.renew`` as the provisioner would, for the key the agent
+        registered."""
+        await self.nc.subscribe(subjects.worker_renew(self.worker_id), cb=self._on_renew)
+
+    async def _on_renew(self, msg: Msg) -> None:
+        if self.renew_refusal is not None:
+            await self._refuse(msg, self.renew_refusal)
+            return
+        key = self.registrations[-1].public_key
+        assert key is not None
+        self.renewals += 1
+        await msg.respond(msgspec.json.encode(RenewReply(user_jwt=self.user_jwt(key))))
+
+    async def _refuse(self, msg: Msg, message: str) -> None:
+        # As the provisioner's micro endpoint answers: the two service-error headers and an
+        # ErrorReply body.
+        body = ErrorReply(code=ErrorCode.PERMISSION_DENIED, message=message)
+        await self.nc.publish(msg.reply, msgspec.json.encode(body),
+                              headers={ERROR_HEADER: message, ERROR_CODE_HEADER: "403"})
 
     async def open_registration(self) -> None:
         """Answer ``hodei.worker.register`` as the provisioner would."""
@@ -121,15 +155,11 @@ class Platform:
         if self.refusal is None:
             reply = self.reply
             if request.public_key is not None:  # its own user, as the provisioner mints it
-                reply = msgspec.structs.replace(reply, user_jwt=self.issuer.bind(
-                    request.public_key, permissions.agent(self.worker_id)))
+                reply = msgspec.structs.replace(reply,
+                                                user_jwt=self.user_jwt(request.public_key))
             await msg.respond(msgspec.json.encode(reply))
             return
-        # As the provisioner's micro endpoint answers: the two service-error headers and an
-        # ErrorReply body.
-        body = ErrorReply(code=ErrorCode.PERMISSION_DENIED, message=self.refusal)
-        await self.nc.publish(msg.reply, msgspec.json.encode(body),
-                              headers={ERROR_HEADER: self.refusal, ERROR_CODE_HEADER: "403"})
+        await self._refuse(msg, self.refusal)
 
     async def _on_beat(self, msg: Msg) -> None:
         self.heartbeats.append(msgspec.json.decode(msg.data, type=Heartbeat))

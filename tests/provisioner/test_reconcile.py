@@ -68,7 +68,8 @@ async def replicas(settings: Settings, nc: NATS) -> AsyncIterator[list[Deps]]:
             stack.push_async_callback(pool.close)
             found.append(Deps(pool=pool, providers={"local": ListingProvider()},
                               token_ttl_s=60, heartbeat_interval_s=1, agent_nats_url="",
-                              recovery=Recovery(pool, nc, actor="provisioner")))
+                              recovery=Recovery(pool, nc, actor="provisioner"),
+                              agent_jwt_lifetime_s=60, agent_jwt_grace_s=60))
         yield found
 
 

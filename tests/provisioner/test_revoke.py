@@ -20,7 +20,8 @@ from hodei_common.contracts.workers import WorkerState
 from hodei_common.natsauth import KeyKind, NKey, jwt
 from hodei_common.testing import assert_eventually
 from hodei_provisioner import store
-from hodei_provisioner.handlers import AGENT_JWT_LIFETIME_S
+from hodei_provisioner.config import ProvisionerSettings
+from hodei_provisioner.revocations import CLOCK_SLACK_S
 from hodei_provisioner.service import ProvisionerService
 from tests.provisioner.conftest import FAKE_AGENT
 from tests.provisioner.helpers import environ_of, register, request_worker, resource_pid, worker
@@ -63,13 +64,14 @@ async def _failed(pool: asyncpg.Pool, worker_id: UUID) -> bool:
 @pytest.mark.parametrize("agent_command", [NO_REGISTER])
 async def test_a_lost_workers_agent_is_disconnected_and_refused(
     provisioner: ProvisionerService, pool: asyncpg.Pool, nc: NATS, nats_url: str,
-    tmp_path: Path,
+    tmp_path: Path, provisioner_settings: ProvisionerSettings,
 ) -> None:
     lost_id, live_id = await request_worker(pool), await request_worker(pool)
     lost_creds, lost_pid = await _agent_creds(pool, nc, lost_id, tmp_path)
     live_creds, _ = await _agent_creds(pool, nc, live_id, tmp_path)
     user = jwt.decode(jwt.creds_user_jwt(lost_creds.read_text()))
-    assert user["exp"] - user["iat"] == AGENT_JWT_LIFETIME_S
+    # A worker with no job: the configured lifetime.
+    assert user["exp"] - user["iat"] == provisioner_settings.provisioner_agent_jwt_lifetime_s
     # The agent's process keeps its user; the test holds it, as a partitioned agent would.
     lost = await _connect(nats_url, lost_creds, lost_id, reconnect=True)
     live = await _connect(nats_url, live_creds, live_id, reconnect=True)
@@ -88,7 +90,7 @@ async def test_a_lost_workers_agent_is_disconnected_and_refused(
 
 
 @pytest.mark.parametrize("agent_command", [NO_REGISTER])
-async def test_revocations_older_than_an_agents_jwt_are_dropped(
+async def test_a_revocation_lasts_until_the_last_jwt_of_its_key_expired(
     provisioner: ProvisionerService, pool: asyncpg.Pool, nc: NATS, tmp_path: Path,
 ) -> None:
     worker_id = await request_worker(pool)
@@ -97,9 +99,17 @@ async def test_revocations_older_than_an_agents_jwt_are_dropped(
     await assert_eventually(lambda: _failed(pool, worker_id), within_s=WITHIN_S)
     key = (await worker(pool, worker_id))["nats_public_key"]
     async with pool.acquire() as conn:
-        lost_at = (await store.lost_agent_keys(conn, AGENT_JWT_LIFETIME_S))[key]
+        lost_at = (await store.lost_agent_keys(conn, CLOCK_SLACK_S))[key]
         assert abs(lost_at - time.time()) < WITHIN_S
+        # However long ago the loss, a JWT of its key may still be valid: it stays revoked.
         await conn.execute("""UPDATE sagas SET created_at = now() - interval '31 days'
                               WHERE aggregate_id = $1 AND saga_type = 'recovery'""",
                            worker_id)
-        assert key not in await store.lost_agent_keys(conn, AGENT_JWT_LIFETIME_S)
+        assert key in await store.lost_agent_keys(conn, CLOCK_SLACK_S)
+        await conn.execute("""UPDATE workers SET nats_jwt_expires_at = now() - interval '30 s'
+                              WHERE id = $1""", worker_id)
+        assert key in await store.lost_agent_keys(conn, CLOCK_SLACK_S)
+        # Every JWT it was given has expired (past the clocks' slack): nothing to revoke.
+        await conn.execute("""UPDATE workers SET nats_jwt_expires_at = now() - interval '2 min'
+                              WHERE id = $1""", worker_id)
+        assert key not in await store.lost_agent_keys(conn, CLOCK_SLACK_S)

@@ -1,6 +1,7 @@
 """What the worker agent and the platform say to each other.
 
 * ``hodei.worker.register`` (request/reply): the agent's one-time token for its worker id.
+* ``hodei.worker.<id>.renew`` (request/reply): a fresh NATS user JWT for a live worker's agent.
 * ``worker.<id>.assign`` (JetStream ``WORKER_ASSIGN``): the job to run, fenced by attempt.
 * ``worker.<id>.status`` (JetStream ``WORKER_STATUS``): accepted, started, finished.
 * ``worker.heartbeat.<id>`` (core NATS): I am alive, running this job.
@@ -54,6 +55,17 @@ class RegisterReply(msgspec.Struct, frozen=True, kw_only=True):
     idle_ttl_s: float | None = None
     # The agent's NATS user JWT, bound to its ``public_key``: it reconnects with it.
     user_jwt: str | None = None
+
+
+class RenewRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A registered agent asks for a fresh JWT for the key it registered; the worker is the
+    one its subject names (the only one its permissions let it ask for)."""
+
+
+class RenewReply(msgspec.Struct, frozen=True, kw_only=True):
+    """A fresh user JWT for the agent's key, expiring no earlier than the job it holds."""
+
+    user_jwt: str
 
 
 class Assignment(msgspec.Struct, frozen=True, kw_only=True):

@@ -99,6 +99,9 @@ WORKER_STATUS_SUBJECTS = "worker.*.status"
 WORKER_ASSIGN_STREAM = "WORKER_ASSIGN"
 WORKER_ASSIGN_SUBJECTS = "worker.*.assign"
 WORKER_REGISTER = "hodei.worker.register"
+# Request/reply: a registered agent asks for a fresh NATS user JWT before its own expires.
+# One subject per worker, so that an agent's permissions name its own alone.
+WORKER_RENEW = "hodei.worker.*.renew"
 # Core NATS, empty body: work may be possible now (a job was queued, a worker registered).
 # A hint that saves the durable event its trip through the outbox; lossy by design.
 SCHEDULER_WAKE = "hodei.scheduler.wake"
@@ -118,6 +121,16 @@ def worker_assign(worker_id: UUID | str) -> str:
 def worker_control(worker_id: UUID | str) -> str:
     """Core-NATS subject for cancel/drain orders to one worker."""
     return f"worker.{worker_id}.control"
+
+
+def worker_renew(worker_id: UUID | str) -> str:
+    """Request/reply subject on which a worker's agent renews its NATS user JWT."""
+    return f"hodei.worker.{worker_id}.renew"
+
+
+def worker_of_renewal(subject: str) -> str:
+    """The worker id token of a :func:`worker_renew` subject."""
+    return subject.split(".")[2]
 
 
 def worker_status(worker_id: UUID | str) -> str:

@@ -209,6 +209,9 @@ WORKERS = TransitionTable("worker", WorkerState, [
     _worker("note_status", _LIVE, None,
             doc="provisioner: its provider's word on the resource (pod Pending: "
                 "ContainerCreating); `resource_status`, when it changed"),
+    _worker("extend_credentials", (_RD, _B), None,
+            doc="provisioner, minting its agent's NATS JWT (register, renew): "
+                "`nats_jwt_expires_at`, never earlier; refused once it is not live"),
     _worker("fail_create", (_C,), WorkerState.FAILED,
             (ProvisionFailed, subjects.PROVISION_FAILED), doc="provisioner: create failed"),
     _worker("cannot_start", (_C,), WorkerState.FAILED, (WorkerFailed, subjects.WORKER_FAILED),

@@ -108,6 +108,15 @@ async def note_status(conn: Conn, worker_id: UUID, status: str) -> bool:
         from_states=WORKERS["note_status"].fence) is not None
 
 
+async def extend_credentials(conn: Conn, worker_id: UUID, expires_at: datetime) -> bool:
+    """Record that the worker's agent gets a NATS user JWT expiring at ``expires_at`` (the
+    latest such expiry is kept); False, and no JWT may be given, when it is not READY or
+    BUSY. No event: a renewal is routine."""
+    return await SQL["extend_credentials"].fetchrow(
+        conn, worker_id=worker_id, expires_at=expires_at,
+        from_states=WORKERS["extend_credentials"].fence) is not None
+
+
 async def fail_create(conn: Conn, worker: WorkerRef, error: str, *, actor: str) -> bool:
     """CREATING -> FAILED: the provider could not create it; False when it left CREATING."""
     t = WORKERS["fail_create"]

@@ -164,7 +164,7 @@ def role(which: Role) -> Permissions:
             s.SCHEDULER_WAKE, control, s.js_api("STREAM.MSG.GET", s.WORKER_STATUS_STREAM),
             *_durable(s.WORKER_EVENTS_STREAM, s.PROVISIONER_REQUESTS_CONSUMER),
             *_durable(s.WORKER_EVENTS_STREAM, s.PROVISIONER_RELEASE_CONSUMER),
-        ], [s.WORKER_REGISTER])
+        ], [s.WORKER_REGISTER, s.WORKER_RENEW])
     if which is Role.LOGS:
         return _service(which, [
             s.platform_logs("*", "*"), *_durable(s.JOB_EVENTS_STREAM, s.LOGS_ARCHIVE_CONSUMER),
@@ -223,6 +223,7 @@ def agent(worker_id: UUID | str, job: tuple[str, UUID | str] | None = None) -> P
             s.js_api("CONSUMER.CREATE", s.WORKER_ASSIGN_STREAM, "*",
                      s.worker_assign(worker_id)),
             s.js_flow_control(s.WORKER_ASSIGN_STREAM),
+            s.worker_renew(worker_id),
         ),
         subscribe=(s.worker_control(worker_id), s.inbox_prefix(identity) + ".>"),
     )

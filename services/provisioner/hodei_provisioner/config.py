@@ -38,6 +38,14 @@ class ProvisionerSettings(Settings):
     # workers' agents. Unset: their users stay valid until they expire.
     nats_operator_key: Path | None = None
     nats_system_creds: Path | None = None
+    # How long an agent's NATS user JWT lives (HODEI_PROVISIONER_AGENT_JWT_LIFETIME_S) when
+    # no job's deadline sets it: a reusable worker's, or one waiting for work. Its agent
+    # renews it while the worker lives, from half its life on.
+    provisioner_agent_jwt_lifetime_s: float = Field(default=3600.0, gt=0)
+    # Past the deadline of the job a worker holds or was made for, how long its agent's JWT
+    # still lives (HODEI_PROVISIONER_AGENT_JWT_GRACE_S): the job's wait for its start, the
+    # supervisor's timeout grace, the kill grace, the last reports and the drain.
+    provisioner_agent_jwt_grace_s: float = Field(default=300.0, gt=0)
     # Seconds between checks that the revoked users are the lost workers' agents'.
     provisioner_revoke_interval_s: float = Field(default=2.0, gt=0)
 

@@ -10,11 +10,12 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from uuid import UUID
 
 import asyncpg
 
-from hodei_common.contracts.agent import RegisterReply, RegisterRequest
+from hodei_common.contracts.agent import RegisterReply, RegisterRequest, RenewReply
 from hodei_common.contracts.providers import ProviderSettings, load_settings, settings_type
 from hodei_common.contracts.workers import (
     ProvisionRequested,
@@ -39,15 +40,16 @@ ACTOR = "provisioner"
 MAX_HOSTNAME_CHARS = 255
 _LEASE_SLACK_S = 0.5
 AGENT_IDLE_FACTOR = 2.0
-# How long an agent's NATS user is valid: a lost worker's stays revoked that long after its
-# loss, no longer, which bounds the list of revoked users (:mod:`revocations`).
-AGENT_JWT_LIFETIME_S = 30 * 24 * 3600.0
 # States in which a worker's resource should go: TERMINATED again on a redelivery.
 _RELEASABLE = (WorkerState.TERMINATING, WorkerState.TERMINATED, WorkerState.FAILED)
 
 
 class RegistrationDenied(PermissionDeniedError):
     """An agent may not register; the message is one line and never quotes the token."""
+
+
+class RenewalDenied(PermissionDeniedError):
+    """An agent's NATS user is not renewed: its worker is not live (or has no agent key)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +62,9 @@ class Deps:
     heartbeat_interval_s: float
     agent_nats_url: str
     recovery: Recovery
+    # How long agents' NATS users live: see :func:`agent_jwt_expiry`.
+    agent_jwt_lifetime_s: float
+    agent_jwt_grace_s: float
     # Mints agents' NATS users; None when NATS asks for no credentials.
     issuer: Issuer | None = None
 
@@ -243,11 +248,12 @@ async def register(deps: Deps, req: RegisterRequest) -> RegisterReply:
         if row is None:
             raise RegistrationDenied(f"worker {req.worker_id} is {worker.state}; it cannot "
                                      "register")
+        user_jwt = await _agent_jwt(deps, conn, req.worker_id, worker.mode, req.public_key)
     log.info("worker %s registered (host %s, pid %s)", req.worker_id, hostname, req.pid)
     settings = _agent_settings(worker.provider, row["settings"] or {})
     idle_ttl_s = settings.idle_ttl_s
     return RegisterReply(
-        user_jwt=_agent_jwt(deps, req, worker),
+        user_jwt=user_jwt,
         worker_id=req.worker_id,
         mode=WorkerMode(row["mode"]),
         heartbeat_interval_s=deps.heartbeat_interval_s,
@@ -258,14 +264,57 @@ async def register(deps: Deps, req: RegisterRequest) -> RegisterReply:
     )
 
 
-def _agent_jwt(deps: Deps, req: RegisterRequest, worker: store.WorkerRow) -> str | None:
+def agent_jwt_expiry(mode: WorkerMode, work_left_s: float | None, *, lifetime_s: float,
+                     grace_s: float) -> float:
+    """Seconds from now until a new JWT of a worker's agent expires.
+
+    A worker with a job (held, or, ephemeral, made for and waiting) gets until that job's
+    deadline (``work_left_s``) plus ``grace_s``: an ephemeral worker's agent ends with its
+    job, so no more; a reusable one's at least ``lifetime_s``, as does any worker's without a
+    job. Its agent renews it while the worker lives (:func:`renew`).
+    """
+    if work_left_s is None:
+        return lifetime_s
+    covered = max(work_left_s, 0.0) + grace_s
+    return covered if mode is WorkerMode.EPHEMERAL else max(covered, lifetime_s)
+
+
+async def _agent_jwt(deps: Deps, conn: Conn, worker_id: UUID, mode: WorkerMode,
+                     public_key: str | None) -> str | None:
     """The agent's NATS user, bound to the key it made (its seed never leaves it): its own
     worker's subjects, and job logs (a worker may run another job than the one it was made
-    for: an ephemeral worker whose job was cancelled takes the next)."""
-    if deps.issuer is None or req.public_key is None:
+    for: an ephemeral worker whose job was cancelled takes the next). Its expiry is recorded
+    on the worker, in the caller's transaction; a worker no longer live gets none."""
+    if deps.issuer is None or public_key is None:
         return None
-    return deps.issuer.bind(req.public_key, permissions.agent(worker.id),
-                            expires_at=time.time() + AGENT_JWT_LIFETIME_S)
+    left_s = agent_jwt_expiry(mode, await store.work_left_s(conn, worker_id),
+                              lifetime_s=deps.agent_jwt_lifetime_s,
+                              grace_s=deps.agent_jwt_grace_s)
+    expires_at = time.time() + left_s
+    if not await workers.extend_credentials(conn, worker_id,
+                                            datetime.fromtimestamp(expires_at, UTC)):
+        raise RenewalDenied(f"worker {worker_id} is no longer live: its agent's NATS user "
+                            "is not renewed")
+    return deps.issuer.bind(public_key, permissions.agent(worker_id), expires_at=expires_at)
+
+
+async def renew(deps: Deps, worker_id: UUID) -> RenewReply:
+    """A fresh NATS user JWT for a live (READY or BUSY) worker's agent, for the key it
+    registered, expiring no earlier than the deadline of the job it holds."""
+    if deps.issuer is None:
+        raise RenewalDenied("this platform mints no NATS users: there is nothing to renew")
+    async with deps.pool.acquire() as conn, conn.transaction():
+        known = await store.agent_key(conn, worker_id)
+        if known is None:
+            raise RenewalDenied(f"worker {worker_id} does not exist")
+        if known.state not in (WorkerState.READY, WorkerState.BUSY):
+            raise RenewalDenied(f"worker {worker_id} is {known.state}: its agent's NATS user "
+                                "is not renewed")
+        if known.public_key is None:
+            raise RenewalDenied(f"worker {worker_id}'s agent registered no NATS key")
+        user_jwt = await _agent_jwt(deps, conn, worker_id, known.mode, known.public_key)
+    assert user_jwt is not None
+    return RenewReply(user_jwt=user_jwt)
 
 
 async def _why_refused(conn: Conn, token_hash: bytes, worker_id: UUID) -> str:

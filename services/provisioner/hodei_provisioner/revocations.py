@@ -7,9 +7,11 @@ process; the :class:`~hodei_common.natsauth.revoker.Revoker` pushes it only when
 (or its connection was re-made), so every replica may run passes: each pushes the whole list
 as the database has it.
 
-An agent's JWT expires :data:`~hodei_provisioner.handlers.AGENT_JWT_LIFETIME_S` after it was
-issued, and none is issued after its worker's loss: a revocation older than that protects
-nothing and is dropped, which keeps the account's JWT small.
+An agent's JWTs are short-lived (:func:`~hodei_provisioner.handlers.agent_jwt_expiry`), none is
+issued once its worker is lost, and the worker row keeps the latest expiry of those issued
+(``nats_jwt_expires_at``): once that has passed, the revocation protects nothing and is
+dropped, which keeps the account's JWT small. The stored expiry, not a setting, decides, so a
+shorter lifetime configured later cannot drop a revocation early.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import asyncpg
 
 from hodei_common.natsauth.revoker import Revoker
 from hodei_provisioner import store
-from hodei_provisioner.handlers import AGENT_JWT_LIFETIME_S
 
-# An agent's JWT is stamped by a provisioner's clock, the loss by PostgreSQL's: a revocation
-# reaches a minute past the loss, so a clock ahead by less still has every JWT revoked.
+# An agent's JWT is stamped by a provisioner's clock, the loss and the expiry kept by
+# PostgreSQL's: a revocation reaches a minute past the loss, and stays a minute past the last
+# JWT's expiry, so a clock off by less still has every JWT revoked.
 CLOCK_SLACK_S = 60
 
 
@@ -29,7 +31,7 @@ async def revoked(pool: asyncpg.Pool) -> dict[str, int]:
     """Every user to revoke: public key, and the unix second up to which its JWTs are
     refused."""
     async with pool.acquire() as conn:
-        lost = await store.lost_agent_keys(conn, AGENT_JWT_LIFETIME_S)
+        lost = await store.lost_agent_keys(conn, CLOCK_SLACK_S)
     return {key: lost_at + CLOCK_SLACK_S for key, lost_at in lost.items()}
 
 

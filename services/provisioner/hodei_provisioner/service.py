@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import ClassVar
+from uuid import UUID
 
 import asyncpg
 from nats.aio.msg import Msg
@@ -21,10 +22,15 @@ from nats.errors import Error as NatsError
 from hodei_common import messaging
 from hodei_common.consumer import ConsumerSpec, consume, decode
 from hodei_common.contracts import subjects
-from hodei_common.contracts.agent import RegisterReply, RegisterRequest
+from hodei_common.contracts.agent import (
+    RegisterReply,
+    RegisterRequest,
+    RenewReply,
+    RenewRequest,
+)
 from hodei_common.contracts.workers import ProvisionRequested, WorkerFailed, WorkerTerminating
-from hodei_common.endpoints import Endpoint, EndpointServer
-from hodei_common.errors import ConfigError, HodeiError
+from hodei_common.endpoints import Endpoint, EndpointServer, SubjectEndpoint
+from hodei_common.errors import ConfigError, HodeiError, ValidationError
 from hodei_common.natsauth.keys import NKeyError
 from hodei_common.natsauth.revoker import Revoker, platform_account
 from hodei_common.natsauth.server import Issuer
@@ -116,12 +122,16 @@ class ProvisionerService(HodeiService):
             recovery=Recovery(self.pool, self.nc, actor=handlers.ACTOR,
                               backoff=Backoff.from_settings(self.settings)),
             issuer=issuer,
+            agent_jwt_lifetime_s=self.settings.provisioner_agent_jwt_lifetime_s,
+            agent_jwt_grace_s=self.settings.provisioner_agent_jwt_grace_s,
         )
         for provider in self.providers.values():
             provider.on_news(self._news.put_nowait)
         register = Endpoint("worker_register", subjects.WORKER_REGISTER, RegisterRequest,
                             self._register, max_bytes=MAX_REGISTER_BYTES)
-        await self.endpoints.add(self.micro, [register], subjects.PROVISIONER_QUEUE_GROUP)
+        renew = SubjectEndpoint("worker_renew", subjects.WORKER_RENEW, RenewRequest,
+                                self._renew, max_bytes=MAX_REGISTER_BYTES)
+        await self.endpoints.add(self.micro, [register, renew], subjects.PROVISIONER_QUEUE_GROUP)
 
     def _issuer(self) -> Issuer | None:
         """What mints agents' NATS users, from the signing key configured (None: none)."""
@@ -239,6 +249,13 @@ class ProvisionerService(HodeiService):
             await wait_any(self.stopping, within_s=interval_s)
 
     # --- registration --------------------------------------------------------------------
+    async def _renew(self, subject: str, _: RenewRequest) -> RenewReply:
+        try:
+            worker_id = UUID(subjects.worker_of_renewal(subject))
+        except ValueError as e:
+            raise ValidationError(f"{subject}: not a worker's renewal subject") from e
+        return await handlers.renew(self.deps, worker_id)
+
     async def _register(self, request: RegisterRequest) -> RegisterReply:
         reply = await handlers.register(self.deps, request)
         await messaging.wake_scheduler(self.nc)  # a READY worker: its job can go now

@@ -45,15 +45,29 @@ _TOKEN = """
 SELECT worker_id, used_at IS NOT NULL AS used, expires_at <= now() AS expired
 FROM worker_bootstrap_tokens WHERE token_hash = $1
 """
-# Lost workers (FAILED: their recovery saga says when) whose agent registered a NATS key, lost
-# within the last $1 seconds, with the second of their loss.
+# Lost workers (FAILED: their recovery saga says when) whose agent registered a NATS key that
+# may still hold a JWT: the last one minted for it expires after now minus $1 seconds. With
+# the second of their loss.
 _LOST_AGENT_KEYS = """
 SELECT w.nats_public_key, ceil(extract(epoch FROM max(s.created_at)))::bigint AS lost_at
 FROM workers AS w
 JOIN sagas AS s ON s.aggregate_id = w.id AND s.saga_type = 'recovery'
 WHERE w.state = 'FAILED' AND w.nats_public_key IS NOT NULL
-  AND s.created_at > now() - make_interval(secs => $1)
+  AND w.nats_jwt_expires_at > now() - make_interval(secs => $1)
 GROUP BY w.nats_public_key
+"""
+# Seconds from now to the deadline of the work a worker has: the job it holds (from its
+# start, or from now while it has not started), or, for an ephemeral worker, the job it was
+# made for while that one waits; NULL when it has none. Its agent's JWT must outlive it.
+_WORK_LEFT_S = """
+SELECT extract(epoch FROM max(coalesce(j.started_at, now())
+                              + make_interval(secs => j.timeout_s)) - now())::float8
+FROM workers AS w
+JOIN jobs AS j ON j.id = w.current_job_id OR (w.mode = 'ephemeral' AND j.id = w.for_job_id)
+WHERE w.id = $1 AND j.state IN ('QUEUED', 'ASSIGNED', 'RUNNING')
+"""
+_AGENT_KEY = """
+SELECT state, mode, nats_public_key FROM workers WHERE id = $1
 """
 
 
@@ -197,8 +211,35 @@ async def worker_states(conn: Conn, worker_ids: list[UUID]) -> dict[UUID, Worker
     return {r["id"]: WorkerState(r["state"]) for r in rows}
 
 
-async def lost_agent_keys(conn: Conn, within_s: float) -> dict[str, int]:
-    """The NATS public keys of agents of workers lost in the last ``within_s`` seconds, with
-    the second (unix) of each loss."""
-    rows = await conn.fetch(_LOST_AGENT_KEYS, within_s)
+async def lost_agent_keys(conn: Conn, slack_s: float) -> dict[str, int]:
+    """The NATS public keys of agents of lost workers whose last JWT expired less than
+    ``slack_s`` seconds ago (or has not yet), with the second (unix) of each loss."""
+    rows = await conn.fetch(_LOST_AGENT_KEYS, slack_s)
     return {row["nats_public_key"]: row["lost_at"] for row in rows}
+
+
+# --- agents' NATS users ------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class AgentKey:
+    """A worker as the renewal of its agent's NATS user sees it."""
+
+    state: WorkerState
+    mode: WorkerMode
+    public_key: str | None  # None: its agent registered no key
+
+
+async def work_left_s(conn: Conn, worker_id: UUID) -> float | None:
+    """Seconds until the job the worker holds (or, ephemeral, was made for and waits for)
+    reaches its timeout; None when it has no such job."""
+    left = await conn.fetchval(_WORK_LEFT_S, worker_id)
+    return None if left is None else float(left)
+
+
+async def agent_key(conn: Conn, worker_id: UUID) -> AgentKey | None:
+    """The worker's state, mode and its agent's NATS public key; None when there is no such
+    worker."""
+    row = await conn.fetchrow(_AGENT_KEY, worker_id)
+    if row is None:
+        return None
+    return AgentKey(state=WorkerState(row["state"]), mode=WorkerMode(row["mode"]),
+                    public_key=row["nats_public_key"])

@@ -176,6 +176,15 @@ WHERE id = :worker_id AND state = ANY(:from_states)
   AND resource_status IS DISTINCT FROM :status
 RETURNING id;
 
+-- name: extend_credentials
+-- Its agent is given a NATS user JWT expiring at :expires_at: the latest expiry of the JWTs
+-- its key may hold is kept (a lost worker's revocation lasts until then). No row: the worker
+-- is not live, and no JWT is given.
+UPDATE workers
+SET nats_jwt_expires_at = greatest(nats_jwt_expires_at, :expires_at)
+WHERE id = :worker_id AND state = ANY(:from_states)
+RETURNING id;
+
 -- name: live_worker
 -- What a finder of a lost worker reads first: the worker, if live, and the job it holds.
 SELECT w.id, w.provider, w.state, w.for_job_id, j.id AS job_id, j.attempt, j.max_attempts,
