@@ -18,7 +18,7 @@ from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import Assignment, Outcome, StatusKind
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.jobs import Job, JobState
-from hodei_common.contracts.logs import LogEnd, LogMessage
+from hodei_common.contracts.logs import LogEnd, LogRecord
 from hodei_common.runner import HodeiService
 from hodei_common.settings import Settings
 from hodei_common.testing import assert_eventually
@@ -181,7 +181,7 @@ async def test_each_outcome_ends_the_job_in_its_state_with_an_end_of_log_marker(
                                          subjects.platform_logs(job.namespace, job.id))
         except Exception:
             return None
-        message = msgspec.json.decode(last.data, type=LogMessage)
+        message = msgspec.json.decode(last.data, type=LogRecord)
         return message if isinstance(message, LogEnd) else None
 
     end = await assert_eventually(end_marker)

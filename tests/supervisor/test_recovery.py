@@ -19,7 +19,7 @@ from hodei_common.client import ApiClient
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import Control, ControlAction, Heartbeat, Outcome, StatusKind
 from hodei_common.contracts.api import SubmitJob
-from hodei_common.contracts.logs import LogEnd, LogMessage
+from hodei_common.contracts.logs import LogEnd, LogRecord
 from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE
 from hodei_common.testing import assert_eventually
 from tests.scheduler.conftest import make_ready, report
@@ -47,7 +47,7 @@ async def end_of_log(js: JetStreamContext, job_id: UUID) -> LogEnd | None:
                                      subjects.platform_logs(DEFAULT_NAMESPACE, job_id))
     except Exception:
         return None
-    message = msgspec.json.decode(last.data or b"", type=LogMessage)
+    message = msgspec.json.decode(last.data or b"", type=LogRecord)
     return message if isinstance(message, LogEnd) else None
 
 
