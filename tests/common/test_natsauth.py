@@ -28,9 +28,11 @@ from hodei_common.contracts.jobs import JobState
 from hodei_common.contracts.logs import LogBatch, LogEnd, LogLine, LogStart, LogStream
 from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE
 from hodei_common.embedded import NatsServer
+from hodei_common.errors import ConfigError
 from hodei_common.logreader import read_log
 from hodei_common.natsauth import KeyKind, NKey, Trust, UserCredentials, jwt, permissions
 from hodei_common.natsauth.permissions import Role
+from hodei_common.settings import Settings
 
 VIOLATION = "permissions violation"  # how nats-py words the server's -ERR to error_cb
 JS_TIMEOUT_S = 1.0  # a refused JetStream API request is never answered
@@ -133,6 +135,20 @@ async def test_an_expired_user_is_refused_and_an_unexpired_one_let_in(
     nc = await _connect(secured_nats_server.url, valid.write(tmp_path / "valid.creds"),
                         valid.inbox_prefix)
     await nc.close()
+
+
+@pytest.mark.nats
+async def test_a_creds_file_is_read_anew_at_each_connect_and_named_when_refused(
+    secured_nats_server: NatsServer, nats_trust: Trust, tmp_path: Path
+) -> None:
+    cli = permissions.role(Role.CLI)
+    path = nats_trust.user(cli).write(tmp_path / "cli.creds")
+    settings = Settings(nats_url=secured_nats_server.url, creds=path, home=tmp_path)
+    nc = await messaging.connect(settings, "test", initial_attempts=1)
+    await nc.close()
+    nats_trust.user(cli, expires_at=time.time() - 5).write(path)  # replaced on disk
+    with pytest.raises(ConfigError, match=f"refused the credentials {path}: "):
+        await messaging.connect(settings, "test", initial_attempts=1)
 
 
 # --- what each role may do -------------------------------------------------------------------

@@ -140,6 +140,8 @@ def _service(role: Role, publish: list[str], subscribe: list[str]) -> Permission
         identity=identity,
         publish=tuple(_declare_streams() + publish),
         subscribe=tuple([*_micro(identity), s.inbox_prefix(identity) + ".>", *subscribe]),
+        # ``resp`` rather than ``_INBOX.>``: a service answers only whoever asked it, not any
+        # client's inbox. The server's reply tracking costs no measurable time on a request.
         respond=True,
     )
 
