@@ -81,29 +81,6 @@ class Endpoint(Generic[R]):
 
 
 @dataclass(frozen=True)
-class NamespacedEndpoint(Generic[R]):
-    """An endpoint of every namespace (``hodei.api.*.jobs.get``): its handler is given the
-    namespace of the subject a request came on, first. That subject is all the caller's
-    identity the handler needs, once NATS credentials let a user publish to its own
-    namespace's subjects only."""
-
-    name: str
-    subject: str
-    request_type: type[R]
-    handler: Callable[[str, R], Reply]
-    max_bytes: int = MAX_REQUEST_BYTES
-
-    def decode(self, data: bytes) -> R:
-        """The request struct; an empty body means every field's default."""
-        return _decode(self.request_type, data)
-
-    def bind(self, subject: str) -> Callable[[R], Reply]:
-        """The handler of a request received on ``subject``, in the subject's namespace; a
-        malformed namespace token is a :class:`ValidationError`."""
-        return functools.partial(self.handler, subjects.namespace_of(subject))
-
-
-@dataclass(frozen=True)
 class SubjectEndpoint(Generic[R]):
     """An endpoint on a wildcard subject whose handler is given the subject a request came
     on, first (``hodei.worker.*.renew``: NATS permissions let an agent publish on its own
@@ -124,7 +101,20 @@ class SubjectEndpoint(Generic[R]):
         return functools.partial(self.handler, subject)
 
 
-AnyEndpoint = Endpoint[Any] | NamespacedEndpoint[Any] | SubjectEndpoint[Any]
+@dataclass(frozen=True)
+class NamespacedEndpoint(SubjectEndpoint[R]):
+    """An endpoint of every namespace (``hodei.api.*.jobs.get``): its handler is given the
+    namespace of the subject a request came on, first. That subject is all the caller's
+    identity the handler needs, once NATS credentials let a user publish to its own
+    namespace's subjects only."""
+
+    def bind(self, subject: str) -> Callable[[R], Reply]:
+        """The handler of a request received on ``subject``, in the subject's namespace; a
+        malformed namespace token is a :class:`ValidationError`."""
+        return functools.partial(self.handler, subjects.namespace_of(subject))
+
+
+AnyEndpoint = Endpoint[Any] | SubjectEndpoint[Any]
 
 
 def one_line(message: str) -> str:
