@@ -27,13 +27,13 @@ from uuid import UUID
 
 import msgspec
 from nats import nuid
-from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
+from hodei_common import messaging
 from hodei_common.contracts import subjects
 from hodei_common.contracts.logs import LogBatch, LogMessage
 from hodei_common.errors import HodeiError
@@ -205,17 +205,9 @@ async def read(js: JetStreamContext, found: Archived) -> AsyncGenerator[LogMessa
 
 
 async def chunks(js: JetStreamContext, found: Archived) -> AsyncGenerator[bytes, None]:
-    """The archive's bytes as stored (gzip), a chunk at a time, unchecked: through an ordered
-    consumer made by name (so that its filter is in the request's subject), deleted after use.
-    """
-    consumer = nuid.NUID().next().decode()
-    sub = await js.subscribe(
-        subjects.log_archive_chunks(found.namespace, found.job_id, found.put),
-        stream=subjects.LOG_ARCHIVE_STREAM, ordered_consumer=True,
-        deliver_policy=DeliverPolicy.ALL, config=ConsumerConfig(name=consumer),
-        # Backstop only: a reader that dies leaves a consumer the server drops this long after.
-        inactive_threshold=5.0)
-    try:
+    """The archive's bytes as stored (gzip), a chunk at a time, unchecked."""
+    subject = subjects.log_archive_chunks(found.namespace, found.job_id, found.put)
+    async with messaging.confined_reading(js, subjects.LOG_ARCHIVE_STREAM, subject) as sub:
         for _ in range(found.chunks):
             try:
                 msg = await sub.next_msg(timeout=CHUNK_WAIT_S)
@@ -223,7 +215,3 @@ async def chunks(js: JetStreamContext, found: Archived) -> AsyncGenerator[bytes,
                 raise ArchiveError(f"archive {found.namespace}/{found.job_id}: a chunk did "
                                    "not come") from e
             yield msg.data
-    finally:
-        with contextlib.suppress(NatsError, TimeoutError):
-            await sub.unsubscribe()
-            await js.delete_consumer(subjects.LOG_ARCHIVE_STREAM, consumer)

@@ -14,16 +14,14 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from uuid import UUID
 
 import msgspec
-from nats import nuid
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from hodei_common import logarchive
+from hodei_common import logarchive, messaging
 from hodei_common.contracts import subjects
 from hodei_common.contracts.logs import LogBatch, LogEnd, LogMessage, LogRecord, LogStart
 
@@ -239,22 +237,11 @@ class LogReader:
         self, idle_timeout_s: float | None
     ) -> AsyncGenerator[tuple[LogRecord | None, str, int], None]:
         """The job's stream messages with their writer and stream sequence, from the first
-        (those that are no message of this job's log left out).
-
-        The ordered consumer is created by name, so its filter is in the request's subject
-        and NATS permissions can keep a reader to its own namespace's logs.
-        """
-        sub = await self._js.subscribe(
-            subjects.job_log_subjects(self.namespace, self.job_id),
-            stream=subjects.LOGS_STREAM,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-            config=ConsumerConfig(name=nuid.NUID().next().decode()),
-            # Backstop only: the consumer is deleted below; a reader that dies leaves one
-            # that the server drops this long after its interest went away.
-            inactive_threshold=5.0,
-        )
-        try:
+        (None for one that is no message of this job's log), through a consumer NATS
+        permissions can keep to the reader's namespace."""
+        reading = messaging.confined_reading(
+            self._js, subjects.LOGS_STREAM, subjects.job_log_subjects(self.namespace, self.job_id))
+        async with reading as sub:
             while True:
                 try:
                     msg = await sub.next_msg(timeout=idle_timeout_s or 3600.0)
@@ -264,14 +251,6 @@ class LogReader:
                     continue
                 yield (decode_record(msg.data, self.job_id), subjects.log_writer(msg.subject),
                        msg.metadata.sequence.stream)
-        finally:
-            # Every `job run` and `job logs` makes a consumer; leaving them to expire piles up
-            # thousands under load and the stream refuses new readers.
-            with contextlib.suppress(NatsError, TimeoutError):
-                name = (await sub.consumer_info()).name
-                await sub.unsubscribe()
-                if name:
-                    await self._js.delete_consumer(subjects.LOGS_STREAM, name)
 
 
 async def read_log(

@@ -7,9 +7,12 @@ so start order does not matter and a redeclare with a changed config updates in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+from nats import nuid
 from nats.aio.client import (
     DEFAULT_INBOX_PREFIX,
     Credentials,
@@ -21,7 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.errors import NoServersError
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, StorageType, StreamConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, ServiceUnavailableError
 
 from hodei_common.contracts import subjects
@@ -229,6 +232,29 @@ async def _declare(js: JetStreamContext, config: StreamConfig) -> None:
     except BadRequestError:
         # "stream name already in use with a different configuration"
         await js.update_stream(config)
+
+
+@contextlib.asynccontextmanager
+async def confined_reading(
+    js: JetStreamContext, stream: str, filter_subject: str
+) -> AsyncIterator[JetStreamContext.PushSubscription]:
+    """An ordered consumer of ``stream``'s messages on ``filter_subject`` from the first,
+    created by name so that its filter is in the request's subject (what NATS permissions can
+    confine a reader to), and deleted after use: every ``job logs`` makes one, and thousands
+    left to expire would make the stream refuse new readers."""
+    name = nuid.NUID().next().decode()
+    sub = await js.subscribe(
+        filter_subject, stream=stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
+        config=ConsumerConfig(name=name),
+        # Backstop only: a reader that dies leaves a consumer the server drops this long
+        # after its interest went away.
+        inactive_threshold=5.0)
+    try:
+        yield sub
+    finally:
+        with contextlib.suppress(NatsError, TimeoutError):
+            await sub.unsubscribe()
+            await js.delete_consumer(stream, name)
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:

@@ -110,7 +110,6 @@ def _confined_reader(stream: str, allowed: str) -> list[str]:
     return [
         s.js_api("DIRECT.GET", stream, allowed),
         s.js_api("CONSUMER.CREATE", stream, "*", allowed),
-        s.js_api("CONSUMER.INFO", stream, "*"),
         s.js_api("CONSUMER.DELETE", stream, "*"),
         s.js_flow_control(stream),
     ]
