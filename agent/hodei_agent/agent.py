@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
@@ -49,8 +48,6 @@ log = logging.getLogger(__name__)
 __all__ = ["Agent", "PlatformLost", "RegistrationRefused"]
 
 JobKey = tuple[UUID, int | None]
-# A job's NATS user must outlive its timeout by this much: the kill grace, the last reports.
-COVER_AFTER_S = 60.0
 
 
 class Agent:
@@ -305,17 +302,17 @@ class Agent:
         log.info("job %s attempt %d: assigned (timeout %gs)", a.job_id, a.attempt, a.timeout_s)
         try:
             with tracing.continued_span("agent run", msg.headers, attributes=attributes):
-                async with self._credentials_for(a):
+                async with self._credentials_for():
                     await job.run()
         finally:
             self._current = None
 
-    def _credentials_for(self, a: Assignment) -> contextlib.AbstractAsyncContextManager[None]:
-        """The job's span of the agent's NATS user: renewed to cover its deadline, and not
-        re-made while it runs unless the JWT in use would expire first."""
+    def _credentials_for(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """The job's span of the agent's NATS user: not re-made while it runs unless the JWT
+        in use would expire first."""
         if self.renewal is None:
             return contextlib.nullcontext()
-        return self.renewal.job(time.time() + a.timeout_s + COVER_AFTER_S)
+        return self.renewal.job()
 
     async def _on_assignment(self, msg: Msg) -> None:
         await self._inbox.put(msg)

@@ -1,13 +1,11 @@
 """The agent's own NATS user, kept valid while its worker lives.
 
 The platform mints the agent's user JWT for the key pair made here (its seed never leaves
-this process) and makes it short-lived: until the deadline of the job the worker holds, or
-for a while when it has none. nats-server closes a connection whose JWT expires, and nats-py
+this process) and makes it short-lived (minutes; an ephemeral worker's no longer than its
+job's deadline and a grace). nats-server closes a connection whose JWT expires, and nats-py
 then gives it up for good, so the agent:
 
-- renews the JWT on ``hodei.worker.<id>.renew`` once half of its life has passed, and at once
-  when a job is assigned whose deadline it does not cover (the platform makes the new one
-  cover it);
+- renews the JWT on ``hodei.worker.<id>.renew`` once half of its life has passed;
 - takes a renewed JWT into use by reconnecting (the connection gives the newest JWT at every
   connect, :class:`Identity`) at a quiet moment, between jobs, once the JWT in use is half
   spent. A job that outlives the JWT its connection was made with gets the reconnect while
@@ -99,21 +97,17 @@ class Renewal:
         self.timeout_s = timeout_s
         self.renewals = 0
         self.reconnects = 0
-        self._wanted = asyncio.Event()  # renew now: a job's deadline is not covered
         self._renewed = asyncio.Event()  # a newer JWT waits to be taken into use
         self._quiet = asyncio.Event()  # no job runs
         self._quiet.set()
         self._gate = asyncio.Lock()  # held by a reconnect; a job starts after it
 
     @contextlib.asynccontextmanager
-    async def job(self, until: float) -> AsyncIterator[None]:
-        """While a job runs, until ``until`` (unix seconds, its deadline): not a quiet moment;
-        renewed at once when the newest JWT would expire first. A job starts once a
-        reconnect under way has ended."""
+    async def job(self) -> AsyncIterator[None]:
+        """While a job runs: not a quiet moment. A job starts once a reconnect under way has
+        ended."""
         async with self._gate:
             self._quiet.clear()
-        if lifetime(self.identity.latest)[1] < until:
-            self._wanted.set()
         try:
             yield
         finally:
@@ -129,11 +123,9 @@ class Renewal:
         while True:
             issued, expires = lifetime(self.identity.latest)
             due = issued + (expires - issued) * RENEW_AT
-            if not self._wanted.is_set() and due > time.time():
-                await wait_any(self._wanted, within_s=min(due - time.time(), 24 * 3600.0))
-                if not self._wanted.is_set() and due > time.time():
-                    continue
-            self._wanted.clear()
+            if due > time.time():
+                await asyncio.sleep(min(due - time.time(), 24 * 3600.0))
+                continue
             try:
                 token = await self._ask()
             except RenewalRefused as e:

@@ -45,7 +45,7 @@ def init(
     write_secret(root / "nats-auth.conf", auth.trust.server_config(store))
     given = ", ".join(str(path) for path in auth.provisioner_settings().values())
     typer.echo(f"keys in {auth.keys_dir} (for the provisioner: {given}; the last two to "
-               f"revoke lost agents)")
+               f"revoke ended agents)")
     typer.echo(f"nats-server configuration in {root / 'nats-auth.conf'}")
     typer.echo(f"services' and CLI's credentials in {auth.creds_dir}")
 

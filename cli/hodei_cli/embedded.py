@@ -78,7 +78,7 @@ class Auth:
     def provisioner_settings(self) -> dict[str, Path]:
         """What the provisioner is given beside the services' creds: the signing key it
         mints agents' users with, and the operator key and system user it revokes those of
-        lost workers with."""
+        ended workers with."""
         return {"nats_signing_key": self.trust.signing_key_file(self.keys_dir),
                 "nats_operator_key": self.trust.operator_key_file(self.keys_dir),
                 "nats_system_creds": self.trust.revoker_creds_file(self.keys_dir)}

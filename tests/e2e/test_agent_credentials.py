@@ -54,8 +54,8 @@ async def test_a_warm_workers_jobs_succeed_across_the_expiry_of_its_agents_jwts(
             return UUID(str(row["id"]))
 
         worker_id = await assert_eventually(renewed_while_idle, within_s=60)
-        # Assigned under a JWT minted while idle, the job outlives it: its agent renews to
-        # cover the job and re-makes its connection before the JWT in use expires.
+        # Assigned under a JWT minted while idle, the job outlives it: its agent renews from
+        # half its life on and re-makes its connection before the JWT in use expires.
         result = await run_cli(platform.env, "job", "run", "--command",
                                f"for i in $(seq 1 {LINES}); do echo line $i; sleep 0.2; done")
         assert result.code == 0, result.stderr

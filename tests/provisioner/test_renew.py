@@ -1,6 +1,6 @@
-"""An agent's NATS user expires with its work and is renewed while its worker lives: a one-job
-worker's JWT ends at its job's deadline plus a grace, a renewal covers the job the worker
-holds, and only a live worker's own agent gets one."""
+"""An agent's NATS user expires within minutes and is renewed while its worker lives: no JWT
+outlives the lifetime, a one-job worker's ends at its job's deadline plus a grace when that
+comes first, and only a live worker's own agent gets one."""
 
 from __future__ import annotations
 
@@ -109,15 +109,16 @@ async def _stored_expiry(pool: asyncpg.Pool, worker_id: UUID) -> float:
     return expires.timestamp()
 
 
-def test_an_agents_jwt_lives_until_its_jobs_deadline_plus_a_grace_or_its_lifetime() -> None:
+def test_an_agents_jwt_lives_its_lifetime_or_until_its_jobs_deadline_plus_a_grace() -> None:
     def expiry(mode: WorkerMode, left_s: float | None) -> float:
         return agent_jwt_expiry(mode, left_s, lifetime_s=3600, grace_s=30)
 
     assert expiry(WorkerMode.EPHEMERAL, 100) == 130
     assert expiry(WorkerMode.EPHEMERAL, -5) == 30  # past its deadline: the grace still
     assert expiry(WorkerMode.EPHEMERAL, None) == 3600  # its job gone: it may take another
-    assert expiry(WorkerMode.REUSABLE, 100) == 3600
-    assert expiry(WorkerMode.REUSABLE, 7200) == 7230
+    assert expiry(WorkerMode.EPHEMERAL, 7200) == 3600  # a long job: renewed while it runs
+    assert expiry(WorkerMode.REUSABLE, 100) == 3600  # it outlives its job
+    assert expiry(WorkerMode.REUSABLE, 7200) == 3600
     assert expiry(WorkerMode.REUSABLE, None) == 3600
 
 
@@ -125,13 +126,19 @@ def test_an_agents_jwt_lives_until_its_jobs_deadline_plus_a_grace_or_its_lifetim
 async def test_a_one_job_workers_jwt_expires_at_its_jobs_deadline_plus_a_grace(
     provisioner: ProvisionerService, pool: asyncpg.Pool, nc: NATS,
 ) -> None:
-    job_id = await _job(pool, timeout_s=3 * LIFETIME_S)
+    job_id = await _job(pool, timeout_s=LIFETIME_S / 4)
     worker_id = await _worker_for(pool, job_id)
     _, user_jwt = await _register(pool, nc, worker_id)
     user = jwt.decode(user_jwt)
     # Not started yet: its deadline is its timeout from now.
-    assert user["exp"] - user["iat"] == pytest.approx(3 * LIFETIME_S + GRACE_S, abs=SLACK_S)
+    assert user["exp"] - user["iat"] == pytest.approx(LIFETIME_S / 4 + GRACE_S, abs=SLACK_S)
     assert await _stored_expiry(pool, worker_id) == pytest.approx(user["exp"], abs=1)
+
+    # A job longer than the lifetime: the lifetime, renewed while it runs.
+    long_id = await _worker_for(pool, await _job(pool, timeout_s=3 * LIFETIME_S))
+    _, long_jwt = await _register(pool, nc, long_id)
+    long = jwt.decode(long_jwt)
+    assert long["exp"] - long["iat"] == pytest.approx(LIFETIME_S, abs=SLACK_S)
 
     # A pool worker (no job) gets the configured lifetime.
     idle_id = await request_worker(pool, mode=WorkerMode.REUSABLE)
@@ -141,7 +148,7 @@ async def test_a_one_job_workers_jwt_expires_at_its_jobs_deadline_plus_a_grace(
 
 
 @pytest.mark.parametrize("agent_command", [NO_REGISTER])
-async def test_a_live_workers_agent_renews_its_jwt_to_cover_the_job_it_holds(
+async def test_a_live_workers_agent_renews_its_jwt_for_its_lifetime_whatever_job_it_holds(
     provisioner: ProvisionerService, pool: asyncpg.Pool, nc: NATS, nats_url: str,
     tmp_path: Path,
 ) -> None:
@@ -158,12 +165,11 @@ async def test_a_live_workers_agent_renews_its_jwt_to_cover_the_job_it_holds(
         assert idle["exp"] - idle["iat"] == pytest.approx(LIFETIME_S, abs=SLACK_S)
         assert idle["exp"] >= first["exp"]
 
-        # Busy with a long job started 100 s ago: the new JWT outlives its deadline.
+        # Busy with a long job: no longer than its lifetime, renewed again while it runs.
         await _job(pool, timeout_s=10 * LIFETIME_S, running_for_s=100, worker_id=worker_id)
         ok, busy = await _renew(agent, worker_id)
         assert ok, busy
-        deadline = busy["iat"] - 100 + 10 * LIFETIME_S
-        assert busy["exp"] == pytest.approx(deadline + GRACE_S, abs=SLACK_S)
+        assert busy["exp"] - busy["iat"] == pytest.approx(LIFETIME_S, abs=SLACK_S)
         assert await _stored_expiry(pool, worker_id) == pytest.approx(busy["exp"], abs=1)
         assert not errors
     finally:

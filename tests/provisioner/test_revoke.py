@@ -1,12 +1,12 @@
-"""A lost worker's agent loses NATS: the user it registered is revoked, its connection closed
-and refused from then on; a live worker's agent keeps its own."""
+"""An ended worker's agent loses NATS: the user it registered is revoked, its connection closed
+and refused from then on, whether the worker was lost or terminated; a live worker's agent
+keeps its own."""
 
 from __future__ import annotations
 
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from uuid import UUID
 
@@ -24,7 +24,14 @@ from hodei_provisioner.config import ProvisionerSettings
 from hodei_provisioner.revocations import CLOCK_SLACK_S
 from hodei_provisioner.service import ProvisionerService
 from tests.provisioner.conftest import FAKE_AGENT
-from tests.provisioner.helpers import environ_of, register, request_worker, resource_pid, worker
+from tests.provisioner.helpers import (
+    environ_of,
+    register,
+    request_worker,
+    resource_pid,
+    retire_worker,
+    worker,
+)
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
 
@@ -57,35 +64,46 @@ async def _connect(url: str, creds: Path, worker_id: UUID, *, reconnect: bool) -
     return agent
 
 
-async def _failed(pool: asyncpg.Pool, worker_id: UUID) -> bool:
-    return (await worker(pool, worker_id))["state"] == WorkerState.FAILED
+async def _in(pool: asyncpg.Pool, worker_id: UUID, state: WorkerState) -> bool:
+    return (await worker(pool, worker_id))["state"] == state
+
+
+async def _end(pool: asyncpg.Pool, worker_id: UUID, pid: str, ending: WorkerState) -> None:
+    """End the worker as the platform does: lost (its provider reports its agent gone), or
+    terminated once its work is done (the scheduler retires it)."""
+    if ending is WorkerState.FAILED:
+        os.kill(int(pid), signal.SIGKILL)
+    else:
+        await retire_worker(pool, worker_id)
+    await assert_eventually(lambda: _in(pool, worker_id, ending), within_s=WITHIN_S)
 
 
 @pytest.mark.parametrize("agent_command", [NO_REGISTER])
-async def test_a_lost_workers_agent_is_disconnected_and_refused(
+@pytest.mark.parametrize("ending", [WorkerState.FAILED, WorkerState.TERMINATED])
+async def test_an_ended_workers_agent_is_disconnected_and_refused(
     provisioner: ProvisionerService, pool: asyncpg.Pool, nc: NATS, nats_url: str,
-    tmp_path: Path, provisioner_settings: ProvisionerSettings,
+    tmp_path: Path, provisioner_settings: ProvisionerSettings, ending: WorkerState,
 ) -> None:
-    lost_id, live_id = await request_worker(pool), await request_worker(pool)
-    lost_creds, lost_pid = await _agent_creds(pool, nc, lost_id, tmp_path)
+    ended_id, live_id = await request_worker(pool), await request_worker(pool)
+    ended_creds, ended_pid = await _agent_creds(pool, nc, ended_id, tmp_path)
     live_creds, _ = await _agent_creds(pool, nc, live_id, tmp_path)
-    user = jwt.decode(jwt.creds_user_jwt(lost_creds.read_text()))
+    user = jwt.decode(jwt.creds_user_jwt(ended_creds.read_text()))
     # A worker with no job: the configured lifetime.
     assert user["exp"] - user["iat"] == provisioner_settings.provisioner_agent_jwt_lifetime_s
-    # The agent's process keeps its user; the test holds it, as a partitioned agent would.
-    lost = await _connect(nats_url, lost_creds, lost_id, reconnect=True)
+    # The user's connection stays: the test holds it, as a partitioned agent would, or
+    # whoever got hold of a terminated agent's credential.
+    ended = await _connect(nats_url, ended_creds, ended_id, reconnect=True)
     live = await _connect(nats_url, live_creds, live_id, reconnect=True)
     try:
-        os.kill(int(lost_pid), signal.SIGKILL)  # its provider reports it gone: it is lost
-        await assert_eventually(lambda: _failed(pool, lost_id), within_s=WITHIN_S)
-        await assert_eventually(lambda: not lost.is_connected, within_s=WITHIN_S)
+        await _end(pool, ended_id, ended_pid, ending)
+        await assert_eventually(lambda: not ended.is_connected, within_s=WITHIN_S)
         with pytest.raises(NatsError, match="Authorization Violation"):
-            await _connect(nats_url, lost_creds, lost_id, reconnect=False)
+            await _connect(nats_url, ended_creds, ended_id, reconnect=False)
         await live.publish(subjects.worker_heartbeat(live_id), b"{}")
         await live.flush(timeout=2)
         assert live.is_connected
     finally:
-        await lost.close()
+        await ended.close()
         await live.close()
 
 
@@ -94,22 +112,24 @@ async def test_a_revocation_lasts_until_the_last_jwt_of_its_key_expired(
     provisioner: ProvisionerService, pool: asyncpg.Pool, nc: NATS, tmp_path: Path,
 ) -> None:
     worker_id = await request_worker(pool)
-    _, pid = await _agent_creds(pool, nc, worker_id, tmp_path)
-    os.kill(int(pid), signal.SIGKILL)
-    await assert_eventually(lambda: _failed(pool, worker_id), within_s=WITHIN_S)
+    user_jwt = jwt.decode(jwt.creds_user_jwt(
+        (await _agent_creds(pool, nc, worker_id, tmp_path))[0].read_text()))
+    await _end(pool, worker_id, str(await resource_pid(pool, worker_id)), WorkerState.FAILED)
     key = (await worker(pool, worker_id))["nats_public_key"]
     async with pool.acquire() as conn:
-        lost_at = (await store.lost_agent_keys(conn, CLOCK_SLACK_S))[key]
-        assert abs(lost_at - time.time()) < WITHIN_S
-        # However long ago the loss, a JWT of its key may still be valid: it stays revoked.
-        await conn.execute("""UPDATE sagas SET created_at = now() - interval '31 days'
-                              WHERE aggregate_id = $1 AND saga_type = 'recovery'""",
-                           worker_id)
-        assert key in await store.lost_agent_keys(conn, CLOCK_SLACK_S)
+        # Every JWT issued to its key up to the last one's expiry is refused.
+        until = (await store.revoked_agent_keys(conn, CLOCK_SLACK_S))[key]
+        assert until == pytest.approx(user_jwt["exp"], abs=1)
+        assert until >= user_jwt["iat"]
         await conn.execute("""UPDATE workers SET nats_jwt_expires_at = now() - interval '30 s'
                               WHERE id = $1""", worker_id)
-        assert key in await store.lost_agent_keys(conn, CLOCK_SLACK_S)
+        assert key in await store.revoked_agent_keys(conn, CLOCK_SLACK_S)
         # Every JWT it was given has expired (past the clocks' slack): nothing to revoke.
         await conn.execute("""UPDATE workers SET nats_jwt_expires_at = now() - interval '2 min'
                               WHERE id = $1""", worker_id)
-        assert key not in await store.lost_agent_keys(conn, CLOCK_SLACK_S)
+        assert key not in await store.revoked_agent_keys(conn, CLOCK_SLACK_S)
+        # A live worker's key is never in the list, whatever its expiry.
+        live_id = await request_worker(pool)
+        await _agent_creds(pool, nc, live_id, tmp_path)
+        live_key = (await worker(pool, live_id))["nats_public_key"]
+        assert live_key not in await store.revoked_agent_keys(conn, CLOCK_SLACK_S)

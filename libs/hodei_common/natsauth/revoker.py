@@ -82,6 +82,11 @@ class Revoker:
     async def push(self, revocations: Mapping[str, int]) -> None:
         """Push the account's JWT with ``revocations``, whatever was pushed before."""
         token = self.account.jwt(revocations)
+        if len(token) > self.nc.max_payload:
+            raise RevocationError(
+                f"{len(revocations)} revoked users make the account's JWT {len(token)} bytes, "
+                f"over the {self.nc.max_payload} a message to the servers may hold: shorter "
+                "agent JWT lifetimes keep fewer revoked at once")
         try:
             reply = await self.nc.request(subjects.CLAIMS_UPDATE, token.encode(),
                                            timeout=self._timeout_s)

@@ -208,7 +208,7 @@ def start_process_platform(extra_env: dict[str, str] | None = None) -> ProcessPl
     env |= {"HODEI_NATS_URL": nats_server.url, "HODEI_DATABASE_URL": postgres.url(DATABASE),
             "HODEI_HOME": str(root / "home"), "HODEI_CREDS_DIR": str(creds_dir),
             # Only the provisioner uses these: it mints its agents' NATS users, and revokes
-            # those of lost workers.
+            # those of ended workers.
             "HODEI_NATS_SIGNING_KEY": str(trust.signing_key_file(root / "keys")),
             "HODEI_NATS_OPERATOR_KEY": str(trust.operator_key_file(root / "keys")),
             "HODEI_NATS_SYSTEM_CREDS": str(trust.write_revoker_creds(root / "keys")),

@@ -34,19 +34,22 @@ class ProvisionerSettings(Settings):
     # provisioner mints each agent's NATS user with it. Unset: NATS asks for no credentials.
     nats_signing_key: Path | None = None
     # The operator's seed file (HODEI_NATS_OPERATOR_KEY) and a system-account user's creds
-    # (HODEI_NATS_SYSTEM_CREDS): with both, the provisioner revokes the NATS users of lost
-    # workers' agents. Unset: their users stay valid until they expire.
+    # (HODEI_NATS_SYSTEM_CREDS): with both, the provisioner revokes the NATS users of ended
+    # (terminated or lost) workers' agents. Unset: their users stay valid until they expire.
     nats_operator_key: Path | None = None
     nats_system_creds: Path | None = None
-    # How long an agent's NATS user JWT lives (HODEI_PROVISIONER_AGENT_JWT_LIFETIME_S) when
-    # no job's deadline sets it: a reusable worker's, or one waiting for work. Its agent
-    # renews it while the worker lives, from half its life on.
-    provisioner_agent_jwt_lifetime_s: float = Field(default=3600.0, gt=0)
-    # Past the deadline of the job a worker holds or was made for, how long its agent's JWT
-    # still lives (HODEI_PROVISIONER_AGENT_JWT_GRACE_S): the job's wait for its start, the
-    # supervisor's timeout grace, the kill grace, the last reports and the drain.
+    # The longest an agent's NATS user JWT lives (HODEI_PROVISIONER_AGENT_JWT_LIFETIME_S); its
+    # agent renews it while the worker lives, from half its life on. An ended worker's user
+    # stays in the account's revocations until its last JWT expires, so this bounds that list
+    # (about 90 bytes per worker ended within it; nats-server takes a JWT of 1 MiB at most),
+    # and it is how long a provisioner may be away before agents lose NATS.
+    provisioner_agent_jwt_lifetime_s: float = Field(default=600.0, gt=0)
+    # Past the deadline of the job a one-job worker was made for, how long its agent's JWT
+    # still lives when that comes before the lifetime (HODEI_PROVISIONER_AGENT_JWT_GRACE_S):
+    # the job's wait for its start, the supervisor's timeout grace, the kill grace, the last
+    # reports and the drain.
     provisioner_agent_jwt_grace_s: float = Field(default=300.0, gt=0)
-    # Seconds between checks that the revoked users are the lost workers' agents'.
+    # Seconds between checks that the revoked users are the ended workers' agents'.
     provisioner_revoke_interval_s: float = Field(default=2.0, gt=0)
 
     def agent_nats_url(self) -> str:

@@ -268,15 +268,15 @@ def agent_jwt_expiry(mode: WorkerMode, work_left_s: float | None, *, lifetime_s:
                      grace_s: float) -> float:
     """Seconds from now until a new JWT of a worker's agent expires.
 
-    A worker with a job (held, or, ephemeral, made for and waiting) gets until that job's
-    deadline (``work_left_s``) plus ``grace_s``: an ephemeral worker's agent ends with its
-    job, so no more; a reusable one's at least ``lifetime_s``, as does any worker's without a
-    job. Its agent renews it while the worker lives (:func:`renew`).
+    No JWT lives longer than ``lifetime_s``: every ended worker's user is revoked until its
+    last JWT expires (:mod:`revocations`), so the lifetime bounds how long the account's
+    JWT lists it. An ephemeral worker's agent ends with its job, so its JWT expires earlier
+    when that job's deadline (``work_left_s``) plus ``grace_s`` comes first. Its agent
+    renews it while the worker lives (:func:`renew`), across a long job too.
     """
-    if work_left_s is None:
+    if work_left_s is None or mode is not WorkerMode.EPHEMERAL:
         return lifetime_s
-    covered = max(work_left_s, 0.0) + grace_s
-    return covered if mode is WorkerMode.EPHEMERAL else max(covered, lifetime_s)
+    return min(max(work_left_s, 0.0) + grace_s, lifetime_s)
 
 
 async def _agent_jwt(deps: Deps, conn: Conn, worker_id: UUID, mode: WorkerMode,
@@ -287,7 +287,9 @@ async def _agent_jwt(deps: Deps, conn: Conn, worker_id: UUID, mode: WorkerMode,
     on the worker, in the caller's transaction; a worker no longer live gets none."""
     if deps.issuer is None or public_key is None:
         return None
-    left_s = agent_jwt_expiry(mode, await store.work_left_s(conn, worker_id),
+    work_left_s = (await store.work_left_s(conn, worker_id)
+                   if mode is WorkerMode.EPHEMERAL else None)
+    left_s = agent_jwt_expiry(mode, work_left_s,
                               lifetime_s=deps.agent_jwt_lifetime_s,
                               grace_s=deps.agent_jwt_grace_s)
     expires_at = time.time() + left_s
@@ -300,7 +302,7 @@ async def _agent_jwt(deps: Deps, conn: Conn, worker_id: UUID, mode: WorkerMode,
 
 async def renew(deps: Deps, worker_id: UUID) -> RenewReply:
     """A fresh NATS user JWT for a live (READY or BUSY) worker's agent, for the key it
-    registered, expiring no earlier than the deadline of the job it holds."""
+    registered (:func:`agent_jwt_expiry`)."""
     if deps.issuer is None:
         raise RenewalDenied("this platform mints no NATS users: there is nothing to renew")
     async with deps.pool.acquire() as conn, conn.transaction():

@@ -148,7 +148,7 @@ class ProvisionerService(HodeiService):
             raise ConfigError(f"HODEI_NATS_SIGNING_KEY: cannot use {seed_file}: {e}") from e
 
     async def _connect_revoker(self, issuer: Issuer | None) -> Revoker | None:
-        """What revokes lost agents' NATS users, connected as the system account's user
+        """What revokes ended agents' NATS users, connected as the system account's user
         configured (None: none is)."""
         operator_key, system_creds = (self.settings.nats_operator_key,
                                       self.settings.nats_system_creds)
@@ -220,17 +220,17 @@ class ProvisionerService(HodeiService):
                           lambda: reconcile(self.deps))
 
     async def _revoke_loop(self) -> None:
-        """Every interval, the lost workers' agents' NATS users revoked (:mod:`revocations`)."""
+        """Every interval, the ended workers' agents' NATS users revoked (:mod:`revocations`)."""
         revoker = self._revoker
         assert revoker is not None
 
         async def revoke() -> None:
             count = await revocations.keep_revoked(self.pool, revoker)
             if count is not None:
-                log.info("NATS users revoked: %d lost agents'", count)
+                log.debug("NATS users revoked: %d ended agents'", count)
 
         await self._every(self.settings.provisioner_revoke_interval_s,
-                          "revoking lost agents' NATS users", revoke)
+                          "revoking ended agents' NATS users", revoke)
 
     async def _every(self, interval_s: float, what: str,
                      one_pass: Callable[[], Awaitable[object]]) -> None:

@@ -48,17 +48,20 @@ FROM worker_bootstrap_tokens WHERE token_hash = $1
 # Lost workers (FAILED: their recovery saga says when) whose agent registered a NATS key that
 # may still hold a JWT: the last one minted for it expires after now minus $1 seconds. With
 # the second of their loss.
-_LOST_AGENT_KEYS = """
-SELECT w.nats_public_key, ceil(extract(epoch FROM max(s.created_at)))::bigint AS lost_at
-FROM workers AS w
-JOIN sagas AS s ON s.aggregate_id = w.id AND s.saga_type = 'recovery'
-WHERE w.state = 'FAILED' AND w.nats_public_key IS NOT NULL
-  AND w.nats_jwt_expires_at > now() - make_interval(secs => $1)
-GROUP BY w.nats_public_key
+# Ended workers' agents' keys whose last JWT may still be valid, and that JWT's expiry: no
+# JWT is minted for a key once its worker ended, so revoking every JWT issued up to the last
+# one's expiry refuses them all, whatever the clocks of the provisioners that minted them.
+_REVOKED_AGENT_KEYS = """
+SELECT nats_public_key, ceil(extract(epoch FROM max(nats_jwt_expires_at)))::bigint AS until
+FROM workers
+WHERE state IN ('TERMINATED', 'FAILED') AND nats_public_key IS NOT NULL
+  AND nats_jwt_expires_at > now() - make_interval(secs => $1)
+GROUP BY nats_public_key
 """
 # Seconds from now to the deadline of the work a worker has: the job it holds (from its
 # start, or from now while it has not started), or, for an ephemeral worker, the job it was
-# made for while that one waits; NULL when it has none. Its agent's JWT must outlive it.
+# made for while that one waits; NULL when it has none. An ephemeral worker's agent's JWT
+# needs to live no longer than that and a grace.
 _WORK_LEFT_S = """
 SELECT extract(epoch FROM max(coalesce(j.started_at, now())
                               + make_interval(secs => j.timeout_s)) - now())::float8
@@ -211,11 +214,12 @@ async def worker_states(conn: Conn, worker_ids: list[UUID]) -> dict[UUID, Worker
     return {r["id"]: WorkerState(r["state"]) for r in rows}
 
 
-async def lost_agent_keys(conn: Conn, slack_s: float) -> dict[str, int]:
-    """The NATS public keys of agents of lost workers whose last JWT expired less than
-    ``slack_s`` seconds ago (or has not yet), with the second (unix) of each loss."""
-    rows = await conn.fetch(_LOST_AGENT_KEYS, slack_s)
-    return {row["nats_public_key"]: row["lost_at"] for row in rows}
+async def revoked_agent_keys(conn: Conn, slack_s: float) -> dict[str, int]:
+    """The NATS public keys of ended (terminated or lost) workers' agents whose last JWT
+    expired less than ``slack_s`` seconds ago (or has not yet), with that expiry (unix
+    seconds)."""
+    rows = await conn.fetch(_REVOKED_AGENT_KEYS, slack_s)
+    return {row["nats_public_key"]: row["until"] for row in rows}
 
 
 # --- agents' NATS users ------------------------------------------------------------------
