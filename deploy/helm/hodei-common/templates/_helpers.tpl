@@ -35,6 +35,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - name: HODEI_NATS_URL
   value: {{ . | quote }}
 {{- end }}
+{{- if .Values.nats.credsSecret }}
+- name: HODEI_CREDS
+  value: {{ printf "/etc/hodei/nats/%s.creds" .Chart.Name | quote }}
+{{- end }}
 {{- with .Values.nats.existingSecret }}
 - name: HODEI_NATS_USER
   valueFrom:
@@ -72,4 +76,25 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+
+{{/* The service's own NATS user: of nats.credsSecret (the creds files `hodei auth init`
+     writes, one key per service), only this chart's `<chart name>.creds` is mounted, read-only
+     and readable by the pod's group alone, where HODEI_CREDS (hodei.env) points. Included
+     when nats.credsSecret is set. */}}
+{{- define "hodei.natsCreds.volumeMount" -}}
+- name: nats-creds
+  mountPath: /etc/hodei/nats
+  readOnly: true
+{{- end -}}
+
+{{- define "hodei.natsCreds.volume" -}}
+- name: nats-creds
+  secret:
+    secretName: {{ .Values.nats.credsSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ printf "%s.creds" .Chart.Name }}
+        path: {{ printf "%s.creds" .Chart.Name }}
 {{- end -}}
