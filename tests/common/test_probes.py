@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -17,11 +21,13 @@ import pytest
 
 from hodei_common import probes
 from hodei_common.embedded import NatsServer, PostgresServer
+from hodei_common.embedded.process import free_port
 from hodei_common.errors import ConfigError
 from hodei_common.relay import RelayService, RelaySettings
 from hodei_common.runner import HodeiService, share_metrics
 from hodei_common.settings import Settings
 from hodei_common.testing import assert_eventually
+from hodei_common.testing.plugin import platform_env
 from hodei_common.testing.services import running
 from hodei_migrations import migrate
 from hodei_scheduler.config import SchedulerSettings
@@ -36,6 +42,8 @@ def get(url: str) -> tuple[int, str]:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+    except urllib.error.URLError as e:  # nobody listens (yet)
+        return 0, str(e.reason)
 
 
 async def fetch(url: str) -> tuple[int, str]:
@@ -123,6 +131,26 @@ async def test_healthz_is_503_once_a_service_has_ended(settings: Settings) -> No
         await service.stop()
         assert await fetch(f"{url}/healthz") == (503, "not running: scheduler\n")
         assert (await fetch(f"{url}/readyz"))[0] == 503
+
+
+async def test_a_service_run_as_its_own_process_serves_them_on_hodei_metrics_addr(
+    settings: Settings
+) -> None:
+    port = free_port()
+    env = {**os.environ, **platform_env(settings), "HODEI_METRICS_ADDR": f"127.0.0.1:{port}"}
+    proc = subprocess.Popen([sys.executable, "-m", "hodei_scheduler"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await assert_eventually(lambda: ready(url), within_s=30)
+        assert await fetch(f"{url}/healthz") == (200, "ok\n")
+        code, text = await fetch(f"{url}/metrics")
+        assert code == 200
+        assert ('hodei_consumer_pending{consumer="WORKER_STATUS/scheduler-status"} 0.0'
+                in text)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
 
 
 @pytest.mark.parametrize("addr", ["9464", "localhost", "host:port", ":9464", "h:70000"])
