@@ -35,8 +35,8 @@ from hodei_migrations import check_schema
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HodeiService", "Loop", "configure_logging", "main_for", "run_until_signalled",
-           "share_metrics"]
+__all__ = ["HodeiService", "Loop", "configure_logging", "main_for", "run_probed",
+           "run_until_signalled", "share_metrics"]
 
 VERSION = "0.1.0"
 
@@ -148,7 +148,7 @@ class HodeiService:
             try:
                 await self.js.consumer_info(spec.stream, spec.durable)
             except NatsError as e:
-                return f"consumer {spec.durable} is not bound: {type(e).__name__}"
+                return f"consumer {consumer_label(spec)} is not bound: {type(e).__name__}"
         return None
 
     # --- lifecycle -----------------------------------------------------------------------
