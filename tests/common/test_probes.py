@@ -18,8 +18,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from nats.js import JetStreamContext
 
 from hodei_common import probes
+from hodei_common.contracts import subjects
 from hodei_common.embedded import NatsServer, PostgresServer
 from hodei_common.embedded.process import free_port
 from hodei_common.errors import ConfigError
@@ -123,6 +125,19 @@ async def test_readyz_is_503_while_postgresql_is_away_and_200_once_it_is_back(
         code, text = await fetch(f"{url}/metrics")
         assert code == 200
         assert "hodei_outbox_unpublished 0.0" in text
+
+
+async def test_readyz_is_503_while_a_consumer_of_the_service_is_gone(
+    settings: Settings, js: JetStreamContext
+) -> None:
+    service = SchedulerService(SchedulerSettings(**settings.model_dump()))
+    async with probed(service) as url:
+        assert await fetch(f"{url}/readyz") == (200, "ready\n")
+        await js.delete_consumer(subjects.WORKER_STATUS_STREAM,
+                                 subjects.SCHEDULER_STATUS_CONSUMER)
+        assert await fetch(f"{url}/readyz") == (
+            503, "scheduler: consumer WORKER_STATUS/scheduler-status is not bound: "
+                 "NotFoundError\n")
 
 
 async def test_healthz_is_503_once_a_service_has_ended(settings: Settings) -> None:
