@@ -17,7 +17,7 @@ from hodei_common import database, platform_settings
 from hodei_common.contracts.api import UpdateProvider
 from hodei_common.contracts.workers import ProviderConfig, WorkerMode, WorkerState
 from hodei_common.errors import ValidationError
-from hodei_common.runner import configure_logging, run_until_signalled
+from hodei_common.runner import configure_logging, run_probed
 from hodei_common.settings import Settings
 from hodei_migrations import applied_version, migrate
 
@@ -60,7 +60,7 @@ def service_command(
         raise ValidationError(f"unknown service '{name}' (one of {', '.join(SERVICES)})")
     service = build(None)
     configure_logging(service.settings.log_level)
-    asyncio.run(run_until_signalled(service))
+    asyncio.run(run_probed([service], service.settings.metrics_addr))
 
 
 @worker_app.command("list")

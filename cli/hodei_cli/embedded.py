@@ -16,7 +16,7 @@ import os
 import pwd
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -27,12 +27,12 @@ import msgspec
 from nats.aio.client import Client as NATS
 
 from hodei_cli.services import SERVICES
-from hodei_common import database, platform_settings
+from hodei_common import database, platform_settings, probes
 from hodei_common.embedded import NatsServer, PostgresServer
 from hodei_common.errors import HodeiError
 from hodei_common.natsauth import Trust
 from hodei_common.natsauth.permissions import CLI_IDENTITY
-from hodei_common.runner import HodeiService, run_until_signalled
+from hodei_common.runner import HodeiService, run_until_signalled, share_metrics
 from hodei_common.settings import Settings, redact_url
 from hodei_migrations import migrate
 
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 DATABASE = "hodei"
 LOCK_FILE = "dev.lock"
 AUTH_DIR = "auth"
+# One address for every service of the process: a free local port unless HODEI_METRICS_ADDR.
+DEFAULT_METRICS_ADDR = "127.0.0.1:0"
 
 
 class AlreadyRunning(HodeiError):
@@ -52,6 +54,7 @@ class Endpoints:
     nats_url: str
     database_url: str
     creds_dir: Path  # every identity's NATS credentials, <identity>.creds
+    metrics_url: str | None = None  # the whole process's /metrics (probes beside it)
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,7 @@ def write_dev_file(settings: Settings, endpoints: Endpoints) -> None:
         "nats_url": endpoints.nats_url,
         "database_url": endpoints.database_url,
         "creds_dir": str(endpoints.creds_dir),
+        "metrics_url": endpoints.metrics_url,
         "pid": os.getpid(),
         "started_at": datetime.now(UTC).isoformat(),
     }, indent=2) + "\n"
@@ -216,7 +220,11 @@ async def serve(
             services = [build(base, **(auth.provisioner_settings()
                                        if name == "provisioner" else {}))
                         for name, build in SERVICES.items()]
-            await _run(services, settings, endpoints, announce)
+            metrics = share_metrics(services)
+            async with probes.serving(settings.metrics_addr or DEFAULT_METRICS_ADDR,
+                                      services, metrics) as probe_url:
+                endpoints = replace(endpoints, metrics_url=f"{probe_url}/metrics")
+                await _run(services, settings, endpoints, announce)
         finally:
             settings.dev_file().unlink(missing_ok=True)
             nats.stop()
@@ -240,6 +248,8 @@ async def _run(
     print(f"Hodei is up ({', '.join(s.name for s in services)})", file=announce)
     print(f"  NATS        {redact_url(endpoints.nats_url)}", file=announce)
     print(f"  PostgreSQL  {redact_url(endpoints.database_url)}", file=announce)
+    print(f"  metrics     {endpoints.metrics_url} (/healthz, /readyz beside it)",
+          file=announce)
     print(f"  home        {settings.home}", file=announce)
     print(f"  NATS users  {endpoints.creds_dir} (hodei commands with this home act as its admin; "
           f"`hodei auth create-user` adds users)", file=announce)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -55,6 +56,9 @@ _CODES: tuple[tuple[type[Exception], ErrorCode], ...] = (
 
 
 Reply = Awaitable[msgspec.Struct]
+# Told of each answered request: (endpoint name, "ok" or the error code, seconds taken).
+Observer = Callable[[str, str, float], None]
+OK = "ok"
 
 
 def _decode(request_type: type[R], data: bytes) -> R:
@@ -139,8 +143,10 @@ class EndpointServer:
         max_in_flight: int,
         deadline_s: float,
         describe_invalid: Callable[[str], str] = lambda message: message,
+        observe: Observer | None = None,
     ) -> None:
         self._service = service
+        self._observe = observe
         self._deadline_s = deadline_s
         self._describe_invalid = describe_invalid
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -203,6 +209,13 @@ class EndpointServer:
         self._slots.release()
 
     async def _handle(self, endpoint: AnyEndpoint, req: Request) -> None:
+        started = time.perf_counter()
+        outcome = await self._answer(endpoint, req)
+        if self._observe is not None:
+            self._observe(endpoint.name, outcome, time.perf_counter() - started)
+
+    async def _answer(self, endpoint: AnyEndpoint, req: Request) -> str:
+        """Reply to ``req``; return ``ok`` or the error code replied."""
         with tracing.continued_span(
             f"{self._service} {endpoint.subject}", req.headers, kind=SpanKind.SERVER,
             attributes={"messaging.destination.name": endpoint.subject},
@@ -217,8 +230,9 @@ class EndpointServer:
                     code=str(ERROR_STATUS[code]), description=line,
                     data=msgspec.json.encode(ErrorReply(code=code, message=line)),
                 ))
-            else:
-                await self._send(req.respond(body))
+                return code.value
+            await self._send(req.respond(body))
+            return OK
 
     async def _reply_body(self, endpoint: AnyEndpoint, req: Request) -> bytes:
         data = req.data

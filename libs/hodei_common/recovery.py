@@ -29,8 +29,10 @@ from nats.js.errors import NotFoundError
 from hodei_common import tracing
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import Control, ControlAction, StatusKind, StatusReport
+from hodei_common.contracts.jobs import JobState
 from hodei_common.lifecycle import workers
 from hodei_common.lifecycle.workers import Fate, Silence
+from hodei_common.metrics import Metrics
 from hodei_common.settings import DEFAULT_BACKOFF_BASE_S, DEFAULT_BACKOFF_MAX_S, Settings
 
 __all__ = ["Backoff", "Fate", "Recovery", "Silence", "last_report", "send_cancel", "send_stop"]
@@ -38,6 +40,11 @@ __all__ = ["Backoff", "Fate", "Recovery", "Silence", "last_report", "send_cancel
 log = logging.getLogger(__name__)
 # How often a finder looks again when the worker or its job moved while it decided.
 _TRIES = 3
+# The ``reason`` label of hodei_workers_lost_total when the provider saw the resource end.
+LOST_BY_PROVIDER = "provider"
+# The job's terminal state, by what losing its worker made of it (a requeue ends nothing).
+_ENDED = {"fail": JobState.FAILED, "cancel": JobState.CANCELLED,
+          "time_out": JobState.TIMED_OUT}
 
 
 @dataclass(frozen=True)
@@ -92,11 +99,12 @@ class Recovery:
     """Declares workers lost and settles their jobs; shared by supervisor and provisioner."""
 
     def __init__(self, pool: asyncpg.Pool, nc: NATS, *, actor: str,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None, metrics: Metrics | None = None) -> None:
         self._pool = pool
         self._nc = nc
         self._actor = actor
         self.backoff = backoff or Backoff()
+        self._metrics = metrics or Metrics()
 
     async def lose(
         self,
@@ -109,6 +117,7 @@ class Recovery:
         silence: Silence | None = None,
         expected_job: tuple[UUID, int] | None = None,
         spare_busy: bool = False,
+        cause: str = LOST_BY_PROVIDER,
     ) -> str | None:
         """Declare the worker FAILED with ``reason`` and settle its job; return what became
         of it (``requeue``, ``cancel``, ``fail``, ``time_out``, ``none`` for a worker
@@ -119,6 +128,8 @@ class Recovery:
         one of ``leave_if_reported`` for its job's attempt (the scheduler will apply it).
         ``silence``: it was lost to silence (``WorkerHeartbeatMissed`` is recorded first).
         ``spare_busy``: leave a BUSY worker alone (an agent that exited 0 reported its job).
+        ``cause``: the ``reason`` label it is counted under (one of a few words; ``reason``
+        itself holds numbers).
         """
         for _ in range(_TRIES):
             async with self._pool.acquire() as conn:
@@ -143,8 +154,14 @@ class Recovery:
                     backoff_s=self.backoff.delay_s(job.attempt) if job else 0.0,
                     silence=silence, actor=self._actor)
             if outcome is not None:
+                self._count(worker, outcome, cause)
                 await send_stop(self._nc, worker_id, f"declared lost: {reason}")
                 log.warning("worker %s lost (%s)%s", worker_id, reason,
                             f"; job {job.id} attempt {job.attempt}: {outcome}" if job else "")
                 return outcome
         return None
+
+    def _count(self, worker: workers.LiveWorker, outcome: str, cause: str) -> None:
+        self._metrics.workers_lost.labels(cause).inc()
+        if (ended := _ENDED.get(outcome)) is not None:
+            self._metrics.jobs_finished.labels(worker.ref.provider, ended).inc()

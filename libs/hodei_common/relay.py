@@ -38,6 +38,11 @@ LIMIT $1
 FOR UPDATE OF outbox_events SKIP LOCKED
 """
 _MARK = "UPDATE outbox_events SET published_at = now() WHERE id = ANY($1::uuid[])"
+# The outbox gauges, at scrape time: the partial index of unpublished rows answers it.
+_BACKLOG = """
+SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS lag_s
+FROM outbox_events WHERE published_at IS NULL
+"""
 _PURGE = """
 DELETE FROM outbox_events
 WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)
@@ -167,6 +172,13 @@ class RelayService(HodeiService):
 
     def loops(self) -> list[Loop]:
         return [self._relay_loop, self._purge_loop]
+
+    async def refresh_metrics(self) -> None:
+        """The outbox's backlog: the relay's own gauges (every replica reports the same)."""
+        row = await self.pool.fetchrow(_BACKLOG)
+        assert row is not None
+        self.metrics.outbox_unpublished.set(row["n"])
+        self.metrics.outbox_lag.set(row["lag_s"])
 
     async def _relay_loop(self) -> None:
         await self.relay.run(self.stopping)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import ClassVar, TypeVar
 
 import asyncpg
@@ -23,17 +23,20 @@ from nats.js import JetStreamContext
 from nats.micro import add_service
 from nats.micro.service import Service as MicroService
 
-from hodei_common import database, messaging, platform_settings, tracing
+from hodei_common import database, messaging, platform_settings, probes, tracing
+from hodei_common.consumer import ConsumerSpec
 from hodei_common.contracts import subjects
 from hodei_common.errors import HodeiError
 from hodei_common.logconfig import configure_logging
+from hodei_common.metrics import Metrics
 from hodei_common.platform_settings import PlatformSettings
 from hodei_common.settings import Settings, load_settings
 from hodei_migrations import check_schema
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HodeiService", "Loop", "configure_logging", "main_for", "run_until_signalled"]
+__all__ = ["HodeiService", "Loop", "configure_logging", "main_for", "run_probed",
+           "run_until_signalled", "share_metrics"]
 
 VERSION = "0.1.0"
 
@@ -46,6 +49,9 @@ class HodeiService:
 
     name: ClassVar[str] = "service"
     description: ClassVar[str] = ""
+    # The durable consumers the service's loops read: ready once they are bound, and their
+    # backlogs are its ``hodei_consumer_pending``.
+    consumers: ClassVar[tuple[ConsumerSpec, ...]] = ()
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -57,7 +63,10 @@ class HodeiService:
         self._pool: asyncpg.Pool | None = None
         self._micro: MicroService | None = None
         self._platform: PlatformSettings | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
+        # This process's metrics; services run together share one (share_metrics).
+        self.metrics = Metrics()
 
     # --- resources, valid once run() has started them ------------------------------------
     @property
@@ -101,6 +110,46 @@ class HodeiService:
     def wind_down(self) -> None:
         """The whole platform is about to stop: start nothing new (e.g. no new workers), but
         keep serving what is under way. Called before the platform's shutdown steps."""
+
+    async def refresh_metrics(self) -> None:
+        """Set the gauges this service owns, at scrape time: by default the backlog of each
+        of its consumers (one consumer info each, per scrape, not per message)."""
+        if self._js is None or not self.nc.is_connected:
+            return
+        for spec in self.consumers:
+            info = await self.js.consumer_info(spec.stream, spec.durable)
+            self.metrics.consumer_pending.labels(consumer_label(spec)).set(
+                info.num_pending or 0)
+
+    # --- probes (hodei_common.probes) ----------------------------------------------------
+    def alive(self) -> bool:
+        """False once the service has ended, or one of its loops has before a stop."""
+        if self._done.is_set():
+            return False
+        return self.stopping.is_set() or not any(task.done() for task in self._tasks)
+
+    async def readiness(self) -> str | None:
+        """None when connected to NATS and PostgreSQL, on the current schema, with every
+        consumer bound; else why not, in one line."""
+        if not self.ready.is_set() or self._nc is None or self._pool is None:
+            return "starting"
+        if self.stopping.is_set():
+            return "stopping"
+        if not self._nc.is_connected:
+            return "NATS is not connected"
+        try:
+            async with self._pool.acquire() as conn:
+                await check_schema(conn)
+        except HodeiError as e:
+            return str(e)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            return f"PostgreSQL is unavailable: {type(e).__name__}"
+        for spec in self.consumers:
+            try:
+                await self.js.consumer_info(spec.stream, spec.durable)
+            except NatsError as e:
+                return f"consumer {consumer_label(spec)} is not bound: {type(e).__name__}"
+        return None
 
     # --- lifecycle -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -148,8 +197,9 @@ class HodeiService:
 
     async def _serve(self) -> None:
         async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(self._guard(loop), name=f"{self.name}:{loop.__name__}")
-                     for loop in self.loops()]
+            tasks = self._tasks = [
+                tg.create_task(self._guard(loop), name=f"{self.name}:{loop.__name__}")
+                for loop in self.loops()]
             self.ready.set()
             log.info("%s service started", self.name)
             await self.stopping.wait()
@@ -189,6 +239,11 @@ class HodeiService:
             except TimeoutError:
                 self._pool.terminate()
         log.info("%s service stopped", self.name)
+
+
+def consumer_label(spec: ConsumerSpec) -> str:
+    """``STREAM/durable``: the scheduler's dispatch durable reads two streams."""
+    return f"{spec.stream}/{spec.durable}"
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -250,12 +305,32 @@ async def _run_all(services: tuple[HodeiService, ...], request_stop: Callable[[]
         raise first_error
 
 
+def share_metrics(services: Sequence[HodeiService]) -> Metrics:
+    """One registry for services run in one process, so that each metric is registered
+    once and each event counted once, by the service that handles it."""
+    metrics = Metrics()
+    for service in services:
+        service.metrics = metrics
+    return metrics
+
+
+async def run_probed(services: Sequence[HodeiService], metrics_addr: str | None) -> None:
+    """Run ``services`` until signalled, with the probes on ``metrics_addr`` (None: none)."""
+    metrics = share_metrics(services)
+    if metrics_addr is None:
+        await run_until_signalled(*services)
+        return
+    async with probes.serving(metrics_addr, services, metrics) as url:
+        log.info("metrics and probes on %s", url)
+        await run_until_signalled(*services)
+
+
 def main_for(settings_cls: type[S], build: Callable[[S], list[HodeiService]]) -> None:
     """Entry point body for ``python -m <service>``: settings, logging, run, one-line errors."""
     try:
         settings = load_settings(settings_cls)
         configure_logging(settings.log_level)
-        asyncio.run(run_until_signalled(*build(settings)))
+        asyncio.run(run_probed(build(settings), settings.metrics_addr))
     except HodeiError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

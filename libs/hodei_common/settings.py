@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     drain_grace_s: float = Field(default=10.0, gt=0)
     request_timeout_s: float = Field(default=5.0, gt=0)
     log_level: str = "INFO"
+    # Where /metrics, /healthz and /readyz are served (host:port; port 0: a free one).
+    # None: nowhere, for a service of its own; `hodei dev up` picks a free local port.
+    metrics_addr: str | None = None
     # A requeued job waits base * 2^(n-1) s after its n-th lost attempt, at most max.
     requeue_backoff_s: float = Field(default=DEFAULT_BACKOFF_BASE_S, ge=0)
     requeue_backoff_max_s: float = Field(default=DEFAULT_BACKOFF_MAX_S, ge=0)

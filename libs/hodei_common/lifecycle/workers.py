@@ -151,7 +151,8 @@ async def cannot_start(conn: Conn, worker: WorkerRef, reason: str, *, job_error:
 
 async def register(conn: Conn, worker: WorkerRef, hostname: str | None, *, actor: str,
                    public_key: str | None = None) -> asyncpg.Record | None:
-    """CREATING -> READY (its mode, provider and provider settings); None when it is not
+    """CREATING -> READY (its mode, provider, provider settings and ``provision_s``, the
+    seconds since it was requested); None when it is not
     CREATING. ``public_key`` is the nkey the agent's NATS user is bound to."""
     t = WORKERS["register"]
     emits = [Emit(t, events.new(kind, actor=actor, job=worker.job, **_fields(worker)))

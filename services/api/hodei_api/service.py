@@ -20,6 +20,7 @@ from hodei_api.explain import explain_job
 from hodei_common import messaging
 from hodei_common.contracts import subjects
 from hodei_common.contracts.api import (
+    CancelJobReply,
     GetJob,
     JobRef,
     ListJobs,
@@ -29,6 +30,7 @@ from hodei_common.contracts.api import (
     SubmitJobReply,
     UpdateProvider,
 )
+from hodei_common.contracts.jobs import JobState
 from hodei_common.endpoints import (
     UNAVAILABLE_MESSAGE,
     AnyEndpoint,
@@ -44,11 +46,11 @@ __all__ = ["INTERNAL_MESSAGE", "UNAVAILABLE_MESSAGE", "ApiService"]
 
 Handler = Callable[[asyncpg.Pool, Any], Awaitable[msgspec.Struct]]
 JobHandler = Callable[[asyncpg.Pool, str, Any], Awaitable[msgspec.Struct]]
-# A namespace's job endpoints but jobs.submit, which also wakes the schedulers.
+# A namespace's job endpoints but jobs.submit (which also wakes the schedulers) and
+# jobs.cancel (both count jobs).
 JOB_ENDPOINTS: tuple[tuple[str, str, type[msgspec.Struct], JobHandler], ...] = (
     ("jobs_get", subjects.JOBS_GET, GetJob, handlers.get_job),
     ("jobs_list", subjects.JOBS_LIST, ListJobs, handlers.list_jobs),
-    ("jobs_cancel", subjects.JOBS_CANCEL, JobRef, handlers.cancel_job),
     ("jobs_events", subjects.JOBS_EVENTS, JobRef, handlers.job_events),
     ("jobs_explain", subjects.JOBS_EXPLAIN, JobRef, explain_job),
 )
@@ -73,7 +75,12 @@ class ApiService(HodeiService):
             "api", max_in_flight=settings.api_max_in_flight,
             deadline_s=settings.request_timeout_s,
             describe_invalid=handlers.describe_validation_error,
+            observe=self._observe_request,
         )
+
+    def _observe_request(self, endpoint: str, code: str, seconds: float) -> None:
+        self.metrics.api_requests.labels(endpoint, code).inc()
+        self.metrics.api_request_seconds.labels(endpoint).observe(seconds)
 
     @property
     def requests_in_flight(self) -> int:
@@ -86,6 +93,8 @@ class ApiService(HodeiService):
         endpoints: list[AnyEndpoint] = [
             NamespacedEndpoint("jobs_submit", subjects.api_any(subjects.JOBS_SUBMIT), SubmitJob,
                                self._submit),
+            NamespacedEndpoint("jobs_cancel", subjects.api_any(subjects.JOBS_CANCEL), JobRef,
+                               self._cancel),
             *(NamespacedEndpoint(name, subjects.api_any(endpoint), request_type,
                                  functools.partial(handler, self.pool))
               for name, endpoint, request_type, handler in JOB_ENDPOINTS),
@@ -97,7 +106,16 @@ class ApiService(HodeiService):
     async def _submit(self, namespace: str, request: SubmitJob) -> SubmitJobReply:
         reply = await handlers.submit_job(self.pool, namespace, request)
         if reply.created:
+            self.metrics.jobs_submitted.labels(request.provider).inc()
             await messaging.wake_scheduler(self.nc)
+        return reply
+
+    async def _cancel(self, namespace: str, request: JobRef) -> CancelJobReply:
+        reply = await handlers.cancel_job(self.pool, namespace, request)
+        if reply.cancelled:  # a QUEUED job, ended here; a running one ends by its report
+            self.metrics.job_finished(reply.job.provider, JobState.CANCELLED,
+                                      created_at=reply.job.created_at, started_at=None,
+                                      completed_at=None)
         return reply
 
     async def stop_fetching(self) -> None:

@@ -60,6 +60,7 @@ class LogsService(HodeiService):
 
     name: ClassVar[str] = "logs"
     description: ClassVar[str] = "Hodei logs: per-job log streams"
+    consumers: ClassVar[tuple[ConsumerSpec, ...]] = (ARCHIVE_EVENTS,)
     settings: LogsSettings
 
     def __init__(self, settings: LogsSettings) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -28,6 +28,7 @@ from hodei_common.database import Conn
 from hodei_common.endpoints import one_line
 from hodei_common.errors import PermissionDeniedError, RetryLater, ValidationError
 from hodei_common.lifecycle import workers
+from hodei_common.metrics import Metrics
 from hodei_common.natsauth import KeyKind, NKey, permissions
 from hodei_common.natsauth.server import Issuer
 from hodei_common.recovery import Recovery
@@ -67,6 +68,7 @@ class Deps:
     agent_jwt_grace_s: float
     # Mints agents' NATS users; None when NATS asks for no credentials.
     issuer: Issuer | None = None
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 def worker_settings(worker: store.WorkerRow) -> ProviderSettings:
@@ -250,6 +252,7 @@ async def register(deps: Deps, req: RegisterRequest) -> RegisterReply:
                                      "register")
         user_jwt = await _agent_jwt(deps, conn, req.worker_id, worker.mode, req.public_key)
     log.info("worker %s registered (host %s, pid %s)", req.worker_id, hostname, req.pid)
+    deps.metrics.worker_provision.labels(worker.provider).observe(row["provision_s"])
     settings = _agent_settings(worker.provider, row["settings"] or {})
     idle_ttl_s = settings.idle_ttl_s
     return RegisterReply(

@@ -81,6 +81,7 @@ class ProvisionerService(HodeiService):
 
     name: ClassVar[str] = subjects.PROVISIONER_SERVICE
     description: ClassVar[str] = "Hodei provisioner: creates, registers and destroys workers"
+    consumers: ClassVar[tuple[ConsumerSpec, ...]] = (PROVISION_SPEC, RELEASE_SPEC)
     settings: ProvisionerSettings
 
     def __init__(
@@ -120,10 +121,12 @@ class ProvisionerService(HodeiService):
             heartbeat_interval_s=self.platform.heartbeat_interval_s,
             agent_nats_url=self.settings.agent_nats_url(),
             recovery=Recovery(self.pool, self.nc, actor=handlers.ACTOR,
-                              backoff=Backoff.from_settings(self.settings)),
+                              backoff=Backoff.from_settings(self.settings),
+                              metrics=self.metrics),
             issuer=issuer,
             agent_jwt_lifetime_s=self.settings.provisioner_agent_jwt_lifetime_s,
             agent_jwt_grace_s=self.settings.provisioner_agent_jwt_grace_s,
+            metrics=self.metrics,
         )
         for provider in self.providers.values():
             provider.on_news(self._news.put_nowait)

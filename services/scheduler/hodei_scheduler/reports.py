@@ -18,6 +18,7 @@ from hodei_common.contracts.logs import LogEnd
 from hodei_common.database import Conn
 from hodei_common.errors import PermanentError
 from hodei_common.lifecycle import jobs
+from hodei_common.metrics import Metrics
 from hodei_scheduler import store
 from hodei_scheduler.directory import WorkerProviders
 
@@ -46,8 +47,9 @@ class ReportHandler:
     """Applies one status report at a time."""
 
     def __init__(self, pool: asyncpg.Pool, *, providers: WorkerProviders,
-                 effects: ReportEffects) -> None:
+                 effects: ReportEffects, metrics: Metrics) -> None:
         self._pool = pool
+        self._metrics = metrics
         self._providers = providers
         self._effects = effects
 
@@ -81,6 +83,11 @@ class ReportHandler:
         if row["freed"]:
             self._effects.worker_freed()
         state = JobState(jobs.FINISHING[report.outcome].target)
+        # Counted from what the statement returned: no query of its own.
+        self._metrics.job_finished(row["provider"], state, created_at=row["created_at"],
+                                   started_at=row["started_at"],
+                                   completed_at=row["completed_at"])
+        self._metrics.log_lines.inc(report.log_lines or 0)
         await self._effects.job_finished(row["namespace"], LogEnd(
             job_id=report.job_id, attempt=report.attempt, state=state,
             exit_code=report.exit_code, error=report.error, lines=report.log_lines))

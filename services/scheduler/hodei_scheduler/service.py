@@ -50,6 +50,8 @@ class SchedulerService(HodeiService):
 
     name: ClassVar[str] = "scheduler"
     description: ClassVar[str] = "Hodei scheduler: dispatch and job progress"
+    consumers: ClassVar[tuple[ConsumerSpec, ...]] = (
+        JOB_TRIGGERS, WORKER_TRIGGERS, STATUS_REPORTS, CANCEL_REQUESTS)
     settings: SchedulerSettings
 
     def __init__(self, settings: SchedulerSettings) -> None:
@@ -62,7 +64,8 @@ class SchedulerService(HodeiService):
             resend_s=self.settings.assignment_resend_s, providers=providers,
             log_max_bytes=self.settings.log_max_bytes or None,
         )
-        self.reports = ReportHandler(self.pool, providers=providers, effects=self)
+        self.reports = ReportHandler(self.pool, providers=providers, effects=self,
+                                     metrics=self.metrics)
         await self.nc.subscribe(subjects.SCHEDULER_WAKE, cb=self._poke)
 
     def loops(self) -> list[Loop]:

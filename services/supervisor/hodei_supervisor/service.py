@@ -27,6 +27,7 @@ from hodei_common.lifecycle import workers
 from hodei_common.recovery import Backoff, Recovery, send_stop
 from hodei_common.runner import HodeiService, Loop
 from hodei_common.waiting import pause
+from hodei_supervisor import store
 from hodei_supervisor.config import SupervisorSettings
 from hodei_supervisor.sweeps import Sweeper
 
@@ -54,7 +55,8 @@ class SupervisorService(HodeiService):
 
     async def setup(self) -> None:
         self.recovery = Recovery(self.pool, self.nc, actor=ACTOR,
-                                 backoff=Backoff.from_settings(self.settings))
+                                 backoff=Backoff.from_settings(self.settings),
+                                 metrics=self.metrics)
         self.sweeper = Sweeper(self.pool, self.nc, self.recovery, self.settings,
                                heartbeat_interval_s=self.platform.heartbeat_interval_s)
         self._listening_since = asyncio.get_running_loop().time()
@@ -63,6 +65,18 @@ class SupervisorService(HodeiService):
 
     async def stop_fetching(self) -> None:
         await self._sub.unsubscribe()
+
+    async def refresh_metrics(self) -> None:
+        """Queued jobs and live workers, in one query per scrape: the supervisor watches
+        workers, so these gauges are its (every replica reports the same values)."""
+        await super().refresh_metrics()
+        async with self.pool.acquire() as conn:
+            rows = await store.platform_state(conn)
+        for row in rows:
+            if row["provider"] is None:
+                self.metrics.jobs_queued.set(row["n"])
+            else:
+                self.metrics.workers.labels(row["provider"], row["state"]).set(row["n"])
 
     def loops(self) -> list[Loop]:
         return [self._flush_loop]

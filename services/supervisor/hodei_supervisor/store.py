@@ -65,3 +65,25 @@ async def unregistered_workers(conn: Conn, limit_s: float) -> list[asyncpg.Recor
 
 async def cancels_pending(conn: Conn, older_than_s: float) -> list[asyncpg.Record]:
     return await conn.fetch(CANCELS_PENDING, older_than_s)
+
+
+# The platform's state for its gauges, at scrape time: queued jobs (provider NULL), and
+# live workers of every provider in every live state (0 included, so that no series is
+# missing between two scrapes that saw a state come and go).
+PLATFORM_STATE = """
+WITH live AS (
+    SELECT provider, state::text AS state, count(*) AS n FROM workers
+    WHERE state IN ('CREATING', 'READY', 'BUSY', 'TERMINATING')
+    GROUP BY provider, state
+)
+SELECT NULL::text AS provider, 'QUEUED' AS state, count(*) AS n FROM jobs WHERE state = 'QUEUED'
+UNION ALL
+SELECT p.name, s.state, coalesce(live.n, 0)
+FROM provider_configs AS p
+CROSS JOIN unnest(ARRAY['CREATING', 'READY', 'BUSY', 'TERMINATING']) AS s(state)
+LEFT JOIN live ON live.provider = p.name AND live.state = s.state
+"""
+
+
+async def platform_state(conn: Conn) -> list[asyncpg.Record]:
+    return await conn.fetch(PLATFORM_STATE)

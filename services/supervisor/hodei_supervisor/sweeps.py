@@ -58,22 +58,25 @@ class Sweeper:
             for w in silent:
                 silence = Silence(w["last_heartbeat"], round(w["silent_s"], 3))
                 reason = f"no heartbeat for {w['silent_s']:.1f}s"
-                lost += _counted(await self._recovery.lose(w["id"], reason, silence=silence))
+                lost += _counted(await self._recovery.lose(w["id"], reason, silence=silence,
+                                                           cause="heartbeat"))
             for j in unaccepted:
                 lost += _counted(await self._recovery.lose(
                     j["worker_id"],
                     f"did not take its assignment within {s.supervisor_accept_timeout_s:g}s",
-                    expected_job=(j["id"], j["attempt"]), leave_if_reported=tuple(StatusKind)))
+                    expected_job=(j["id"], j["attempt"]), leave_if_reported=tuple(StatusKind),
+                    cause="assignment_not_taken"))
             for j in overdue:
                 lost += _counted(await self._recovery.lose(
                     j["worker_id"],
                     f"no result {s.supervisor_timeout_grace_s:g}s after its job's timeout",
                     fate=Fate.TIME_OUT, expected_job=(j["id"], j["attempt"]),
                     job_error=f"timed out after {j['timeout_s']:g}s; its worker never "
-                              "reported the end"))
+                              "reported the end", cause="job_overdue"))
             for w in unregistered:
                 lost += _counted(await self._recovery.lose(
-                    w["id"], f"did not register within {s.supervisor_register_timeout_s:g}s"))
+                    w["id"], f"did not register within {s.supervisor_register_timeout_s:g}s",
+                    cause="not_registered"))
             await self._resend_cancels(cancels)
             return lost
 

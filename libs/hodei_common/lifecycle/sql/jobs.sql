@@ -113,7 +113,8 @@ finished AS (
     FROM before
     WHERE jobs.id = before.id AND jobs.attempt = :attempt AND jobs.worker_id = :worker_id
       AND jobs.state = ANY(:from_states)
-    RETURNING jobs.id, jobs.namespace, before.accepted_at IS NULL AS newly_accepted,
+    RETURNING jobs.id, jobs.namespace, jobs.provider, jobs.created_at, jobs.started_at,
+              jobs.completed_at, before.accepted_at IS NULL AS newly_accepted,
               before.started_at IS NULL AND :started_at::timestamptz IS NOT NULL
                   AS newly_started
 ),
@@ -133,7 +134,8 @@ retired AS (
       AND NOT EXISTS (SELECT 1 FROM freed)
     RETURNING id
 )
-SELECT f.id, f.namespace, EXISTS (SELECT 1 FROM freed) AS freed,
+SELECT f.id, f.namespace, f.provider, f.created_at, f.started_at, f.completed_at,
+       EXISTS (SELECT 1 FROM freed) AS freed,
        hodei_saga_advance('execution', f.id, 'start', 'finish', 'COMPLETED', 'COMPLETED')
            AS saga,
        hodei_record_events(:events, array_remove(ARRAY[

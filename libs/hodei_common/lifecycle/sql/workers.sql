@@ -96,7 +96,8 @@ WITH registered AS (
                             hostname = :hostname, nats_public_key = :public_key
     FROM provider_configs AS p
     WHERE w.id = :worker_id AND w.state = ANY(:from_states) AND p.name = w.provider
-    RETURNING w.id, w.mode, w.provider, w.for_job_id, p.settings
+    RETURNING w.id, w.mode, w.provider, w.for_job_id, p.settings,
+              extract(epoch FROM w.registered_at - w.created_at)::float8 AS provision_s
 )
 SELECT r.*,
        hodei_saga_advance('provisioning', r.id, 'create_resource', 'await_registration',
