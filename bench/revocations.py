@@ -8,7 +8,7 @@ JWT's size, the time to sign and the time to push (the server's reply), the medi
 ``--rounds`` pushes, plus the ended workers per second that size allows at the default
 lifetime (600 s). Nothing here asserts a time.
 
-    .venv/bin/python bench/revocations.py [--sizes 100,1000,5000,10000,12000] [--rounds 5] [--json PATH]
+    .venv/bin/python bench/revocations.py [--sizes 100,1000,5000] [--rounds 5] [--json PATH]
 """
 
 from __future__ import annotations
