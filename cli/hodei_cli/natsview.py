@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 # C0 controls but tab and newline, DEL and the C1 controls (CSI is one).
@@ -35,8 +35,24 @@ def payload_text(data: bytes) -> str:
         value = json.loads(text)
     except ValueError:
         return safe_text(text)
-    pretty = json.dumps(value, indent=2, ensure_ascii=False)
-    return _JSON_CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", pretty)
+    return _JSON_CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", pretty_json(value))
+
+
+def pretty_json(value: Any, indent: str = "") -> str:
+    """JSON indented by two spaces, but a list of plain values on one line: a log line
+    (``[1, "out", 1736933412.5, "text"]``) reads as one."""
+    inner = indent + "  "
+    if isinstance(value, dict) and value:
+        fields = [f"{inner}{_scalar(k)}: {pretty_json(v, inner)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(fields) + f"\n{indent}}}"
+    if isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+        items = [f"{inner}{pretty_json(v, inner)}" for v in value]
+        return "[\n" + ",\n".join(items) + f"\n{indent}]"
+    return _scalar(value)
+
+
+def _scalar(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
 
 
 def decoded(data: bytes) -> Any:
@@ -51,9 +67,12 @@ def block(number: int, subject: str, headers: Mapping[str, str] | None, data: by
           stored: tuple[str, int, datetime] | None = None) -> str:
     """One message, ending with a blank line: ``[#n] Received on "subject"`` (and where a
     replayed message is stored), its headers one a line, a blank line, its payload."""
-    where = "" if stored is None else (
-        f" ({stored[0]} #{stored[1]}, {stored[2].isoformat(timespec='milliseconds')})")
+    where = "" if stored is None else f" ({stored[0]} #{stored[1]}, {_utc(stored[2])})"
     lines = [f'[#{number}] Received on "{safe_text(subject, keep_newlines=False)}"{where}']
     lines += [f"{safe_text(k, keep_newlines=False)}: {safe_text(v, keep_newlines=False)}"
               for k, v in (headers or {}).items()]
     return "\n".join([*lines, "", payload_text(data), "", ""])
+
+
+def _utc(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

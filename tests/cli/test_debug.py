@@ -14,8 +14,10 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from hodei_common import messaging
 from hodei_common.contracts import subjects
 from hodei_common.natsauth import Trust, permissions
+from hodei_common.settings import Settings
 from tests.cli.conftest import HODEI, run_cli
 
 pytestmark = [pytest.mark.nats]
@@ -102,7 +104,7 @@ def received(out: str) -> list[str]:
 
 
 async def test_stream_replays_what_is_stored_from_the_first_then_stops(
-    cli_env: dict[str, str], js: JetStreamContext
+    cli_env: dict[str, str], js: JetStreamContext, settings: Settings
 ) -> None:
     await job_events(js)
     stream = subjects.JOB_EVENTS_STREAM
@@ -129,6 +131,13 @@ async def test_stream_replays_what_is_stored_from_the_first_then_stops(
     assert (nothing.code, nothing.stdout) == (0, "")
     # Every reader deleted its consumer.
     assert (await js.stream_info(stream)).state.consumer_count == 0
+    # The stream's info is the admin's to read too (`nats stream view` asks for it).
+    admin = await messaging.connect(settings, name=permissions.CLI_IDENTITY, initial_attempts=1)
+    try:
+        info = await admin.jetstream(timeout=5).stream_info(stream)
+        assert info.state.messages == 3
+    finally:
+        await admin.close()
 
 
 async def test_ctrl_c_ends_a_watch_quietly(cli_env: dict[str, str]) -> None:

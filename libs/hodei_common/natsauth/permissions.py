@@ -130,8 +130,10 @@ EVENT_STREAMS = (s.JOB_EVENTS_STREAM, s.WORKER_EVENTS_STREAM, s.WORKER_STATUS_ST
 def _event_watcher() -> tuple[list[str], list[str]]:
     """What an admin publishes and subscribes to to watch the platform's events, reports,
     heartbeats and orders live, and to replay the event streams through ordered consumers
-    created by name (filtered or not), deleted after use."""
+    created by name (filtered or not), deleted after use; and their streams' info, which
+    ``nats stream view`` asks for first."""
     publish = [subject for stream in EVENT_STREAMS for subject in (
+        s.js_api("STREAM.INFO", stream),
         s.js_api("CONSUMER.CREATE", stream, "*"), s.js_api("CONSUMER.CREATE", stream, "*", ">"),
         s.js_api("CONSUMER.DELETE", stream, "*"), s.js_flow_control(stream))]
     subscribe = [s.JOB_EVENTS_SUBJECTS, *s.WORKER_EVENTS_SUBJECTS, s.WORKER_STATUS_SUBJECTS,
