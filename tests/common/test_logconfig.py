@@ -14,9 +14,15 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import msgspec
 import pytest
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from hodei_common import logconfig, tracing
+from hodei_common.consumer import ConsumerSpec, consume, decode
+from hodei_common.contracts import subjects
+from hodei_common.errors import PermanentError
 from hodei_common.runner import HodeiService, Loop
 from hodei_common.settings import Settings
 from hodei_common.testing.plugin import as_test_user
@@ -30,6 +36,9 @@ JOB_ID = str(uuid4())
 PROGRAM = f"""
 import logging
 from hodei_common import logconfig, tracing
+from hodei_common.consumer import ConsumerSpec, consume, decode
+from hodei_common.contracts import subjects
+from hodei_common.errors import PermanentError
 
 logconfig.configure_logging("INFO", service="hodei-probe")
 tracing.setup_tracing("probe")
@@ -146,3 +155,49 @@ async def test_a_service_names_itself_in_its_records_beside_others_in_one_proces
     outside = next(r for r in records if r["message"] == "from the process")
     assert outside["service"] == "the-process"
     assert "job_id" not in outside
+
+
+class Probe(msgspec.Struct, frozen=True):
+    job_id: str | None = None
+
+
+@pytest.mark.nats
+async def test_a_consumer_s_lines_name_the_job_of_the_message_handled_and_no_other(
+    js: JetStreamContext, consumer_records: io.StringIO
+) -> None:
+    chatty = logging.getLogger("chatty")
+    handled: list[str] = []
+    stopping = asyncio.Event()
+
+    async def handler(msg: Msg) -> None:
+        probe = decode(msg, Probe)
+        chatty.info("handling %s", probe.job_id)
+        handled.append(msg.subject)
+        if len(handled) == 3:
+            stopping.set()
+        if probe.job_id == JOB_ID:
+            raise PermanentError("refused")  # the consumer's own line names the job too
+
+    for body in ({"job_id": JOB_ID}, {}, {"job_id": "other"}):
+        await js.publish("job.created", msgspec.json.encode(body))
+    spec = ConsumerSpec(stream=subjects.JOB_EVENTS_STREAM, durable="log-probe")
+    await asyncio.wait_for(consume(js, spec, handler, stopping, poll_s=0.1), 30)
+
+    chatty.info("after")
+    records = [json.loads(line) for line in consumer_records.getvalue().splitlines()]
+    assert [(r["message"], r.get("job_id")) for r in records] == [
+        (f"handling {JOB_ID}", JOB_ID),
+        ("log-probe: dropping job.created: refused", JOB_ID),
+        ("handling None", None), ("handling other", "other"), ("after", None)]
+
+
+@pytest.fixture
+def consumer_records(json_records: io.StringIO) -> Iterator[io.StringIO]:
+    """The consumer's own lines too."""
+    handler = logging.getLogger("chatty").handlers[-1]
+    logger = logging.getLogger("hodei_common.consumer")
+    logger.addHandler(handler)
+    try:
+        yield json_records
+    finally:
+        logger.removeHandler(handler)
