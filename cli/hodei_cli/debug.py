@@ -77,7 +77,7 @@ class Printer:
 def sub(
     subject: Annotated[list[str] | None, typer.Argument(
         help="subjects to watch, wildcards allowed (with --stream: filters; none: all)",
-        show_default=False)] = None,
+        metavar="SUBJECT", show_default=False)] = None,
     stream: Annotated[str | None, typer.Option(
         "--stream", help="replay this stream's stored messages from the first, then stop",
         show_default=False)] = None,
