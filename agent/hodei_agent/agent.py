@@ -31,7 +31,7 @@ from hodei_agent.credentials import Identity, Renewal
 from hodei_agent.lost import PlatformLost, StopBound, watch_platform
 from hodei_agent.registration import RegistrationRefused, register
 from hodei_agent.runner import JobRun
-from hodei_common import messaging, tracing
+from hodei_common import logconfig, messaging, tracing
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import (
     Assignment,
@@ -248,7 +248,8 @@ class Agent:
             assignment = self._admit(msg)
             if assignment is None:
                 continue
-            await self._run_job(js, msg, assignment, functools.partial(self._leaving, reply))
+            with logconfig.job_context(assignment.job_id):  # the job's lines name it
+                await self._run_job(js, msg, assignment, functools.partial(self._leaving, reply))
             self.jobs_run += 1
             if reply.mode is WorkerMode.EPHEMERAL:
                 return

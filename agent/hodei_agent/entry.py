@@ -59,7 +59,7 @@ def main() -> None:
     """Build the settings from the environment and run the agent."""
     try:
         settings = load_settings(AgentSettings)
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, service="hodei-agent")
         _guard(settings)
         asyncio.run(_run(settings))
     except RegistrationRefused as e:

@@ -14,7 +14,7 @@ import typer
 # these, whether or not click itself is installed too.
 from typer._click.exceptions import ClickException
 
-from hodei_cli import admin, auth, dev, jobs
+from hodei_cli import admin, auth, debug, dev, jobs
 from hodei_common.errors import HodeiError
 
 app = typer.Typer(
@@ -30,6 +30,7 @@ app.add_typer(admin.worker_app, name="worker")
 app.add_typer(admin.provider_app, name="provider")
 app.add_typer(dev.app, name="dev")
 app.add_typer(auth.app, name="auth")
+app.add_typer(debug.app, name="debug")
 app.command("migrate")(admin.migrate_command)
 app.command("service")(admin.service_command)
 

@@ -20,7 +20,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from hodei_common import tracing
+from hodei_common import logconfig, tracing
 from hodei_common.errors import PermanentError, RetryLater
 from hodei_common.messaging import ensure_consumer
 
@@ -33,10 +33,14 @@ T = TypeVar("T")
 def decode(msg: Msg, kind: type[T]) -> T:
     """A message body as ``kind``; one that can never decode is dropped, not retried."""
     try:
-        return msgspec.json.decode(msg.data, type=kind)
+        value = msgspec.json.decode(msg.data, type=kind)
     except msgspec.DecodeError as e:
         raise PermanentError(f"undecodable {getattr(kind, '__name__', kind)} on "
                              f"{msg.subject}: {e}") from e
+    job_id = getattr(value, "job_id", None)
+    if job_id is not None:  # the handler's log lines name the job (see :func:`handle`)
+        logconfig.JOB_ID.set(str(job_id))
+    return value
 
 
 @dataclass(frozen=True)
@@ -80,8 +84,10 @@ def backoff_s(deliveries: int) -> float:
 
 async def handle(msg: Msg, handler: Handler, name: str, *, ack: bool = True) -> None:
     """Run one message through ``handler`` inside its trace, then ack (unless ``ack`` is
-    False: a later ack covers it), nak or term it."""
-    with tracing.continued_span(f"{name} {msg.subject}", msg.headers):
+    False: a later ack covers it), nak or term it. Lines logged meanwhile name the job the
+    message is about once :func:`decode` found one, and no other message's."""
+    with tracing.continued_span(f"{name} {msg.subject}", msg.headers), \
+            logconfig.job_context(None):
         try:
             await handler(msg)
         except RetryLater as e:

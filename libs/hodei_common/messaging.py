@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from nats import nuid
@@ -119,6 +119,7 @@ async def connect(
     url: str | None = None,
     initial_attempts: int | None = None,
     signer: tuple[JWTCallback, SignatureCallback] | None = None,
+    on_error: Callable[[Exception], None] | None = None,
 ) -> NATS:
     """Connect to NATS as ``identity`` (default: ``name``; see :func:`credentials`), or with
     ``creds`` given as that function returns them, retrying the first connect and
@@ -129,15 +130,19 @@ async def connect(
 
     ``initial_attempts`` None retries the first connect forever (a service waiting for its
     NATS to come up); a number makes a CLI give up with one clear line.
+
+    ``on_error`` also hears every error the server sends once connected (a permissions
+    violation is one: the server refuses a subscription only that way).
     """
     server = url or settings.resolved_nats_url()
     user_credentials, inbox_prefix = creds or credentials(settings, identity or name)
     nc = NATS()
     errors: list[Exception] = []
 
-    async def on_error(e: Exception) -> None:
+    async def error_cb(e: Exception) -> None:
         errors.append(e)
         log.warning("nats: %s", e)
+        (on_error or _unheard)(e)
 
     async def on_disconnect() -> None:
         if not (nc.is_closed or nc.is_draining):  # our own close is not news
@@ -164,7 +169,7 @@ async def connect(
                 max_reconnect_attempts=-1 if initial_attempts is None else initial_attempts,
                 reconnect_time_wait=0.5,  # type: ignore[arg-type]  # seconds; floats work
                 connect_timeout=2,
-                error_cb=on_error,
+                error_cb=error_cb,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
             )
@@ -187,6 +192,10 @@ async def connect(
         else:
             nc.options["max_reconnect_attempts"] = -1
             return nc
+
+
+def _unheard(error: Exception) -> None:
+    """No one else listens to a connection's errors."""
 
 
 def _refused(error: NatsError) -> bool:

@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from nats.micro import add_service
 from nats.micro.service import Service as MicroService
 
-from hodei_common import database, messaging, platform_settings, probes, tracing
+from hodei_common import database, logconfig, messaging, platform_settings, probes, tracing
 from hodei_common.consumer import ConsumerSpec
 from hodei_common.contracts import subjects
 from hodei_common.errors import HodeiError
@@ -161,6 +161,8 @@ class HodeiService:
             self._done.set()
             return
         tracing.setup_tracing(self.name)
+        # Every record of this service's tasks names it, also beside others in one process.
+        named = logconfig.SERVICE.set(subjects.service_name(self.name))
         try:
             await self._open()
             await self._serve()
@@ -169,6 +171,7 @@ class HodeiService:
         finally:
             await self._close()
             self._done.set()
+            logconfig.SERVICE.reset(named)
 
     async def stop(self) -> None:
         """Ask the service to drain and wait until it has; a no-op when already stopped."""

@@ -36,8 +36,8 @@ from tests.provisioner.helpers import (
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
 
-AGENT_ENV = {"PATH", "HOME", "LANG", "HODEI_LOG_LEVEL", "HODEI_NATS_URL", "HODEI_WORKER_ID",
-             "HODEI_BOOTSTRAP_TOKEN", "HODEI_BOOTSTRAP_CREDS"}
+AGENT_ENV = {"PATH", "HOME", "LANG", "HODEI_LOG_LEVEL", "HODEI_LOG_FORMAT", "HODEI_NATS_URL",
+             "HODEI_WORKER_ID", "HODEI_BOOTSTRAP_TOKEN", "HODEI_BOOTSTRAP_CREDS"}
 NO_REGISTER = [sys.executable, str(FAKE_AGENT), "--no-register"]
 
 

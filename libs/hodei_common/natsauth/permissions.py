@@ -121,6 +121,26 @@ def _log_readers(namespace: str | None) -> list[str]:
             *_confined_reader(s.LOG_ARCHIVE_STREAM, s.log_archive_namespace(namespace))]
 
 
+# The platform's own streams an admin may replay (``hodei debug sub --stream``): their
+# events and reports carry no secret. Not ``WORKER_ASSIGN``: an assignment holds the job's
+# env values.
+EVENT_STREAMS = (s.JOB_EVENTS_STREAM, s.WORKER_EVENTS_STREAM, s.WORKER_STATUS_STREAM)
+
+
+def _event_watcher() -> tuple[list[str], list[str]]:
+    """What an admin publishes and subscribes to to watch the platform's events, reports,
+    heartbeats and orders live, and to replay the event streams through ordered consumers
+    created by name (filtered or not), deleted after use; and their streams' info, which
+    ``nats stream view`` asks for first."""
+    publish = [subject for stream in EVENT_STREAMS for subject in (
+        s.js_api("STREAM.INFO", stream),
+        s.js_api("CONSUMER.CREATE", stream, "*"), s.js_api("CONSUMER.CREATE", stream, "*", ">"),
+        s.js_api("CONSUMER.DELETE", stream, "*"), s.js_flow_control(stream))]
+    subscribe = [s.JOB_EVENTS_SUBJECTS, *s.WORKER_EVENTS_SUBJECTS, s.WORKER_STATUS_SUBJECTS,
+                 s.WORKER_HEARTBEATS, s.worker_control("*")]
+    return publish, subscribe
+
+
 def _archive_writer() -> list[str]:
     """Create the archive stream, write archives in it, replace and delete them (purges)."""
     stream = s.LOG_ARCHIVE_STREAM
@@ -193,16 +213,18 @@ def user(name: str, namespace: str, *, admin: bool = False) -> Permissions:
 def user_permissions(identity: str, scope: Scope) -> Permissions:
     """Calls its namespace's job endpoints (an admin: every namespace's, the admin endpoints
     and the services' pings), and reads logs live, from the stream, or from the archive of its
-    namespace (an admin: of every namespace)."""
+    namespace (an admin: of every namespace, and the platform's events too: they span
+    namespaces)."""
     if scope.admin:
         calls = [s.API_SUBJECTS, s.ADMIN_SUBJECTS, s.SRV_PREFIX + ".>"]
+        watch_publish, watch = _event_watcher()
     else:
-        calls = [s.api_ns(scope.namespace, ">")]
+        calls, watch_publish, watch = [s.api_ns(scope.namespace, ">")], [], []
     namespace = None if scope.admin else scope.namespace
     return Permissions(
         identity=identity,
-        publish=(*calls, *_log_readers(namespace)),
-        subscribe=(s.inbox_prefix(identity) + ".>", s.namespace_logs(namespace)),
+        publish=(*calls, *_log_readers(namespace), *watch_publish),
+        subscribe=(s.inbox_prefix(identity) + ".>", s.namespace_logs(namespace), *watch),
         tags=scope.tags,
     )
 

@@ -52,7 +52,7 @@ API_VERSION = "1.41"
 
 T = TypeVar("T")
 # Variables of the service's environment a container's agent gets (the rest stays behind).
-CONTAINER_ENV = ("HODEI_LOG_LEVEL", "TZ")
+CONTAINER_ENV = ("HODEI_LOG_LEVEL", "HODEI_LOG_FORMAT", "TZ")
 
 
 def container_env(environ: Mapping[str, str]) -> dict[str, str]:

@@ -30,7 +30,7 @@ from hodei_provisioner.providers.base import News, Provider, ProviderError, Verd
 log = logging.getLogger(__name__)
 
 # Variables of the service's own environment an agent gets; everything else is left behind.
-INHERITED_ENV = ("PATH", "HOME", "LANG", "HODEI_LOG_LEVEL")
+INHERITED_ENV = ("PATH", "HOME", "LANG", "HODEI_LOG_LEVEL", "HODEI_LOG_FORMAT")
 _POLL_S = 0.05
 
 
