@@ -101,6 +101,8 @@ class Renewal:
         self._quiet = asyncio.Event()  # no job runs
         self._quiet.set()
         self._gate = asyncio.Lock()  # held by a reconnect; a job starts after it
+        # Held by a renewal's request and by a reconnect: a reconnect would drop the reply.
+        self._wire = asyncio.Lock()
 
     @contextlib.asynccontextmanager
     async def job(self) -> AsyncIterator[None]:
@@ -126,8 +128,11 @@ class Renewal:
             if due > time.time():
                 await asyncio.sleep(min(due - time.time(), 24 * 3600.0))
                 continue
+            # A reply lost all the same is asked again while the JWT has time left.
+            wait_s = min(self.timeout_s, max(RETRY_MIN_S, (expires - time.time()) / 4))
             try:
-                token = await self._ask()
+                async with self._wire:
+                    token = await self._ask(wait_s)
             except RenewalRefused as e:
                 log.error("NATS user not renewed: %s", e)
             except (HodeiError, NatsError, TimeoutError) as e:
@@ -143,10 +148,10 @@ class Renewal:
             left = expires - time.time()
             await asyncio.sleep(min(RETRY_MAX_S, max(RETRY_MIN_S, left / 4)))
 
-    async def _ask(self) -> str:
+    async def _ask(self, timeout_s: float) -> str:
         """A fresh JWT from the platform; raises RenewalRefused on an error reply."""
         msg = await self.nc.request(subjects.worker_renew(self.worker_id),
-                                    msgspec.json.encode(RenewRequest()), timeout=self.timeout_s)
+                                    msgspec.json.encode(RenewRequest()), timeout=timeout_s)
         if ERROR_CODE_HEADER in (msg.headers or {}):
             raise RenewalRefused(error_from_reply(msg.headers or {}, msg.data).message)
         try:
@@ -172,7 +177,8 @@ class Renewal:
                 async with self._gate:
                     if not self._quiet.is_set() and time.time() < expires - ahead:
                         continue  # a job started meanwhile: wait for its end again
-                    await self._reconnect()
+                    async with self._wire:
+                        await self._reconnect()
 
     async def _reconnect(self) -> None:
         """Re-make the connection with the newest JWT, and wait until it is back."""

@@ -98,10 +98,13 @@ class Platform:
         self.agents: list[AgentProcess] = []
         self._registrar: Subscription | None = None
         # How long the agent's JWTs live (None: no expiry), and the renewals answered; a
-        # renewal is refused with ``renew_refusal`` when set.
+        # renewal is refused with ``renew_refusal`` when set; the first ``renewals_unanswered``
+        # requests get no reply at all, as when a reply is lost.
         self.jwt_lifetime_s: float | None = None
         self.renewals = 0
         self.renew_refusal: str | None = None
+        self.renewals_unanswered = 0
+        self.renewals_asked = 0
 
     async def start(self) -> None:
         await self.nc.subscribe(subjects.worker_heartbeat(self.worker_id), cb=self._on_beat)
@@ -124,6 +127,9 @@ class Platform:
         await self.nc.subscribe(subjects.worker_renew(self.worker_id), cb=self._on_renew)
 
     async def _on_renew(self, msg: Msg) -> None:
+        self.renewals_asked += 1
+        if self.renewals_asked <= self.renewals_unanswered:
+            return
         if self.renew_refusal is not None:
             await self._refuse(msg, self.renew_refusal)
             return

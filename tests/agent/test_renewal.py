@@ -44,6 +44,26 @@ async def test_an_agent_keeps_working_across_the_expiry_of_its_jwts(platform: Pl
     assert "reconnecting to NATS with its renewed user" in agent.stderr
 
 
+async def test_a_renewal_whose_reply_is_lost_is_asked_again_before_the_jwt_expires(
+    platform: Platform,
+) -> None:
+    platform.jwt_lifetime_s = LIFETIME_S
+    platform.renewals_unanswered = 1
+    await platform.open_renewals()
+    platform.serve(WorkerMode.REUSABLE)
+    agent = await platform.start_agent()
+    # Past its first JWT's expiry, renewed on the second request: still connected, it runs
+    # a job.
+    await assert_eventually(lambda: platform.renewals >= 2, within_s=3 * LIFETIME_S)
+    assert platform.renewals_asked >= 2
+    job = await platform.assign("echo renewed in time")
+    done = await platform.finished(job, within_s=30)
+    assert done.outcome is Outcome.SUCCEEDED
+    assert platform.texts(job) == ["renewed in time"]
+    assert "Authentication Expired" not in agent.stderr
+    assert "NATS user not renewed" in agent.stderr
+
+
 async def test_a_refused_renewal_is_logged_as_an_error(platform: Platform) -> None:
     platform.jwt_lifetime_s = LIFETIME_S
     platform.renew_refusal = f"worker {platform.worker_id} is FAILED: its agent's NATS user " \
