@@ -25,7 +25,7 @@ from nats.errors import Error as NatsError
 from nats.errors import NoServersError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, ServerError, ServiceUnavailableError
 
 from hodei_common.contracts import subjects
 from hodei_common.errors import ConfigError, UnavailableError
@@ -215,13 +215,19 @@ def _refusal(server: str, creds: Credentials | None, error: NatsError, *,
     return ConfigError(f"NATS at {server} refused {who}: {reason}")
 
 
+# JetStream's error code for a stream whose store could not be made.
+STREAM_STORE_FAILED = 10049
+
+
 async def ensure_streams(js: JetStreamContext, configs: list[StreamConfig] | None = None,
                          *, ready_within_s: float = JETSTREAM_READY_S) -> None:
     """Create each stream, or update it in place when it exists with another config.
 
     A nats-server that has just started may not serve its account's JetStream API yet (the
-    account's JWT is still being resolved): nobody answers. That is waited out, up to
-    ``ready_within_s``."""
+    account's JWT is still being resolved): nobody answers. And services starting together
+    on a new server create the same streams at once: the server may refuse one of two
+    concurrent creations of a stream with "error creating store for stream" (its log says
+    why), after which the stream exists. Both are waited out, up to ``ready_within_s``."""
     deadline = asyncio.get_running_loop().time() + ready_within_s
     for config in configs or stream_configs():
         while True:
@@ -232,6 +238,12 @@ async def ensure_streams(js: JetStreamContext, configs: list[StreamConfig] | Non
                 if asyncio.get_running_loop().time() >= deadline:
                     raise
                 log.info("nats: JetStream not ready yet; retrying")
+                await asyncio.sleep(0.1)
+            except ServerError as e:
+                if e.err_code != STREAM_STORE_FAILED or \
+                        asyncio.get_running_loop().time() >= deadline:
+                    raise
+                log.info("nats: stream %s not created (%s); retrying", config.name, e.description)
                 await asyncio.sleep(0.1)
 
 
