@@ -111,7 +111,7 @@ class HodeiService:
         if self.stopping.is_set():
             self._done.set()
             return
-        tracing.setup_tracing(self.name)
+        tracing.use_service(self.name)
         try:
             await self._open()
             await self._serve()
