@@ -6,16 +6,34 @@
 -- Records the events of a statement whose step applied, in the order given: the audit row
 -- (domain_events) and the outbox row the relay publishes, then wakes the relay once.
 -- `events` is a JSON array of objects with the columns below and `step`; an event is kept
--- when its step is in `applied`.
+-- when its step is in `applied`. An event of a job (its correlation id) continues the job's
+-- trace: written outside it (by a sweep, a dispatch pass), it takes the job's stored
+-- traceparent; and it names the job, attempt and worker as W3C baggage.
 CREATE OR REPLACE FUNCTION hodei_record_events(events json, applied text[])
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     recorded integer;
 BEGIN
     WITH chosen AS (
-        SELECT e.n, e.event
+        SELECT e.n, e.event, (e.event->>'payload')::jsonb AS payload,
+               CASE WHEN e.event->>'correlation_id' ~ '^[0-9a-f-]{36}$'
+                    THEN (e.event->>'correlation_id')::uuid END AS job_id
         FROM json_array_elements(events) WITH ORDINALITY AS e(event, n)
         WHERE e.event->>'step' = ANY(applied)
+    ),
+    traced AS (
+        SELECT c.n, c.event,
+               CASE WHEN j.traceparent IS NOT NULL AND split_part(
+                         coalesce(c.event->'headers'->>'traceparent', ''), '-', 2)
+                         <> split_part(j.traceparent, '-', 2)
+                    THEN j.traceparent
+                    ELSE c.event->'headers'->>'traceparent' END AS traceparent,
+               CASE WHEN c.job_id IS NOT NULL THEN concat_ws(',',
+                    'hodei.job_id=' || c.job_id,
+                    'hodei.attempt=' || (c.payload->>'attempt'),
+                    'hodei.worker_id=' || (c.payload->>'worker_id')) END
+                   AS baggage
+        FROM chosen AS c LEFT JOIN jobs AS j ON j.id = c.job_id
     ),
     audit AS (
         INSERT INTO domain_events (id, event_type, aggregate_type, aggregate_id, correlation_id,
@@ -23,13 +41,18 @@ BEGIN
         SELECT (event->>'id')::uuid, event->>'event_type', event->>'aggregate_type',
                (event->>'aggregate_id')::uuid, event->>'correlation_id', event->>'actor',
                (event->>'payload')::jsonb, (event->>'occurred_at')::timestamptz,
-               event->>'trace_id'
-        FROM chosen ORDER BY n
+               coalesce(nullif(split_part(traceparent, '-', 2), ''), event->>'trace_id')
+        FROM traced ORDER BY n
     )
     INSERT INTO outbox_events (id, subject, event_type, payload, headers)
     SELECT (event->>'id')::uuid, event->>'subject', event->>'event_type',
-           convert_to(event->>'payload', 'UTF8'), (event->'headers')::jsonb
-    FROM chosen ORDER BY n;
+           convert_to(event->>'payload', 'UTF8'),
+           (event->'headers')::jsonb
+               || CASE WHEN traceparent IS NULL THEN '{}'
+                       ELSE jsonb_build_object('traceparent', traceparent) END
+               || CASE WHEN baggage IS NULL THEN '{}'
+                       ELSE jsonb_build_object('baggage', baggage) END
+    FROM traced ORDER BY n;
     GET DIAGNOSTICS recorded = ROW_COUNT;
     IF recorded > 0 THEN
         PERFORM pg_notify('hodei_outbox', '');
