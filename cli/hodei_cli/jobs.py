@@ -185,6 +185,7 @@ def show_job(job: Job) -> None:
         ("created", job.created_at), ("started", job.started_at),
         ("completed", job.completed_at), ("cancel requested", job.cancel_requested_at),
         ("log", "truncated at its byte cap" if job.log_truncated else None),
+        ("trace", job.trace_id),
     ])
 
 
