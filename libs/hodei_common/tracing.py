@@ -25,7 +25,7 @@ from contextvars import ContextVar
 from typing import Any
 from uuid import UUID
 
-from opentelemetry import baggage, context, propagate, trace
+from opentelemetry import baggage, context, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
@@ -36,6 +36,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 TRACER_NAME = "hodei"
 # The baggage (and span attribute) names of what a span is about.
@@ -64,6 +65,7 @@ _EXPORT: list[SpanProcessor] = []
 _SERVICE_TRACER: ContextVar[trace.Tracer | None] = ContextVar("hodei_tracer", default=None)
 # A proxy that follows whichever provider is installed globally; looked up once.
 _TRACER = trace.get_tracer(TRACER_NAME)
+_TRACECONTEXT = TraceContextTextMapPropagator()
 
 
 def _exporter_from_env() -> SpanExporter | None:
@@ -88,10 +90,10 @@ class _JobAttributes(SpanProcessor):
     job names it without each call site saying so."""
 
     def on_start(self, span: SdkSpan, parent_context: Context | None = None) -> None:
-        for key, value in baggage.get_all(parent_context).items():
-            if key.startswith("hodei."):
-                text = str(value)
-                span.set_attribute(key, int(text) if key == ATTEMPT and text.isdigit() else text)
+        span.set_attributes({
+            key: int(text) if key == ATTEMPT and text.isdigit() else text
+            for key, text in ((k, str(v)) for k, v in baggage.get_all(parent_context).items())
+            if key.startswith("hodei.")})
 
     def on_end(self, span: ReadableSpan) -> None:
         pass
@@ -121,8 +123,9 @@ def setup_tracing(service_name: str) -> TracerProvider:
         return provider
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}),
                               shutdown_on_exit=False)
-    provider.add_span_processor(_JobAttributes())
     if (export := _export()) is not None:
+        # Attributes nobody exports would be work for nothing.
+        provider.add_span_processor(_JobAttributes())
         provider.add_span_processor(export)
     _PROVIDERS[name] = provider
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
@@ -154,9 +157,13 @@ def tracer() -> trace.Tracer:
 
 
 def inject(headers: dict[str, str] | None = None) -> dict[str, str]:
-    """Return ``headers`` with the current trace context (``traceparent``, baggage) added."""
+    """Return ``headers`` with the current trace context (``traceparent``, and the
+    ``hodei.*`` baggage) added; written by hand for the reason :func:`extract` is."""
     carrier: dict[str, str] = dict(headers or {})
-    propagate.inject(carrier)
+    _TRACECONTEXT.inject(carrier)
+    if entries := ",".join(f"{key}={value}" for key, value in baggage.get_all().items()
+                           if key.startswith("hodei.")):
+        carrier["baggage"] = entries
     return carrier
 
 
@@ -165,11 +172,29 @@ def traceparent() -> str | None:
     return inject().get("traceparent")
 
 
+def extract(headers: Mapping[str, str] | None) -> Context:
+    """The context ``headers`` carry: their trace, and the ``hodei.*`` entries of their
+    baggage (the only ones Hodei reads).
+
+    Every message handled goes through here, so it is lean: the baggage Hodei writes holds
+    ids and numbers only, which need no unescaping, and the general W3C baggage parser
+    would cost more than the rest of a span together."""
+    if not headers:
+        return Context()
+    ctx = _TRACECONTEXT.extract(headers)
+    for item in headers.get("baggage", "").split(","):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key.startswith("hodei.") and value:
+            ctx = baggage.set_baggage(key, value.strip(), ctx)
+    return ctx
+
+
 def job_context(parent: str | None, job_id: UUID, *, attempt: int | None = None,
                 worker_id: UUID | None = None) -> Context:
     """A context in job ``job_id``'s trace (``parent``: its stored ``traceparent``) that
     names the job, and its attempt and worker when known, as baggage."""
-    ctx = propagate.extract({"traceparent": parent}) if parent else context.get_current()
+    ctx = _TRACECONTEXT.extract({"traceparent": parent}) if parent else context.get_current()
     ctx = baggage.set_baggage(JOB_ID, str(job_id), ctx)
     if attempt is not None:
         ctx = baggage.set_baggage(ATTEMPT, str(attempt), ctx)
@@ -200,8 +225,7 @@ def continued_span(
     attributes: Mapping[str, Any] | None = None,
 ) -> Iterator[Span]:
     """Run a handler inside a span whose parent is the trace carried by ``headers``."""
-    parent = propagate.extract(dict(headers or {}))
-    token = context.attach(parent)
+    token = context.attach(extract(headers))
     try:
         with tracer().start_as_current_span(name, kind=kind, attributes=attributes) as span:
             yield span
