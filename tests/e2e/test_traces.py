@@ -34,16 +34,28 @@ def receiver() -> Iterator[OtlpReceiver]:
         yield r
 
 
-@pytest.fixture(scope="module")
-def traced(receiver: OtlpReceiver) -> Iterator[Platform]:
+def _platform(extra_env: dict[str, str]) -> Iterator[Platform]:
     root = Path(tempfile.mkdtemp(prefix="hodei-e2e-trace-"))
     root.chmod(0o755)
-    running = start_platform(root / "home", receiver.env())
+    running = start_platform(root / "home", extra_env)
     try:
         yield running
     finally:
         stop_platform(running)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def traced(receiver: OtlpReceiver) -> Iterator[Platform]:
+    yield from _platform(receiver.env())
+
+
+@pytest.fixture(scope="module")
+def traced_docker(receiver: OtlpReceiver, worker_image: str) -> Iterator[Platform]:
+    # Containers share the host's network (the provider's default), so the agent in one
+    # reaches the receiver on 127.0.0.1.
+    yield from _platform({**receiver.env(), "HODEI_DOCKER_ENABLED": "1",
+                          "HODEI_WORKER_IMAGE": worker_image})
 
 
 def one_trace(receiver: OtlpReceiver, job_id: str, services: set[str], *,
@@ -136,3 +148,21 @@ async def test_a_requeued_jobs_second_attempt_is_in_the_same_trace(
     assert [r.attributes["hodei.attempt"] for r in runs] == [2]  # the first never ended
     assigns = {s.attributes["hodei.attempt"] for s in spans if s.name == "scheduler assign"}
     assert assigns == {1, 2}
+
+
+@pytest.mark.docker
+async def test_a_docker_job_is_one_trace_with_its_containers_agent_in_it(
+    traced_docker: Platform, receiver: OtlpReceiver
+) -> None:
+    result = await run_cli(traced_docker.env, "job", "run", "--provider", "docker",
+                           "--command", "echo traced", "--env", f"TOKEN={SECRET}",
+                           timeout_s=90)
+    assert (result.code, result.stdout) == (0, "traced\n"), result.stderr
+    job_id = await job_id_of_last_run(traced_docker)
+
+    spans = await assert_eventually(lambda: one_trace(receiver, job_id, JOB_SERVICES),
+                                    within_s=30)
+    assert any(s.name == "provisioner create docker" for s in spans)
+    run = next(s for s in spans if s.service == "hodei-agent" and s.name == "agent run")
+    assert run.attributes["process.exit.code"] == 0
+    assert_no_secret(receiver)
