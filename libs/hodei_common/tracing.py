@@ -190,6 +190,22 @@ def extract(headers: Mapping[str, str] | None) -> Context:
     return ctx
 
 
+def current_job() -> str | None:
+    """The job whose trace the caller is in, as its baggage names it."""
+    value = baggage.get_baggage(JOB_ID)
+    return None if value is None else str(value)
+
+
+def job_baggage(job_id: object, attempt: object = None, worker_id: object = None) -> str:
+    """The ``baggage`` header naming a job, and its attempt and worker when known."""
+    entries = [f"{JOB_ID}={job_id}"]
+    if attempt is not None:
+        entries.append(f"{ATTEMPT}={attempt}")
+    if worker_id is not None:
+        entries.append(f"{WORKER_ID}={worker_id}")
+    return ",".join(entries)
+
+
 def job_context(parent: str | None, job_id: UUID, *, attempt: int | None = None,
                 worker_id: UUID | None = None) -> Context:
     """A context in job ``job_id``'s trace (``parent``: its stored ``traceparent``) that

@@ -5,35 +5,31 @@
 
 -- Records the events of a statement whose step applied, in the order given: the audit row
 -- (domain_events) and the outbox row the relay publishes, then wakes the relay once.
--- `events` is a JSON array of objects with the columns below and `step`; an event is kept
--- when its step is in `applied`. An event of a job (its correlation id) continues the job's
--- trace: written outside it (by a sweep, a dispatch pass), it takes the job's stored
--- traceparent; and it names the job, attempt and worker as W3C baggage.
+-- `events` is a JSON array of objects with the columns below, `step` and `job`; an event is
+-- kept when its step is in `applied`. An event whose `job` is set (lifecycle/events.py sets
+-- it for an event written outside its job's trace: by a dispatch pass, a sweep) continues
+-- the job's trace: it takes the job's stored traceparent unless it was written in that
+-- trace after all (one primary-key lookup per such event). The plan is kept generic: a custom plan per call (the
+-- default here) cost more than the whole statement.
 CREATE OR REPLACE FUNCTION hodei_record_events(events json, applied text[])
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     recorded integer;
 BEGIN
     WITH chosen AS (
-        SELECT e.n, e.event, (e.event->>'payload')::jsonb AS payload,
-               CASE WHEN e.event->>'correlation_id' ~ '^[0-9a-f-]{36}$'
-                    THEN (e.event->>'correlation_id')::uuid END AS job_id
+        SELECT e.n, e.event, e.event->'headers'->>'traceparent' AS written,
+               CASE WHEN e.event->>'job' IS NOT NULL THEN
+                   (SELECT j.traceparent FROM jobs AS j WHERE j.id = (e.event->>'job')::uuid)
+               END AS stored
         FROM json_array_elements(events) WITH ORDINALITY AS e(event, n)
         WHERE e.event->>'step' = ANY(applied)
     ),
     traced AS (
-        SELECT c.n, c.event,
-               CASE WHEN j.traceparent IS NOT NULL AND split_part(
-                         coalesce(c.event->'headers'->>'traceparent', ''), '-', 2)
-                         <> split_part(j.traceparent, '-', 2)
-                    THEN j.traceparent
-                    ELSE c.event->'headers'->>'traceparent' END AS traceparent,
-               CASE WHEN c.job_id IS NOT NULL THEN concat_ws(',',
-                    'hodei.job_id=' || c.job_id,
-                    'hodei.attempt=' || (c.payload->>'attempt'),
-                    'hodei.worker_id=' || (c.payload->>'worker_id')) END
-                   AS baggage
-        FROM chosen AS c LEFT JOIN jobs AS j ON j.id = c.job_id
+        SELECT n, event,
+               CASE WHEN stored IS NOT NULL AND split_part(coalesce(written, ''), '-', 2)
+                                                <> split_part(stored, '-', 2)
+                    THEN stored ELSE written END AS traceparent
+        FROM chosen
     ),
     audit AS (
         INSERT INTO domain_events (id, event_type, aggregate_type, aggregate_id, correlation_id,
@@ -50,8 +46,6 @@ BEGIN
            (event->'headers')::jsonb
                || CASE WHEN traceparent IS NULL THEN '{}'
                        ELSE jsonb_build_object('traceparent', traceparent) END
-               || CASE WHEN baggage IS NULL THEN '{}'
-                       ELSE jsonb_build_object('baggage', baggage) END
     FROM traced ORDER BY n;
     GET DIAGNOSTICS recorded = ROW_COUNT;
     IF recorded > 0 THEN
