@@ -16,7 +16,8 @@ from hodei_cli.connection import api_client
 from hodei_cli.logview import LogPrinter
 from hodei_cli.statusline import StatusLine, while_waiting
 from hodei_common import tracing
-from hodei_common.contracts.api import SubmitJob
+from hodei_common.client import ApiClient
+from hodei_common.contracts.api import SubmitJob, SubmitJobReply
 from hodei_common.contracts.jobs import JobState
 from hodei_common.contracts.logs import LogBatch, LogEnd, LogMessage
 from hodei_common.errors import NotFoundError
@@ -78,6 +79,16 @@ async def print_log(
         return exit_code_for(message)
     printer.release_tail()
     return None
+
+
+async def queue_job(api: ApiClient, request: SubmitJob) -> SubmitJobReply:
+    """Submit as the root span of the job's trace (the id is chosen here, so the span names
+    the job from the start)."""
+    request = msgspec.structs.replace(request, id=request.id or uuid4())
+    assert request.id is not None
+    tracing.use_service("cli")
+    with tracing.job_span("cli job queue", None, request.id, kind=SpanKind.CLIENT):
+        return await api.submit(request)
 
 
 async def run_job(request: SubmitJob, *, detach: bool) -> int:

@@ -59,7 +59,8 @@ def traced_docker(receiver: OtlpReceiver, worker_image: str) -> Iterator[Platfor
 
 
 def one_trace(receiver: OtlpReceiver, job_id: str, services: set[str], *,
-              lost_attempt: int | None = None) -> list[ReceivedSpan]:
+              root: str = "cli job run", lost_attempt: int | None = None
+              ) -> list[ReceivedSpan]:
     """The job's one trace once it holds spans of ``services`` and its archive, checked:
     every span of the trace names the job, one root, every other span's parent in it.
     ``lost_attempt``: the attempt whose agent was killed, whose run span never ended and so
@@ -75,7 +76,7 @@ def one_trace(receiver: OtlpReceiver, job_id: str, services: set[str], *,
     unnamed = [(s.service, s.name) for s in spans if s.attributes.get("hodei.job_id") != job_id]
     assert not unnamed, f"spans without the job id: {unnamed}"
     roots = [(s.service, s.name) for s in spans if not s.parent_id]
-    assert roots == [("hodei-cli", "cli job run")], f"roots: {roots}"
+    assert roots == [("hodei-cli", root)], f"roots: {roots}"
     ids = {s.span_id for s in spans}
     orphans = [s for s in spans if s.parent_id and s.parent_id not in ids]
     if lost_attempt is None:
@@ -122,7 +123,7 @@ async def test_a_local_job_is_one_trace_from_the_cli_to_its_archive_with_each_se
 async def test_a_requeued_jobs_second_attempt_is_in_the_same_trace(
     traced: Platform, receiver: OtlpReceiver
 ) -> None:
-    queued = await run_cli(traced.env, "job", "run", "--detach",
+    queued = await run_cli(traced.env, "job", "queue",
                            "--command", "echo begin; sleep 2; echo done", timeout_s=30)
     assert queued.code == 0, queued.stderr
     job_id = queued.stdout.strip()
@@ -140,7 +141,8 @@ async def test_a_requeued_jobs_second_attempt_is_in_the_same_trace(
     await assert_eventually(succeeded, within_s=60)
     assert (await job_of(traced, job_id))["attempt"] == 2
     spans = await assert_eventually(
-        lambda: one_trace(receiver, job_id, JOB_SERVICES, lost_attempt=1),
+        lambda: one_trace(receiver, job_id, JOB_SERVICES, root="cli job queue",
+                          lost_attempt=1),
         within_s=30)
     # The requeue (recorded by whichever service saw the agent go) is in the trace too.
     assert any(s.name == "relay job.requeued" for s in spans)
