@@ -144,7 +144,10 @@ async def test_a_requeued_jobs_second_attempt_is_in_the_same_trace(
         lambda: one_trace(receiver, job_id, JOB_SERVICES, root="cli job queue",
                           lost_attempt=1),
         within_s=30)
-    # The requeue (recorded by whichever service saw the agent go) is in the trace too.
+    # The requeue, by whichever service saw the agent go, is in the trace too.
+    lost = [s for s in spans if s.name == "recovery lose worker"]
+    assert [s.service for s in lost] in (["hodei-provisioner"], ["hodei-supervisor"]), lost
+    assert lost[0].attributes["hodei.attempt"] == 1
     assert any(s.name == "relay job.requeued" for s in spans)
     runs = [s for s in spans if s.name == "agent run"]
     assert [r.attributes["hodei.attempt"] for r in runs] == [2]  # the first never ended
