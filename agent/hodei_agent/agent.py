@@ -107,7 +107,7 @@ class Agent:
         """Run until done; raises RegistrationRefused, UnavailableError, PublishError..."""
         self._started = True
         try:
-            tracing.setup_tracing("agent")
+            tracing.use_service("agent")
             started = await self._until_stopped(self._start())
             if started is None:
                 return
@@ -297,14 +297,17 @@ class Agent:
                 job.abandon()
             job.cancel(self._stop_reason)
         self._current = job
-        attributes = {"hodei.job_id": str(a.job_id), "hodei.attempt": a.attempt,
-                      "hodei.worker_id": str(self.worker_id)}
-        # Neither the command nor its env is logged: either may hold a secret.
+        attributes = {tracing.JOB_ID: str(a.job_id), tracing.ATTEMPT: a.attempt,
+                      tracing.WORKER_ID: str(self.worker_id)}
+        # Neither the command nor its env is logged (nor traced): either may hold a secret.
         log.info("job %s attempt %d: assigned (timeout %gs)", a.job_id, a.attempt, a.timeout_s)
         try:
-            with tracing.continued_span("agent run", msg.headers, attributes=attributes):
+            with tracing.continued_span("agent run", msg.headers, attributes=attributes) as span:
                 async with self._credentials_for():
-                    await job.run()
+                    result = await job.run()
+                span.set_attribute("hodei.outcome", str(result.outcome))
+                if result.exit_code is not None:
+                    span.set_attribute("process.exit.code", result.exit_code)
         finally:
             self._current = None
 

@@ -26,8 +26,10 @@ from uuid import UUID
 
 import msgspec
 from nats.js import JetStreamContext
+from opentelemetry.trace import SpanKind
 
 from hodei_agent.reporting import publish_acked
+from hodei_common import tracing
 from hodei_common.contracts import subjects
 from hodei_common.contracts.logs import NEWLINE, LogBatch, LogLine, LogStream
 
@@ -217,16 +219,21 @@ class LogPublisher:
                 task.cancel()
 
     async def _publish(self, batch: LogBatch) -> None:
-        await publish_acked(
-            self._js,
-            self._subject,
-            msgspec.json.encode(batch),
-            # The writer is part of the id: no other worker can pre-empt it to have a batch of
-            # this one's dropped as a duplicate.
-            subjects.msg_id(self._job_id, self._attempt, batch.lines[0].seq, self._worker_id),
-            attempts=self._publish_attempts,
-            timeout_s=self._publish_timeout_s,
-        )
+        with tracing.tracer().start_as_current_span(
+                "agent log batch", kind=SpanKind.PRODUCER,
+                attributes={"hodei.log.first_seq": batch.lines[0].seq,
+                            "hodei.log.lines": len(batch.lines)}):
+            await publish_acked(
+                self._js,
+                self._subject,
+                msgspec.json.encode(batch),
+                # The writer is part of the id: no other worker can pre-empt it to have a
+                # batch of this one's dropped as a duplicate.
+                subjects.msg_id(self._job_id, self._attempt, batch.lines[0].seq,
+                                self._worker_id),
+                attempts=self._publish_attempts,
+                timeout_s=self._publish_timeout_s,
+            )
 
 
 def _utf8_cut(data: bytes | bytearray, limit: int) -> int:

@@ -60,7 +60,8 @@ async def register(nc: NATS, settings: AgentSettings, public_key: str | None = N
     while True:
         left = deadline - loop.time()
         try:
-            with tracing.tracer().start_as_current_span("agent register"):
+            # In the trace of the job the worker was made for, which its provider handed on.
+            with tracing.environ_span("agent register", os.environ):
                 msg = await nc.request(
                     subjects.WORKER_REGISTER,
                     data,

@@ -25,7 +25,7 @@ from hodei_cli.parsing import (
     parse_state,
     parse_stream,
 )
-from hodei_cli.run import run_job, show_logs
+from hodei_cli.run import queue_job, run_job, show_logs
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, Job, JobState
 
@@ -114,7 +114,7 @@ def queue(
         max_attempts=max_attempts, cpus=cpus, memory=memory,
     )
 
-    job = call_api(lambda api: api.submit(request)).job
+    job = call_api(lambda api: queue_job(api, request)).job
     if out is Output.JSON:
         output.emit_json(job)
     else:
@@ -185,6 +185,7 @@ def show_job(job: Job) -> None:
         ("created", job.created_at), ("started", job.started_at),
         ("completed", job.completed_at), ("cancel requested", job.cancel_requested_at),
         ("log", "truncated at its byte cap" if job.log_truncated else None),
+        ("trace", job.trace_id),
     ])
 
 

@@ -15,6 +15,7 @@ import typer
 from typer._click.exceptions import ClickException
 
 from hodei_cli import admin, auth, debug, dev, jobs
+from hodei_common import tracing
 from hodei_common.errors import HodeiError
 
 app = typer.Typer(
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail("interrupted", 130)
     except HodeiError as e:
         _fail(str(e), 1)
+    finally:
+        # The spans of this command (and of the embedded platform's services) leave now.
+        tracing.shutdown_tracing()
     raise SystemExit(code if isinstance(code, int) else 0)
 
 

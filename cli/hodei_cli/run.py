@@ -10,11 +10,14 @@ from collections.abc import AsyncIterator
 from uuid import UUID, uuid4
 
 import msgspec
+from opentelemetry.trace import SpanKind
 
 from hodei_cli.connection import api_client
 from hodei_cli.logview import LogPrinter
 from hodei_cli.statusline import StatusLine, while_waiting
-from hodei_common.contracts.api import SubmitJob
+from hodei_common import tracing
+from hodei_common.client import ApiClient
+from hodei_common.contracts.api import SubmitJob, SubmitJobReply
 from hodei_common.contracts.jobs import JobState
 from hodei_common.contracts.logs import LogBatch, LogEnd, LogMessage
 from hodei_common.errors import NotFoundError
@@ -78,6 +81,16 @@ async def print_log(
     return None
 
 
+async def queue_job(api: ApiClient, request: SubmitJob) -> SubmitJobReply:
+    """Submit as the root span of the job's trace (the id is chosen here, so the span names
+    the job from the start)."""
+    request = msgspec.structs.replace(request, id=request.id or uuid4())
+    assert request.id is not None
+    tracing.use_service("cli")
+    with tracing.job_span("cli job queue", None, request.id, kind=SpanKind.CLIENT):
+        return await api.submit(request)
+
+
 async def run_job(request: SubmitJob, *, detach: bool) -> int:
     """Submit, then follow the log to the end; Ctrl-C cancels the job and exits 130.
 
@@ -85,12 +98,20 @@ async def run_job(request: SubmitJob, *, detach: bool) -> int:
     can come before the CLI is there to print it. On a terminal, a status line says why the
     job waits until it runs or prints.
     """
+    request = msgspec.structs.replace(request, id=request.id or uuid4())
+    assert request.id is not None
+    # The root of the job's trace: every step of the job, to the end of its log, is under it.
+    tracing.use_service("cli")
+    with tracing.job_span("cli job run", None, request.id, kind=SpanKind.CLIENT):
+        return await _run_job(request, detach=detach)
+
+
+async def _run_job(request: SubmitJob, *, detach: bool) -> int:
+    assert request.id is not None
     async with api_client() as api:
         if detach:
             print((await api.submit(request)).job.id)
             return 0
-        request = msgspec.structs.replace(request, id=request.id or uuid4())
-        assert request.id is not None
         live = await LiveLog(api.nc, api.nc.jetstream(), api.namespace, request.id).open()
         try:
             job = (await api.submit(request)).job

@@ -15,6 +15,7 @@ that report. Requeuing it would run the job twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -148,14 +149,16 @@ class Recovery:
                     log.info("worker %s: its %s report of job %s is not applied yet; left to "
                              "it", worker_id, report.kind, job.id)
                     return None
-            async with self._pool.acquire() as conn:
-                outcome = await workers.lose(
-                    conn, worker, reason, fate=fate, job_error=job_error,
-                    backoff_s=self.backoff.delay_s(job.attempt) if job else 0.0,
-                    silence=silence, actor=self._actor)
+            with _in_trace(job, worker_id, reason):
+                async with self._pool.acquire() as conn:
+                    outcome = await workers.lose(
+                        conn, worker, reason, fate=fate, job_error=job_error,
+                        backoff_s=self.backoff.delay_s(job.attempt) if job else 0.0,
+                        silence=silence, actor=self._actor)
+                if outcome is not None:
+                    await send_stop(self._nc, worker_id, f"declared lost: {reason}")
             if outcome is not None:
                 self._count(worker, outcome, cause)
-                await send_stop(self._nc, worker_id, f"declared lost: {reason}")
                 log.warning("worker %s lost (%s)%s", worker_id, reason,
                             f"; job {job.id} attempt {job.attempt}: {outcome}" if job else "")
                 return outcome
@@ -165,3 +168,14 @@ class Recovery:
         self._metrics.workers_lost.labels(cause).inc()
         if (ended := _ENDED.get(outcome)) is not None:
             self._metrics.jobs_finished.labels(worker.ref.provider, ended).inc()
+
+
+def _in_trace(job: workers.HeldJob | None, worker_id: UUID, reason: str
+              ) -> contextlib.AbstractContextManager[object]:
+    """The recovery of a busy worker as a span of its job's trace (the reason says what was
+    seen: no secret); nothing for an idle worker's."""
+    if job is None:
+        return contextlib.nullcontext()
+    return tracing.job_span("recovery lose worker", job.traceparent, job.id,
+                            attempt=job.attempt, worker_id=worker_id,
+                            attributes={"hodei.reason": reason})

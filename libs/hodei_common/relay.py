@@ -18,7 +18,9 @@ from typing import ClassVar
 import asyncpg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
+from opentelemetry.trace import SpanKind
 
+from hodei_common import tracing
 from hodei_common.contracts import subjects
 from hodei_common.database import LOCK_CLASS, LOCK_OUTBOX_RELAY
 from hodei_common.runner import HodeiService, Loop, main_for
@@ -97,7 +99,7 @@ class OutboxRelay:
         """Publish in order without waiting between messages; return the acknowledged ids."""
         futures = []
         for row in rows:
-            headers = dict(row["headers"])
+            headers = _traced(row)
             headers[subjects.HEADER_MSG_ID] = str(row["id"])
             headers[subjects.HEADER_EVENT_TYPE] = row["event_type"]
             futures.append(
@@ -148,6 +150,17 @@ class OutboxRelay:
         """Delete rows published longer ago than the keep period (the audit log keeps them)."""
         result = await self._pool.execute(_PURGE, self._keep_published_s)
         return int(result.split()[-1])
+
+
+def _traced(row: asyncpg.Record) -> dict[str, str]:
+    """A row's headers, its publishing recorded as a span of the trace its writer was in
+    (a job's), the message then carrying that span; a row written outside any trace stays
+    outside one."""
+    headers: dict[str, str] = dict(row["headers"])
+    if subjects.HEADER_TRACEPARENT not in headers:
+        return headers
+    with tracing.continued_span(f"relay {row['subject']}", headers, kind=SpanKind.PRODUCER):
+        return tracing.inject(headers)
 
 
 class RelayService(HodeiService):

@@ -160,7 +160,7 @@ class HodeiService:
         if self.stopping.is_set():
             self._done.set()
             return
-        tracing.setup_tracing(self.name)
+        tracing.use_service(self.name)
         # Every record of this service's tasks names it, also beside others in one process.
         named = logconfig.SERVICE.set(subjects.service_name(self.name))
         try:

@@ -11,6 +11,7 @@ from uuid import uuid4
 import asyncpg
 import pytest
 
+from hodei_common import tracing
 from hodei_common.contracts.agent import Outcome, StatusKind, StatusReport
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.jobs import JobCreated, JobState
@@ -147,6 +148,40 @@ async def test_a_workers_events_carry_the_job_it_was_made_for(pool: asyncpg.Pool
     assert [r["event_type"] for r in rows] == [
         "ProvisionRequested", "WorkerCreated", "WorkerRegistered", "WorkerReady"]
     assert {r["correlation_id"] for r in rows} == {str(job_id)}
+
+
+@pytest.mark.postgres
+async def test_events_written_outside_a_jobs_trace_continue_it_and_name_the_job(
+    pool: asyncpg.Pool,
+) -> None:
+    job_id, worker_id = uuid4(), uuid4()
+    tracing.use_service("test")
+    async with pool.acquire() as conn:
+        with tracing.tracer().start_as_current_span("submit") as span:
+            trace_id = format(span.get_span_context().trace_id, "032x")
+            await jobs.submit(conn, SubmitJob(command="true"), job_id=job_id,
+                              namespace=DEFAULT_NAMESPACE, actor="t")
+        # A sweep or a dispatch pass writes outside any trace, or inside one of its own.
+        ref = workers.WorkerRef(worker_id, "local", job_id)
+        assert await workers.request(conn, ref, mode=WorkerMode.EPHEMERAL, cpus=None,
+                                     memory_bytes=None, actor="t")
+        with tracing.tracer().start_as_current_span("a pass of its own"):
+            assert await jobs.cancel_queued(conn, job_id, 1, actor="t") is not None
+        rows = await conn.fetch(
+            "SELECT o.event_type, o.headers, d.trace_id FROM outbox_events o "
+            "JOIN domain_events d USING (id) WHERE d.correlation_id = $1 ORDER BY o.seq",
+            str(job_id))
+        stored = await conn.fetchval("SELECT traceparent FROM jobs WHERE id = $1", job_id)
+    assert tracing.trace_id_of(stored) == trace_id
+    assert [r["event_type"] for r in rows] == [
+        "JobCreated", "ProvisionRequested", "JobCancelled"]
+    for r in rows:
+        headers = r["headers"]
+        assert tracing.trace_id_of(headers["traceparent"]) == trace_id, r["event_type"]
+        assert r["trace_id"] == trace_id
+        assert f"hodei.job_id={job_id}" in headers["baggage"].split(",")
+    provision = rows[1]["headers"]["baggage"].split(",")
+    assert f"hodei.worker_id={worker_id}" in provision
 
 
 @pytest.mark.postgres

@@ -13,6 +13,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from hodei_common import tracing
 from hodei_common.contracts import subjects
 from hodei_common.contracts.workers import ProvisionRequested, WorkerMode, WorkerState
 from hodei_common.lifecycle import workers
@@ -36,8 +37,10 @@ from tests.provisioner.helpers import (
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
 
+# Besides these, where its spans go and the trace of the job it is made for.
 AGENT_ENV = {"PATH", "HOME", "LANG", "HODEI_LOG_LEVEL", "HODEI_LOG_FORMAT", "HODEI_NATS_URL",
-             "HODEI_WORKER_ID", "HODEI_BOOTSTRAP_TOKEN", "HODEI_BOOTSTRAP_CREDS"}
+             "HODEI_WORKER_ID", "HODEI_BOOTSTRAP_TOKEN", "HODEI_BOOTSTRAP_CREDS",
+             tracing.ENV_TRACEPARENT, tracing.ENV_BAGGAGE, *tracing.AGENT_ENV}
 NO_REGISTER = [sys.executable, str(FAKE_AGENT), "--no-register"]
 
 

@@ -86,6 +86,8 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime
     # Its output passed the log's byte cap: the log ends with a truncation notice.
     log_truncated: bool = False
+    # The trace (32 hex digits) every step of the job is recorded in.
+    trace_id: str | None = None
 
 
 # --- domain events --------------------------------------------------------------------

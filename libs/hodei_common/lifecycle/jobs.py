@@ -13,6 +13,7 @@ from uuid import UUID
 
 import asyncpg
 
+from hodei_common import tracing
 from hodei_common.contracts.agent import Outcome, StatusReport
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.events import Event
@@ -58,7 +59,8 @@ async def submit(conn: Conn, req: SubmitJob, *, job_id: UUID, namespace: str, ac
         command=req.command, args=req.args, env=req.env, timeout_s=req.timeout_s,
         provider=req.provider, priority=req.priority, max_attempts=req.max_attempts,
         idempotency_key=req.idempotency_key, cpus=req.cpus, memory_bytes=req.memory_bytes,
-        events=events.encode([Emit(t, created)]))
+        traceparent=tracing.traceparent(),
+        events=events.encode([Emit(t, created)], starts_trace=True))
 
 
 async def cancel_queued(conn: Conn, job_id: UUID, attempt: int, *, actor: str

@@ -233,6 +233,7 @@ class HeldJob:
     attempt: int
     max_attempts: int
     cancel_requested: bool
+    traceparent: str | None = None  # the job's trace, which its recovery continues
 
 
 @dataclass(frozen=True)
@@ -257,7 +258,7 @@ async def live_worker(conn: Conn, worker_id: UUID) -> LiveWorker | None:
         return None
     job = None if row["job_id"] is None else HeldJob(
         id=row["job_id"], attempt=row["attempt"], max_attempts=row["max_attempts"],
-        cancel_requested=row["cancel_requested"])
+        cancel_requested=row["cancel_requested"], traceparent=row["traceparent"])
     ref = WorkerRef(row["id"], row["provider"], job.id if job else row["for_job_id"])
     return LiveWorker(ref=ref, state=WorkerState(row["state"]), job=job)
 

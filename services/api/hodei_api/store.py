@@ -9,6 +9,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
+from hodei_common import tracing
 from hodei_common.contracts.events import DomainEvent
 from hodei_common.contracts.jobs import Job, JobState
 from hodei_common.contracts.workers import ProviderConfig, Worker, WorkerState
@@ -20,7 +21,7 @@ _JOB_COLUMNS = """
     id, namespace, name, state, command, args, env, timeout_s, provider, priority, attempt,
     max_attempts, worker_id, exit_code, error, cpus, memory_bytes, idempotency_key,
     cancel_requested_at, not_before, created_at, started_at, completed_at, updated_at,
-    log_truncated
+    log_truncated, traceparent
 """
 _WORKER_COLUMNS = """
     id, state, provider, mode, provider_resource_id, last_heartbeat, current_job_id, jobs_run,
@@ -87,6 +88,7 @@ def _job(row: asyncpg.Record, *, show_env: bool = False) -> Job:
     fields = dict(row)
     env = fields.pop("env")
     fields["env_keys"] = sorted(env)
+    fields["trace_id"] = tracing.trace_id_of(fields.pop("traceparent", None))
     if show_env:
         fields["env"] = env
     return msgspec.convert(fields, Job)

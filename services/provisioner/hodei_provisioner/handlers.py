@@ -15,6 +15,7 @@ from uuid import UUID
 
 import asyncpg
 
+from hodei_common import tracing
 from hodei_common.contracts.agent import RegisterReply, RegisterRequest, RenewReply
 from hodei_common.contracts.providers import ProviderSettings, load_settings, settings_type
 from hodei_common.contracts.workers import (
@@ -131,6 +132,18 @@ async def provision(deps: Deps, event: ProvisionRequested) -> None:
         await _fail(deps, worker, reason)
         return
     provider = deps.providers[worker.kind]
+    with tracing.tracer().start_as_current_span(
+            f"provisioner create {worker.kind}",
+            attributes={tracing.WORKER_ID: str(worker.id)}):
+        resource_id = await _create(deps, provider, worker, settings, token)
+    if resource_id is not None:
+        await _record_resource(deps, provider, worker, resource_id, settings)
+
+
+async def _create(deps: Deps, provider: Provider, worker: store.WorkerRow,
+                  settings: ProviderSettings, token: str) -> str | None:
+    """The worker's resource, its agent handed the job's trace; None when it could not be
+    made (the worker, and the job when no worker like it can start, failed)."""
     spec = WorkerSpec(worker_id=worker.id, token=token, nats_url=deps.agent_nats_url,
                       mode=worker.mode, provider=worker.provider, scope=str(worker.provider_id),
                       image=worker.image, settings=settings, job_id=worker.for_job_id,
@@ -138,24 +151,24 @@ async def provision(deps: Deps, event: ProvisionRequested) -> None:
                       else None,
                       cpus=worker.cpus or settings.cpus,
                       memory_bytes=worker.memory_bytes or settings.memory_bytes,
-                      bootstrap_creds=_bootstrap_creds(deps, worker.id))
+                      bootstrap_creds=_bootstrap_creds(deps, worker.id),
+                      trace_env=tracing.environ_context())
     try:
-        resource_id = await provider.create(spec)
+        return await provider.create(spec)
     except CannotStart as e:  # nor would another: the job it was made for fails too
         error = spec.redact(str(e))
         log.warning("worker %s cannot start: %s", worker.id, error)
         async with deps.pool.acquire() as conn:
             await workers.cannot_start(conn, worker.ref, one_line(error),
                                        job_error=one_line(error), created=False, actor=ACTOR)
-        return
+        return None
     except Exception as e:  # whatever broke, this worker will not come up: fail it
         error = spec.redact(str(e)) or type(e).__name__
         log.warning("worker %s: the %s provider could not create it: %s", worker.id,
                     worker.kind, error)
         await _fail(deps, worker, f"the {worker.kind} provider could not create the worker: "
                                   f"{error}")
-        return
-    await _record_resource(deps, provider, worker, resource_id, settings)
+        return None
 
 
 def _bootstrap_creds(deps: Deps, worker_id: UUID) -> str | None:

@@ -17,6 +17,7 @@ import asyncpg
 import msgspec
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
+from opentelemetry.trace import SpanKind
 
 from hodei_common import tracing
 from hodei_common.contracts import subjects
@@ -113,27 +114,31 @@ class Dispatcher:
         housekeeping = loop.time() >= self._next_housekeeping
         if housekeeping:
             self._next_housekeeping = loop.time() + HOUSEKEEPING_S
-        with tracing.tracer().start_as_current_span("scheduler dispatch"):
-            # One transaction: its advisory lock serialises passes across replicas and goes
-            # away with it, whatever happens to this process.
-            async with self._pool.acquire() as conn, locked_transaction(conn, LOCK_DISPATCH):
-                assignments = await self._assign(conn)
-                if self.provisioning:
-                    if housekeeping:
-                        await self._retire_idle(conn)
-                    await self._provision(conn)
-                stale = (await store.unanswered_assignments(conn, self._resend_s)
-                         if housekeeping else [])
-            for assignment in assignments:
-                await self.send(assignment)
-            for row in stale:
-                log.info("job %s: assignment not accepted yet; sending it again", row["id"])
-                await self.send(assignment_from_row(row, row["worker_id"], self._log_max_bytes))
-            return len(assignments)
+        # No span of its own: a pass is many jobs' step, recorded in each job's trace (the
+        # events it writes take their job's trace in hodei_record_events, each assignment
+        # is sent in a span of its job's).
+        # One transaction: its advisory lock serialises passes across replicas and goes
+        # away with it, whatever happens to this process.
+        async with self._pool.acquire() as conn, locked_transaction(conn, LOCK_DISPATCH):
+            assignments = await self._assign(conn)
+            if self.provisioning:
+                if housekeeping:
+                    await self._retire_idle(conn)
+                await self._provision(conn)
+            stale = (await store.unanswered_assignments(conn, self._resend_s)
+                     if housekeeping else [])
+        for assignment, trace in assignments:
+            await self.send(assignment, trace)
+        for row in stale:
+            log.info("job %s: assignment not accepted yet; sending it again", row["id"])
+            await self.send(assignment_from_row(row, row["worker_id"], self._log_max_bytes),
+                            row["traceparent"])
+        return len(assignments)
 
-    async def _assign(self, conn: Conn) -> list[Assignment]:
-        """Pair jobs with workers, a batch per statement, until no more pairs fit."""
-        assignments: list[Assignment] = []
+    async def _assign(self, conn: Conn) -> list[tuple[Assignment, str | None]]:
+        """Pair jobs with workers, a batch per statement, until no more pairs fit; each
+        assignment with its job's traceparent."""
+        assignments: list[tuple[Assignment, str | None]] = []
         while pairs := await store.pick_pairs(conn, PICK_BATCH):
             for p in pairs:
                 self._providers.remember(p["worker_id"], p["provider"])
@@ -141,8 +146,10 @@ class Dispatcher:
                 conn, [(p["job_id"], p["worker_id"], p["attempt"]) for p in pairs], actor=ACTOR)
             if len(rows) != len(pairs) or rows[0]["occupied"] != len(pairs):
                 raise RuntimeError("jobs or workers moved while locked by the dispatch pass")
-            assignments.extend(assignment_from_row(row, row["worker_id"], self._log_max_bytes)
-                               for row in rows)
+            assignments.extend(
+                (assignment_from_row(row, row["worker_id"], self._log_max_bytes),
+                 row["traceparent"])
+                for row in rows)
             if pairs[0]["considered"] < PICK_BATCH:
                 break
         return assignments
@@ -181,11 +188,15 @@ class Dispatcher:
                     mode=WorkerMode(p["worker_mode"]), cpus=p["cpus"],
                     memory_bytes=p["memory_bytes"], actor=ACTOR)
 
-    async def send(self, assignment: Assignment) -> None:
+    async def send(self, assignment: Assignment, trace: str | None = None) -> None:
         """Publish an assignment to its worker, and to the job's log that the attempt is that
-        worker's. The two go out together, the marker first: readers hold an attempt's lines
-        until its marker came, whichever the stream stores first."""
-        await asyncio.gather(self._mark(assignment), self._deliver(assignment))
+        worker's, in a span of the job's trace (``trace``: its traceparent). The two go out
+        together, the marker first: readers hold an attempt's lines until its marker came,
+        whichever the stream stores first."""
+        with tracing.job_span("scheduler assign", trace, assignment.job_id,
+                              attempt=assignment.attempt, worker_id=assignment.worker_id,
+                              kind=SpanKind.PRODUCER):
+            await asyncio.gather(self._mark(assignment), self._deliver(assignment))
 
     async def _deliver(self, assignment: Assignment) -> None:
         """A failure is retried by a later pass (the assignment is not accepted meanwhile)."""

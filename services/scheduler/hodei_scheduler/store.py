@@ -107,7 +107,8 @@ LIMIT $4
 """
 
 UNANSWERED_ASSIGNMENTS = """
-SELECT id, attempt, worker_id, command, args, env, timeout_s, assigned_at, namespace
+SELECT id, attempt, worker_id, command, args, env, timeout_s, assigned_at, namespace,
+       traceparent
 FROM jobs WHERE state = 'ASSIGNED' AND accepted_at IS NULL
   AND assigned_at < now() - make_interval(secs => $1)
 ORDER BY assigned_at

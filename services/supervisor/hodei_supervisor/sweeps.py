@@ -12,7 +12,6 @@ import logging
 import asyncpg
 from nats.aio.client import Client as NATS
 
-from hodei_common import tracing
 from hodei_common.contracts.agent import StatusKind
 from hodei_common.database import LOCK_SUPERVISOR_SWEEP, exclusive
 from hodei_common.recovery import Fate, Recovery, Silence, send_cancel
@@ -45,40 +44,41 @@ class Sweeper:
 
     async def _sweep(self, heartbeats: bool) -> int:
         s = self._settings
-        with tracing.tracer().start_as_current_span("supervisor sweep"):
-            async with self._pool.acquire() as conn:
-                silent = (await store.silent_workers(conn, self.silence_limit_s)
-                          if heartbeats else [])
-                unaccepted = await store.unaccepted_jobs(conn, s.supervisor_accept_timeout_s)
-                overdue = await store.overdue_jobs(conn, s.supervisor_timeout_grace_s)
-                unregistered = await store.unregistered_workers(
-                    conn, s.supervisor_register_timeout_s)
-                cancels = await store.cancels_pending(conn, s.supervisor_cancel_resend_s)
-            lost = 0
-            for w in silent:
-                silence = Silence(w["last_heartbeat"], round(w["silent_s"], 3))
-                reason = f"no heartbeat for {w['silent_s']:.1f}s"
-                lost += _counted(await self._recovery.lose(w["id"], reason, silence=silence,
-                                                           cause="heartbeat"))
-            for j in unaccepted:
-                lost += _counted(await self._recovery.lose(
-                    j["worker_id"],
-                    f"did not take its assignment within {s.supervisor_accept_timeout_s:g}s",
-                    expected_job=(j["id"], j["attempt"]), leave_if_reported=tuple(StatusKind),
-                    cause="assignment_not_taken"))
-            for j in overdue:
-                lost += _counted(await self._recovery.lose(
-                    j["worker_id"],
-                    f"no result {s.supervisor_timeout_grace_s:g}s after its job's timeout",
-                    fate=Fate.TIME_OUT, expected_job=(j["id"], j["attempt"]),
-                    job_error=f"timed out after {j['timeout_s']:g}s; its worker never "
-                              "reported the end", cause="job_overdue"))
-            for w in unregistered:
-                lost += _counted(await self._recovery.lose(
-                    w["id"], f"did not register within {s.supervisor_register_timeout_s:g}s",
-                    cause="not_registered"))
-            await self._resend_cancels(cancels)
-            return lost
+        # No span of its own: what a sweep does to a job is recorded in the job's trace
+        # (hodei_record_events gives its events the job's traceparent).
+        async with self._pool.acquire() as conn:
+            silent = (await store.silent_workers(conn, self.silence_limit_s)
+                      if heartbeats else [])
+            unaccepted = await store.unaccepted_jobs(conn, s.supervisor_accept_timeout_s)
+            overdue = await store.overdue_jobs(conn, s.supervisor_timeout_grace_s)
+            unregistered = await store.unregistered_workers(
+                conn, s.supervisor_register_timeout_s)
+            cancels = await store.cancels_pending(conn, s.supervisor_cancel_resend_s)
+        lost = 0
+        for w in silent:
+            silence = Silence(w["last_heartbeat"], round(w["silent_s"], 3))
+            reason = f"no heartbeat for {w['silent_s']:.1f}s"
+            lost += _counted(await self._recovery.lose(w["id"], reason, silence=silence,
+                                                       cause="heartbeat"))
+        for j in unaccepted:
+            lost += _counted(await self._recovery.lose(
+                j["worker_id"],
+                f"did not take its assignment within {s.supervisor_accept_timeout_s:g}s",
+                expected_job=(j["id"], j["attempt"]), leave_if_reported=tuple(StatusKind),
+                cause="assignment_not_taken"))
+        for j in overdue:
+            lost += _counted(await self._recovery.lose(
+                j["worker_id"],
+                f"no result {s.supervisor_timeout_grace_s:g}s after its job's timeout",
+                fate=Fate.TIME_OUT, expected_job=(j["id"], j["attempt"]),
+                job_error=f"timed out after {j['timeout_s']:g}s; its worker never "
+                          "reported the end", cause="job_overdue"))
+        for w in unregistered:
+            lost += _counted(await self._recovery.lose(
+                w["id"], f"did not register within {s.supervisor_register_timeout_s:g}s",
+                cause="not_registered"))
+        await self._resend_cancels(cancels)
+        return lost
 
     async def _resend_cancels(self, jobs: list[asyncpg.Record]) -> None:
         """Say a cancel order again, at most every ``supervisor_cancel_resend_s`` per pass."""

@@ -9,9 +9,10 @@
 -- the idempotency key is taken: the caller then finds out which.
 WITH submitted AS (
     INSERT INTO jobs (id, namespace, name, state, command, args, env, timeout_s, provider,
-                      priority, max_attempts, idempotency_key, cpus, memory_bytes)
+                      priority, max_attempts, idempotency_key, cpus, memory_bytes, traceparent)
     SELECT :job_id, :namespace, :name, :to_state, :command, :args, :env::jsonb, :timeout_s,
-           :provider, :priority, :max_attempts, :idempotency_key, :cpus, :memory_bytes
+           :provider, :priority, :max_attempts, :idempotency_key, :cpus, :memory_bytes,
+           :traceparent
     WHERE EXISTS (SELECT 1 FROM provider_configs WHERE name = :provider AND enabled)
     ON CONFLICT DO NOTHING
     RETURNING *
@@ -52,7 +53,7 @@ assigned AS (
     FROM pairs AS p
     WHERE jobs.id = p.job_id AND jobs.state = ANY(:from_states) AND jobs.attempt = p.attempt
     RETURNING jobs.id, jobs.attempt, jobs.worker_id, jobs.command, jobs.args, jobs.env,
-              jobs.timeout_s, jobs.assigned_at, jobs.namespace
+              jobs.timeout_s, jobs.assigned_at, jobs.namespace, jobs.traceparent
 ),
 occupied AS (
     UPDATE workers SET state = :occupy_to, current_job_id = a.id, idle_since = NULL

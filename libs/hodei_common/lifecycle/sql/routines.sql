@@ -5,17 +5,31 @@
 
 -- Records the events of a statement whose step applied, in the order given: the audit row
 -- (domain_events) and the outbox row the relay publishes, then wakes the relay once.
--- `events` is a JSON array of objects with the columns below and `step`; an event is kept
--- when its step is in `applied`.
+-- `events` is a JSON array of objects with the columns below, `step` and `job`; an event is
+-- kept when its step is in `applied`. An event whose `job` is set (lifecycle/events.py sets
+-- it for an event written outside its job's trace: by a dispatch pass, a sweep) continues
+-- the job's trace: it takes the job's stored traceparent unless it was written in that
+-- trace after all (one primary-key lookup per such event). The plan is kept generic: a custom plan per call (the
+-- default here) cost more than the whole statement.
 CREATE OR REPLACE FUNCTION hodei_record_events(events json, applied text[])
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     recorded integer;
 BEGIN
     WITH chosen AS (
-        SELECT e.n, e.event
+        SELECT e.n, e.event, e.event->'headers'->>'traceparent' AS written,
+               CASE WHEN e.event->>'job' IS NOT NULL THEN
+                   (SELECT j.traceparent FROM jobs AS j WHERE j.id = (e.event->>'job')::uuid)
+               END AS stored
         FROM json_array_elements(events) WITH ORDINALITY AS e(event, n)
         WHERE e.event->>'step' = ANY(applied)
+    ),
+    traced AS (
+        SELECT n, event,
+               CASE WHEN stored IS NOT NULL AND split_part(coalesce(written, ''), '-', 2)
+                                                <> split_part(stored, '-', 2)
+                    THEN stored ELSE written END AS traceparent
+        FROM chosen
     ),
     audit AS (
         INSERT INTO domain_events (id, event_type, aggregate_type, aggregate_id, correlation_id,
@@ -23,13 +37,16 @@ BEGIN
         SELECT (event->>'id')::uuid, event->>'event_type', event->>'aggregate_type',
                (event->>'aggregate_id')::uuid, event->>'correlation_id', event->>'actor',
                (event->>'payload')::jsonb, (event->>'occurred_at')::timestamptz,
-               event->>'trace_id'
-        FROM chosen ORDER BY n
+               coalesce(nullif(split_part(traceparent, '-', 2), ''), event->>'trace_id')
+        FROM traced ORDER BY n
     )
     INSERT INTO outbox_events (id, subject, event_type, payload, headers)
     SELECT (event->>'id')::uuid, event->>'subject', event->>'event_type',
-           convert_to(event->>'payload', 'UTF8'), (event->'headers')::jsonb
-    FROM chosen ORDER BY n;
+           convert_to(event->>'payload', 'UTF8'),
+           (event->'headers')::jsonb
+               || CASE WHEN traceparent IS NULL THEN '{}'
+                       ELSE jsonb_build_object('traceparent', traceparent) END
+    FROM traced ORDER BY n;
     GET DIAGNOSTICS recorded = ROW_COUNT;
     IF recorded > 0 THEN
         PERFORM pg_notify('hodei_outbox', '');

@@ -189,7 +189,7 @@ RETURNING id;
 -- name: live_worker
 -- What a finder of a lost worker reads first: the worker, if live, and the job it holds.
 SELECT w.id, w.provider, w.state, w.for_job_id, j.id AS job_id, j.attempt, j.max_attempts,
-       j.cancel_requested_at IS NOT NULL AS cancel_requested
+       j.cancel_requested_at IS NOT NULL AS cancel_requested, j.traceparent
 FROM workers AS w
 LEFT JOIN jobs AS j ON j.worker_id = w.id AND j.state = ANY(:held_states)
 WHERE w.id = :worker_id AND w.state = ANY(:live_states);

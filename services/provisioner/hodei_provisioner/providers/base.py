@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar
@@ -62,6 +62,9 @@ class WorkerSpec:
     # The NATS credentials (creds file text) the agent registers with, when NATS asks for
     # credentials: they allow that request alone, and expire with the token.
     bootstrap_creds: str | None = field(default=None, repr=False)
+    # The job's trace context for the agent's environment (TRACEPARENT, BAGGAGE), so the
+    # agent's registration joins the trace of the job it was made for.
+    trace_env: Mapping[str, str] = field(default_factory=dict)
 
     def secrets(self) -> dict[str, str]:
         """The agent's secret environment: its one-time token and bootstrap credentials."""

@@ -29,6 +29,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from hodei_common.contracts.agent import AGENT_CAPABILITIES, JOB_USER
 from hodei_common.contracts.providers import DockerSettings, ProviderSettings
+from hodei_common.tracing import AGENT_ENV
 from hodei_provisioner.providers.base import (
     LABEL_JOB,
     LABEL_MANAGED,
@@ -52,7 +53,7 @@ API_VERSION = "1.41"
 
 T = TypeVar("T")
 # Variables of the service's environment a container's agent gets (the rest stays behind).
-CONTAINER_ENV = ("HODEI_LOG_LEVEL", "HODEI_LOG_FORMAT", "TZ")
+CONTAINER_ENV = ("HODEI_LOG_LEVEL", "HODEI_LOG_FORMAT", "TZ", *AGENT_ENV)
 
 
 def container_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -158,6 +159,7 @@ class DockerProvider(Provider):
             "HODEI_NATS_URL": spec.nats_url,
             "HODEI_WORKER_ID": str(spec.worker_id),
             "HODEI_AGENT_JOB_USER": JOB_USER,
+            **spec.trace_env,
             **spec.secrets(),
         }
         container = api.create_container(

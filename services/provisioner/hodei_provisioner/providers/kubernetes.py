@@ -206,7 +206,8 @@ class KubernetesProvider(Provider):
             # A create that died half way left it: the new token replaces the old one.
             core.replace_namespaced_secret(name, namespace, secret,
                                            _request_timeout=REQUEST_TIMEOUT)
-        manifest = pods.pod_manifest(spec, settings, nats_url=spec.nats_url, env=self._env,
+        manifest = pods.pod_manifest(spec, settings, nats_url=spec.nats_url,
+                                     env={**self._env, **spec.trace_env},
                                      grace_s=self._grace_s)
         try:
             response = core.create_namespaced_pod(namespace, manifest, _preload_content=False,

@@ -25,12 +25,14 @@ from typing import ClassVar
 from uuid import UUID
 
 from hodei_common.contracts.providers import ProviderSettings
+from hodei_common.tracing import AGENT_ENV
 from hodei_provisioner.providers.base import News, Provider, ProviderError, Verdict, WorkerSpec
 
 log = logging.getLogger(__name__)
 
 # Variables of the service's own environment an agent gets; everything else is left behind.
-INHERITED_ENV = ("PATH", "HOME", "LANG", "HODEI_LOG_LEVEL", "HODEI_LOG_FORMAT")
+INHERITED_ENV = ("PATH", "HOME", "LANG", "HODEI_LOG_LEVEL", "HODEI_LOG_FORMAT",
+                 *AGENT_ENV)
 _POLL_S = 0.05
 
 
@@ -91,6 +93,7 @@ class LocalProvider(Provider):
             **self._env,
             "HODEI_NATS_URL": spec.nats_url,
             "HODEI_WORKER_ID": str(spec.worker_id),
+            **spec.trace_env,
             **spec.secrets(),
         }
         try:
