@@ -22,20 +22,27 @@ from tests.deploy.charts import (
 )
 
 KUBERNETES_VERSIONS = ("1.29", "1.31")
-# Each chart with its defaults, and with the CI values (all optional objects on).
-CASES = [(chart, ()) for chart in (*CHARTS, UMBRELLA)] + \
-    [(chart, ("--values", str(CI_CHART_VALUES))) for chart in CHARTS] + \
-    [(UMBRELLA, ("--values", str(CI_VALUES)))]
-IDS = [f"{chart}-{'ci' if args else 'defaults'}" for chart, args in CASES]
+# A development cluster's way: the database URL in plain text, NATS with a password.
+DEV = ("--set", "database.existingSecret=", "--set", "database.url=postgresql://h@db/h",
+       "--set", "nats.existingSecret=nats-password")
+LOCAL = ("--set", "provider=local", "--set", "workers.existingSecret=agent-nats",
+         "--set", "home.sizeLimit=1Gi", "--set", "natsKeysSecret=keys")
+# Each chart with its defaults, with the CI values (all optional objects on), and the others.
+CASES = [(chart, (), "defaults") for chart in (*CHARTS, UMBRELLA)] + \
+    [(chart, ("--values", str(CI_CHART_VALUES)), "ci") for chart in CHARTS] + \
+    [(UMBRELLA, ("--values", str(CI_VALUES)), "ci")] + \
+    [(chart, DEV, "dev") for chart in CHARTS] + [("hodei-provisioner", LOCAL, "local")]
+IDS = [f"{chart}-{variant}" for chart, _, variant in CASES]
+CASES_ARGS = [(chart, args) for chart, args, _ in CASES]
 
 
-@pytest.mark.parametrize(("chart", "args"), CASES, ids=IDS)
+@pytest.mark.parametrize(("chart", "args"), CASES_ARGS, ids=IDS)
 def test_chart_lints_strict(chart: str, args: tuple[str, ...]) -> None:
     done = helm("lint", "--strict", HELM_DIR / chart, *args)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize(("chart", "args"), CASES, ids=IDS)
+@pytest.mark.parametrize(("chart", "args"), CASES_ARGS, ids=IDS)
 def test_every_rendered_object_is_valid_kubernetes(chart: str, args: tuple[str, ...]) -> None:
     objects = render(chart, *args)
     assert objects
