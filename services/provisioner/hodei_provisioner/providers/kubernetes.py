@@ -51,6 +51,16 @@ DEFAULT_PENDING_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT = (5.0, 30.0)
 # Refusals no retry would change: the worker cannot start, and neither could another.
 PERMANENT = {400: "bad request", 403: "forbidden", 404: "not found", 422: "invalid"}
+# What the provider asks of the API server in a provider's namespace, as RBAC (resource,
+# verb) pairs: pods made, read, listed and watched (the pod watch), deleted; each worker's
+# token Secret made, replaced (after a half-done create), patched (owned by its pod),
+# deleted. The Helm chart's Role grants exactly these, and tests/deploy holds the calls in
+# this module and kubernetes_watch, this list and the Role equal.
+API_PERMISSIONS: tuple[tuple[str, str], ...] = (
+    ("pods", "create"), ("pods", "delete"), ("pods", "get"), ("pods", "list"),
+    ("pods", "watch"),
+    ("secrets", "create"), ("secrets", "delete"), ("secrets", "patch"), ("secrets", "update"),
+)
 T = TypeVar("T")
 ClientKey = tuple[str | None, str | None, bool]
 # The client's methods, called with dict bodies and unparsed (``_preload_content=False``)
