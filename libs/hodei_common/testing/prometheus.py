@@ -71,12 +71,22 @@ class Prometheus:
                  f"--storage.tsdb.path={self.root / 'data'}",
                  f"--web.listen-address=127.0.0.1:{self.port}"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # It listens before its storage is open, answering 503 to everything until then.
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not port_open("127.0.0.1", self.port):
+        while not self._ready():
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 pytest.fail(f"prometheus did not start:\n{tail(log_file)}", pytrace=False)
             time.sleep(0.1)
+
+    def _ready(self) -> bool:
+        if not port_open("127.0.0.1", self.port):
+            return False
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=5) as answer:
+                return bool(answer.status == 200)
+        except OSError:  # urllib's HTTPError (a 503) among them
+            return False
 
     def stop(self) -> None:
         if self._proc is not None:
