@@ -26,13 +26,15 @@ async def test_streams_are_declared_once_and_updated_in_place(js: JetStreamConte
 
 
 async def test_consumers_are_declared_once_and_updated_in_place(js: JetStreamContext) -> None:
-    config = ConsumerConfig(durable_name="probe", filter_subject=subjects.JOB_CREATED,
+    created = subjects.job_events(subjects.JOB_CREATED)
+    config = ConsumerConfig(durable_name="probe", filter_subject=created,
                             ack_policy=AckPolicy.EXPLICIT, max_deliver=5)
     await messaging.ensure_consumer(js, subjects.JOB_EVENTS_STREAM, config)
     await messaging.ensure_consumer(js, subjects.JOB_EVENTS_STREAM, config)
-    changed = ConsumerConfig(durable_name="probe", filter_subject=subjects.JOB_CREATED,
+    changed = ConsumerConfig(durable_name="probe", filter_subject=created,
                              ack_policy=AckPolicy.EXPLICIT, max_deliver=9)
     await messaging.ensure_consumer(js, subjects.JOB_EVENTS_STREAM, changed)
     consumers = await js.consumers_info(subjects.JOB_EVENTS_STREAM)
     assert [c.name for c in consumers] == ["probe"]
     assert consumers[0].config.max_deliver == 9
+

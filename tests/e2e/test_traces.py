@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from hodei_common.contracts import subjects
 from hodei_common.testing import assert_eventually
 from tests.cli.conftest import run_cli
 from tests.e2e.conftest import Platform, agent_processes, job_of, start_platform, stop_platform
@@ -148,7 +149,8 @@ async def test_a_requeued_jobs_second_attempt_is_in_the_same_trace(
     lost = [s for s in spans if s.name == "recovery lose worker"]
     assert [s.service for s in lost] in (["hodei-provisioner"], ["hodei-supervisor"]), lost
     assert lost[0].attributes["hodei.attempt"] == 1
-    assert any(s.name == "relay job.requeued" for s in spans)
+    requeued = subjects.job_event(job_id, subjects.JOB_REQUEUED)
+    assert any(s.name == f"relay {requeued}" for s in spans)
     runs = [s for s in spans if s.name == "agent run"]
     assert [r.attributes["hodei.attempt"] for r in runs] == [2]  # the first never ended
     assigns = {s.attributes["hodei.attempt"] for s in spans if s.name == "scheduler assign"}
