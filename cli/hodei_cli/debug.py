@@ -64,8 +64,8 @@ class Printer:
         sys.stdout.flush()  # a watch piped on is read as it goes
 
     def _wanted(self, msg: Msg) -> bool:
-        """A job's messages: its id is a token of the subject (its log), or the payload's
-        ``job_id`` or ``correlation_id`` (its events and its workers')."""
+        """A job's messages: its id is a token of the subject (its log, its events), or the
+        payload's ``job_id`` or ``correlation_id`` (its workers' events, older job events)."""
         if self.job is None or self.job in msg.subject.split("."):
             return True
         body = natsview.decoded(msg.data)

@@ -57,6 +57,11 @@ def event(subject: str, value: Event) -> Example:
     return Example(subject, msgspec.json.encode(value), headers)
 
 
+def job_event(name: str, value: jobs.JobEvent) -> Example:
+    """A job event as the relay publishes it, on its job's subject (``job.<id>.<name>``)."""
+    return event(s.job_event(value.job_id, name), value)
+
+
 def _event_ids() -> Iterator[UUID]:
     n = 0
     while True:
@@ -73,29 +78,29 @@ def job_events() -> list[Example]:
 
     api_side = {**common(), "actor": "api"}
     return [
-        event(s.JOB_CREATED, jobs.JobCreated(
+        job_event(s.JOB_CREATED, jobs.JobCreated(
             **api_side, namespace=NS, name="build", provider="local", priority=0,
             timeout_s=3600.0, env_keys=["API_TOKEN"])),
-        event(s.JOB_ASSIGNED, jobs.JobAssigned(**common(), worker_id=WORKER)),
-        event(s.JOB_ACCEPTED, jobs.JobAccepted(**common(), worker_id=WORKER)),
-        event(s.JOB_STARTED, jobs.JobStarted(**common(), worker_id=WORKER)),
-        event(s.JOB_SUCCEEDED, jobs.JobSucceeded(
+        job_event(s.JOB_ASSIGNED, jobs.JobAssigned(**common(), worker_id=WORKER)),
+        job_event(s.JOB_ACCEPTED, jobs.JobAccepted(**common(), worker_id=WORKER)),
+        job_event(s.JOB_STARTED, jobs.JobStarted(**common(), worker_id=WORKER)),
+        job_event(s.JOB_SUCCEEDED, jobs.JobSucceeded(
             **common(), state=jobs.JobState.SUCCEEDED, exit_code=0, worker_id=WORKER,
             duration_s=1.52)),
-        event(s.JOB_FAILED, jobs.JobFailed(
+        job_event(s.JOB_FAILED, jobs.JobFailed(
             **common(), state=jobs.JobState.FAILED, exit_code=3, error="exited with code 3",
             worker_id=WORKER, duration_s=0.41)),
-        event(s.JOB_TIMED_OUT, jobs.JobTimedOut(
+        job_event(s.JOB_TIMED_OUT, jobs.JobTimedOut(
             **common(), state=jobs.JobState.TIMED_OUT, exit_code=124,
             error="timed out after 60s", worker_id=WORKER, duration_s=60.0)),
-        event(s.JOB_CANCEL_REQUESTED, jobs.JobCancelRequested(
+        job_event(s.JOB_CANCEL_REQUESTED, jobs.JobCancelRequested(
             **{**common(), "actor": "api"}, worker_id=WORKER)),
-        event(s.JOB_CANCELLED, jobs.JobCancelled(**common(), reason="cancel ordered")),
-        event(s.JOB_REQUEUED, jobs.JobRequeued(
+        job_event(s.JOB_CANCELLED, jobs.JobCancelled(**common(), reason="cancel ordered")),
+        job_event(s.JOB_REQUEUED, jobs.JobRequeued(
             **{**common(2), "actor": "supervisor"}, previous_worker_id=WORKER,
             reason="worker lost: no heartbeat for 3.6s", backoff_s=0.5,
             not_before=AT + timedelta(seconds=0.5))),
-        event(s.JOB_STALE_REPORT, jobs.StaleReportRefused(
+        job_event(s.JOB_STALE_REPORT, jobs.StaleReportRefused(
             **common(), worker_id=WORKER, kind="finished", current_attempt=2)),
     ]
 
@@ -196,7 +201,7 @@ def requests() -> list[Example]:
 
 
 SECTIONS = (
-    ("Job events: stream `JOB_EVENTS`, subjects `job.*`", job_events),
+    ("Job events: stream `JOB_EVENTS`, subjects `job.<job>.<event>`", job_events),
     ("Worker events: stream `WORKER_EVENTS`", worker_events),
     ("One worker's subjects: `worker.<id>.assign` (stream `WORKER_ASSIGN`), "
      "`worker.<id>.status` (stream `WORKER_STATUS`), `worker.heartbeat.<id>` and "

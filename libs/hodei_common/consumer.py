@@ -86,7 +86,7 @@ async def handle(msg: Msg, handler: Handler, name: str, *, ack: bool = True) -> 
     """Run one message through ``handler`` inside its trace, then ack (unless ``ack`` is
     False: a later ack covers it), nak or term it. Lines logged meanwhile name the job the
     message is about once :func:`decode` found one, and no other message's."""
-    with tracing.continued_span(f"{name} {msg.subject}", msg.headers), \
+    with tracing.message_span(name, msg.subject, msg.headers), \
             logconfig.job_context(None):
         try:
             await handler(msg)

@@ -218,7 +218,7 @@ class EndpointServer:
         """Reply to ``req``; return ``ok`` or the error code replied."""
         with tracing.continued_span(
             f"{self._service} {endpoint.subject}", req.headers, kind=SpanKind.SERVER,
-            attributes={"messaging.destination.name": endpoint.subject},
+            attributes={tracing.DESTINATION: endpoint.subject},
         ) as span:
             try:
                 body = await self._reply_body(endpoint, req)

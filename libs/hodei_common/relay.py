@@ -159,7 +159,7 @@ def _traced(row: asyncpg.Record) -> dict[str, str]:
     headers: dict[str, str] = dict(row["headers"])
     if subjects.HEADER_TRACEPARENT not in headers:
         return headers
-    with tracing.continued_span(f"relay {row['subject']}", headers, kind=SpanKind.PRODUCER):
+    with tracing.message_span("relay", row["subject"], headers, kind=SpanKind.PRODUCER):
         return tracing.inject(headers)
 
 

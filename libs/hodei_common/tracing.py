@@ -18,6 +18,7 @@ providers of one process then share one exporter.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ TRACER_NAME = "hodei"
 JOB_ID = "hodei.job_id"
 ATTEMPT = "hodei.attempt"
 WORKER_ID = "hodei.worker_id"
+DESTINATION = "messaging.destination.name"
 # Variables of a service's environment that tell an agent where its spans go: the
 # provisioner passes these on to the agents it starts (never OTEL_EXPORTER_OTLP_HEADERS,
 # which may hold a collector's credentials).
@@ -247,6 +249,31 @@ def continued_span(
             yield span
     finally:
         context.detach(token)
+
+
+def message_span(operation: str, subject: str, headers: Mapping[str, str] | None, *,
+                 kind: SpanKind = SpanKind.CONSUMER) -> contextlib.AbstractContextManager[Span]:
+    """A span handling (or publishing) a message on ``subject``, continuing the trace its
+    headers carry. Its name holds the subject with each id replaced by ``*``
+    (``relay job.*.created``): span names stay few, as tracing backends expect, and the
+    subject itself is the ``messaging.destination.name`` attribute."""
+    return continued_span(f"{operation} {subject_template(subject)}", headers, kind=kind,
+                          attributes={DESTINATION: subject})
+
+
+def subject_template(subject: str) -> str:
+    """``subject`` with every token that is a UUID (a job's, a worker's) replaced by ``*``."""
+    return ".".join("*" if _is_uuid(token) else token for token in subject.split("."))
+
+
+def _is_uuid(token: str) -> bool:
+    if len(token) != 36:
+        return False
+    try:
+        UUID(token)
+    except ValueError:
+        return False
+    return True
 
 
 @contextmanager

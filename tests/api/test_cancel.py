@@ -32,9 +32,10 @@ async def test_cancel_of_queued_job_cancels_it_at_once(client: ApiClient, pool: 
     assert reply.job.state is JobState.CANCELLED
     assert reply.job.completed_at is not None
     assert (await client.get(queued.id)).state is JobState.CANCELLED
-    assert await outbox_subjects(pool) == [subjects.JOB_CREATED, subjects.JOB_CANCELLED]
+    assert await outbox_subjects(pool) == [subjects.job_event(queued.id, subjects.JOB_CREATED),
+                                           subjects.job_event(queued.id, subjects.JOB_CANCELLED)]
     payload = await pool.fetchval("SELECT payload FROM outbox_events WHERE subject = $1",
-                                  subjects.JOB_CANCELLED)
+                                  subjects.job_event(queued.id, subjects.JOB_CANCELLED))
     event = msgspec.json.decode(payload, type=JobCancelled)
     assert (event.job_id, event.attempt) == (queued.id, 1)
 
@@ -59,11 +60,13 @@ async def test_cancel_of_running_job_requests_cancellation_once(
     assert second.job.cancel_requested_at == first.job.cancel_requested_at
     assert second.cancelled is False
     assert await row_counts(pool) == after_first
-    assert await outbox_subjects(pool) == [subjects.JOB_CREATED, subjects.JOB_CANCEL_REQUESTED]
+    assert await outbox_subjects(pool) == [
+        subjects.job_event(queued.id, subjects.JOB_CREATED),
+        subjects.job_event(queued.id, subjects.JOB_CANCEL_REQUESTED)]
     assert [e.event_type for e in await client.events(queued.id)] == [
         "JobCreated", "JobCancelRequested"]
     payload = await pool.fetchval("SELECT payload FROM outbox_events WHERE subject = $1",
-                                  subjects.JOB_CANCEL_REQUESTED)
+                                  subjects.job_event(queued.id, subjects.JOB_CANCEL_REQUESTED))
     assert msgspec.json.decode(payload, type=JobCancelRequested).worker_id == worker_id
 
 

@@ -41,7 +41,7 @@ async def test_submit_stores_queued_job_with_created_event_and_outbox_row(
     assert [a["event_type"] for a in audit] == ["JobCreated"]
     outbox = await pool.fetch("SELECT subject, event_type, payload, xmin FROM outbox_events")
     assert [(o["subject"], o["event_type"]) for o in outbox] == [
-        (subjects.JOB_CREATED, "JobCreated")]
+        (subjects.job_event(reply.job.id, subjects.JOB_CREATED), "JobCreated")]
     event = msgspec.json.decode(outbox[0]["payload"], type=JobCreated)
     assert event.job_id == reply.job.id
     assert event.name == "greet"

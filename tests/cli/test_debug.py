@@ -24,6 +24,8 @@ pytestmark = [pytest.mark.nats]
 
 JOB = uuid4()
 WORKER = uuid4()
+# A job's events are on `job.<id>.<event>`, as a user types them.
+CREATED, FAILED = f"job.{JOB}.created", f"job.{JOB}.failed"
 
 
 @contextlib.asynccontextmanager
@@ -52,11 +54,11 @@ def blocks(out: str) -> list[str]:
 async def test_sub_prints_each_message_s_subject_headers_and_payload(
     cli_env: dict[str, str], nc: NATS
 ) -> None:
-    async with watching(cli_env, ["job.*", "worker.*.status"], "--count", "3") as proc:
+    async with watching(cli_env, ["job.*.*", "worker.*.status"], "--count", "3") as proc:
         created = {"job_id": str(JOB), "attempt": 1, "note": "caf\u00e9 \u009b2J"}
-        await nc.publish("job.created", msgspec.json.encode(created),
+        await nc.publish(CREATED, msgspec.json.encode(created),
                          headers={"Hodei-Event-Type": "JobCreated", "Nats-Msg-Id": "m1"})
-        await nc.publish("job.failed", b"\xff\xfe not utf-8")
+        await nc.publish(FAILED, b"\xff\xfe not utf-8")
         await nc.publish(f"worker.{WORKER}.status", b"plain \x1b[2J text\nsecond line")
         out, err = await asyncio.wait_for(proc.communicate(), 30)
 
@@ -66,7 +68,7 @@ async def test_sub_prints_each_message_s_subject_headers_and_payload(
     # Each subject's messages come in order; two subjects' as their subscriptions hand them.
     assert sorted(line.split("]")[0] for line in received(text)) == ["[#1", "[#2", "[#3"]
     assert sorted(blocks(text.removesuffix("\n\n"))) == sorted([
-        'Received on "job.created"\n'
+        f'Received on "{CREATED}"\n'
         "Hodei-Event-Type: JobCreated\n"
         "Nats-Msg-Id: m1\n"
         "\n"
@@ -75,7 +77,7 @@ async def test_sub_prints_each_message_s_subject_headers_and_payload(
         '  "attempt": 1,\n'
         '  "note": "caf\u00e9 \\u009b2J"\n'
         "}",
-        'Received on "job.failed"\n'
+        f'Received on "{FAILED}"\n'
         "\n"
         "\\xff\\xfe not utf-8",
         f'Received on "worker.{WORKER}.status"\n'
@@ -92,8 +94,7 @@ async def job_events(js: JetStreamContext) -> list[dict[str, object]]:
         {"job_id": str(other), "attempt": 1, "kind": "created"},
         {"job_id": str(JOB), "attempt": 1, "kind": "failed"},
     ]
-    for event, subject in zip(events, ("job.created", "job.created", "job.failed"),
-                              strict=True):
+    for event, subject in zip(events, (CREATED, f"job.{other}.created", FAILED), strict=True):
         await js.publish(subject, msgspec.json.encode(event))
     return events
 
@@ -106,28 +107,31 @@ def received(out: str) -> list[str]:
 async def test_stream_replays_what_is_stored_from_the_first_then_stops(
     cli_env: dict[str, str], js: JetStreamContext, settings: Settings
 ) -> None:
-    await job_events(js)
+    other = (await job_events(js))[1]["job_id"]
     stream = subjects.JOB_EVENTS_STREAM
 
     whole = await run_cli(cli_env, "debug", "sub", "--stream", stream)
     assert whole.code == 0, whole.stderr
     heads = received(whole.stdout)
     assert [h.split(" (")[0] for h in heads] == [
-        '[#1] Received on "job.created"', '[#2] Received on "job.created"',
-        '[#3] Received on "job.failed"']
+        f'[#1] Received on "{CREATED}"', f'[#2] Received on "job.{other}.created"',
+        f'[#3] Received on "{FAILED}"']
     assert [h.split(" (")[1].split(",")[0] for h in heads] == [
         f"{stream} #1", f"{stream} #2", f"{stream} #3"]
     assert '"kind": "failed"' in whole.stdout
 
-    filtered = await run_cli(cli_env, "debug", "sub", "--stream", stream, "job.failed")
+    filtered = await run_cli(cli_env, "debug", "sub", "--stream", stream, "job.*.failed")
     assert [h.split(" (")[0] for h in received(filtered.stdout)] == [
-        '[#1] Received on "job.failed"']
+        f'[#1] Received on "{FAILED}"']
+    followed = await run_cli(cli_env, "debug", "sub", "--stream", stream, f"job.{JOB}.>")
+    assert [h.split(" (")[0] for h in received(followed.stdout)] == [
+        f'[#1] Received on "{CREATED}"', f'[#2] Received on "{FAILED}"']
     one_job = await run_cli(cli_env, "debug", "sub", "--stream", stream, "--job", str(JOB))
     assert f"{stream} #2" not in one_job.stdout
     assert len(received(one_job.stdout)) == 2
     counted = await run_cli(cli_env, "debug", "sub", "--stream", stream, "--count", "1")
     assert len(received(counted.stdout)) == 1
-    nothing = await run_cli(cli_env, "debug", "sub", "--stream", stream, "job.timed_out")
+    nothing = await run_cli(cli_env, "debug", "sub", "--stream", stream, "job.*.timed_out")
     assert (nothing.code, nothing.stdout) == (0, "")
     # Every reader deleted its consumer.
     assert (await js.stream_info(stream)).state.consumer_count == 0
@@ -140,8 +144,21 @@ async def test_stream_replays_what_is_stored_from_the_first_then_stops(
         await admin.close()
 
 
+async def test_one_jobs_subscription_prints_that_jobs_events_and_no_other(
+    cli_env: dict[str, str], nc: NATS
+) -> None:
+    async with watching(cli_env, [f"job.{JOB}.>"], "--count", "2") as proc:
+        await nc.publish(f"job.{uuid4()}.created", b'{"other": true}')
+        await nc.publish(CREATED, b'{"kind": "created"}')
+        await nc.publish(FAILED, b'{"kind": "failed"}')
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err
+    assert received(out.decode()) == [f'[#1] Received on "{CREATED}"',
+                                      f'[#2] Received on "{FAILED}"']
+
+
 async def test_ctrl_c_ends_a_watch_quietly(cli_env: dict[str, str]) -> None:
-    async with watching(cli_env, ["job.*"]) as proc:
+    async with watching(cli_env, ["job.*.*"]) as proc:
         proc.send_signal(signal.SIGINT)
         out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert (proc.returncode, out, err) == (0, b"", b"")
@@ -166,7 +183,8 @@ async def test_a_user_watches_its_namespace_s_logs_and_is_refused_events_in_one_
     assert received(out.decode()) == [f'[#1] Received on "logs.team-a.{JOB}.hodei"']
 
     for args, line in (
-        (["job.*"], "these credentials may not subscribe to job.*"),
+        (["job.*.*"], "these credentials may not subscribe to job.*.*"),
+        ([f"job.{JOB}.>"], f"these credentials may not subscribe to job.{JOB}.>"),
         (["logs.team-b.>"], "these credentials may not subscribe to logs.team-b.>"),
         (["--stream", "JOB_EVENTS"], "these credentials may not read stream JOB_EVENTS"),
     ):
@@ -189,8 +207,8 @@ async def test_a_user_watches_its_namespace_s_logs_and_is_refused_events_in_one_
     ([], "error: give at least one SUBJECT to watch, or --stream NAME"),
     (["job..x"], "error: 'job..x' is not a NATS subject"),
     (["job.>.x"], "error: 'job.>.x' is not a NATS subject"),
-    (["job.*", "--job", "nope"], "error: --job must be a job id (a UUID), got 'nope'"),
-    (["job.*", "--count", "0"], "error: Invalid value for '--count'"),
+    (["job.*.*", "--job", "nope"], "error: --job must be a job id (a UUID), got 'nope'"),
+    (["job.*.*", "--count", "0"], "error: Invalid value for '--count'"),
 ])
 async def test_bad_input_is_one_error_line(
     cli_env: dict[str, str], args: list[str], line: str

@@ -23,10 +23,14 @@ def test_the_page_names_every_stream_and_event_subject_with_an_example() -> None
     streams = [c.name for c in messaging.stream_configs()] + [subjects.LOG_ARCHIVE_STREAM]
     for stream in streams:
         assert f"`{stream}`" in text, stream
-    events = [value for name, value in vars(subjects).items()
-              if isinstance(value, str) and name.startswith(("JOB_", "WORKER_", "PROVISION_",
-                                                             "PROVIDER_"))
-              and "." in value and "*" not in value and not value.startswith("hodei.")]
+    names = [(name, value) for name, value in vars(subjects).items() if isinstance(value, str)]
+    # A job event's subject names its job: `job.<id>.created` for the event `created`.
+    events = [subjects.job_event(examples.JOB, value) for name, value in names
+              if name.startswith("JOB_") and value.isidentifier() and value.islower()]
+    assert len(events) > 10
+    events += [value for name, value in names
+               if name.startswith(("WORKER_", "PROVISION_", "PROVIDER_"))
+               and "." in value and "*" not in value and not value.startswith("hodei.")]
     assert len(events) > 20
     shown = {e.subject for make in (examples.job_events, examples.worker_events)
              for e in make()}

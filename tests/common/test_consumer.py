@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from uuid import uuid4
 
 import pytest
 from nats.aio.msg import Msg
@@ -17,8 +18,11 @@ from hodei_common.testing import assert_eventually
 
 pytestmark = pytest.mark.nats
 
+JOB = uuid4()
+CREATED = subjects.job_event(JOB, subjects.JOB_CREATED)
 SPEC = ConsumerSpec(stream=subjects.JOB_EVENTS_STREAM, durable="test-consumer",
-                    filter_subjects=[subjects.JOB_CREATED, subjects.JOB_CANCELLED], ack_wait_s=5)
+                    filter_subjects=[subjects.job_events(subjects.JOB_CREATED),
+                                     subjects.job_events(subjects.JOB_CANCELLED)], ack_wait_s=5)
 
 
 async def test_messages_are_acked_retried_or_dropped_as_the_handler_says(
@@ -36,8 +40,8 @@ async def test_messages_are_acked_retried_or_dropped_as_the_handler_says(
             raise ConnectionError("database went away")
 
     for body in (b"ok", b"retry", b"poison", b"flaky"):
-        await js.publish(subjects.JOB_CREATED, body)
-    await js.publish(subjects.JOB_ASSIGNED, b"not ours")
+        await js.publish(CREATED, body)
+    await js.publish(subjects.job_event(JOB, subjects.JOB_ASSIGNED), b"not ours")
     stopping = asyncio.Event()
     task = asyncio.create_task(consume(js, SPEC, handler, stopping, poll_s=0.2))
     await assert_eventually(
@@ -65,7 +69,7 @@ async def test_a_second_replica_shares_the_work_and_nothing_is_handled_twice(
     tasks = [asyncio.create_task(consume(js, SPEC, handler_for(r), stopping, batch=5,
                                          poll_s=0.2)) for r in (1, 2)]
     for i in range(200):
-        await js.publish(subjects.JOB_CREATED, str(i).encode())
+        await js.publish(CREATED, str(i).encode())
     await assert_eventually(lambda: len(handled) >= 200, within_s=10)
     stopping.set()
     await asyncio.gather(*tasks)
@@ -77,14 +81,15 @@ async def test_a_trigger_consumer_acknowledges_whole_batches_with_one_ack(
     js: JetStreamContext,
 ) -> None:
     spec = ConsumerSpec(stream=subjects.JOB_EVENTS_STREAM, durable="test-triggers",
-                        filter_subjects=[subjects.JOB_CREATED], ack_batches=True)
+                        filter_subjects=[subjects.job_events(subjects.JOB_CREATED)],
+                        ack_batches=True)
     seen: list[bytes] = []
 
     async def handler(msg: Msg) -> None:
         seen.append(msg.data)
 
     for i in range(50):
-        await js.publish(subjects.JOB_CREATED, str(i).encode())
+        await js.publish(CREATED, str(i).encode())
     stopping = asyncio.Event()
     task = asyncio.create_task(consume(js, spec, handler, stopping, batch=16, poll_s=0.2))
     await assert_eventually(lambda: len(seen) == 50, within_s=10)
@@ -101,14 +106,14 @@ async def test_a_trigger_consumer_acknowledges_whole_batches_with_one_ack(
 
 async def test_an_undecodable_message_is_dropped_not_retried(js: JetStreamContext) -> None:
     spec = ConsumerSpec(stream=subjects.JOB_EVENTS_STREAM, durable="test-decode",
-                        filter_subjects=[subjects.JOB_CREATED])
+                        filter_subjects=[subjects.job_events(subjects.JOB_CREATED)])
     tries: list[bytes] = []
 
     async def handler(msg: Msg) -> None:
         tries.append(msg.data)
         decode(msg, JobCreated)
 
-    await js.publish(subjects.JOB_CREATED, b"not json")
+    await js.publish(CREATED, b"not json")
     stopping = asyncio.Event()
     task = asyncio.create_task(consume(js, spec, handler, stopping, poll_s=0.2))
 
@@ -128,7 +133,7 @@ async def test_ordered_by_keeps_each_keys_order_and_runs_keys_concurrently(
     js: JetStreamContext,
 ) -> None:
     spec = ConsumerSpec(stream=subjects.JOB_EVENTS_STREAM, durable="test-ordered",
-                        filter_subjects=[subjects.JOB_CREATED], ack_wait_s=5,
+                        filter_subjects=[subjects.job_events(subjects.JOB_CREATED)], ack_wait_s=5,
                         ordered_by=lambda msg: msg.data[:1].decode())
     handled: list[bytes] = []
     b_seen = asyncio.Event()
@@ -142,7 +147,7 @@ async def test_ordered_by_keeps_each_keys_order_and_runs_keys_concurrently(
             b_seen.set()
 
     for body in (b"a1", b"a2", b"b1", b"a3", b"b2"):
-        await js.publish(subjects.JOB_CREATED, body)
+        await js.publish(CREATED, body)
     stopping = asyncio.Event()
     task = asyncio.create_task(consume(js, spec, handler, stopping, poll_s=0.2))
     await assert_eventually(lambda: len(handled) == 5, within_s=10, message=f"{handled}")

@@ -178,8 +178,9 @@ async def test_a_consumer_s_lines_name_the_job_of_the_message_handled_and_no_oth
         if probe.job_id == JOB_ID:
             raise PermanentError("refused")  # the consumer's own line names the job too
 
+    created = subjects.job_event(JOB_ID, subjects.JOB_CREATED)
     for body in ({"job_id": JOB_ID}, {}, {"job_id": "other"}):
-        await js.publish("job.created", msgspec.json.encode(body))
+        await js.publish(created, msgspec.json.encode(body))
     spec = ConsumerSpec(stream=subjects.JOB_EVENTS_STREAM, durable="log-probe")
     await asyncio.wait_for(consume(js, spec, handler, stopping, poll_s=0.1), 30)
 
@@ -187,7 +188,7 @@ async def test_a_consumer_s_lines_name_the_job_of_the_message_handled_and_no_oth
     records = [json.loads(line) for line in consumer_records.getvalue().splitlines()]
     assert [(r["message"], r.get("job_id")) for r in records] == [
         (f"handling {JOB_ID}", JOB_ID),
-        ("log-probe: dropping job.created: refused", JOB_ID),
+        (f"log-probe: dropping {created}: refused", JOB_ID),
         ("handling None", None), ("handling other", "other"), ("after", None)]
 
 

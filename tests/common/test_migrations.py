@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
+from uuid import uuid4
 
 import asyncpg
+import msgspec
 import pytest
+from nats.js import JetStreamContext
 
+from hodei_common import database
+from hodei_common.contracts import subjects
+from hodei_common.contracts.jobs import JobCreated
+from hodei_common.contracts.workers import WorkerReady
 from hodei_common.errors import MigrationError, SchemaError
+from hodei_common.relay import OutboxRelay
+from hodei_common.settings import Settings
 from hodei_migrations import check_schema, load_migrations, migrate, required_version
 from hodei_migrations.runner import SQL_DIR
 
@@ -145,3 +155,47 @@ def test_badly_named_migration_file_is_refused(sql_copy: Path) -> None:
     (sql_copy / "2_oops.sql").write_text("SELECT 1;")
     with pytest.raises(MigrationError, match="NNNN_snake_case"):
         load_migrations(sql_copy)
+
+
+# Job events' subjects before they named their job (migration 0014 rewrites them).
+OLD_JOB_CREATED = "job.created"
+
+
+@pytest.mark.nats
+async def test_an_unpublished_job_event_on_its_old_subject_is_given_its_jobs_then_relayed(
+    empty_database_url: str, sql_copy: Path, js: JetStreamContext, settings: Settings
+) -> None:
+    (sql_copy / "0014_job_event_subjects.sql").unlink()
+    now = datetime.now(UTC)
+    job_id = uuid4()
+    waiting, sent = (JobCreated(event_id=uuid4(), occurred_at=now, job_id=job_id, attempt=1,
+                                namespace="default", name="n", provider="local", priority=0,
+                                timeout_s=1.0) for _ in range(2))
+    ready = WorkerReady(event_id=uuid4(), occurred_at=now, worker_id=uuid4(), provider="local")
+    rows = [(waiting.event_id, OLD_JOB_CREATED, "JobCreated", msgspec.json.encode(waiting), None),
+            (sent.event_id, OLD_JOB_CREATED, "JobCreated", msgspec.json.encode(sent), now),
+            (ready.event_id, subjects.WORKER_READY, "WorkerReady", msgspec.json.encode(ready),
+             None)]
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await migrate(conn, sql_copy)  # a deployment of the version before
+        await conn.executemany("INSERT INTO outbox_events (id, subject, event_type, payload, "
+                               "published_at) VALUES ($1, $2, $3, $4, $5)", rows)
+        await migrate(conn)
+        found = dict(await conn.fetch("SELECT id, subject FROM outbox_events"))
+    finally:
+        await conn.close()
+    assert found == {waiting.event_id: subjects.job_event(job_id, subjects.JOB_CREATED),
+                     sent.event_id: OLD_JOB_CREATED,  # published: history, left alone
+                     ready.event_id: subjects.WORKER_READY}
+
+    pool = await database.create_pool(settings, dsn=empty_database_url, initial_attempts=1)
+    try:
+        assert await OutboxRelay(pool, js).relay_once() == 2
+    finally:
+        await pool.close()
+    msg = await js.get_last_msg(subjects.JOB_EVENTS_STREAM,
+                                subjects.job_event(job_id, subjects.JOB_CREATED))
+    assert msg.headers is not None
+    assert msg.headers[subjects.HEADER_MSG_ID] == str(waiting.event_id)
+    assert msgspec.json.decode(msg.data, type=JobCreated) == waiting

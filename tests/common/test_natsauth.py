@@ -162,13 +162,14 @@ async def test_relay_and_scheduler_move_an_event_through_a_durable_consumer(
     async with connect_as(relay_user) as relay, connect_as(scheduler_user) as scheduler:
         await messaging.ensure_streams(scheduler.js)
         await messaging.ensure_streams(relay.js)  # an update in place: allowed too
-        ack = await relay.js.publish(subjects.JOB_CREATED, b"{}",
+        created = subjects.job_event(uuid4(), subjects.JOB_CREATED)
+        ack = await relay.js.publish(created, b"{}",
                                      headers={subjects.HEADER_MSG_ID: "e1"})
         assert ack.stream == subjects.JOB_EVENTS_STREAM
 
         spec = ConsumerSpec(stream=subjects.JOB_EVENTS_STREAM,
                             durable=subjects.SCHEDULER_DISPATCH_CONSUMER,
-                            filter_subjects=[subjects.JOB_CREATED])
+                            filter_subjects=[subjects.job_events(subjects.JOB_CREATED)])
         await messaging.ensure_consumer(scheduler.js, spec.stream, spec.config())
         sub = await scheduler.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
         [msg] = await sub.fetch(1, timeout=2)
@@ -186,10 +187,11 @@ async def test_scheduler_is_refused_what_is_not_its_work(
 ) -> None:
     async with connect_as(nats_trust.user(permissions.role(Role.SCHEDULER))) as scheduler:
         await messaging.ensure_streams(scheduler.js)
-        await scheduler.nc.publish(subjects.JOB_CREATED, b"{}")  # the relay's
+        created = subjects.job_event(uuid4(), subjects.JOB_CREATED)
+        await scheduler.nc.publish(created, b"{}")  # the relay's
         await scheduler.nc.subscribe(subjects.WORKER_HEARTBEATS)  # the supervisor's
         found = await scheduler.violations()
-        assert any(f'publish to "{subjects.JOB_CREATED}"' in v for v in found), found
+        assert any(f'publish to "{created}"' in v for v in found), found
         assert any(f'subscription to "{subjects.WORKER_HEARTBEATS}"' in v for v in found), found
         # Another service's durable consumer is not the scheduler's to make.
         foreign = ConsumerConfig(durable_name=subjects.PROVISIONER_REQUESTS_CONSUMER,

@@ -105,7 +105,7 @@ async def test_events_are_recorded_with_the_statement_that_applies_them(
         assert audit["payload"]["reason"] == "test"
         row = await conn.fetchrow("SELECT * FROM outbox_events")
         assert row["id"] == event.event_id
-        assert row["subject"] == subjects.JOB_CANCELLED
+        assert row["subject"] == subjects.job_event(event.job_id, subjects.JOB_CANCELLED)
         assert row["published_at"] is None
         assert msgspec.json.decode(row["payload"], type=JobCancelled) == event
         assert await conn.fetchval("SELECT count(*) FROM domain_events") == 1

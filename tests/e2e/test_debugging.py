@@ -47,20 +47,23 @@ async def test_following_one_job_live_then_replaying_its_events_and_reports(
     job = queued.stdout.strip()
     log_subjects = subjects.job_log_subjects(DEFAULT_NAMESPACE, job)
 
-    # The recipe: the job's events and its log, live, kept to the job.
+    # The recipe: the job's events and its log, live; another job's never show.
+    follow = subjects.job_events_of(job)
     watch = await asyncio.create_subprocess_exec(
-        HODEI, "debug", "sub", subjects.JOB_EVENTS_SUBJECTS, log_subjects, "--job", job,
+        HODEI, "debug", "sub", follow, log_subjects,
         env=platform.env, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         assert watch.stdout is not None
         assert watch.stderr is not None
         said = await asyncio.wait_for(watch.stderr.readline(), 30)
-        assert said.decode() == f"Subscribing on job.*, {log_subjects}\n"
+        assert said.decode() == f"Subscribing on {follow}, {log_subjects}\n"
+        other = await run_cli(platform.env, "job", "run", "--command", "echo other")
+        assert other.code == 0, other.stderr
         go.touch()
         end = subjects.platform_logs(DEFAULT_NAMESPACE, job)
-        out = await read_until(watch.stdout, f'"{subjects.JOB_SUCCEEDED}"', f'"{end}"',
-                               '"traced"')
+        succeeded = subjects.job_event(job, subjects.JOB_SUCCEEDED)
+        out = await read_until(watch.stdout, f'"{succeeded}"', f'"{end}"', '"traced"')
         watch.send_signal(signal.SIGINT)
         rest, _ = await asyncio.wait_for(watch.communicate(), 30)
     finally:
@@ -69,17 +72,18 @@ async def test_following_one_job_live_then_replaying_its_events_and_reports(
             await watch.wait()
     assert watch.returncode == 0
     seen = received(out + rest.decode())
-    assert all(s.startswith(f"logs.{DEFAULT_NAMESPACE}.{job}.") or s.startswith("job.")
+    assert all(s.startswith((f"logs.{DEFAULT_NAMESPACE}.{job}.", f"job.{job}."))
                for s in seen), seen
     assert f'"job_id": "{job}"' in out
+    assert '"other"' not in out
 
     # Its events so far, replayed from the stream, in order.
     events = await run_cli(platform.env, "debug", "sub", "--stream",
-                           subjects.JOB_EVENTS_STREAM, "--job", job)
+                           subjects.JOB_EVENTS_STREAM, follow)
     assert events.code == 0, events.stderr
-    assert received(events.stdout) == [
+    assert received(events.stdout) == [subjects.job_event(job, event) for event in (
         subjects.JOB_CREATED, subjects.JOB_ASSIGNED, subjects.JOB_ACCEPTED,
-        subjects.JOB_STARTED, subjects.JOB_SUCCEEDED]
+        subjects.JOB_STARTED, subjects.JOB_SUCCEEDED)]
     assert "Hodei-Event-Type: JobSucceeded" in events.stdout
     assert "traceparent: 00-" in events.stdout
 

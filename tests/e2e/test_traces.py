@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from hodei_common.contracts import subjects
 from hodei_common.testing import assert_eventually
 from tests.cli.conftest import run_cli
 from tests.e2e.conftest import Platform, agent_processes, job_of, start_platform, stop_platform
@@ -58,6 +60,9 @@ def traced_docker(receiver: OtlpReceiver, worker_image: str) -> Iterator[Platfor
                           "HODEI_WORKER_IMAGE": worker_image})
 
 
+UUID_IN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def one_trace(receiver: OtlpReceiver, job_id: str, services: set[str], *,
               root: str = "cli job run", lost_attempt: int | None = None
               ) -> list[ReceivedSpan]:
@@ -75,6 +80,9 @@ def one_trace(receiver: OtlpReceiver, job_id: str, services: set[str], *,
         "no archive span yet"
     unnamed = [(s.service, s.name) for s in spans if s.attributes.get("hodei.job_id") != job_id]
     assert not unnamed, f"spans without the job id: {unnamed}"
+    # Span names are few whatever the job: ids are in attributes, never in a name.
+    named_by_id = [s.name for s in spans if UUID_IN.search(s.name)]
+    assert not named_by_id, f"span names holding an id: {named_by_id}"
     roots = [(s.service, s.name) for s in spans if not s.parent_id]
     assert roots == [("hodei-cli", root)], f"roots: {roots}"
     ids = {s.span_id for s in spans}
@@ -148,7 +156,9 @@ async def test_a_requeued_jobs_second_attempt_is_in_the_same_trace(
     lost = [s for s in spans if s.name == "recovery lose worker"]
     assert [s.service for s in lost] in (["hodei-provisioner"], ["hodei-supervisor"]), lost
     assert lost[0].attributes["hodei.attempt"] == 1
-    assert any(s.name == "relay job.requeued" for s in spans)
+    requeued = subjects.job_event(job_id, subjects.JOB_REQUEUED)
+    assert any(s.name == "relay job.*.requeued"
+               and s.attributes["messaging.destination.name"] == requeued for s in spans)
     runs = [s for s in spans if s.name == "agent run"]
     assert [r.attributes["hodei.attempt"] for r in runs] == [2]  # the first never ended
     assigns = {s.attributes["hodei.attempt"] for s in spans if s.name == "scheduler assign"}

@@ -12,11 +12,12 @@ import asyncpg
 import pytest
 
 from hodei_common import tracing
+from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import Outcome, StatusKind, StatusReport
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.jobs import JobCreated, JobState
 from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE
-from hodei_common.contracts.workers import WorkerMode
+from hodei_common.contracts.workers import WorkerMode, WorkerReady
 from hodei_common.lifecycle import jobs, queries, transitions, workers
 from hodei_common.lifecycle.transitions import JOBS, WORKERS, UnknownTransition
 
@@ -64,6 +65,17 @@ def test_a_transition_not_in_its_table_is_refused_with_a_clear_error() -> None:
                          timeout_s=1.0)
     with pytest.raises(UnknownTransition, match="'assign' does not record JobCreated"):
         JOBS["assign"].subject(created)
+
+
+def test_a_job_events_subject_names_its_job_and_a_worker_events_does_not() -> None:
+    job_id, worker_id = uuid4(), uuid4()
+    created = JobCreated(event_id=uuid4(), occurred_at=datetime.now(UTC), job_id=job_id,
+                         attempt=1, namespace="n", name="n", provider="local", priority=0,
+                         timeout_s=1.0)
+    assert JOBS["submit"].subject(created) == f"job.{job_id}.created"
+    ready = WorkerReady(event_id=uuid4(), occurred_at=datetime.now(UTC), worker_id=worker_id,
+                        provider="local")
+    assert WORKERS["free"].subject(ready) == subjects.WORKER_READY
 
 
 def test_every_statement_is_used_and_every_transition_has_a_function() -> None:

@@ -54,7 +54,8 @@ async def finished_job(pool: asyncpg.Pool, js: JetStreamContext, lines: list[Log
     await publish(js, job_id, end)
     event = JobSucceeded(event_id=uuid.uuid4(), occurred_at=datetime.now(UTC), job_id=job_id,
                          attempt=1, state=JobState.SUCCEEDED, exit_code=0)
-    await js.publish(subjects.JOB_SUCCEEDED, msgspec.json.encode(event))
+    await js.publish(subjects.job_event(job_id, subjects.JOB_SUCCEEDED),
+                     msgspec.json.encode(event))
     return job_id
 
 

@@ -60,20 +60,42 @@ def service_name(service: str) -> str:
 
 
 # --- JetStream: job events ---------------------------------------------------------------
+# A job event's subject names its job and then the event: ``job.<job id>.<event>``, so that
+# ``job.<id>.>`` follows one job and ``job.*.succeeded`` every success. The names below are
+# the events' (the subject's last token); :func:`job_event` makes a subject of one.
 JOB_EVENTS_STREAM = "JOB_EVENTS"
-JOB_EVENTS_SUBJECTS = "job.*"
+JOB_EVENTS_SUBJECTS = "job.*.*"
+# Every job event as a permission list names it: also lets a watcher subscribe to one job's
+# (``job.<id>.>``), which ``job.*.*`` would not contain.
+JOB_EVENTS_ANY = "job.>"
 
-JOB_CREATED = "job.created"
-JOB_ASSIGNED = "job.assigned"
-JOB_ACCEPTED = "job.accepted"
-JOB_STARTED = "job.started"
-JOB_SUCCEEDED = "job.succeeded"
-JOB_FAILED = "job.failed"
-JOB_CANCELLED = "job.cancelled"
-JOB_CANCEL_REQUESTED = "job.cancel_requested"
-JOB_TIMED_OUT = "job.timed_out"
-JOB_REQUEUED = "job.requeued"
-JOB_STALE_REPORT = "job.stale_report"
+JOB_CREATED = "created"
+JOB_ASSIGNED = "assigned"
+JOB_ACCEPTED = "accepted"
+JOB_STARTED = "started"
+JOB_SUCCEEDED = "succeeded"
+JOB_FAILED = "failed"
+JOB_CANCELLED = "cancelled"
+JOB_CANCEL_REQUESTED = "cancel_requested"
+JOB_TIMED_OUT = "timed_out"
+JOB_REQUEUED = "requeued"
+JOB_STALE_REPORT = "stale_report"
+
+
+def job_event(job_id: UUID | str, event: str) -> str:
+    """Subject of one event (``JOB_CREATED``, ...) of one job: ``job.<id>.created``."""
+    return f"job.{job_id}.{event}"
+
+
+def job_events(event: str) -> str:
+    """One event of every job, as consumers filter them: ``job.*.created``."""
+    return job_event("*", event)
+
+
+def job_events_of(job_id: UUID | str) -> str:
+    """Every event of one job, as a watcher subscribes: ``job.<id>.>``."""
+    return f"job.{job_id}.>"
+
 
 # --- JetStream: worker events ------------------------------------------------------------
 WORKER_EVENTS_STREAM = "WORKER_EVENTS"

@@ -2,7 +2,8 @@
 
 A lifecycle function names its transition; the table gives the states its statement
 expects (``from_states``: the fence), the state it sets (``to_state``; None: the state
-stays, another column changes) and the events it records, each on its subject. The
+stays, another column changes) and the events it records, each on its subject (a job
+event's names its job, ``job.<id>.<event>``: the table holds the event's name). The
 statements take those states as parameters, so the table is what they enforce. A transition
 that is not in its table does not exist: asking for it raises :class:`UnknownTransition`.
 
@@ -24,6 +25,7 @@ from hodei_common.contracts.jobs import (
     JobCancelled,
     JobCancelRequested,
     JobCreated,
+    JobEvent,
     JobFailed,
     JobRequeued,
     JobStarted,
@@ -56,8 +58,9 @@ class UnknownTransition(HodeiError):
 @dataclass(frozen=True)
 class Transition:
     """One way an aggregate changes: from any of ``from_states`` (none: the row is new) to
-    ``to_state`` (None: the state stays), recording ``events`` (type, subject) in order;
-    ``doc`` says who makes it and what else it changes."""
+    ``to_state`` (None: the state stays), recording ``events`` (type, subject; for a job
+    event, the event's name in its job's subject) in order; ``doc`` says who makes it and
+    what else it changes."""
 
     aggregate: str
     name: str
@@ -71,7 +74,7 @@ class Transition:
         is refused."""
         for kind, subject in self.events:
             if type(event) is kind:
-                return subject
+                return _subject(subject, event)
         raise UnknownTransition(f"{self.aggregate} transition {self.name!r} does not record "
                                 f"{type(event).__name__}")
 
@@ -136,10 +139,23 @@ class TransitionTable:
         lines = [f"| {self.aggregate} transition | from | to | by, and what else changes | "
                  "events (subject) |", "|---|---|---|---|---|"]
         for t in self:
-            events = ", ".join(f"`{kind.__name__}` (`{subject}`)" for kind, subject in t.events)
+            events = ", ".join(f"`{kind.__name__}` (`{_shown(kind, subject)}`)"
+                               for kind, subject in t.events)
             lines.append(f"| `{t.name}` | {' '.join(t.from_states) or '(new)'} | "
                          f"{t.to_state or '(same)'} | {t.doc} | {events or '-'} |")
         return "\n".join(lines)
+
+
+def _subject(subject: str, event: Event) -> str:
+    """The subject of ``event``: a job event's names the event's own job."""
+    if isinstance(event, JobEvent):
+        return subjects.job_event(event.job_id, subject)
+    return subject
+
+
+def _shown(kind: type[Event], subject: str) -> str:
+    """A transition's subject as the docs show it (``job.<job>.created``)."""
+    return subjects.job_event("<job>", subject) if issubclass(kind, JobEvent) else subject
 
 
 def _job(name: str, from_states: Iterable[str], to_state: str | None,

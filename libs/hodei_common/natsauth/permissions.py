@@ -136,7 +136,7 @@ def _event_watcher() -> tuple[list[str], list[str]]:
         s.js_api("STREAM.INFO", stream),
         s.js_api("CONSUMER.CREATE", stream, "*"), s.js_api("CONSUMER.CREATE", stream, "*", ">"),
         s.js_api("CONSUMER.DELETE", stream, "*"), s.js_flow_control(stream))]
-    subscribe = [s.JOB_EVENTS_SUBJECTS, *s.WORKER_EVENTS_SUBJECTS, s.WORKER_STATUS_SUBJECTS,
+    subscribe = [s.JOB_EVENTS_ANY, *s.WORKER_EVENTS_SUBJECTS, s.WORKER_STATUS_SUBJECTS,
                  s.WORKER_HEARTBEATS, s.worker_control("*")]
     return publish, subscribe
 

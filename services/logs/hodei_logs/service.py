@@ -39,8 +39,8 @@ from hodei_logs.config import LogsSettings
 
 log = logging.getLogger(__name__)
 
-TERMINAL = [subjects.JOB_SUCCEEDED, subjects.JOB_FAILED, subjects.JOB_CANCELLED,
-            subjects.JOB_TIMED_OUT]
+TERMINAL = [subjects.job_events(event) for event in (
+    subjects.JOB_SUCCEEDED, subjects.JOB_FAILED, subjects.JOB_CANCELLED, subjects.JOB_TIMED_OUT)]
 ARCHIVE_EVENTS = ConsumerSpec(
     stream=subjects.JOB_EVENTS_STREAM, durable=subjects.LOGS_ARCHIVE_CONSUMER,
     filter_subjects=TERMINAL,

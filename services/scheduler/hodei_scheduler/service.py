@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 JOB_TRIGGERS = ConsumerSpec(
     stream=subjects.JOB_EVENTS_STREAM, durable=subjects.SCHEDULER_DISPATCH_CONSUMER,
-    filter_subjects=[subjects.JOB_CREATED, subjects.JOB_REQUEUED], ack_batches=True,
+    filter_subjects=[subjects.job_events(subjects.JOB_CREATED),
+                     subjects.job_events(subjects.JOB_REQUEUED)], ack_batches=True,
 )
 WORKER_TRIGGERS = ConsumerSpec(
     stream=subjects.WORKER_EVENTS_STREAM, durable=subjects.SCHEDULER_DISPATCH_CONSUMER,
@@ -41,7 +42,7 @@ STATUS_REPORTS = ConsumerSpec(
 )
 CANCEL_REQUESTS = ConsumerSpec(
     stream=subjects.JOB_EVENTS_STREAM, durable=subjects.SCHEDULER_CANCEL_CONSUMER,
-    filter_subjects=[subjects.JOB_CANCEL_REQUESTED],
+    filter_subjects=[subjects.job_events(subjects.JOB_CANCEL_REQUESTED)],
 )
 
 
