@@ -6,17 +6,11 @@ import asyncio
 import os
 import signal
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 
 from hodei_common.client import ApiClient
 from hodei_common.contracts import subjects
@@ -24,53 +18,12 @@ from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE
 from hodei_common.settings import Settings
 from hodei_common.testing import assert_eventually
 from hodei_common.testing.plugin import platform_env
+from tests.otlp import OtlpReceiver
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres, pytest.mark.slow]
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
-
-
-class OtlpReceiver:
-    """A minimal OTLP/HTTP trace receiver: decodes every ExportTraceServiceRequest."""
-
-    def __init__(self) -> None:
-        self.spans: list[tuple[str, str, str]] = []  # (service, span name, trace id)
-        received = self.spans
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                request = ExportTraceServiceRequest()
-                request.ParseFromString(body)
-                for resource_spans in request.resource_spans:
-                    service = next(
-                        (a.value.string_value for a in resource_spans.resource.attributes
-                         if a.key == "service.name"), "")
-                    for scope in resource_spans.scope_spans:
-                        for span in scope.spans:
-                            received.append((service, span.name, span.trace_id.hex()))
-                reply = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> OtlpReceiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -85,8 +38,7 @@ async def test_submit_is_exported_over_otlp_and_its_event_continues_the_callers_
     env = {
         **os.environ,
         **platform_env(settings),
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
-        "OTEL_BSP_SCHEDULE_DELAY": "50",
+        **receiver.env(),
     }
     api = await asyncio.create_subprocess_exec(sys.executable, "-m", "hodei_api", env=env,
                                                stderr=asyncio.subprocess.DEVNULL)
@@ -121,12 +73,11 @@ async def test_submit_is_exported_over_otlp_and_its_event_continues_the_callers_
         assert msg.headers[subjects.HEADER_TRACEPARENT].split("-")[1] == TRACE_ID
         assert msg.headers[subjects.HEADER_MSG_ID]
 
+        submit = f"api {subjects.api_any(subjects.JOBS_SUBMIT)}"
+
         def exported() -> bool:
-            return any(
-                service == "hodei-api" and name == f"api {subjects.api_any(subjects.JOBS_SUBMIT)}"
-                and trace_id == TRACE_ID
-                for service, name, trace_id in receiver.spans
-            )
+            return any(s.service == "hodei-api" and s.name == submit and s.trace_id == TRACE_ID
+                       for s in receiver.spans)
 
         await assert_eventually(exported, within_s=10.0, message=f"spans: {receiver.spans}")
         events = await client.events(job.id)
