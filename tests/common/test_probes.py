@@ -11,8 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from hodei_common.relay import RelayService, RelaySettings
 from hodei_common.runner import HodeiService, share_metrics
 from hodei_common.settings import Settings
 from hodei_common.testing import assert_eventually
+from hodei_common.testing.http import get
 from hodei_common.testing.plugin import platform_env
 from hodei_common.testing.services import running
 from hodei_migrations import migrate
@@ -37,15 +36,6 @@ from hodei_scheduler.service import SchedulerService
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres, pytest.mark.slow]
 
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except urllib.error.URLError as e:  # nobody listens (yet)
-        return 0, str(e.reason)
 
 
 async def fetch(url: str) -> tuple[int, str]:

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hodei_common.testing import assert_eventually
+from hodei_common.testing.http import get
 from hodei_common.testing.prometheus import Prometheus
 from tests.cli.conftest import run_cli
 from tests.e2e.conftest import Platform
@@ -24,13 +23,6 @@ JOBS = 3
 UUID_SHAPE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-")
 LINES_PER_JOB = 2
 
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 @pytest.fixture
