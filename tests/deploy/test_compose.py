@@ -172,8 +172,7 @@ def stack_env(stack_images: dict[str, str]) -> Iterator[dict[str, str]]:
            "HODEI_DOCKER_SOCKET": socket,
            "HODEI_DOCKER_GID": str(os.stat(socket).st_gid),
            "HODEI_NATS_PORT": str(free_port()),
-           "HODEI_POSTGRES_PORT": str(free_port()),
-           "HODEI_HEARTBEAT_INTERVAL_S": "0.5"}
+           "HODEI_POSTGRES_PORT": str(free_port())}
     for name in SERVICES:
         env[f"HODEI_{name.upper()}_METRICS_PORT"] = str(free_port())
     yield env
