@@ -167,8 +167,10 @@ def stack_env(stack_images: dict[str, str]) -> Iterator[dict[str, str]]:
     port a free one; `down -v` after the test, whatever happened."""
     host = os.environ.get("DOCKER_HOST", "unix://" + DEFAULT_SOCKET)
     socket = host.removeprefix("unix://")
+    project = f"hodei-test-{uuid.uuid4().hex[:8]}"
     env = {**stack_images,
-           "COMPOSE_PROJECT_NAME": f"hodei-test-{uuid.uuid4().hex[:8]}",
+           "COMPOSE_PROJECT_NAME": project,
+           "HODEI_NETWORK": project,
            "HODEI_DOCKER_SOCKET": socket,
            "HODEI_DOCKER_GID": str(os.stat(socket).st_gid),
            "HODEI_NATS_PORT": str(free_port()),
