@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,10 +207,14 @@ async def test_compose_up_runs_a_docker_job_and_down_leaves_nothing_behind(
     job = await run_cli(cli_env, "job", "run", "--provider", "docker", "--command",
                         "echo hello from compose", timeout_s=120)
     assert (job.code, job.stdout) == (0, "hello from compose\n"), job.stderr + _logs(stack_env)
-    # The job's worker container is gone once the job ended, before `down` stops the stack.
-    listed = await run_cli(cli_env, "provider", "list", "-o", "json")
-    assert listed.code == 0, listed.stderr
-    scope = next(p["id"] for p in json.loads(listed.stdout) if p["name"] == "docker")
+    # It ran in a container of the engine; gone once the job ended, before `down`.
+    (ran,) = await _cli_json(cli_env, "job", "list")
+    workers = {w["id"]: w for w in await _cli_json(cli_env, "worker", "list")}
+    worker = workers[ran["worker_id"]]
+    assert (ran["provider"], worker["provider"]) == ("docker", "docker")
+    assert re.fullmatch(r"[0-9a-f]{64}", worker["provider_resource_id"]), worker
+    providers_rows = await _cli_json(cli_env, "provider", "list")
+    scope = next(p["id"] for p in providers_rows if p["name"] == "docker")
 
     async def no_worker_left() -> bool:
         return docker_engine.containers.list(
@@ -223,6 +228,12 @@ async def test_compose_up_runs_a_docker_job_and_down_leaves_nothing_behind(
     assert docker_engine.containers.list(all=True, filters=owned) == []
     assert docker_engine.volumes.list(filters=owned) == []
     assert docker_engine.networks.list(filters=owned) == []
+
+
+async def _cli_json(env: dict[str, str], *args: str) -> Any:
+    done = await run_cli(env, *args, "-o", "json")
+    assert done.code == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 def _containers(client: docker.DockerClient, project: str, service: str) -> list[Any]:
