@@ -30,6 +30,12 @@ from tests.deploy.compose import (
     config,
 )
 from tests.deploy.images import nats_image, platform_image, postgres_image
+from tests.deploy.test_env_names import (
+    NOT_YET_READ,
+    READ_ELSEWHERE,
+    SETTINGS,
+    env_names,
+)
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -150,6 +156,21 @@ def test_the_host_network_override_puts_everything_on_127_0_0_1() -> None:
     assert _env(services["provisioner"])["HODEI_PROVISIONER_AGENT_NATS_URL"] == \
         "nats://127.0.0.1:14222"
     assert _env(services["providers"])["HODEI_WORKER_NETWORK"] == "host"
+
+
+# The providers step's own variables, read by its shell script rather than by `hodei`.
+SCRIPT_VARIABLES = {"HODEI_WORKER_IMAGE", "HODEI_WORKER_NETWORK"}
+
+
+@pytest.mark.parametrize("files", [(STACK,), (STACK, HOST_NETWORK)], ids=["bridge", "host"])
+def test_every_env_name_the_stack_sets_is_read_by_its_process(files: tuple[Path, ...]) -> None:
+    services = config(OBSERVABILITY, files)["services"]
+    processes = {**{name: name for name in SERVICES}, "migrate": "migrate",
+                 "providers": "provider"}
+    for name, process in processes.items():
+        given = set(_env(services[name])) - SCRIPT_VARIABLES
+        unread = given - env_names(SETTINGS[process]) - READ_ELSEWHERE - NOT_YET_READ
+        assert not unread, f"{name} is given {sorted(unread)}"
 
 
 # --- the stack on a real engine ----------------------------------------------------------
