@@ -3,14 +3,16 @@
 #
 # The build never reaches the network: it installs only the wheels in the `wheels/` folder of
 # the build context, which `deploy/build-wheels.sh` fills (hodei and every dependency, built
-# for the base image's CPython version). See deploy/README.md.
+# for the base image's CPython version). See deploy/README.md. BASE_IMAGE needs python3 with
+# the venv module: python:3.11-slim, or where no registry is reachable the Debian base
+# `hodei worker build-image` makes (hodei-base:bookworm).
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS install
 COPY wheels/ /wheels/
 # A virtualenv so the final stage can take the installed tree in one COPY and leave the
 # wheels behind; ensurepip bundles pip, so creating it needs no network either.
-RUN python -m venv /opt/hodei \
+RUN python3 -m venv /opt/hodei \
  && /opt/hodei/bin/pip install --no-cache-dir --no-index --find-links /wheels hodei
 
 FROM ${BASE_IMAGE}
