@@ -7,6 +7,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -350,3 +351,36 @@ def test_received_bodies_validate_against_the_schema(
     assert [b["kind"] for b in bodies] == ["Pod", "Secret"]
     for body in bodies:
         kubernetes_validate.validate(body, "1.32", strict=True)
+
+
+def test_each_caller_s_requests_are_recorded_as_rbac_reads_them(
+        kube_standin: KubeStandIn, ns: str, tmp_path: Path) -> None:
+    user = f"caller-{uuid.uuid4().hex[:8]}"
+    api = config.new_client_from_config(
+        config_file=str(kube_standin.kubeconfig_for(user, tmp_path / "kubeconfig")),
+        context=kube_standin.context, persist_config=False)
+    try:
+        caller = client.CoreV1Api(api)
+        caller.create_namespaced_secret(ns, {"metadata": {"name": "audited"}})
+        caller.read_namespaced_secret("audited", ns)
+        caller.patch_namespaced_secret("audited", ns, {"stringData": {"k": "v"}})
+        watched = caller.list_namespaced_secret(ns, watch=True, timeout_seconds=1,
+                                                _preload_content=False)
+        watched.read()
+        watched.release_conn()
+        caller.delete_namespaced_secret("audited", ns)
+        caller.delete_collection_namespaced_pod(ns)
+        with pytest.raises(ApiException):  # refused, and asked all the same
+            caller.read_namespaced_pod_log("none", ns)
+        client.VersionApi(api).get_code()
+    finally:
+        api.close()
+    seen = {(r["verb"], r["resource"], r["namespace"], r["path"])
+            for r in kube_standin.requests(user)}
+    assert seen == {("create", "secrets", ns, ""), ("get", "secrets", ns, ""),
+                    ("patch", "secrets", ns, ""), ("watch", "secrets", ns, ""),
+                    ("delete", "secrets", ns, ""), ("deletecollection", "pods", ns, ""),
+                    ("get", "pods/log", ns, ""),
+                    ("get", "", "", "/version/")}
+    assert {r["user"] for r in kube_standin.requests()
+            if (r["resource"], r["namespace"]) == ("secrets", ns)} == {user}

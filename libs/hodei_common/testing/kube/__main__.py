@@ -18,7 +18,7 @@ from pathlib import Path
 import docker
 from aiohttp import web
 
-from hodei_common.testing.kube import apiserver, control
+from hodei_common.testing.kube import apiserver, audit, control
 from hodei_common.testing.kube.cluster import Cluster
 
 CONTEXT = "hodei-standin"
@@ -56,8 +56,9 @@ async def serve(args: argparse.Namespace) -> None:
     capacity = {"cpu": args.cpu, "memory": args.memory, "pods": args.pods,
                 "ephemeral-storage": "100Gi"}
     cluster = Cluster(engine, args.instance, capacity)
-    app = web.Application(middlewares=[apiserver.errors])
+    app = web.Application(middlewares=[audit.audit, apiserver.errors])
     app[apiserver.CLUSTER] = cluster
+    app[audit.AUDIT] = audit.Audit()
     apiserver.routes(app)
     control.routes(app)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)

@@ -1,4 +1,5 @@
-"""The stand-in's own routes under ``/_standin``: faults to inject and what was received."""
+"""The stand-in's own routes under ``/_standin``: faults to inject, what was received and
+who asked what."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from hodei_common.testing.kube.apiserver import CLUSTER
+from hodei_common.testing.kube.audit import AUDIT
 from hodei_common.testing.kube.errors import bad_request
 
 PREFIX = "/_standin"
@@ -54,6 +56,11 @@ async def received(request: web.Request) -> web.Response:
     return web.json_response(bodies)
 
 
+async def requests(request: web.Request) -> web.Response:
+    """The distinct API requests received, of ``?user=`` alone when given."""
+    return web.json_response(request.app[AUDIT].requests(request.query.get("user")))
+
+
 def routes(app: web.Application) -> None:
     """Add the control routes to ``app``."""
     r = app.router
@@ -63,3 +70,4 @@ def routes(app: web.Application) -> None:
     r.add_post(f"{PREFIX}/evict", evict)
     r.add_get(f"{PREFIX}/watches", watches)
     r.add_get(f"{PREFIX}/received/{{kind}}", received)
+    r.add_get(f"{PREFIX}/requests", requests)

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -136,6 +137,23 @@ class KubeStandIn:
         """Every body POSTed to create ``kind`` ("pods" or "secrets"), exactly as sent."""
         plural = kind.lower() if kind.lower().endswith("s") else kind.lower() + "s"
         return list(self._request("GET", f"/_standin/received/{plural}"))
+
+    def kubeconfig_for(self, user: str, path: Path) -> Path:
+        """A kubeconfig of this stand-in whose token is ``user``: the stand-in checks no
+        token, so the token names the caller in :meth:`requests`."""
+        loaded = json.loads(self.kubeconfig.read_text())
+        for entry in loaded["users"]:
+            entry["user"] = {"token": user}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(loaded, indent=2))
+        return path
+
+    def requests(self, user: str | None = None) -> list[dict[str, str]]:
+        """Every distinct API request received (of ``user`` alone, when given), as RBAC reads
+        it: ``user``, ``verb``, ``resource`` (``pods/log`` for a subresource) and
+        ``namespace``; a request outside the API groups has ``path`` and no resource."""
+        query = "" if user is None else "?" + urllib.parse.urlencode({"user": user})
+        return list(self._request("GET", f"/_standin/requests{query}"))
 
     def create_namespace(self, name: str) -> None:
         """Create a namespace (tests make one each to stay apart)."""
