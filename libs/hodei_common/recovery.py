@@ -155,13 +155,13 @@ class Recovery:
                         conn, worker, reason, fate=fate, job_error=job_error,
                         backoff_s=self.backoff.delay_s(job.attempt) if job else 0.0,
                         silence=silence, actor=self._actor)
-                if outcome is not None:
-                    await send_stop(self._nc, worker_id, f"declared lost: {reason}")
-            if outcome is not None:
-                self._count(worker, outcome, cause)
-                log.warning("worker %s lost (%s)%s", worker_id, reason,
-                            f"; job {job.id} attempt {job.attempt}: {outcome}" if job else "")
-                return outcome
+                if outcome is None:
+                    continue  # it moved meanwhile: look again
+                await send_stop(self._nc, worker_id, f"declared lost: {reason}")
+            self._count(worker, outcome, cause)
+            log.warning("worker %s lost (%s)%s", worker_id, reason,
+                        f"; job {job.id} attempt {job.attempt}: {outcome}" if job else "")
+            return outcome
         return None
 
     def _count(self, worker: workers.LiveWorker, outcome: str, cause: str) -> None:

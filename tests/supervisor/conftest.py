@@ -11,7 +11,7 @@ from nats.aio.client import Client as NATS
 
 from hodei_common import platform_settings
 from hodei_common.client import ApiClient
-from hodei_common.runner import HodeiService
+from hodei_common.runner import HodeiService, share_metrics
 from hodei_common.settings import Settings
 from hodei_common.testing.services import running
 from hodei_supervisor.config import SupervisorSettings
@@ -35,10 +35,12 @@ def supervisor_settings(settings: Settings) -> SupervisorSettings:
 async def platform(
     settings: Settings, supervisor_settings: SupervisorSettings, pool: asyncpg.Pool,
 ) -> AsyncIterator[list[HodeiService]]:
-    # The heartbeat interval is the platform's: recorded as `hodei migrate` does.
+    # The heartbeat interval is the platform's: recorded as `hodei migrate` does. The
+    # services share one metrics registry, as in one process.
     async with pool.acquire() as conn:
         await platform_settings.record(conn, supervisor_settings)
     services = [*core_services(settings), SupervisorService(supervisor_settings)]
+    share_metrics(services)
     async with running(services):
         yield services
 

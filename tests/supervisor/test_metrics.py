@@ -3,36 +3,14 @@ counted under a bounded reason, a requeued job not counted as finished."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import asyncpg
 import pytest
 
-from hodei_common import platform_settings
 from hodei_common.client import ApiClient
 from hodei_common.contracts.api import SubmitJob
-from hodei_common.runner import HodeiService, share_metrics
-from hodei_common.settings import Settings
+from hodei_common.runner import HodeiService
 from hodei_common.testing import assert_eventually
-from hodei_common.testing.services import running
-from hodei_supervisor.config import SupervisorSettings
-from hodei_supervisor.service import SupervisorService
-from tests.scheduler.conftest import core_services
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
-
-
-@pytest.fixture
-async def platform(
-    settings: Settings, supervisor_settings: SupervisorSettings, pool: asyncpg.Pool,
-) -> AsyncIterator[list[HodeiService]]:
-    """The conftest's platform, its services sharing one registry as in one process."""
-    async with pool.acquire() as conn:
-        await platform_settings.record(conn, supervisor_settings)
-    services = [*core_services(settings), SupervisorService(supervisor_settings)]
-    share_metrics(services)
-    async with running(services):
-        yield services
 
 
 async def test_a_worker_that_never_registers_is_counted_lost_and_the_gauges_follow(
