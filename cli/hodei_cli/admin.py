@@ -13,7 +13,7 @@ from hodei_cli.connection import call_admin_api, cli_settings
 from hodei_cli.output import Output, OutputOption
 from hodei_cli.parsing import parse_cpus, parse_memory, parse_state
 from hodei_cli.services import SERVICES
-from hodei_common import database, platform_settings
+from hodei_common import database, eventloop, platform_settings
 from hodei_common.contracts.api import UpdateProvider
 from hodei_common.contracts.workers import ProviderConfig, WorkerMode, WorkerState
 from hodei_common.errors import ValidationError
@@ -60,7 +60,7 @@ def service_command(
         raise ValidationError(f"unknown service '{name}' (one of {', '.join(SERVICES)})")
     service = build(None)
     configure_logging(service.settings.log_level)
-    asyncio.run(run_probed([service], service.settings.metrics_addr))
+    eventloop.run(run_probed([service], service.settings.metrics_addr))
 
 
 @worker_app.command("list")

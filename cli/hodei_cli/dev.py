@@ -12,7 +12,7 @@ import typer
 from hodei_cli.connection import cli_settings
 from hodei_cli.embedded import read_dev_file, serve
 from hodei_cli.services import SERVICES
-from hodei_common import messaging
+from hodei_common import eventloop, messaging
 from hodei_common.contracts import subjects
 from hodei_common.errors import UnavailableError
 from hodei_common.natsauth.permissions import CLI_IDENTITY
@@ -34,7 +34,7 @@ def up() -> None:
     settings = cli_settings()
     configure_logging(os.environ.get("HODEI_LOG_LEVEL", "WARNING"))
     docker = os.environ.get("HODEI_DOCKER_ENABLED", "").lower() in ("1", "true", "yes")
-    asyncio.run(serve(settings, docker=docker,
+    eventloop.run(serve(settings, docker=docker,
                       worker_image=os.environ.get("HODEI_WORKER_IMAGE") or None))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 import typer
@@ -26,6 +25,7 @@ from hodei_cli.parsing import (
     parse_stream,
 )
 from hodei_cli.run import queue_job, run_job, show_logs
+from hodei_common import eventloop
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.jobs import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, Job, JobState
 
@@ -142,7 +142,7 @@ def run(
         provider=provider, idempotency_key=idempotency_key, priority=priority,
         max_attempts=max_attempts, cpus=cpus, memory=memory,
     )
-    code = asyncio.run(run_job(request, detach=detach))
+    code = eventloop.run(run_job(request, detach=detach))
     raise typer.Exit(code)
 
 
@@ -163,7 +163,7 @@ def logs(
     jid = parse_job_id(job_id, id_)
     keep = LogFilter(since=parse_since(since), stream=parse_stream(stream))
     printer = LogPrinter(keep, timestamps=timestamps, tail=check_tail(tail))
-    raise typer.Exit(asyncio.run(show_logs(jid, follow=follow, printer=printer)))
+    raise typer.Exit(eventloop.run(show_logs(jid, follow=follow, printer=printer)))
 
 
 def env_line(job: Job) -> str | None:

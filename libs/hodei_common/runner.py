@@ -23,7 +23,15 @@ from nats.js import JetStreamContext
 from nats.micro import add_service
 from nats.micro.service import Service as MicroService
 
-from hodei_common import database, logconfig, messaging, platform_settings, probes, tracing
+from hodei_common import (
+    database,
+    eventloop,
+    logconfig,
+    messaging,
+    platform_settings,
+    probes,
+    tracing,
+)
 from hodei_common.consumer import ConsumerSpec
 from hodei_common.contracts import subjects
 from hodei_common.errors import HodeiError
@@ -333,7 +341,7 @@ def main_for(settings_cls: type[S], build: Callable[[S], list[HodeiService]]) ->
     try:
         settings = load_settings(settings_cls)
         configure_logging(settings.log_level)
-        asyncio.run(run_probed(build(settings), settings.metrics_addr))
+        eventloop.run(run_probed(build(settings), settings.metrics_addr))
     except HodeiError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
