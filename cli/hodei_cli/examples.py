@@ -196,7 +196,7 @@ def requests() -> list[Example]:
         Example(s.api_ns(NS, s.JOBS_GET), msgspec.json.encode(api.GetJob(id=JOB)), traced()),
         Example(s.WORKER_REGISTER, msgspec.json.encode(register), traced()),
         Example(s.worker_renew(WORKER), msgspec.json.encode(agent.RenewRequest()), traced()),
-        Example(s.SCHEDULER_WAKE, b"", {}),
+        Example(s.SCHEDULER_WAKE, str(JOB).encode(), {}),
     ]
 
 

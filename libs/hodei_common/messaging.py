@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from uuid import UUID
 
 from nats import nuid
 from nats.aio.client import (
@@ -285,9 +286,10 @@ async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerCon
     await js.add_consumer(stream, config)
 
 
-async def wake_scheduler(nc: NATS) -> None:
-    """Hint the schedulers that work may be possible now (see ``SCHEDULER_WAKE``)."""
+async def wake_scheduler(nc: NATS, about: UUID) -> None:
+    """Hint the schedulers that work may be possible now (see ``SCHEDULER_WAKE``): ``about``
+    is the job just queued or the worker just registered, committed before this is sent."""
     try:
-        await nc.publish(subjects.SCHEDULER_WAKE, b"")
+        await nc.publish(subjects.SCHEDULER_WAKE, str(about).encode())
     except (NatsError, OSError) as e:  # the durable event still wakes them
         log.debug("scheduler wake-up not sent: %s", e)

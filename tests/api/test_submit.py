@@ -108,7 +108,7 @@ async def test_a_job_id_already_taken_by_another_job_is_refused_and_changes_noth
     assert await row_counts(pool) == before
 
 
-async def test_a_new_job_wakes_the_schedulers_and_a_repeated_submit_does_not(
+async def test_a_new_job_wakes_the_schedulers_naming_it_and_a_repeated_submit_does_not(
     client: ApiClient, nc: NATS
 ) -> None:
     wakes: list[bytes] = []
@@ -118,12 +118,13 @@ async def test_a_new_job_wakes_the_schedulers_and_a_repeated_submit_does_not(
 
     await nc.subscribe(subjects.SCHEDULER_WAKE, cb=woken)
     await nc.flush()
-    await client.submit(job("echo once", idempotency_key="wake-1"))
-    await assert_eventually(lambda: wakes == [b""])
+    reply = await client.submit(job("echo once", idempotency_key="wake-1"))
+    about = [str(reply.job.id).encode()]
+    await assert_eventually(lambda: wakes == about)
     await client.submit(job("echo once", idempotency_key="wake-1"))  # nothing new to do
     await nc.flush()
     await asyncio.sleep(0.2)
-    assert wakes == [b""]
+    assert wakes == about
 
 
 async def test_submit_continues_the_callers_trace_into_the_outbox(

@@ -12,13 +12,17 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
+from hodei_api.config import ApiSettings
+from hodei_api.service import ApiService
 from hodei_common.client import ApiClient
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import Assignment, Outcome, StatusKind
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.jobs import Job, JobState
 from hodei_common.contracts.logs import LogEnd, LogRecord
+from hodei_common.relay import RelayService, RelaySettings
 from hodei_common.runner import HodeiService
 from hodei_common.settings import Settings
 from hodei_common.testing import assert_eventually
@@ -251,6 +255,45 @@ async def test_a_wake_up_hint_alone_gets_a_job_assigned_without_waiting_for_a_pa
         assert await job_state(pool, job_id) == "QUEUED"
         await nc.publish(subjects.SCHEDULER_WAKE, b"")
         await assert_eventually(lambda: _is(job_state(pool, job_id), "ASSIGNED"), within_s=2.0)
+
+
+async def test_a_job_s_created_event_starts_no_pass_once_a_pass_began_after_its_hint(
+    settings: Settings, pool: asyncpg.Pool, nc: NATS, js: JetStreamContext
+) -> None:
+    base = settings.model_dump()
+    scheduler = SchedulerService(SchedulerSettings(**base, dispatch_interval_s=3600))
+    async with running([ApiService(ApiSettings(**base)), RelayService(RelaySettings(**base)),
+                        scheduler]):
+        await asyncio.sleep(0.3)  # the pass at start is over: the next is an hour away
+        passes: list[float] = []
+        dispatch_pass = scheduler.dispatcher.dispatch_pass
+
+        async def counted() -> int:
+            passes.append(asyncio.get_running_loop().time())
+            return await dispatch_pass()
+
+        scheduler.dispatcher.dispatch_pass = counted  # type: ignore[method-assign]
+        job = (await ApiClient(nc, timeout_s=5.0).submit(SubmitJob(command="true"))).job
+        created = await assert_eventually(lambda: _stored(
+            js, subjects.JOB_EVENTS_STREAM, subjects.job_event(job.id, subjects.JOB_CREATED)))
+        # The scheduler has handled the event once its durable's ack floor passed it.
+        await assert_eventually(lambda: _acked(js, subjects.JOB_EVENTS_STREAM,
+                                               subjects.SCHEDULER_DISPATCH_CONSUMER, created))
+        await assert_eventually(lambda: _count(workers(pool, "CREATING"), 1))  # the pass's
+        await asyncio.sleep(0.1)  # a second pass, poked meanwhile, would start within 5 ms
+        assert len(passes) == 1, "the hint's pass saw the job: its event must not start another"
+
+
+async def _stored(js: JetStreamContext, stream: str, subject: str) -> int | None:
+    try:
+        return int((await js.get_last_msg(stream, subject)).seq or 0) or None
+    except NotFoundError:
+        return None
+
+
+async def _acked(js: JetStreamContext, stream: str, durable: str, seq: int) -> bool:
+    info = await js.consumer_info(stream, durable)
+    return info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= seq
 
 
 async def test_provisioning_never_exceeds_max_workers_and_jobs_wait_queued(

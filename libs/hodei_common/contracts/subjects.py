@@ -92,6 +92,11 @@ def job_events(event: str) -> str:
     return job_event("*", event)
 
 
+def job_of_event(subject: str) -> str:
+    """The job id an event's subject names (``job.<id>.created`` -> ``<id>``)."""
+    return subject.split(".", 2)[1]
+
+
 def job_events_of(job_id: UUID | str) -> str:
     """Every event of one job, as a watcher subscribes: ``job.<id>.>``."""
     return f"job.{job_id}.>"
@@ -124,8 +129,9 @@ WORKER_REGISTER = "hodei.worker.register"
 # Request/reply: a registered agent asks for a fresh NATS user JWT before its own expires.
 # One subject per worker, so that an agent's permissions name its own alone.
 WORKER_RENEW = "hodei.worker.*.renew"
-# Core NATS, empty body: work may be possible now (a job was queued, a worker registered).
-# A hint that saves the durable event its trip through the outbox; lossy by design.
+# Core NATS: work may be possible now (a job was queued, a worker registered); the body is
+# that job's or worker's id. A hint that saves the durable event its trip through the outbox;
+# lossy by design. A pass begun after it saw the commit, so the event need not start another.
 SCHEDULER_WAKE = "hodei.scheduler.wake"
 WORKER_HEARTBEATS = "worker.heartbeat.*"
 

@@ -107,7 +107,7 @@ class ApiService(HodeiService):
         reply = await handlers.submit_job(self.pool, namespace, request)
         if reply.created:
             self.metrics.jobs_submitted.labels(request.provider).inc()
-            await messaging.wake_scheduler(self.nc)
+            await messaging.wake_scheduler(self.nc, reply.job.id)
         return reply
 
     async def _cancel(self, namespace: str, request: JobRef) -> CancelJobReply:

@@ -261,5 +261,5 @@ class ProvisionerService(HodeiService):
 
     async def _register(self, request: RegisterRequest) -> RegisterReply:
         reply = await handlers.register(self.deps, request)
-        await messaging.wake_scheduler(self.nc)  # a READY worker: its job can go now
+        await messaging.wake_scheduler(self.nc, request.worker_id)  # its job can go now
         return reply

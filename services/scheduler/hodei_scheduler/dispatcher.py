@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -36,6 +37,7 @@ ACTOR = "scheduler"
 MIN_GAP_S = 0.005
 HOUSEKEEPING_S = 0.25
 PICK_BATCH = 64
+SEEN_KEPT = 4096  # pokes remembered until their event comes (see Dispatcher.seen)
 MARK_ATTEMPTS = 5
 
 
@@ -76,13 +78,29 @@ class Dispatcher:
         self._interval_s = interval_s
         self._resend_s = resend_s
         self._poked = asyncio.Event()
+        # What pokes were about (a job queued, a worker registered or freed, each committed
+        # before the poke): told, then seen once a pass began after it.
+        self._told: set[str] = set()
+        self._seen: OrderedDict[str, None] = OrderedDict()
         self._next_housekeeping = 0.0
         self.provisioning = True
         self.last_pass_started = 0.0  # wall clock: a pass that began later saw the earlier commits
 
-    def poke(self) -> None:
-        """Something changed: run a pass soon."""
+    def poke(self, about: str | None = None) -> None:
+        """Something changed (``about``: the committed job or worker it concerns): run a pass
+        soon."""
+        if about is not None:
+            self._told.add(about)
         self._poked.set()
+
+    def seen(self, about: str) -> bool:
+        """Whether a pass began after a poke about ``about``, so it saw that commit; asked
+        once per event (the answer is forgotten)."""
+        try:
+            del self._seen[about]
+        except KeyError:
+            return False
+        return True
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Pass after pass until ``stopping``: on a poke, or every interval.
@@ -111,6 +129,11 @@ class Dispatcher:
         """
         loop = asyncio.get_running_loop()
         self.last_pass_started = time.time()
+        for about in self._told:
+            self._seen[about] = None
+        self._told.clear()
+        while len(self._seen) > SEEN_KEPT:  # events handled by another replica never ask
+            self._seen.popitem(last=False)
         housekeeping = loop.time() >= self._next_housekeeping
         if housekeeping:
             self._next_housekeeping = loop.time() + HOUSEKEEPING_S
@@ -127,8 +150,9 @@ class Dispatcher:
                 await self._provision(conn)
             stale = (await store.unanswered_assignments(conn, self._resend_s)
                      if housekeeping else [])
-        for assignment, trace in assignments:
-            await self.send(assignment, trace)
+        # Side by side: each goes to its own worker, and the last need not wait for the
+        # acknowledgements of all the others.
+        await asyncio.gather(*(self.send(assignment, trace) for assignment, trace in assignments))
         for row in stale:
             log.info("job %s: assignment not accepted yet; sending it again", row["id"])
             await self.send(assignment_from_row(row, row["worker_id"], self._log_max_bytes),

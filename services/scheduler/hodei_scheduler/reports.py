@@ -30,8 +30,8 @@ ACTOR = "scheduler"
 class ReportEffects(Protocol):
     """What the scheduler does once a report is applied (or refused)."""
 
-    def worker_freed(self) -> None:
-        """A worker is READY again: a dispatch pass may find it work."""
+    def worker_freed(self, worker_id: UUID) -> None:
+        """A worker is READY again (committed): a dispatch pass may find it work."""
 
     async def cancel_pending(self, job_id: UUID, attempt: int, worker_id: UUID) -> None:
         """The job's cancel was asked for before its agent said it took or started it."""
@@ -81,7 +81,7 @@ class ReportHandler:
             await self._refuse(report)
             return False
         if row["freed"]:
-            self._effects.worker_freed()
+            self._effects.worker_freed(report.worker_id)
         state = JobState(jobs.FINISHING[report.outcome].target)
         # Counted from what the statement returned: no query of its own.
         self._metrics.job_finished(row["provider"], state, created_at=row["created_at"],

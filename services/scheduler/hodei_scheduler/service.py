@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import ClassVar
 from uuid import UUID
@@ -16,6 +17,7 @@ from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import StatusReport
 from hodei_common.contracts.jobs import JobCancelRequested
 from hodei_common.contracts.logs import LogEnd
+from hodei_common.contracts.workers import WorkerReady
 from hodei_common.errors import PermanentError
 from hodei_common.recovery import send_cancel, send_stop
 from hodei_common.runner import HodeiService, Loop
@@ -26,6 +28,8 @@ from hodei_scheduler.dispatcher import Dispatcher
 from hodei_scheduler.reports import ReportHandler
 
 log = logging.getLogger(__name__)
+
+WAKE_ABOUT_MAX = 64  # a wake-up hint's body: one job's or worker's id
 
 JOB_TRIGGERS = ConsumerSpec(
     stream=subjects.JOB_EVENTS_STREAM, durable=subjects.SCHEDULER_DISPATCH_CONSUMER,
@@ -76,21 +80,35 @@ class SchedulerService(HodeiService):
     async def _dispatch(self) -> None:
         await self.dispatcher.run(self.stopping)
 
-    async def _poke(self, _: Msg) -> None:
-        self.dispatcher.poke()
+    async def _poke(self, msg: Msg) -> None:
+        about = msg.data.decode(errors="replace") if 0 < len(msg.data) <= WAKE_ABOUT_MAX else None
+        self.dispatcher.poke(about)
 
-    async def _poke_unless_seen(self, msg: Msg) -> None:
-        """Poke, unless a pass began after the event was stored: that pass saw the commit the
-        event reports (usually the wake-up hint started it). Across hosts a skewed clock can
-        only delay a job until the periodic pass."""
+    async def _poke_unless_seen(self, msg: Msg, about: str | None) -> None:
+        """Poke, unless a pass already saw the commit the event reports: one began after a
+        poke about the same job or worker (the wake-up hint, a worker freed here), or after
+        the event was stored. Across hosts a skewed clock can only delay a job until the
+        periodic pass."""
+        if about is not None and self.dispatcher.seen(about):
+            return
         if msg.metadata.timestamp.timestamp() >= self.dispatcher.last_pass_started:
             self.dispatcher.poke()
 
+    async def _on_job_trigger(self, msg: Msg) -> None:
+        await self._poke_unless_seen(msg, subjects.job_of_event(msg.subject))
+
+    async def _on_worker_trigger(self, msg: Msg) -> None:
+        about = None
+        if msg.subject == subjects.WORKER_READY:
+            with contextlib.suppress(msgspec.DecodeError):
+                about = str(msgspec.json.decode(msg.data, type=WorkerReady).worker_id)
+        await self._poke_unless_seen(msg, about)
+
     async def _job_triggers(self) -> None:
-        await consume(self.js, JOB_TRIGGERS, self._poke_unless_seen, self.stopping)
+        await consume(self.js, JOB_TRIGGERS, self._on_job_trigger, self.stopping)
 
     async def _worker_triggers(self) -> None:
-        await consume(self.js, WORKER_TRIGGERS, self._poke_unless_seen, self.stopping)
+        await consume(self.js, WORKER_TRIGGERS, self._on_worker_trigger, self.stopping)
 
     async def _status(self) -> None:
         await consume(self.js, STATUS_REPORTS, self._on_report, self.stopping)
@@ -115,8 +133,8 @@ class SchedulerService(HodeiService):
         """Request no more workers: the platform is retiring the ones it has."""
         self.dispatcher.provisioning = False
 
-    def worker_freed(self) -> None:
-        self.dispatcher.poke()
+    def worker_freed(self, worker_id: UUID) -> None:
+        self.dispatcher.poke(str(worker_id))
 
     async def cancel_pending(self, job_id: UUID, attempt: int, worker_id: UUID) -> None:
         await self.send_cancel(job_id, attempt, worker_id)
