@@ -159,7 +159,7 @@ def memory_rows(samples: list[Sample], parts: tuple[str, ...]) -> list[tuple[str
     """Per part: processes, MiB at the first sample, peak (summed VmRSS), the largest VmHWM,
     at the last sample, and its private memory (RssAnon) at the last sample."""
     first, last = samples[0], samples[-1]
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for part in parts:
         rows.append((part, str(last.mem[part].processes), mib(first.mem[part].rss_kib),
                      mib(peak(samples, part)), mib(max(s.mem[part].hwm_kib for s in samples)),
