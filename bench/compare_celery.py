@@ -24,6 +24,13 @@ its platform is left running (exit code 1 if one is). Helpers come from bench/ex
     .venv/bin/pip install -e '.[bench]'        # Celery with the Redis client
     apt-get install -y redis-server             # Debian's Redis, when missing
     .venv/bin/python bench/compare_celery.py [--jobs 100] [--round-jobs 1000] [--submitters 16]
+                                             [--json PATH]
+
+``--json PATH`` also writes both sides' figures there: per side ``echo_end_p50_ms`` and
+``echo_end_p99_ms`` (`echo hello` one at a time, submit -> job's end), ``first_line_p50_ms``
+(null for Celery, which shows no output before the end) and ``jobs_per_s`` (the round with the
+most submitters), each rounded to 0.1, plus ``failed`` (jobs not succeeded of those measured);
+beside them ``jobs``, ``round_jobs``, ``submitters``, ``concurrency`` and ``cpus``.
 
 With the defaults it takes about half a minute on a 2-core machine. Figures depend on
 whatever else runs on the machine: nothing here asserts a time.
@@ -34,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import queue
 import resource
@@ -481,6 +489,34 @@ def print_table(ns: argparse.Namespace, hodei: Results, cel: Results) -> None:
           "Hodei commits every job to PostgreSQL;\nthis Redis keeps nothing on disk.")
 
 
+def figures(r: Results) -> dict[str, float | int | None]:
+    """One side's figures for ``--json``: milliseconds and jobs/s rounded to 0.1."""
+    ends = [s.end_s for s in r.sequential]
+    firsts = [s.first_line_s for s in r.sequential if s.first_line_s is not None]
+    largest = max(r.rounds, key=lambda rnd: rnd.submitters)
+    return {
+        "echo_end_p50_ms": round(statistics.median(ends) * 1000, 1),
+        "echo_end_p99_ms": round(percentile(ends, 99) * 1000, 1),
+        "first_line_p50_ms": round(statistics.median(firsts) * 1000, 1) if firsts else None,
+        "jobs_per_s": round(largest.jobs_per_s, 1),
+        "failed": sum(not s.ok for s in r.sequential)
+        + sum(not s.ok for rnd in r.rounds for s in rnd.samples),
+    }
+
+
+def write_json(path: Path, ns: argparse.Namespace, hodei: Results, cel: Results) -> None:
+    result = {
+        "hodei": figures(hodei),
+        "celery": figures(cel),
+        "jobs": ns.jobs,
+        "round_jobs": ns.round_jobs,
+        "submitters": max(ns.submitter_counts),
+        "concurrency": ns.concurrency,
+        "cpus": os.cpu_count(),
+    }
+    path.write_text(json.dumps(result, indent=2) + "\n")
+
+
 async def main(ns: argparse.Namespace) -> int:
     if shutil.which("redis-server") is None:
         sys.exit("redis-server is missing: apt-get install -y redis-server")
@@ -501,6 +537,8 @@ async def main(ns: argparse.Namespace) -> int:
         for note in notes:
             print(note)
         print_table(ns, hodei, cel)
+        if ns.json is not None:
+            write_json(ns.json, ns, hodei, cel)
     finally:
         left = leftovers(port, nats_url)
         print(f"\ntotal {time.perf_counter() - begun:.0f}s; {load()}; processes left behind "
@@ -521,6 +559,10 @@ if __name__ == "__main__":
                         help="comma-separated concurrent submitter counts, one round each")
     parser.add_argument("--concurrency", type=int, default=8,
                         help="Celery worker processes, and Hodei's warm pool size")
+    parser.add_argument("--json", type=Path, metavar="PATH",
+                        help="also write both sides' figures here as JSON (`echo hello` p50 "
+                        "and p99 to the job's end, p50 to the first line, jobs/s of the round "
+                        "with the most submitters)")
     args = parser.parse_args()
     args.submitter_counts = [int(c) for c in args.submitters.split(",")]
     args.submitters = max(args.submitter_counts)  # for the warm-up rounds
