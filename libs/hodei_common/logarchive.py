@@ -41,6 +41,7 @@ from hodei_common.errors import HodeiError
 GZIP_WBITS = 31  # zlib's gzip container
 COMPRESS_LEVEL = 1  # logs compress well even so; level 1 costs least CPU
 CHUNK_BYTES = 128 * 1024
+SPOOL_BYTES = 4 * CHUNK_BYTES
 # A chunk of a very repetitive log can inflate a thousandfold: inflate a bounded step at a time.
 INFLATE_STEP = 1 << 20
 CHUNK_WAIT_S = 30.0
@@ -121,10 +122,12 @@ class Written:
 
 
 class ArchiveWriter:
-    """Encodes and compresses log messages into a temporary file, then stores it."""
+    """Encodes and compresses log messages into a temporary file, then stores it (see
+    discard())."""
 
     def __init__(self) -> None:
-        self._file: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (see discard())
+        # In memory while small (most logs), on disk past SPOOL_BYTES.
+        self._file: IO[bytes] = tempfile.SpooledTemporaryFile(SPOOL_BYTES)  # noqa: SIM115
         self._zip = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, GZIP_WBITS)
         self._sha = hashlib.sha256()
         self._size = 0

@@ -265,6 +265,28 @@ async def read_log(
             yield message
 
 
+async def stored_log(nc: NATS, namespace: str, job_id: UUID) -> AsyncIterator[LogMessage]:
+    """The job's log as the stream holds it, in reading order, ending at its end marker when
+    it has one: as :func:`read_log` without ``follow`` reads a log not archived yet, but by
+    batched direct gets, with no consumer made and deleted. For the platform's own readers
+    (the logs service archiving it): see :func:`messaging.direct_batches`."""
+    assembler = LogAssembler()
+    stored = messaging.direct_batches(nc, subjects.LOGS_STREAM,
+                                      subjects.job_log_subjects(namespace, job_id))
+    async with contextlib.aclosing(stored) as messages:
+        async for msg in messages:
+            record = decode_record(msg.data, job_id)
+            if record is None:
+                continue
+            writer = subjects.log_writer((msg.headers or {})[subjects.HEADER_SUBJECT])
+            for each in assembler.add_record(record, writer):
+                yield each
+                if isinstance(each, LogEnd):
+                    return
+    for each in assembler.flush():
+        yield each
+
+
 class LiveLog:
     """A job's log, followed from before the job exists.
 

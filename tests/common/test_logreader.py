@@ -10,6 +10,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from hodei_common import messaging
 from hodei_common.contracts import subjects
 from hodei_common.contracts.jobs import JobState
 from hodei_common.contracts.logs import (
@@ -22,7 +23,7 @@ from hodei_common.contracts.logs import (
     LogStream,
 )
 from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE
-from hodei_common.logreader import LiveLog, read_log
+from hodei_common.logreader import LiveLog, read_log, stored_log
 
 pytestmark = pytest.mark.nats
 
@@ -262,3 +263,43 @@ async def test_lines_stored_before_their_attempt_s_marker_wait_for_it(
     for messages in (live_messages, await collect(js, job_id, follow=False)):
         assert seqs(messages) == [1, 2, 3]
         assert isinstance(messages[-1], LogEnd)
+
+
+async def test_a_stored_log_read_by_direct_gets_is_what_a_reader_of_the_stream_gets(
+    nc: NATS, js: JetStreamContext,
+) -> None:
+    """What the logs service archives: out of order, twice, another worker's lines and
+    another job's log between them, the end; then a log with no end yet, and no log."""
+    job_id, intruder = uuid.uuid4(), uuid.uuid4()
+    for first, count in [(1, 2), (5, 2), (3, 2), (3, 2)]:
+        await publish(js, job_id, batch(job_id, first, count))
+        await publish(js, uuid.uuid4(), batch(job_id, 1, 1))
+    await publish_as(js, job_id, intruder, batch(job_id, 7, 1))
+    await publish(js, job_id, batch(job_id, 7, 300))
+    end = LogEnd(job_id=job_id, attempt=1, state=JobState.SUCCEEDED, exit_code=0, lines=306)
+    await publish(js, job_id, end)
+    stored = [m async for m in stored_log(nc, NS, job_id)]
+    assert stored == await collect(js, job_id, follow=False)
+    assert seqs(stored) == list(range(1, 307))
+    assert stored[-1] == end
+
+    unended = uuid.uuid4()
+    await publish(js, unended, batch(unended, 1, 2))
+    assert [m async for m in stored_log(nc, NS, unended)] == [batch(unended, 1, 2)]
+    assert [m async for m in stored_log(nc, NS, uuid.uuid4())] == []
+
+
+async def test_direct_batches_give_every_stored_message_once_across_requests(
+    nc: NATS, js: JetStreamContext,
+) -> None:
+    job_id = uuid.uuid4()
+    subject = subjects.job_logs(NS, job_id, subjects.PLATFORM_LOG_WRITER)
+    for i in range(25):
+        await js.publish(subject, str(i).encode() * (i + 1))
+        await js.publish(subjects.job_logs(NS, uuid.uuid4(), "w"), b"other")
+    for batch_size, max_bytes in [(7, 1 << 20), (100, 16), (1000, 1 << 20)]:
+        got = [msg async for msg in messaging.direct_batches(
+            nc, subjects.LOGS_STREAM, subjects.job_log_subjects(NS, job_id),
+            batch=batch_size, max_bytes=max_bytes)]
+        assert [m.data for m in got] == [str(i).encode() * (i + 1) for i in range(25)]
+        assert {(m.headers or {})[subjects.HEADER_SUBJECT] for m in got} == {subject}

@@ -190,6 +190,9 @@ def role(which: Role) -> Permissions:
         return _service(which, [
             s.platform_logs("*", "*"), *_durable(s.JOB_EVENTS_STREAM, s.LOGS_ARCHIVE_CONSUMER),
             *_log_readers(None), *_archive_writer(),
+            # Reads a finished log by batched direct gets (its subject in the body): the
+            # whole stream, as _log_readers(None) allows anyway.
+            s.js_api("DIRECT.GET", s.LOGS_STREAM),
         ], [])
     if which is Role.SUPERVISOR:
         return _service(which, [control, s.js_api("STREAM.MSG.GET", s.WORKER_STATUS_STREAM)],

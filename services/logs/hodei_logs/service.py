@@ -31,7 +31,7 @@ from hodei_common.contracts.logs import LogBatch, LogEnd, LogMessage, LogRecord,
 from hodei_common.database import LOCK_LOG_SWEEP, exclusive
 from hodei_common.errors import RetryLater
 from hodei_common.lifecycle import jobs
-from hodei_common.logreader import read_log
+from hodei_common.logreader import stored_log
 from hodei_common.runner import HodeiService, Loop
 from hodei_common.waiting import pause
 from hodei_logs import store
@@ -110,8 +110,8 @@ class LogsService(HodeiService):
             keep_alive.cancel()
 
     async def _archive_log(self, msg: Msg) -> None:
-        """End the finished job's log if nobody did, then store it whole and record it
-        (idempotent)."""
+        """Store the finished job's log whole and record it (idempotent), ending it first if
+        nobody did."""
         job_id = decode(msg, JobEvent).job_id
         async with self.pool.acquire() as conn:
             if await store.archived(conn, job_id):
@@ -119,30 +119,39 @@ class LogsService(HodeiService):
             job = await store.final_state(conn, job_id)
         if job is None:
             raise RetryLater(1.0, f"job {job_id} is not finished yet")
-        await self._close_log(job)
-        namespace = job["namespace"]
-        writer = logarchive.ArchiveWriter()
-        end: LogEnd | None = None
-        truncated = False
-        try:
-            async for message in read_log(self.js, namespace, job_id, follow=False):
-                writer.add(message)
-                if isinstance(message, LogEnd):
-                    end = message
-                elif _has_notice(message):
-                    truncated = True
-            if end is None:
-                raise RetryLater(1.0, f"job {job_id}: its log has no end marker yet")
-            written = await writer.store(self.js, namespace, job_id, truncated=truncated)
-        finally:
-            writer.discard()
+        stored = await self._store_log(job)
+        if stored is None:  # the scheduler's end marker is missing: write it, read again
+            await self._close_log(job)
+            stored = await self._store_log(job)
+        if stored is None:
+            raise RetryLater(1.0, f"job {job_id}: its log has no end marker yet")
+        end, written = stored
         async with self.pool.acquire() as conn:
             await jobs.record_log_archive(
-                conn, job_id, end.attempt, storage_uri=logarchive.storage_uri(namespace, job_id),
+                conn, job_id, end.attempt,
+                storage_uri=logarchive.storage_uri(job["namespace"], job_id),
                 size_bytes=written.size_bytes, entry_count=written.lines,
                 sha256=written.sha256, truncated=written.truncated)
         log.debug("job %s: log archived (%d lines, %d bytes)", job_id, written.lines,
                   written.size_bytes)
+
+    async def _store_log(self, job: asyncpg.Record) -> tuple[LogEnd, logarchive.Written] | None:
+        """Read the job's log from the stream and store it in the archive; None (nothing
+        stored) when it has no end marker."""
+        namespace, job_id = job["namespace"], job["id"]
+        writer = logarchive.ArchiveWriter()
+        truncated = False
+        try:
+            async for message in stored_log(self.nc, namespace, job_id):
+                writer.add(message)
+                if isinstance(message, LogEnd):
+                    written = await writer.store(self.js, namespace, job_id,
+                                                 truncated=truncated)
+                    return message, written
+                truncated = truncated or _has_notice(message)
+            return None
+        finally:
+            writer.discard()
 
     async def _sweep(self) -> None:
         """Delete archives past their age, every ``log_archive_sweep_s``, one replica at a
