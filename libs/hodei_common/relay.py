@@ -40,6 +40,9 @@ LIMIT $1
 FOR UPDATE OF outbox_events SKIP LOCKED
 """
 _MARK = "UPDATE outbox_events SET published_at = now() WHERE id = ANY($1::uuid[])"
+# Without a keep period a published row goes at once: the audit trail is domain_events, and
+# the stream holds the event. A delete costs the database less than an update.
+_DELETE = "DELETE FROM outbox_events WHERE id = ANY($1::uuid[])"
 # The outbox gauges, at scrape time: the partial index of unpublished rows answers it.
 _BACKLOG = """
 SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS lag_s
@@ -57,7 +60,7 @@ class RelaySettings(Settings):
     relay_batch_size: int = 256
     relay_poll_interval_s: float = 1.0
     relay_publish_timeout_s: float = 5.0
-    relay_keep_published_s: float = 3600.0
+    relay_keep_published_s: float = 0.0  # 0: delete a row once published
 
 
 class OutboxRelay:
@@ -71,7 +74,7 @@ class OutboxRelay:
         batch_size: int = 256,
         poll_interval_s: float = 1.0,
         publish_timeout_s: float = 5.0,
-        keep_published_s: float = 3600.0,
+        keep_published_s: float = 0.0,
     ) -> None:
         self._pool = pool
         self._js = js
@@ -89,7 +92,7 @@ class OutboxRelay:
                 return 0
             published = await self._publish(rows)
             if published:
-                await conn.execute(_MARK, published)
+                await conn.execute(_MARK if self._keep_published_s > 0 else _DELETE, published)
             if len(published) < len(rows):
                 log.warning("relay: %d of %d events not acknowledged; will retry",
                             len(rows) - len(published), len(rows))
@@ -147,7 +150,8 @@ class OutboxRelay:
             await self._pool.release(listener)
 
     async def purge_published(self) -> int:
-        """Delete rows published longer ago than the keep period (the audit log keeps them)."""
+        """Delete rows published longer ago than the keep period (the audit log keeps them),
+        and those a relay with a keep period left."""
         result = await self._pool.execute(_PURGE, self._keep_published_s)
         return int(result.split()[-1])
 

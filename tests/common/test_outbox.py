@@ -122,6 +122,21 @@ async def test_relay_publishes_in_commit_order_with_event_id_as_msg_id(
     assert await pool.fetchval("SELECT count(*) FROM outbox_events WHERE published_at IS NULL") == 0
 
 
+async def test_a_published_row_is_deleted_unless_a_keep_period_is_set(
+    pool: asyncpg.Pool, js: JetStreamContext
+) -> None:
+    await write_events(pool, 3)
+    await OutboxRelay(pool, js).relay_once()
+    assert await pool.fetchval("SELECT count(*) FROM outbox_events") == 0
+    assert await pool.fetchval("SELECT count(*) FROM domain_events") == 3  # the audit stays
+    await write_events(pool, 2)
+    await OutboxRelay(pool, js, keep_published_s=60).relay_once()
+    kept = await pool.fetch("SELECT published_at FROM outbox_events")
+    assert len(kept) == 2
+    assert all(row["published_at"] is not None for row in kept)
+    assert await stream_count(js) == 5
+
+
 async def test_relay_wakes_on_notify_without_waiting_for_the_poll(
     pool: asyncpg.Pool, js: JetStreamContext, relays: list[asyncio.Task[None]]
 ) -> None:
