@@ -51,7 +51,10 @@ WITH pairs AS (
 assigned AS (
     UPDATE jobs SET state = :to_state, worker_id = p.worker_id, assigned_at = now()
     FROM pairs AS p
-    WHERE jobs.id = p.job_id AND jobs.state = ANY(:from_states) AND jobs.attempt = p.attempt
+    -- ids named outright as well: the plan then looks each up by its key whatever the
+    -- statistics say (a plan made while the table was small would scan it all)
+    WHERE jobs.id = ANY(:job_ids::uuid[]) AND jobs.id = p.job_id
+      AND jobs.state = ANY(:from_states) AND jobs.attempt = p.attempt
     RETURNING jobs.id, jobs.attempt, jobs.worker_id, jobs.command, jobs.args, jobs.env,
               jobs.timeout_s, jobs.assigned_at, jobs.namespace, jobs.traceparent
 ),
@@ -86,8 +89,8 @@ started AS (
     UPDATE jobs SET state = :to_state, started_at = :at,
                     accepted_at = coalesce(jobs.accepted_at, :at)
     FROM before
-    WHERE jobs.id = before.id AND jobs.attempt = :attempt AND jobs.worker_id = :worker_id
-      AND jobs.state = ANY(:from_states)
+    WHERE jobs.id = :job_id AND jobs.id = before.id AND jobs.attempt = :attempt
+      AND jobs.worker_id = :worker_id AND jobs.state = ANY(:from_states)
     RETURNING jobs.id, jobs.cancel_requested_at, before.accepted_at IS NULL AS newly_accepted
 )
 SELECT s.*,
@@ -112,8 +115,8 @@ finished AS (
                     started_at = coalesce(jobs.started_at, :started_at::timestamptz, :at),
                     accepted_at = coalesce(jobs.accepted_at, :started_at::timestamptz, :at)
     FROM before
-    WHERE jobs.id = before.id AND jobs.attempt = :attempt AND jobs.worker_id = :worker_id
-      AND jobs.state = ANY(:from_states)
+    WHERE jobs.id = :job_id AND jobs.id = before.id AND jobs.attempt = :attempt
+      AND jobs.worker_id = :worker_id AND jobs.state = ANY(:from_states)
     RETURNING jobs.id, jobs.namespace, jobs.provider, jobs.created_at, jobs.started_at,
               jobs.completed_at, before.accepted_at IS NULL AS newly_accepted,
               before.started_at IS NULL AND :started_at::timestamptz IS NOT NULL
