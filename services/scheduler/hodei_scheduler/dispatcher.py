@@ -78,6 +78,7 @@ class Dispatcher:
         self._interval_s = interval_s
         self._resend_s = resend_s
         self._poked = asyncio.Event()
+        self._pokes = 0  # how many so far: more than one during a pass is a flood
         # What pokes were about (a job queued, a worker registered or freed, each committed
         # before the poke): told, then seen once a pass began after it.
         self._told: set[str] = set()
@@ -91,6 +92,7 @@ class Dispatcher:
         soon."""
         if about is not None:
             self._told.add(about)
+        self._pokes += 1
         self._poked.set()
 
     def seen(self, about: str) -> bool:
@@ -105,19 +107,19 @@ class Dispatcher:
     async def run(self, stopping: asyncio.Event) -> None:
         """Pass after pass until ``stopping``: on a poke, or every interval.
 
-        Passes start at most every ``MIN_GAP_S``: a poke after a quiet spell runs at once,
-        while a flood of events (a thousand submits a second) is served by fewer, fuller
-        passes instead of one pass per event.
+        A poke that came while a pass ran starts the next at once, unless more than one
+        came: a flood of events (a thousand submits a second) is then served by fewer,
+        fuller passes, started at most every ``MIN_GAP_S``, instead of one pass per event.
         """
         loop = asyncio.get_running_loop()
         while not stopping.is_set():
             self._poked.clear()
-            started = loop.time()
+            started, pokes = loop.time(), self._pokes
             try:
                 await self.dispatch_pass()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 log.warning("dispatch pass failed (%s); retrying", e)
-            if self._poked.is_set():
+            if self._pokes - pokes > 1:
                 await asyncio.sleep(max(0.0, started + MIN_GAP_S - loop.time()))
             await wait_any(stopping, self._poked, within_s=self._interval_s)
 
