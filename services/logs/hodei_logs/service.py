@@ -114,10 +114,10 @@ class LogsService(HodeiService):
         nobody did."""
         job_id = decode(msg, JobEvent).job_id
         async with self.pool.acquire() as conn:
-            if await store.archived(conn, job_id):
-                return
-            job = await store.final_state(conn, job_id)
-        if job is None:
+            job = await store.to_archive(conn, job_id)
+        if job is not None and job["archived"]:
+            return
+        if job is None or job["state"] is None:
             raise RetryLater(1.0, f"job {job_id} is not finished yet")
         stored = await self._store_log(job)
         if stored is None:  # the scheduler's end marker is missing: write it, read again

@@ -8,12 +8,16 @@ import asyncpg
 
 from hodei_common.database import Conn
 
-FINAL_STATE = """
-SELECT id, namespace, attempt, state, exit_code, error FROM jobs
-WHERE id = $1 AND state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMED_OUT')
+# The job as its log is to be archived: its terminal state (NULL while it has none), and
+# whether its archive is recorded already.
+TO_ARCHIVE = """
+SELECT id, namespace, attempt,
+       CASE WHEN state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMED_OUT') THEN state END
+           AS state,
+       exit_code, error,
+       EXISTS (SELECT 1 FROM job_log_files WHERE job_id = $1) AS archived
+FROM jobs WHERE id = $1
 """
-
-ARCHIVED = "SELECT 1 FROM job_log_files WHERE job_id = $1"
 
 EXPIRED = """
 SELECT f.job_id, j.namespace FROM job_log_files f JOIN jobs j ON j.id = f.job_id
@@ -24,13 +28,9 @@ ORDER BY f.created_at LIMIT $2
 FORGET = "DELETE FROM job_log_files WHERE job_id = ANY($1::uuid[])"
 
 
-async def final_state(conn: Conn, job_id: UUID) -> asyncpg.Record | None:
-    """The job's terminal state, or None while it is not finished."""
-    return await conn.fetchrow(FINAL_STATE, job_id)
-
-
-async def archived(conn: Conn, job_id: UUID) -> bool:
-    return bool(await conn.fetchval(ARCHIVED, job_id))
+async def to_archive(conn: Conn, job_id: UUID) -> asyncpg.Record | None:
+    """The job (see ``TO_ARCHIVE``), or None when there is no such job."""
+    return await conn.fetchrow(TO_ARCHIVE, job_id)
 
 
 async def expired(conn: Conn, max_age_s: float, limit: int) -> list[tuple[str, UUID]]:
