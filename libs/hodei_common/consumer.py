@@ -8,6 +8,7 @@ with backoff. Handlers must be idempotent: a message may come again after a cras
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from hodei_common import logconfig, tracing
 from hodei_common.errors import PermanentError, RetryLater
 from hodei_common.messaging import ensure_consumer
+from hodei_common.waiting import wait_any
 
 log = logging.getLogger(__name__)
 
@@ -118,26 +120,86 @@ async def consume(
     await ensure_consumer(js, spec.stream, spec.config())
     sub = await js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
     try:
+        if spec.ordered_by is not None:
+            await _KeyedHandling(spec, spec.ordered_by, handler, stopping, batch).run(sub, poll_s)
+            return
         while not stopping.is_set():
-            try:
-                msgs = await sub.fetch(batch, timeout=poll_s)
-            except TimeoutError:  # nats-py raises its own or asyncio's: both mean "nothing yet"
-                continue
-            except NatsError as e:  # disconnected: the client reconnects on its own
-                log.warning("%s: fetch failed (%s)", spec.durable, e)
-                await asyncio.sleep(0.5)
-                continue
-            if spec.ordered_by is None:
-                await _handle_in_order(msgs, handler, spec, stopping)
-            else:
-                groups: dict[str, list[Msg]] = {}
-                for msg in msgs:
-                    groups.setdefault(spec.ordered_by(msg), []).append(msg)
-                await asyncio.gather(*(_handle_in_order(group, handler, spec, stopping)
-                                       for group in groups.values()))
+            msgs = await _fetch(sub, spec, batch, poll_s)
+            await _handle_in_order(msgs, handler, spec, stopping)
     finally:
         with contextlib.suppress(NatsError):
             await sub.unsubscribe()
+
+
+async def _fetch(sub: JetStreamContext.PullSubscription, spec: ConsumerSpec, batch: int,
+                 poll_s: float) -> list[Msg]:
+    """Up to ``batch`` messages as soon as there is one; none after ``poll_s``."""
+    try:
+        return await sub.fetch(batch, timeout=poll_s)
+    except TimeoutError:  # nats-py raises its own or asyncio's: both mean "nothing yet"
+        return []
+    except NatsError as e:  # disconnected: the client reconnects on its own
+        log.warning("%s: fetch failed (%s)", spec.durable, e)
+        await asyncio.sleep(0.5)
+        return []
+
+
+class _KeyedHandling:
+    """Messages handled as they come, without waiting for a whole fetch to be done: those of
+    one key one after another in stream order, those of different keys side by side, at most
+    ``limit`` held at once (fetching pauses meanwhile)."""
+
+    def __init__(self, spec: ConsumerSpec, key: Callable[[Msg], str], handler: Handler,
+                 stopping: asyncio.Event, limit: int) -> None:
+        self._spec = spec
+        self._key = key
+        self._handler = handler
+        self._stopping = stopping
+        self._limit = limit
+        self._waiting: dict[str, collections.deque[Msg]] = {}
+        self._held = 0
+        self._freed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, sub: JetStreamContext.PullSubscription, poll_s: float) -> None:
+        try:
+            while not self._stopping.is_set():
+                if self._held >= self._limit:
+                    self._freed.clear()
+                    await wait_any(self._stopping, self._freed, within_s=poll_s)
+                    continue
+                for msg in await _fetch(sub, self._spec, self._limit - self._held, poll_s):
+                    self._take(msg)
+            # Stopping: each key's message under way is finished, the rest handed back.
+            await asyncio.gather(*self._tasks)
+            for queue in self._waiting.values():
+                for msg in queue:
+                    await msg.nak()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+
+    def _take(self, msg: Msg) -> None:
+        self._held += 1
+        key = self._key(msg)
+        queue = self._waiting.get(key)
+        if queue is not None:  # its key's earlier messages are being handled
+            queue.append(msg)
+            return
+        self._waiting[key] = collections.deque([msg])
+        task = asyncio.create_task(self._drain(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self, key: str) -> None:
+        queue = self._waiting[key]
+        while queue and not self._stopping.is_set():
+            await handle(queue[0], self._handler, self._spec.durable)
+            queue.popleft()
+            self._held -= 1
+            self._freed.set()
+        if not queue:
+            del self._waiting[key]
 
 
 async def _handle_in_order(

@@ -158,6 +158,40 @@ async def test_ordered_by_keeps_each_keys_order_and_runs_keys_concurrently(
     assert handled.index(b"b1") < handled.index(b"a1")
 
 
+async def test_a_slow_key_does_not_hold_back_other_keys_messages_fetched_after_it(
+    js: JetStreamContext,
+) -> None:
+    """No fetch waits for the slowest message of the one before: b2, published while a1 is
+    still being handled, is handled before a1 ends."""
+    spec = ConsumerSpec(stream=subjects.JOB_EVENTS_STREAM, durable="test-keyed-flow",
+                        filter_subjects=[subjects.job_events(subjects.JOB_CREATED)], ack_wait_s=5,
+                        ordered_by=lambda msg: msg.data[:1].decode())
+    handled: list[bytes] = []
+    b2_handled = asyncio.Event()
+    a1_tries = 0
+
+    async def handler(msg: Msg) -> None:
+        nonlocal a1_tries
+        if msg.data == b"a1":
+            a1_tries += 1
+            await asyncio.wait_for(b2_handled.wait(), 3)  # fails, and a1 comes again, if not
+        handled.append(msg.data)
+        if msg.data == b"b2":
+            b2_handled.set()
+
+    for body in (b"a1", b"b1"):
+        await js.publish(CREATED, body)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(consume(js, spec, handler, stopping, poll_s=0.2))
+    await assert_eventually(lambda: handled == [b"b1"], within_s=5, message=f"{handled}")
+    await js.publish(CREATED, b"b2")
+    await assert_eventually(lambda: len(handled) == 3, within_s=10, message=f"{handled}")
+    stopping.set()
+    await task
+    assert handled == [b"b1", b"b2", b"a1"]
+    assert a1_tries == 1
+
+
 def test_a_batch_ack_cannot_be_combined_with_concurrent_handling() -> None:
     with pytest.raises(ValueError, match="in order"):
         ConsumerSpec(stream="S", durable="d", ack_batches=True, ordered_by=lambda m: m.subject)
