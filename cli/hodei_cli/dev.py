@@ -35,7 +35,7 @@ def up() -> None:
     configure_logging(os.environ.get("HODEI_LOG_LEVEL", "WARNING"))
     docker = os.environ.get("HODEI_DOCKER_ENABLED", "").lower() in ("1", "true", "yes")
     eventloop.run(serve(settings, docker=docker,
-                      worker_image=os.environ.get("HODEI_WORKER_IMAGE") or None))
+                        worker_image=os.environ.get("HODEI_WORKER_IMAGE") or None))
 
 
 @app.command("down")

@@ -255,12 +255,11 @@ HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_EVENT_TYPE = "Hodei-Event-Type"
 HEADER_TRACEPARENT = "traceparent"
 HEADER_TRACESTATE = "tracestate"
-# What NATS puts on a direct get's replies: the message's own subject and sequence, and on
-# the status that ends a batch, how many more match and the last sequence sent.
+# What NATS puts on a direct get's replies: the message's own subject, and on the status
+# that ends a batch, how many more match and the last sequence sent.
 HEADER_STATUS = "Status"
 HEADER_DESCRIPTION = "Description"
 HEADER_SUBJECT = "Nats-Subject"
-HEADER_SEQUENCE = "Nats-Sequence"
 HEADER_NUM_PENDING = "Nats-Num-Pending"
 HEADER_LAST_SEQUENCE = "Nats-Last-Sequence"
 
