@@ -168,7 +168,12 @@ class _KeyedHandling:
                     self._freed.clear()
                     await wait_any(self._stopping, self._freed, within_s=poll_s)
                     continue
-                for msg in await _fetch(sub, self._spec, self._limit - self._held, poll_s):
+                # One at a time: a fetch of more waits, once its first message came, for the
+                # rest of its batch until its pull request ends, which a request made after a
+                # stale status (an earlier request's time-out) only does at its expiry: the
+                # message that came is held back meanwhile (seen: half a second). Messages
+                # already delivered are taken from the client's queue without a request.
+                for msg in await _fetch(sub, self._spec, 1, poll_s):
                     self._take(msg)
             # Stopping: each key's message under way is finished, the rest handed back.
             await asyncio.gather(*self._tasks)
