@@ -284,6 +284,31 @@ async def test_a_job_s_created_event_starts_no_pass_once_a_pass_began_after_its_
         assert len(passes) == 1, "the hint's pass saw the job: its event must not start another"
 
 
+async def test_a_job_whose_worker_was_held_locked_during_its_pass_is_assigned_soon_after(
+    settings: Settings, pool: asyncpg.Pool, nc: NATS
+) -> None:
+    """A pass skips rows another statement holds (a heartbeat's update of the workers), and
+    the job's own event starts no second pass once the hint's pass began: the scheduler
+    looks again by itself, not only at the next periodic pass (an hour away here)."""
+    base = settings.model_dump()
+    scheduler = SchedulerService(SchedulerSettings(**base, dispatch_interval_s=3600))
+    worker_id = uuid.uuid4()
+    async with running([ApiService(ApiSettings(**base)), RelayService(RelaySettings(**base)),
+                        scheduler]):
+        await pool.execute("INSERT INTO workers (id, provider, state, idle_since) "
+                           "VALUES ($1, 'local', 'READY', now())", worker_id)
+        await asyncio.sleep(0.3)  # the pass at start is over: the next is an hour away
+        async with pool.acquire() as holder:
+            held = holder.transaction()
+            await held.start()
+            await holder.execute("SELECT 1 FROM workers WHERE id = $1 FOR UPDATE", worker_id)
+            job = (await ApiClient(nc, timeout_s=5.0).submit(SubmitJob(command="true"))).job
+            await asyncio.sleep(0.03)  # the hint's pass and a first look again, both skipping it
+            assert await job_state(pool, job.id) == "QUEUED"
+            await held.rollback()
+        await assert_eventually(lambda: _is(job_state(pool, job.id), "ASSIGNED"), within_s=2.0)
+
+
 async def _stored(js: JetStreamContext, stream: str, subject: str) -> int | None:
     try:
         return int((await js.get_last_msg(stream, subject)).seq or 0) or None

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 ACTOR = "scheduler"
 MIN_GAP_S = 0.005
+# After a poked pass left a job and a READY worker apart: the passes to look again.
+UNPAIRED_RETRIES_S = (0.01, 0.04, 0.16)
 HOUSEKEEPING_S = 0.25
 PICK_BATCH = 64
 SEEN_KEPT = 4096  # pokes remembered until their event comes (see Dispatcher.seen)
@@ -79,6 +81,7 @@ class Dispatcher:
         self._resend_s = resend_s
         self._poked = asyncio.Event()
         self._pokes = 0  # how many so far: more than one during a pass is a flood
+        self._unpaired_retries: list[float] = []
         # What pokes were about (a job queued, a worker registered or freed, each committed
         # before the poke): told, then seen once a pass began after it.
         self._told: set[str] = set()
@@ -131,6 +134,7 @@ class Dispatcher:
         """
         loop = asyncio.get_running_loop()
         self.last_pass_started = time.time()
+        told = bool(self._told)
         for about in self._told:
             self._seen[about] = None
         self._told.clear()
@@ -146,12 +150,21 @@ class Dispatcher:
         # away with it, whatever happens to this process.
         async with self._pool.acquire() as conn, locked_transaction(conn, LOCK_DISPATCH):
             assignments = await self._assign(conn)
+            unpaired = False
             if self.provisioning:
                 if housekeeping:
                     await self._retire_idle(conn)
-                await self._provision(conn)
+                unpaired = await self._provision(conn)
             stale = (await store.unanswered_assignments(conn, self._resend_s)
                      if housekeeping else [])
+        if told:
+            self._unpaired_retries = list(UNPAIRED_RETRIES_S)
+        if unpaired and self._unpaired_retries:
+            # A job and a READY worker of one class are left apart: the pass may have skipped
+            # a row another statement held locked just then (a heartbeat's update of the
+            # workers), and the events it was poked about start no other pass: look again, a
+            # few times, a little later each time.
+            loop.call_later(self._unpaired_retries.pop(0), self.poke)
         # Side by side: each goes to its own worker, and the last need not wait for the
         # acknowledgements of all the others.
         await asyncio.gather(*(self.send(assignment, trace) for assignment, trace in assignments))
@@ -188,14 +201,17 @@ class Dispatcher:
                                  workers.Retirement.IDLE, f"idle for more than {w['ttl']:g}s",
                                  actor=ACTOR)
 
-    async def _provision(self, conn: Conn) -> None:
-        """Request a worker per waiting job (plus the warm pool), within max_workers.
+    async def _provision(self, conn: Conn) -> bool:
+        """Request a worker per waiting job (plus the warm pool), within max_workers; whether
+        a class of limits has both waiting jobs and READY workers left.
 
         A worker is made with its job's limits, so demand is counted per class of limits;
         the provider's room goes to the class whose job has waited longest.
         """
         room: dict[str, int] = {}
+        unpaired = False
         for p in await store.provider_demand(conn):
+            unpaired = unpaired or (p["queued"] > 0 and p["ready"] > 0)
             default_class = p["cpus"] is None and p["memory_bytes"] is None
             wanted = (p["queued"] + (p["min_idle"] if default_class else 0)
                       - p["creating"] - p["ready"])
@@ -213,6 +229,7 @@ class Dispatcher:
                     conn, workers.WorkerRef(uuid4(), p["name"], job_id),
                     mode=WorkerMode(p["worker_mode"]), cpus=p["cpus"],
                     memory_bytes=p["memory_bytes"], actor=ACTOR)
+        return unpaired
 
     async def send(self, assignment: Assignment, trace: str | None = None) -> None:
         """Publish an assignment to its worker, and to the job's log that the attempt is that
