@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import ClassVar
 from uuid import UUID
@@ -98,10 +97,8 @@ class SchedulerService(HodeiService):
         await self._poke_unless_seen(msg, subjects.job_of_event(msg.subject))
 
     async def _on_worker_trigger(self, msg: Msg) -> None:
-        about = None
-        if msg.subject == subjects.WORKER_READY:
-            with contextlib.suppress(msgspec.DecodeError):
-                about = str(msgspec.json.decode(msg.data, type=WorkerReady).worker_id)
+        about = (str(decode(msg, WorkerReady).worker_id)
+                 if msg.subject == subjects.WORKER_READY else None)
         await self._poke_unless_seen(msg, about)
 
     async def _job_triggers(self) -> None:
