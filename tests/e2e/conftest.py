@@ -24,6 +24,11 @@ from tests.cli.conftest import HODEI, run_cli
 
 __all__ = ["agent_processes"]
 
+# On a failed test, the platform's log lines kept in its report: its warnings and errors, then
+# its last lines (the platform's home, and its log with it, goes with the test's scratch dir).
+LOG_TAIL_LINES = 60
+LOG_NOTABLE_LINES = 120
+
 
 @dataclass(frozen=True)
 class Platform:
@@ -53,6 +58,30 @@ class Platform:
             trust = Trust.load(self.home / AUTH_DIR / "keys")
             trust.user(permissions.everything(TEST_IDENTITY)).write(creds)
         return Settings(nats_url=self.nats_url, creds=creds)
+
+
+def platform_log_excerpt(platform: Platform) -> str:
+    """What a failed test's report shows of the platform's log (empty when it has none)."""
+    try:
+        lines = (platform.home.parent / "dev-up.log").read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    notable = [line for line in lines if " WARNING " in line or " ERROR " in line
+               or "Traceback" in line]
+    return "\n".join([
+        f"-- warnings and errors (last {LOG_NOTABLE_LINES}) --", *notable[-LOG_NOTABLE_LINES:],
+        f"-- last {LOG_TAIL_LINES} lines --", *lines[-LOG_TAIL_LINES:]])
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    for value in getattr(item, "funcargs", {}).values():
+        if isinstance(value, Platform) and (excerpt := platform_log_excerpt(value)):
+            report.sections.append((f"platform log of {value.home}", excerpt))
 
 
 async def cli_json(platform: Platform, *args: str) -> Any:
