@@ -2,7 +2,8 @@
 
 Agents beat at the interval the provisioner tells them in the register reply, and the
 supervisor judges silence by it; every service declares the ``LOGS`` stream, so each would
-set its max age. Read from each service's own environment, they could differ, and then the
+set its max age; the api and the scheduler both write assignments, which carry the byte cap
+of the job's log. Read from each service's own environment, they could differ, and then the
 last service to start would win. Instead each is one row: migration 0007 stored the defaults,
 ``hodei migrate`` (and ``hodei dev up``) records the value its environment sets, and every
 service reads the rows at start and uses them. A service whose own environment sets another
@@ -26,9 +27,16 @@ class PlatformSettings:
 
     heartbeat_interval_s: float
     logs_max_age_s: float
+    log_max_bytes: float  # 0: no cap
+
+    @property
+    def log_cap(self) -> int | None:
+        """The byte cap an assignment carries: None for none."""
+        return int(self.log_max_bytes) or None
 
 
 NAMES = tuple(f.name for f in dataclasses.fields(PlatformSettings))
+ZERO_MEANS_NONE = frozenset({"log_max_bytes"})
 
 
 @dataclass(frozen=True)
@@ -66,9 +74,12 @@ async def load(conn: Conn) -> PlatformSettings:
     values = {row["name"]: row["value"] for row in await conn.fetch(LOAD, list(NAMES))}
     for name in NAMES:
         value = values.get(name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ConfigError(f"platform setting {name} is {value!r} in PostgreSQL, not a "
-                              f"positive number: set {env_name(name)} and run `hodei migrate`")
+        zero_ok = name in ZERO_MEANS_NONE
+        if (isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+                or (value == 0 and not zero_ok)):
+            kind = "a number of 0 or more" if zero_ok else "a positive number"
+            raise ConfigError(f"platform setting {name} is {value!r} in PostgreSQL, not "
+                              f"{kind}: set {env_name(name)} and run `hodei migrate`")
     return PlatformSettings(**{name: float(values[name]) for name in NAMES})
 
 

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     # How long the LOGS stream keeps log lines. Finished jobs' logs stay readable from their
     # archive.
     logs_max_age_s: float = Field(default=LOGS_MAX_AGE_S, ge=1)
+    # The byte cap of one job's log (0: none), which every assignment carries to its agent.
+    log_max_bytes: int = Field(default=1 << 30, ge=0)
 
     @field_validator("home", mode="after")
     @classmethod

@@ -284,6 +284,18 @@ async def test_api_answers_the_cli_and_its_pings(
         await api.nc.publish(subjects.inbox_prefix("hodei-cli") + ".x", b"")
         assert any("_inbox.hodei-cli.x" in v for v in await api.violations())
         await micro.stop()
+        # It sends the assignment of a job it assigned at submit, and marks the job's log;
+        # a worker's status or control orders are not its to write.
+        await messaging.ensure_streams(api.js)
+        worker, job = uuid4(), uuid4()
+        await api.js.publish(subjects.worker_assign(worker), b"{}")
+        await api.js.publish(subjects.platform_logs(DEFAULT_NAMESPACE, job), b"{}")
+        api.errors.clear()
+        await api.nc.publish(subjects.worker_status(worker), b"{}")
+        await api.nc.publish(subjects.worker_control(worker), b"{}")
+        found = await api.violations()
+        assert len(found) == 2, found
+        assert any(subjects.worker_status(worker) in v for v in found), found
 
 
 @pytest.mark.nats

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import asyncpg
@@ -34,7 +35,8 @@ async def stored(pool: asyncpg.Pool) -> PlatformSettings:
 
 
 async def test_a_migrated_platform_has_the_defaults_every_service_has(pool: asyncpg.Pool) -> None:
-    assert PlatformSettings(heartbeat_interval_s=1.0, logs_max_age_s=7 * 86400.0) == DEFAULTS
+    assert PlatformSettings(heartbeat_interval_s=1.0, logs_max_age_s=7 * 86400.0,
+                            log_max_bytes=float(1 << 30)) == DEFAULTS
     assert await stored(pool) == DEFAULTS
 
 
@@ -49,7 +51,7 @@ async def test_migrate_records_only_what_its_environment_sets(
         assert await platform_settings.record(conn, set_one) == []
         # A later run whose environment does not set it leaves it as recorded.
         assert await platform_settings.record(conn, Settings(**unset(settings))) == []
-    assert await stored(pool) == PlatformSettings(heartbeat_interval_s=1.0, logs_max_age_s=3600)
+    assert await stored(pool) == dataclasses.replace(DEFAULTS, logs_max_age_s=3600)
 
 
 async def test_a_service_started_with_another_logs_max_age_leaves_the_stream_alone(
@@ -82,6 +84,19 @@ async def test_a_garbled_stored_setting_is_one_clear_line(pool: asyncpg.Pool) ->
     await pool.execute("UPDATE platform_settings SET value = '\"soon\"' "
                        "WHERE name = 'heartbeat_interval_s'")
     with pytest.raises(ConfigError, match="HODEI_HEARTBEAT_INTERVAL_S"):
+        await stored(pool)
+
+
+async def test_a_log_cap_of_zero_means_none_and_a_negative_one_is_one_clear_line(
+    pool: asyncpg.Pool, settings: Settings,
+) -> None:
+    async with pool.acquire() as conn:
+        await platform_settings.record(conn, Settings(**unset(settings), log_max_bytes=0))
+    platform = await stored(pool)
+    assert (platform.log_max_bytes, platform.log_cap) == (0, None)
+    assert DEFAULTS.log_cap == 1 << 30
+    await pool.execute("UPDATE platform_settings SET value = '-1' WHERE name = 'log_max_bytes'")
+    with pytest.raises(ConfigError, match="not a number of 0 or more: set HODEI_LOG_MAX_BYTES"):
         await stored(pool)
 
 

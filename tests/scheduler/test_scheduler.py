@@ -284,6 +284,37 @@ async def test_a_job_s_created_event_starts_no_pass_once_a_pass_began_after_its_
         assert len(passes) == 1, "the hint's pass saw the job: its event must not start another"
 
 
+async def test_a_job_assigned_at_submit_starts_no_pass_nor_wakes_the_scheduler(
+    settings: Settings, pool: asyncpg.Pool, nc: NATS, js: JetStreamContext
+) -> None:
+    """The api gave the job to an idle reusable worker itself: neither its wake-up hint nor its
+    created event (which names the worker) starts a dispatch pass, nothing waits."""
+    base = settings.model_dump()
+    scheduler = SchedulerService(SchedulerSettings(**base, dispatch_interval_s=3600))
+    worker_id = uuid.uuid4()
+    async with running([ApiService(ApiSettings(**base)), RelayService(RelaySettings(**base)),
+                        scheduler]):
+        await pool.execute("INSERT INTO workers (id, provider, state, mode, idle_since) "
+                           "VALUES ($1, 'local', 'READY', 'reusable', now())", worker_id)
+        await asyncio.sleep(0.3)  # the pass at start is over: the next is an hour away
+        passes: list[float] = []
+        dispatch_pass = scheduler.dispatcher.dispatch_pass
+
+        async def counted() -> int:
+            passes.append(asyncio.get_running_loop().time())
+            return await dispatch_pass()
+
+        scheduler.dispatcher.dispatch_pass = counted  # type: ignore[method-assign]
+        job = (await ApiClient(nc, timeout_s=5.0).submit(SubmitJob(command="true"))).job
+        assert (job.state, job.worker_id) == (JobState.ASSIGNED, worker_id)
+        created = await assert_eventually(lambda: _stored(
+            js, subjects.JOB_EVENTS_STREAM, subjects.job_event(job.id, subjects.JOB_CREATED)))
+        await assert_eventually(lambda: _acked(js, subjects.JOB_EVENTS_STREAM,
+                                               subjects.SCHEDULER_DISPATCH_CONSUMER, created))
+        await asyncio.sleep(0.1)  # a pass, poked meanwhile, would start within 5 ms
+        assert passes == [], "nothing waits: no pass is needed"
+
+
 async def test_a_job_whose_worker_was_held_locked_during_its_pass_is_assigned_soon_after(
     settings: Settings, pool: asyncpg.Pool, nc: NATS
 ) -> None:

@@ -99,7 +99,8 @@ class JobEvent(Event, frozen=True, kw_only=True):
 
 
 class JobCreated(JobEvent, frozen=True, kw_only=True):
-    """A job was accepted and stored QUEUED. Env values are secrets: only keys travel."""
+    """A job was accepted and stored: QUEUED, or, when it found an idle worker, assigned to it
+    at once (``worker_id``; JobAssigned follows). Env values are secrets: only keys travel."""
 
     namespace: str
     name: str
@@ -107,6 +108,7 @@ class JobCreated(JobEvent, frozen=True, kw_only=True):
     priority: int
     timeout_s: float
     env_keys: list[str] = msgspec.field(default_factory=list)
+    worker_id: UUID | None = None
 
 
 class JobCancelRequested(JobEvent, frozen=True, kw_only=True):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 
@@ -45,22 +45,37 @@ FINISHING: dict[Outcome, Transition] = {
 }
 
 
-async def submit(conn: Conn, req: SubmitJob, *, job_id: UUID, namespace: str, actor: str
-                 ) -> asyncpg.Record | None:
+async def submit(conn: Conn, req: SubmitJob, *, job_id: UUID, namespace: str, actor: str,
+                 assign_now: bool = False) -> asyncpg.Record | None:
     """A new QUEUED job of ``namespace`` (its row); None when the provider is unknown or
-    disabled or the id or the namespace's idempotency key is taken."""
-    t = JOBS["submit"]
-    created = events.new(
-        JobCreated, actor=actor, job=job_id, job_id=job_id, attempt=1,
-        namespace=namespace, name=req.name, provider=req.provider, priority=req.priority,
-        timeout_s=req.timeout_s, env_keys=sorted(req.env))
+    disabled or the id or the namespace's idempotency key is taken.
+
+    With ``assign_now``, a job that finds an idle worker is assigned to it in the same
+    statement (see ``submit`` in jobs.sql): its row then has ``worker_id`` and
+    ``assigned_at``, and says the worker's ``worker_mode`` and ``pool_short`` (its provider's
+    warm pool has room to grow)."""
+    t, assigned, occupy = JOBS["submit"], JOBS["assign"], WORKERS["occupy"]
+    fields: dict[str, Any] = {
+        "actor": actor, "job": job_id, "job_id": job_id, "attempt": 1, "namespace": namespace,
+        "name": req.name, "provider": req.provider, "priority": req.priority,
+        "timeout_s": req.timeout_s, "env_keys": sorted(req.env)}
+    emits = [Emit(t, events.new(JobCreated, **fields))]
+    # Which worker is known once the statement picked one: the events it may then record name
+    # a stand-in id, made for this call alone, which the statement replaces with the worker's.
+    picked = uuid4()
+    if assign_now:
+        emits += [
+            Emit(t, events.new(JobCreated, **fields, worker_id=picked), step="submit_assigned"),
+            Emit(assigned, events.new(JobAssigned, actor=actor, job=job_id, job_id=job_id,
+                                      attempt=1, worker_id=picked))]
     return await SQL["submit"].fetchrow(
         conn, job_id=job_id, namespace=namespace, name=req.name, to_state=t.to_state,
         command=req.command, args=req.args, env=req.env, timeout_s=req.timeout_s,
         provider=req.provider, priority=req.priority, max_attempts=req.max_attempts,
         idempotency_key=req.idempotency_key, cpus=req.cpus, memory_bytes=req.memory_bytes,
-        traceparent=tracing.traceparent(),
-        events=events.encode([Emit(t, created)], starts_trace=True))
+        traceparent=tracing.traceparent(), assign_now=assign_now, assign_to=assigned.to_state,
+        occupy_from=occupy.fence, occupy_to=occupy.to_state, picked=str(picked),
+        events=events.encode(emits, starts_trace=True))
 
 
 async def cancel_queued(conn: Conn, job_id: UUID, attempt: int, *, actor: str

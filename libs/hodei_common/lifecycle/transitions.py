@@ -175,14 +175,15 @@ _TERMINAL = tuple(s for s in JobState if s in TERMINAL_JOB_STATES)
 _ENDED = (JobAccepted, subjects.JOB_ACCEPTED), (JobStarted, subjects.JOB_STARTED)
 
 JOBS = TransitionTable("job", JobState, [
-    _job("submit", (), _Q, (JobCreated, subjects.JOB_CREATED), doc="api"),
+    _job("submit", (), _Q, (JobCreated, subjects.JOB_CREATED),
+         doc="api; with `assign` at once when a worker is idle"),
     _job("cancel_queued", (_Q,), JobState.CANCELLED, (JobCancelled, subjects.JOB_CANCELLED),
          doc="api: cancel of a queued job"),
     _job("request_cancel", _HELD, None, (JobCancelRequested, subjects.JOB_CANCEL_REQUESTED),
          doc="api: cancel of a held job; `cancel_requested_at`"),
     _job("assign", (_Q,), _A, (JobAssigned, subjects.JOB_ASSIGNED),
-         doc="dispatch pass, a batch; `worker_id`; with worker `occupy`; opens the execution "
-             "saga"),
+         doc="dispatch pass, a batch (or the api's `submit`); `worker_id`; with worker "
+             "`occupy`; opens the execution saga"),
     _job("accept", (_A,), None, (JobAccepted, subjects.JOB_ACCEPTED),
          doc="`accepted` report; `accepted_at`"),
     _job("start", (_A,), _R, (JobAccepted, subjects.JOB_ACCEPTED),

@@ -169,7 +169,10 @@ def role(which: Role) -> Permissions:
     """The permissions of a service kind, or of the ``hodei`` CLI (an operator's tool)."""
     control = s.worker_control("*")
     if which is Role.API:
-        return _service(which, [s.SCHEDULER_WAKE], [s.API_SUBJECTS, s.ADMIN_SUBJECTS])
+        # Assignments too: a job that finds an idle worker is sent to it by the api.
+        return _service(which, [s.SCHEDULER_WAKE, s.WORKER_ASSIGN_SUBJECTS,
+                                s.platform_logs("*", "*")],
+                        [s.API_SUBJECTS, s.ADMIN_SUBJECTS])
     if which is Role.RELAY:
         return _service(which, [s.JOB_EVENTS_SUBJECTS, *s.WORKER_EVENTS_SUBJECTS], [])
     if which is Role.SCHEDULER:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -106,17 +107,31 @@ def validate_submit(req: SubmitJob) -> None:
             raise ValidationError(f"{field} must not contain NUL bytes")
 
 
-async def submit_job(pool: asyncpg.Pool, namespace: str, req: SubmitJob) -> SubmitJobReply:
-    """Store a QUEUED job of ``namespace`` and its JobCreated event atomically, in one round
-    trip."""
+@dataclass(frozen=True)
+class Submitted:
+    """The reply to a submit, and the new job's row when it went to an idle worker at once
+    (its assignment is then the api's to send)."""
+
+    reply: SubmitJobReply
+    assigned: asyncpg.Record | None = None
+
+
+async def submit_job(pool: asyncpg.Pool, namespace: str, req: SubmitJob, *,
+                     assign_now: bool = False) -> Submitted:
+    """Store a job of ``namespace`` and its events atomically, in one round trip: QUEUED, or
+    with ``assign_now`` assigned at once to an idle worker that fits it."""
     validate_submit(req)
     job_id = req.id or uuid4()
     async with pool.acquire() as conn:
-        row = await jobs.submit(conn, req, job_id=job_id, namespace=namespace, actor=ACTOR)
+        row = await jobs.submit(conn, req, job_id=job_id, namespace=namespace, actor=ACTOR,
+                                assign_now=assign_now)
         job = store.job_from_row(row)
         if job is not None:
-            return SubmitJobReply(job=job, created=True)
-        return SubmitJobReply(job=await _why_not_inserted(conn, namespace, req), created=False)
+            assert row is not None
+            return Submitted(SubmitJobReply(job=job, created=True),
+                             row if row["worker_id"] is not None else None)
+        return Submitted(SubmitJobReply(job=await _why_not_inserted(conn, namespace, req),
+                                        created=False))
 
 
 async def _why_not_inserted(conn: Conn, namespace: str, req: SubmitJob) -> Job:

@@ -18,6 +18,7 @@ from hodei_api import handlers
 from hodei_api.config import ApiSettings
 from hodei_api.explain import explain_job
 from hodei_common import messaging
+from hodei_common.assignments import AssignmentSender, assignment_from_row
 from hodei_common.contracts import subjects
 from hodei_common.contracts.api import (
     CancelJobReply,
@@ -31,6 +32,7 @@ from hodei_common.contracts.api import (
     UpdateProvider,
 )
 from hodei_common.contracts.jobs import JobState
+from hodei_common.contracts.workers import WorkerMode
 from hodei_common.endpoints import (
     UNAVAILABLE_MESSAGE,
     AnyEndpoint,
@@ -68,6 +70,7 @@ class ApiService(HodeiService):
 
     name: ClassVar[str] = "api"
     description: ClassVar[str] = "Hodei API: submit, get, list, cancel and audit jobs"
+    settings: ApiSettings
 
     def __init__(self, settings: ApiSettings) -> None:
         super().__init__(settings)
@@ -90,6 +93,7 @@ class ApiService(HodeiService):
     async def setup(self) -> None:
         """Add one micro endpoint per API subject, all in the shared queue group: the job
         endpoints on every namespace's subject, the admin endpoints on their own."""
+        self._assignments = AssignmentSender(self.js, "api")
         endpoints: list[AnyEndpoint] = [
             NamespacedEndpoint("jobs_submit", subjects.api_any(subjects.JOBS_SUBMIT), SubmitJob,
                                self._submit),
@@ -104,9 +108,20 @@ class ApiService(HodeiService):
         await self.endpoints.add(self.micro, endpoints, subjects.API_QUEUE_GROUP)
 
     async def _submit(self, namespace: str, request: SubmitJob) -> SubmitJobReply:
-        reply = await handlers.submit_job(self.pool, namespace, request)
-        if reply.created:
-            self.metrics.jobs_submitted.labels(request.provider).inc()
+        submitted = await handlers.submit_job(self.pool, namespace, request,
+                                              assign_now=self.settings.api_assign_at_submit)
+        reply, row = submitted.reply, submitted.assigned
+        if not reply.created:
+            return reply
+        self.metrics.jobs_submitted.labels(request.provider).inc()
+        if row is not None:
+            # Sent before the reply: the job's first line is what a caller waits for.
+            await self._assignments.send(
+                assignment_from_row(row, row["worker_id"], self.platform.log_cap),
+                row["traceparent"])
+        # A job left QUEUED waits for a dispatch pass; a worker taken from a warm pool that
+        # should be made up for (an ephemeral one never comes back) asks for one too.
+        if row is None or row["worker_mode"] == WorkerMode.EPHEMERAL or row["pool_short"]:
             await messaging.wake_scheduler(self.nc, reply.job.id)
         return reply
 

@@ -8,9 +8,7 @@ from hodei_common.settings import Settings
 
 
 class SchedulerSettings(Settings):
-    """How often the safety pass runs, when an unanswered assignment is sent again, and the
-    byte cap of each job's log (0: none) that assignments carry."""
+    """How often the safety pass runs, and when an unanswered assignment is sent again."""
 
     dispatch_interval_s: float = Field(default=0.5, gt=0)
     assignment_resend_s: float = Field(default=2.0, gt=0)
-    log_max_bytes: int = Field(default=1 << 30, ge=0)

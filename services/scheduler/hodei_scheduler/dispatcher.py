@@ -15,15 +15,10 @@ from collections import OrderedDict
 from uuid import UUID, uuid4
 
 import asyncpg
-import msgspec
-from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from opentelemetry.trace import SpanKind
 
-from hodei_common import tracing
-from hodei_common.contracts import subjects
+from hodei_common.assignments import AssignmentSender, assignment_from_row
 from hodei_common.contracts.agent import Assignment
-from hodei_common.contracts.logs import LogStart
 from hodei_common.contracts.workers import WorkerMode
 from hodei_common.database import LOCK_DISPATCH, Conn, locked_transaction
 from hodei_common.lifecycle import jobs, workers
@@ -40,24 +35,6 @@ UNPAIRED_RETRIES_S = (0.01, 0.04, 0.16)
 HOUSEKEEPING_S = 0.25
 PICK_BATCH = 64
 SEEN_KEPT = 4096  # pokes remembered until their event comes (see Dispatcher.seen)
-MARK_ATTEMPTS = 5
-
-
-def assignment_from_row(
-    row: asyncpg.Record, worker_id: UUID, log_max_bytes: int | None = None
-) -> Assignment:
-    return Assignment(
-        job_id=row["id"],
-        attempt=row["attempt"],
-        worker_id=worker_id,
-        namespace=row["namespace"],
-        command=row["command"],
-        args=list(row["args"]),
-        env=dict(row["env"]),
-        timeout_s=row["timeout_s"],
-        assigned_at=row["assigned_at"],
-        log_max_bytes=log_max_bytes,
-    )
 
 
 class Dispatcher:
@@ -76,7 +53,7 @@ class Dispatcher:
         self._log_max_bytes = log_max_bytes
         self._pool = pool
         self._providers = providers
-        self._js = js
+        self._sender = AssignmentSender(js, ACTOR)
         self._interval_s = interval_s
         self._resend_s = resend_s
         self._poked = asyncio.Event()
@@ -232,37 +209,4 @@ class Dispatcher:
         return unpaired
 
     async def send(self, assignment: Assignment, trace: str | None = None) -> None:
-        """Publish an assignment to its worker, and to the job's log that the attempt is that
-        worker's, in a span of the job's trace (``trace``: its traceparent). The two go out
-        together, the marker first: readers hold an attempt's lines until its marker came,
-        whichever the stream stores first."""
-        with tracing.job_span("scheduler assign", trace, assignment.job_id,
-                              attempt=assignment.attempt, worker_id=assignment.worker_id,
-                              kind=SpanKind.PRODUCER):
-            await asyncio.gather(self._mark(assignment), self._deliver(assignment))
-
-    async def _deliver(self, assignment: Assignment) -> None:
-        """A failure is retried by a later pass (the assignment is not accepted meanwhile)."""
-        try:
-            await self._js.publish(
-                subjects.worker_assign(assignment.worker_id),
-                msgspec.json.encode(assignment),
-                headers=tracing.inject({subjects.HEADER_MSG_ID: subjects.msg_id(
-                    assignment.job_id, assignment.attempt, "assign")}),
-            )
-        except (NatsError, OSError, TimeoutError) as e:
-            log.warning("job %s: could not send its assignment (%s)", assignment.job_id, e)
-
-    async def _mark(self, assignment: Assignment) -> None:
-        """A failure is retried here: no later pass resends what a worker has taken."""
-        start = msgspec.json.encode(LogStart(
-            job_id=assignment.job_id, attempt=assignment.attempt,
-            worker_id=assignment.worker_id))
-        subject = subjects.platform_logs(assignment.namespace, assignment.job_id)
-        for attempt in range(1, MARK_ATTEMPTS + 1):
-            try:
-                await self._js.publish(subject, start, headers=tracing.inject({}))
-                return
-            except (NatsError, OSError, TimeoutError) as e:
-                log.warning("job %s: could not mark attempt %d in its log (%s; try %d of %d)",
-                            assignment.job_id, assignment.attempt, e, attempt, MARK_ATTEMPTS)
+        await self._sender.send(assignment, trace)

@@ -14,7 +14,7 @@ from hodei_common import tracing
 from hodei_common.consumer import ConsumerSpec, consume, decode
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import StatusReport
-from hodei_common.contracts.jobs import JobCancelRequested
+from hodei_common.contracts.jobs import JobCancelRequested, JobCreated
 from hodei_common.contracts.logs import LogEnd
 from hodei_common.contracts.workers import WorkerReady
 from hodei_common.errors import PermanentError
@@ -66,7 +66,7 @@ class SchedulerService(HodeiService):
         self.dispatcher = Dispatcher(
             self.pool, self.js, interval_s=self.settings.dispatch_interval_s,
             resend_s=self.settings.assignment_resend_s, providers=providers,
-            log_max_bytes=self.settings.log_max_bytes or None,
+            log_max_bytes=self.platform.log_cap,
         )
         self.reports = ReportHandler(self.pool, providers=providers, effects=self,
                                      metrics=self.metrics)
@@ -94,6 +94,9 @@ class SchedulerService(HodeiService):
             self.dispatcher.poke()
 
     async def _on_job_trigger(self, msg: Msg) -> None:
+        if msg.subject.endswith(f".{subjects.JOB_CREATED}") and \
+                decode(msg, JobCreated).worker_id is not None:
+            return  # assigned at once by the api: nothing waits
         await self._poke_unless_seen(msg, subjects.job_of_event(msg.subject))
 
     async def _on_worker_trigger(self, msg: Msg) -> None:

@@ -7,18 +7,63 @@
 -- name: submit
 -- A QUEUED job. Inserts nothing when the provider is unknown or disabled, or the id or
 -- the idempotency key is taken: the caller then finds out which.
-WITH submitted AS (
+-- With `:assign_now`, a job that finds an idle worker goes to it at once: a READY worker of
+-- its provider made with its limits, not held for a job that still waits, the longest idle
+-- one; and only while no job of the same provider and limits waits (those go first: the
+-- scheduler pairs them). The job is then stored ASSIGNED to it (transition `assign`), the
+-- worker made BUSY with it (worker transition `occupy`) and the job's execution saga opened,
+-- as a dispatch pass does; the row also says the worker's `mode` and whether its provider
+-- keeps a warm pool with room to grow (`pool_short`: the scheduler should make up for it).
+-- The events of the assignment name the worker by `:picked`, a stand-in id replaced here.
+WITH idle AS (
+    SELECT w.id, w.mode FROM workers AS w
+    WHERE :assign_now AND w.provider = :provider AND w.state = ANY(:occupy_from)
+      AND w.cpus IS NOT DISTINCT FROM :cpus AND w.memory_bytes IS NOT DISTINCT FROM :memory_bytes
+      AND NOT EXISTS (SELECT 1 FROM jobs AS q WHERE q.id = w.for_job_id AND q.state = 'QUEUED')
+      AND NOT EXISTS (SELECT 1 FROM jobs AS q
+                      WHERE q.state = 'QUEUED' AND q.provider = :provider
+                        AND q.cpus IS NOT DISTINCT FROM :cpus
+                        AND q.memory_bytes IS NOT DISTINCT FROM :memory_bytes
+                        AND (q.not_before IS NULL OR q.not_before <= now()))
+    ORDER BY w.idle_since NULLS FIRST, w.id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+),
+submitted AS (
     INSERT INTO jobs (id, namespace, name, state, command, args, env, timeout_s, provider,
-                      priority, max_attempts, idempotency_key, cpus, memory_bytes, traceparent)
-    SELECT :job_id, :namespace, :name, :to_state, :command, :args, :env::jsonb, :timeout_s,
+                      priority, max_attempts, idempotency_key, cpus, memory_bytes, traceparent,
+                      worker_id, assigned_at)
+    SELECT :job_id, :namespace, :name,
+           CASE WHEN idle.id IS NULL THEN :to_state ELSE :assign_to END,
+           :command, :args, :env::jsonb, :timeout_s,
            :provider, :priority, :max_attempts, :idempotency_key, :cpus, :memory_bytes,
-           :traceparent
+           :traceparent, idle.id, CASE WHEN idle.id IS NOT NULL THEN now() END
+    FROM (SELECT) AS one LEFT JOIN idle ON true
     WHERE EXISTS (SELECT 1 FROM provider_configs WHERE name = :provider AND enabled)
     ON CONFLICT DO NOTHING
     RETURNING *
+),
+occupied AS (
+    UPDATE workers SET state = :occupy_to, current_job_id = s.id, idle_since = NULL
+    FROM submitted AS s
+    WHERE workers.id = s.worker_id AND workers.state = ANY(:occupy_from)
+    RETURNING workers.id
 )
-SELECT submitted.*, hodei_record_events(:events, ARRAY['submit']) AS recorded
-FROM submitted;
+SELECT s.*, idle.mode AS worker_mode,
+       idle.id IS NOT NULL AND (
+           SELECT p.min_idle > 0 AND p.max_workers > (
+               SELECT count(*) FROM workers AS a
+               WHERE a.provider = p.name
+                 AND a.state IN ('CREATING', 'READY', 'BUSY', 'TERMINATING'))
+           FROM provider_configs AS p WHERE p.name = s.provider) AS pool_short,
+       (SELECT count(*) FROM occupied) AS occupied,
+       CASE WHEN s.worker_id IS NOT NULL THEN
+           hodei_saga_open('execution', s.id, ARRAY['assign', 'start', 'finish'], 1) END
+           AS saga,
+       hodei_record_events(replace(:events, :picked, coalesce(s.worker_id::text, :picked))::json,
+                           CASE WHEN s.worker_id IS NULL THEN ARRAY['submit']
+                                ELSE ARRAY['submit_assigned', 'assign'] END) AS recorded
+FROM submitted AS s LEFT JOIN idle ON idle.id = s.worker_id;
 
 -- name: cancel_queued
 WITH cancelled AS (
