@@ -257,6 +257,19 @@ async def test_a_wake_up_hint_alone_gets_a_job_assigned_without_waiting_for_a_pa
         await assert_eventually(lambda: _is(job_state(pool, job_id), "ASSIGNED"), within_s=2.0)
 
 
+def count_passes(scheduler: SchedulerService) -> list[float]:
+    """When each dispatch pass of ``scheduler`` starts from now on."""
+    passes: list[float] = []
+    dispatch_pass = scheduler.dispatcher.dispatch_pass
+
+    async def counted() -> int:
+        passes.append(asyncio.get_running_loop().time())
+        return await dispatch_pass()
+
+    scheduler.dispatcher.dispatch_pass = counted  # type: ignore[method-assign]
+    return passes
+
+
 async def test_a_job_s_created_event_starts_no_pass_once_a_pass_began_after_its_hint(
     settings: Settings, pool: asyncpg.Pool, nc: NATS, js: JetStreamContext
 ) -> None:
@@ -265,14 +278,7 @@ async def test_a_job_s_created_event_starts_no_pass_once_a_pass_began_after_its_
     async with running([ApiService(ApiSettings(**base)), RelayService(RelaySettings(**base)),
                         scheduler]):
         await asyncio.sleep(0.3)  # the pass at start is over: the next is an hour away
-        passes: list[float] = []
-        dispatch_pass = scheduler.dispatcher.dispatch_pass
-
-        async def counted() -> int:
-            passes.append(asyncio.get_running_loop().time())
-            return await dispatch_pass()
-
-        scheduler.dispatcher.dispatch_pass = counted  # type: ignore[method-assign]
+        passes = count_passes(scheduler)
         job = (await ApiClient(nc, timeout_s=5.0).submit(SubmitJob(command="true"))).job
         created = await assert_eventually(lambda: _stored(
             js, subjects.JOB_EVENTS_STREAM, subjects.job_event(job.id, subjects.JOB_CREATED)))
@@ -297,14 +303,7 @@ async def test_a_job_assigned_at_submit_starts_no_pass_nor_wakes_the_scheduler(
         await pool.execute("INSERT INTO workers (id, provider, state, mode, idle_since) "
                            "VALUES ($1, 'local', 'READY', 'reusable', now())", worker_id)
         await asyncio.sleep(0.3)  # the pass at start is over: the next is an hour away
-        passes: list[float] = []
-        dispatch_pass = scheduler.dispatcher.dispatch_pass
-
-        async def counted() -> int:
-            passes.append(asyncio.get_running_loop().time())
-            return await dispatch_pass()
-
-        scheduler.dispatcher.dispatch_pass = counted  # type: ignore[method-assign]
+        passes = count_passes(scheduler)
         job = (await ApiClient(nc, timeout_s=5.0).submit(SubmitJob(command="true"))).job
         assert (job.state, job.worker_id) == (JobState.ASSIGNED, worker_id)
         created = await assert_eventually(lambda: _stored(
