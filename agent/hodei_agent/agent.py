@@ -30,7 +30,7 @@ from hodei_agent.config import AgentSettings
 from hodei_agent.credentials import Identity, Renewal
 from hodei_agent.lost import PlatformLost, StopBound, watch_platform
 from hodei_agent.registration import RegistrationRefused, register
-from hodei_agent.runner import JobRun
+from hodei_agent.runner import JobRun, Workdirs
 from hodei_common import logconfig, messaging, tracing
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import (
@@ -62,6 +62,7 @@ class Agent:
         self._done = asyncio.Event()
         self._started = False
         self._inbox: asyncio.Queue[Msg | None] = asyncio.Queue()  # None: stop
+        self._workdirs = Workdirs(settings)
         self._current: JobRun | None = None
         self.abandoned = False  # its job was ended unreported (abandon)
         self._handled: set[JobKey] = set()
@@ -181,6 +182,13 @@ class Agent:
         return reply, nc
 
     async def _serve(self, nc: NATS, reply: RegisterReply) -> None:
+        try:
+            await self._workdirs.prepare()  # before an assignment can come
+            await self._serve_jobs(nc, reply)
+        finally:
+            self._workdirs.discard()
+
+    async def _serve_jobs(self, nc: NATS, reply: RegisterReply) -> None:
         js = nc.jetstream()
         await nc.subscribe(subjects.worker_control(self.worker_id), cb=self._on_control)
         # Ordered ephemeral consumer from the stream's start: an assignment published before
@@ -238,6 +246,7 @@ class Agent:
 
     async def _work(self, js: JetStreamContext, reply: RegisterReply) -> None:
         while self._stop_reason is None:
+            await self._workdirs.prepare()  # the next job's, made while none is here yet
             try:
                 msg = await asyncio.wait_for(self._inbox.get(), reply.idle_ttl_s)
             except TimeoutError:
@@ -286,7 +295,7 @@ class Agent:
     async def _run_job(self, js: JetStreamContext, msg: Msg, a: Assignment,
                        leaving: Callable[[], str | None]) -> None:
         self._handled.add((a.job_id, a.attempt))
-        job = JobRun(js, a, self.settings, leaving)
+        job = JobRun(js, a, self.settings, leaving, self._workdirs)
         ordered = self._cancel_orders.pop((a.job_id, a.attempt), None) or self._cancel_orders.pop(
             (a.job_id, None), None
         )

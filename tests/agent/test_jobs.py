@@ -10,6 +10,7 @@ import pytest
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import ControlAction, Outcome, StatusKind
 from hodei_common.contracts.logs import LogStream
+from hodei_common.contracts.workers import WorkerMode
 from hodei_common.testing import assert_eventually
 from tests.agent.harness import TOKEN, Platform
 
@@ -160,14 +161,30 @@ async def test_a_command_that_cannot_start_fails_without_an_exit_code(
 async def test_each_job_runs_in_a_fresh_directory_removed_afterwards(
     platform: Platform,
 ) -> None:
-    await platform.start_agent()
-    job = await platform.assign("pwd; touch scratch-file; ls")
-    await platform.finished(job)
-    workdir, listing = platform.texts(job)
-    assert Path(workdir).parent == platform.workdir / "jobs"
+    platform.serve(WorkerMode.REUSABLE)
+    agent = await platform.start_agent()
+    jobs_dir = platform.workdir / "jobs"
+    first = await platform.assign("pwd; touch scratch-file; ls")
+    await platform.finished(first)
+    workdir, listing = platform.texts(first)
+    assert Path(workdir).parent == jobs_dir
+    assert Path(workdir).name.startswith(f"job-{first.job_id}-")
     assert listing == "scratch-file"
-    # Removed right after FINISHED is reported, before the agent exits.
+    # Removed right after FINISHED is reported; the next job's is made while none runs.
     await assert_eventually(lambda: not Path(workdir).exists(), within_s=5)
+    await assert_eventually(lambda: [d.name[:9] for d in jobs_dir.iterdir()] == ["job-next-"],
+                            within_s=5)
+    second = await platform.assign("pwd; ls")
+    await platform.finished(second)
+    (workdir,) = platform.texts(second)  # `ls` printed nothing: fresh, none of the first's
+    assert Path(workdir).name.startswith(f"job-{second.job_id}-")
+    # Stopped while it waits for a third, the agent leaves nothing behind: not the directory
+    # it made for that one either.
+    await assert_eventually(lambda: [d.name[:9] for d in jobs_dir.iterdir()] == ["job-next-"],
+                            within_s=5)
+    agent.signal(signal.SIGTERM)
+    assert await agent.exit_code() == 0
+    assert list(jobs_dir.iterdir()) == []
 
 
 async def test_a_huge_line_is_split_and_a_last_line_without_newline_counts(
