@@ -183,7 +183,7 @@ class Agent:
 
     async def _serve(self, nc: NATS, reply: RegisterReply) -> None:
         try:
-            await self._workdirs.prepare()  # before an assignment can come
+            self._workdirs.prepare()  # before an assignment can come
             await self._serve_jobs(nc, reply)
         finally:
             self._workdirs.discard()
@@ -246,7 +246,7 @@ class Agent:
 
     async def _work(self, js: JetStreamContext, reply: RegisterReply) -> None:
         while self._stop_reason is None:
-            await self._workdirs.prepare()  # the next job's, made while none is here yet
+            self._workdirs.prepare()  # the next job's, made while none is here yet
             try:
                 msg = await asyncio.wait_for(self._inbox.get(), reply.idle_ttl_s)
             except TimeoutError:

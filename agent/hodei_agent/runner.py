@@ -89,11 +89,13 @@ class Workdirs:
         self._settings = settings
         self._spare: Path | None = None
 
-    async def prepare(self) -> None:
-        """Make the next job's directory unless one waits; a failure is left to that job."""
+    def prepare(self) -> None:
+        """Make the next job's directory unless one waits; a failure is left to that job.
+        Made on the agent's loop: it waits for a job meanwhile, and a thread would cost more
+        CPU than the directory."""
         if self._spare is None:
             with contextlib.suppress(OSError):
-                self._spare = await asyncio.to_thread(self._make, "next")
+                self._spare = self._make("next")
 
     def take(self, job_id: UUID) -> Path:
         """A fresh directory for ``job_id``: the one made ahead, else one made now."""
