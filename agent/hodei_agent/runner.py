@@ -167,11 +167,11 @@ class JobRun:
         js: JetStreamContext,
         assignment: Assignment,
         settings: AgentSettings,
-        leaving: Callable[[], str | None] = lambda: None,
-        workdirs: Workdirs | None = None,
+        leaving: Callable[[], str | None],
+        workdirs: Workdirs,
     ) -> None:
         self.assignment = assignment
-        self._workdirs = workdirs or Workdirs(settings)
+        self._workdirs = workdirs
         self._leaving = leaving  # asked as the job ends: will the agent exit after it?
         self._js = js
         self._settings = settings

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from uuid import UUID
 
 import asyncpg
 import msgspec
@@ -30,15 +29,13 @@ log = logging.getLogger(__name__)
 MARK_ATTEMPTS = 5
 
 
-def assignment_from_row(
-    row: asyncpg.Record, worker_id: UUID, log_max_bytes: int | None = None
-) -> Assignment:
-    """The assignment of a job row (id, attempt, namespace, command, args, env, timeout_s,
-    assigned_at) to ``worker_id``."""
+def assignment_from_row(row: asyncpg.Record, log_max_bytes: int | None = None) -> Assignment:
+    """The assignment of a job row as the statement that assigned it returns it (id, attempt,
+    worker_id, namespace, command, args, env, timeout_s, assigned_at)."""
     return Assignment(
         job_id=row["id"],
         attempt=row["attempt"],
-        worker_id=worker_id,
+        worker_id=row["worker_id"],
         namespace=row["namespace"],
         command=row["command"],
         args=list(row["args"]),
@@ -50,18 +47,21 @@ def assignment_from_row(
 
 
 class AssignmentSender:
-    """Publishes assignments for ``actor`` (its span is ``<actor> assign``)."""
+    """Publishes assignments for ``actor`` (its span is ``<actor> assign``), each carrying
+    the platform's log cap ``log_max_bytes`` (None: none)."""
 
-    def __init__(self, js: JetStreamContext, actor: str) -> None:
+    def __init__(self, js: JetStreamContext, actor: str, log_max_bytes: int | None) -> None:
         self._js = js
         self._span = f"{actor} assign"
+        self._log_max_bytes = log_max_bytes
 
-    async def send(self, assignment: Assignment, trace: str | None = None) -> None:
-        """Publish an assignment to its worker, and to the job's log that the attempt is that
-        worker's, in a span of the job's trace (``trace``: its traceparent). The two go out
-        together, the marker first: readers hold an attempt's lines until its marker came,
-        whichever the stream stores first."""
-        with tracing.job_span(self._span, trace, assignment.job_id,
+    async def send(self, row: asyncpg.Record) -> None:
+        """Publish the assignment of a job row just assigned (with its ``traceparent``) to
+        its worker, and to the job's log that the attempt is that worker's, in a span of the
+        job's trace. The two go out together, the marker first: readers hold an attempt's
+        lines until its marker came, whichever the stream stores first."""
+        assignment = assignment_from_row(row, self._log_max_bytes)
+        with tracing.job_span(self._span, row["traceparent"], assignment.job_id,
                               attempt=assignment.attempt, worker_id=assignment.worker_id,
                               kind=SpanKind.PRODUCER):
             await asyncio.gather(self._mark(assignment), self._deliver(assignment))

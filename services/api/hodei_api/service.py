@@ -18,7 +18,7 @@ from hodei_api import handlers
 from hodei_api.config import ApiSettings
 from hodei_api.explain import explain_job
 from hodei_common import messaging
-from hodei_common.assignments import AssignmentSender, assignment_from_row
+from hodei_common.assignments import AssignmentSender
 from hodei_common.contracts import subjects
 from hodei_common.contracts.api import (
     CancelJobReply,
@@ -93,7 +93,7 @@ class ApiService(HodeiService):
     async def setup(self) -> None:
         """Add one micro endpoint per API subject, all in the shared queue group: the job
         endpoints on every namespace's subject, the admin endpoints on their own."""
-        self._assignments = AssignmentSender(self.js, "api")
+        self._assignments = AssignmentSender(self.js, "api", self.platform.log_cap)
         endpoints: list[AnyEndpoint] = [
             NamespacedEndpoint("jobs_submit", subjects.api_any(subjects.JOBS_SUBMIT), SubmitJob,
                                self._submit),
@@ -116,9 +116,7 @@ class ApiService(HodeiService):
         self.metrics.jobs_submitted.labels(request.provider).inc()
         if row is not None:
             # Sent before the reply: the job's first line is what a caller waits for.
-            await self._assignments.send(
-                assignment_from_row(row, row["worker_id"], self.platform.log_cap),
-                row["traceparent"])
+            await self._assignments.send(row)
         # A job left QUEUED waits for a dispatch pass; a worker taken from a warm pool that
         # should be made up for (an ephemeral one never comes back) asks for one too.
         if row is None or row["worker_mode"] == WorkerMode.EPHEMERAL or row["pool_short"]:

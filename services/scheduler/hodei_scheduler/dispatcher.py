@@ -17,8 +17,7 @@ from uuid import UUID, uuid4
 import asyncpg
 from nats.js import JetStreamContext
 
-from hodei_common.assignments import AssignmentSender, assignment_from_row
-from hodei_common.contracts.agent import Assignment
+from hodei_common.assignments import AssignmentSender
 from hodei_common.contracts.workers import WorkerMode
 from hodei_common.database import LOCK_DISPATCH, Conn, locked_transaction
 from hodei_common.lifecycle import jobs, workers
@@ -50,10 +49,9 @@ class Dispatcher:
         providers: WorkerProviders,
         log_max_bytes: int | None = None,
     ) -> None:
-        self._log_max_bytes = log_max_bytes
         self._pool = pool
         self._providers = providers
-        self._sender = AssignmentSender(js, ACTOR)
+        self._sender = AssignmentSender(js, ACTOR, log_max_bytes)
         self._interval_s = interval_s
         self._resend_s = resend_s
         self._poked = asyncio.Event()
@@ -126,7 +124,7 @@ class Dispatcher:
         # One transaction: its advisory lock serialises passes across replicas and goes
         # away with it, whatever happens to this process.
         async with self._pool.acquire() as conn, locked_transaction(conn, LOCK_DISPATCH):
-            assignments = await self._assign(conn)
+            assigned = await self._assign(conn)
             unpaired = False
             if self.provisioning:
                 if housekeeping:
@@ -144,17 +142,16 @@ class Dispatcher:
             loop.call_later(self._unpaired_retries.pop(0), self.poke)
         # Side by side: each goes to its own worker, and the last need not wait for the
         # acknowledgements of all the others.
-        await asyncio.gather(*(self.send(assignment, trace) for assignment, trace in assignments))
+        await asyncio.gather(*(self._sender.send(row) for row in assigned))
         for row in stale:
             log.info("job %s: assignment not accepted yet; sending it again", row["id"])
-            await self.send(assignment_from_row(row, row["worker_id"], self._log_max_bytes),
-                            row["traceparent"])
-        return len(assignments)
+            await self._sender.send(row)
+        return len(assigned)
 
-    async def _assign(self, conn: Conn) -> list[tuple[Assignment, str | None]]:
-        """Pair jobs with workers, a batch per statement, until no more pairs fit; each
-        assignment with its job's traceparent."""
-        assignments: list[tuple[Assignment, str | None]] = []
+    async def _assign(self, conn: Conn) -> list[asyncpg.Record]:
+        """Pair jobs with workers, a batch per statement, until no more pairs fit; the rows
+        of the jobs assigned."""
+        assigned: list[asyncpg.Record] = []
         while pairs := await store.pick_pairs(conn, PICK_BATCH):
             for p in pairs:
                 self._providers.remember(p["worker_id"], p["provider"])
@@ -162,13 +159,10 @@ class Dispatcher:
                 conn, [(p["job_id"], p["worker_id"], p["attempt"]) for p in pairs], actor=ACTOR)
             if len(rows) != len(pairs) or rows[0]["occupied"] != len(pairs):
                 raise RuntimeError("jobs or workers moved while locked by the dispatch pass")
-            assignments.extend(
-                (assignment_from_row(row, row["worker_id"], self._log_max_bytes),
-                 row["traceparent"])
-                for row in rows)
+            assigned.extend(rows)
             if pairs[0]["considered"] < PICK_BATCH:
                 break
-        return assignments
+        return assigned
 
     async def _retire_idle(self, conn: Conn) -> None:
         """Retire READY workers idle past their provider's ``idle_ttl_s`` (keeping min_idle):
@@ -207,6 +201,3 @@ class Dispatcher:
                     mode=WorkerMode(p["worker_mode"]), cpus=p["cpus"],
                     memory_bytes=p["memory_bytes"], actor=ACTOR)
         return unpaired
-
-    async def send(self, assignment: Assignment, trace: str | None = None) -> None:
-        await self._sender.send(assignment, trace)
