@@ -8,9 +8,11 @@ or a stop whose job's end could not be reported).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
+from pathlib import Path
 
 from hodei_agent.agent import Agent
 from hodei_agent.config import AgentSettings
@@ -24,6 +26,9 @@ from hodei_common.settings import load_settings
 EXIT_FATAL = 1
 EXIT_REFUSED = 3
 EXIT_ABANDONED = 128 + signal.SIGTERM
+# What ``ps``, ``pgrep`` and /proc/<pid>/comm call an agent, spawned or forked from the
+# template (whose command line both may share).
+PROCESS_NAME = "hodei-agent"
 
 
 async def _run(settings: AgentSettings) -> None:
@@ -71,8 +76,15 @@ def _guard(settings: AgentSettings) -> None:
         forbid_dumping()
 
 
+def name_process() -> None:
+    """Call this process ``hodei-agent`` (its comm; the command line stays)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/comm").write_text(PROCESS_NAME)
+
+
 def main() -> None:
     """Build the settings from the environment and run the agent."""
+    name_process()
     try:
         settings = load_settings(AgentSettings)
         configure_logging(settings.log_level, service="hodei-agent")

@@ -29,7 +29,7 @@ ls /root >/dev/null 2>&1 && echo LISTED-ROOT-HOME
 touch here "$HOME/there" && echo can write its directory and home
 """
 
-ALL_REFUSED = (f"{JOB_UID}\n{JOB_UID}\nagent is python, pid 1\ntried 1 other processes\n"
+ALL_REFUSED = (f"{JOB_UID}\n{JOB_UID}\nagent is hodei-agent, pid 1\ntried 1 other processes\n"
                "no HODEI variable\ncan write its directory and home\n")
 
 # A job's code looking for the platform's secrets everywhere it can read, then trying the

@@ -49,7 +49,7 @@ def chaos() -> Iterator[ProcessPlatform]:
         platform.stop(keep=keep)
         if keep:
             print(f"chaos platform kept at {platform.root}")
-        for pid in agent_processes(platform.nats_url):
+        for pid in agent_processes(platform.nats_url, templates=True):
             os.kill(pid, signal.SIGKILL)
 
 

@@ -109,7 +109,7 @@ async def test_a_local_job_never_gets_a_container_and_a_docker_job_only_does(
     )
     assert local.code == 0, local.stderr
     assert in_docker.code == 0, in_docker.stderr
-    assert in_docker.stdout == "python\n"  # the agent is the container's first process
+    assert in_docker.stdout == "hodei-agent\n"  # the agent is the container's first process
     assert local.stdout != "python\n"
     jobs = await cli_json(docker_platform, "job", "list", "--limit", "2")
     workers = {w["id"]: w for w in await cli_json(docker_platform, "worker", "list")}

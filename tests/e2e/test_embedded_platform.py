@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def children_of(pid: int) -> list[int]:
-    """Direct children of ``pid`` still alive (nats-server, postgres)."""
+    """Direct children of ``pid`` still alive (nats-server, postgres, the agent template)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -33,6 +33,18 @@ def children_of(pid: int) -> list[int]:
         if ppid == pid:
             found.append(int(entry.name))
     return found
+
+
+def kinds_of(pids: list[int]) -> list[str]:
+    """What each of ``pids`` is, sorted: ``nats-server``, ``postgres``, ``agent template``."""
+    kinds = []
+    for pid in pids:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        kinds.append(next((kind for key, kind in ((b"nats-server", "nats-server"),
+                                                   (b"postgres", "postgres"),
+                                                   (b"hodei_agent.template", "agent template"))
+                           if key in cmdline), cmdline.decode(errors="replace")))
+    return sorted(kinds)
 
 
 async def start_platform(env: dict[str, str], home: Path) -> asyncio.subprocess.Process:
@@ -61,7 +73,7 @@ async def test_dev_up_runs_the_platform_and_keeps_jobs_across_a_restart(
     assert endpoints["nats_url"].startswith("nats://127.0.0.1:")
     assert endpoints["database_url"].startswith("postgresql://")
     servers = children_of(proc.pid)
-    assert len(servers) == 2  # nats-server and postgres
+    assert kinds_of(servers) == ["agent template", "nats-server", "postgres"]
 
     status = await run_cli(env, "dev", "status")
     assert status.code == 0, status.stdout + status.stderr
@@ -80,7 +92,7 @@ async def test_dev_up_runs_the_platform_and_keeps_jobs_across_a_restart(
     assert not (home / "dev.json").exists()
     for pid in servers:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
-            f"/proc/{pid}/status").read_text(), f"server {pid} left running"
+            f"/proc/{pid}/status").read_text(), f"child {pid} left running"
 
     gone = await run_cli(env, "job", "list")
     assert gone.code != 0

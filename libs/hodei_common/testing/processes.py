@@ -47,8 +47,9 @@ def running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def agent_processes(nats_url: str) -> list[int]:
-    """Pids of live agents of the platform at ``nats_url`` (other platforms may be running)."""
+def agent_processes(nats_url: str, *, templates: bool = False) -> list[int]:
+    """Pids of live agents of the platform at ``nats_url`` (other platforms may be running),
+    and with ``templates`` the local provider's agent templates too."""
     wanted = f"HODEI_NATS_URL={nats_url}".encode()
     found = []
     for entry in Path("/proc").iterdir():
@@ -58,9 +59,13 @@ def agent_processes(nats_url: str) -> list[int]:
             cmd = (entry / "cmdline").read_bytes()
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
             environ = (entry / "environ").read_bytes().split(b"\0")
+            comm = (entry / "comm").read_text().strip()
         except OSError:
             continue
-        if b"hodei_agent" in cmd and state != "Z" and wanted in environ:
+        # A forked agent shares its template's command line and environment, not its name.
+        template = b"hodei_agent.template" in cmd and comm != "hodei-agent"
+        if (b"hodei_agent" in cmd and state != "Z" and wanted in environ
+                and (templates or not template)):
             found.append(int(entry.name))
     return found
 

@@ -24,6 +24,10 @@ class ProvisionerSettings(Settings):
     provisioner_agent_command: list[str] = Field(
         default_factory=_default_agent_command, min_length=1
     )
+    # With the default agent command, local agents are forked from an agent template that
+    # imported the agent once (HODEI_PROVISIONER_AGENT_TEMPLATE; false: each agent is spawned
+    # as a new Python, ~0.2 s of CPU more per worker).
+    provisioner_agent_template: bool = True
     provisioner_agent_nats_url: str | None = None
     provisioner_workers_dir: Path | None = None
     provisioner_destroy_grace_s: float = Field(default=2.0, gt=0)

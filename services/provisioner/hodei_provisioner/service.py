@@ -68,7 +68,11 @@ def default_providers(settings: ProvisionerSettings) -> list[Provider]:
     return [
         LocalProvider(settings.provisioner_agent_command, settings.workers_dir(),
                       env=inherited_env(os.environ),
-                      grace_s=settings.provisioner_destroy_grace_s),
+                      grace_s=settings.provisioner_destroy_grace_s,
+                      template=settings.provisioner_agent_template,
+                      # A forked agent's /proc environ is the template's: this shows which
+                      # platform it serves, as a spawned agent's own environment does.
+                      template_env={"HODEI_NATS_URL": settings.agent_nats_url()}),
         DockerProvider(env=container_env(os.environ),
                        stop_grace_s=settings.provisioner_destroy_grace_s),
         KubernetesProvider(env=container_env(os.environ),
@@ -130,6 +134,7 @@ class ProvisionerService(HodeiService):
         )
         for provider in self.providers.values():
             provider.on_news(self._news.put_nowait)
+            await provider.start()
         register = Endpoint("worker_register", subjects.WORKER_REGISTER, RegisterRequest,
                             self._register, max_bytes=MAX_REGISTER_BYTES)
         renew = SubjectEndpoint("worker_renew", subjects.WORKER_RENEW, RenewRequest,

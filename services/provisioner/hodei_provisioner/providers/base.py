@@ -163,5 +163,9 @@ class Provider(ABC):
         resource change; one that cannot tell at once (Docker: reconciliation finds it)
         never calls it."""
 
+    async def start(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
+        """Get ready to make workers as the service starts (without waiting on anything
+        slow: the first ``create`` may wait instead)."""
+
     async def close(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Stop watching resources when the service stops; never destroys any."""

@@ -4,10 +4,16 @@ The agent is spawned in a session (and so a process group) of its own, with a mi
 environment: the service's database URL and other secrets never reach it. Its stdout and
 stderr are appended to ``<workers dir>/<worker id>.log``. The resource id is the pid.
 
+With the default agent command (``<python> -m hodei_agent``) agents are forked from an agent
+template (:mod:`.agent_template`) that imported the agent once, instead of each starting a
+Python and importing it: the template starts with the provider, and should it be unavailable
+an agent is spawned as any other command is.
+
 A pid can be reused once its process is gone, so nothing is killed unless it is provably the
-worker's agent: a child this provider spawned for that worker and has not yet reaped, or a
-process whose ``/proc/<pid>/environ`` or command line names the worker id (an agent spawned
-by an earlier run of the service).
+worker's agent: a child this provider spawned (or had the template fork) for that worker and
+not yet reaped, or a process whose ``/proc/<pid>/environ`` or command line names the worker
+id, or whose pid and start time are those ``<worker id>.pid`` recorded (an agent of an earlier
+run of the service).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from uuid import UUID
 
 from hodei_common.contracts.providers import ProviderSettings
 from hodei_common.tracing import AGENT_ENV
+from hodei_provisioner.providers.agent_template import AgentTemplate, template_command
 from hodei_provisioner.providers.base import News, Provider, ProviderError, Verdict, WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -34,6 +41,8 @@ log = logging.getLogger(__name__)
 INHERITED_ENV = ("PATH", "HOME", "LANG", "HODEI_LOG_LEVEL", "HODEI_LOG_FORMAT",
                  *AGENT_ENV)
 _POLL_S = 0.05
+# After the template failed to start or exited, agents are spawned one by one this long.
+TEMPLATE_RETRY_S = 30.0
 
 
 def inherited_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -48,6 +57,7 @@ class _Child:
     pid: int
     worker_id: UUID
     exited: asyncio.Future[int]
+    template: AgentTemplate | None = None  # forked by it: it reaps and signals the agent
 
 
 class LocalProvider(Provider):
@@ -63,6 +73,8 @@ class LocalProvider(Provider):
         *,
         env: Mapping[str, str] | None = None,
         grace_s: float = 2.0,
+        template: bool = True,
+        template_env: Mapping[str, str] | None = None,
     ) -> None:
         if not command:
             raise ValueError("the agent command must not be empty")
@@ -73,6 +85,16 @@ class LocalProvider(Provider):
         self._children: dict[int, _Child] = {}
         self._pidfds: dict[int, int] = {}
         self._on_news: Callable[[News], None] | None = None
+        self._template_command = template_command(self._command) if template else None
+        self._template_env = {**self._env, **(template_env or {})}
+        self._template: AgentTemplate | None = None
+        self._template_starting: asyncio.Task[AgentTemplate | None] | None = None
+        self._template_failed_at: float | None = None
+
+    async def start(self) -> None:
+        # The template imports the agent in the background: the first worker need not wait.
+        if self._template_command is not None:
+            self._template_starting = asyncio.create_task(self._start_template())
 
     def on_news(self, callback: Callable[[News], None]) -> None:
         self._on_news = callback
@@ -96,14 +118,16 @@ class LocalProvider(Provider):
             **spec.trace_env,
             **spec.secrets(),
         }
-        try:
-            pid = _spawn(self._command, env, self.log_path(spec.worker_id))
-        except OSError as e:
-            # The error names the command or the log file, never the environment.
-            raise ProviderError(
-                f"cannot start the agent ({self._command[0]}): {e.strerror or e}"
-            ) from e
-        self._watch(pid, spec.worker_id)
+        pid = await self._fork(env, spec.worker_id)
+        if pid is None:
+            try:
+                pid = _spawn(self._command, env, self.log_path(spec.worker_id))
+            except OSError as e:
+                # The error names the command or the log file, never the environment.
+                raise ProviderError(
+                    f"cannot start the agent ({self._command[0]}): {e.strerror or e}"
+                ) from e
+            self._watch(pid, spec.worker_id)
         log.info("worker %s: agent started, pid %d", spec.worker_id, pid)
         return str(pid)
 
@@ -120,7 +144,7 @@ class LocalProvider(Provider):
                             pid, child.worker_id, worker_id)
                 return
             await self._stop_child(child)
-        elif _proc_mentions(pid, worker_id):
+        elif self._is_agent_of(pid, worker_id):
             await self._stop_stranger(pid, worker_id)
         # Otherwise the agent is gone (and the pid free or reused by someone else): done.
 
@@ -132,7 +156,7 @@ class LocalProvider(Provider):
         child = self._children.get(pid)
         if child is not None:
             return child.worker_id == worker_id and not child.exited.done()
-        return _proc_mentions(pid, worker_id)
+        return self._is_agent_of(pid, worker_id)
 
     async def close(self) -> None:
         # Running agents are left alone on purpose: each finishes its job and exits on its
@@ -144,6 +168,113 @@ class LocalProvider(Provider):
             os.close(pidfd)
         self._pidfds.clear()
         self._children.clear()
+        if self._template_starting is not None:
+            self._template_starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._template_starting
+        if self._template is not None:
+            template, self._template = self._template, None
+            await template.close()
+
+    # --- the agent template ---------------------------------------------------------------
+    def template_pid(self) -> int | None:
+        """The running agent template's pid, if there is one."""
+        template = self._template
+        return template.pid if template is not None and not template.gone else None
+
+    async def _start_template(self) -> AgentTemplate | None:
+        assert self._template_command is not None
+        template = AgentTemplate(
+            self._template_command, self._template_env,
+            self._workers_dir / "agent-template.log",
+            on_spawned=lambda pid, worker_id: self._adopt(template, pid, worker_id),
+            on_exited=self._forked_exited,
+            on_gone=lambda: self._template_gone(template),
+        )
+        try:
+            await template.start()
+        except (OSError, ProviderError, TimeoutError) as e:
+            self._template_failed_at = asyncio.get_running_loop().time()
+            log.warning("the agent template did not start (%s); agents are spawned one by "
+                        "one for %gs", getattr(e, "strerror", None) or e, TEMPLATE_RETRY_S)
+            return None
+        self._template = template
+        log.info("agent template ready, pid %s", template.pid)
+        return template
+
+    async def _ready_template(self) -> AgentTemplate | None:
+        """The template to fork from: running, starting (awaited), or started again once
+        its retry time has passed; None: spawn the agent instead."""
+        if self._template_command is None:
+            return None
+        if self._template is not None and not self._template.gone:
+            return self._template
+        starting = self._template_starting
+        if starting is None or starting.done():
+            failed_at = self._template_failed_at
+            loop = asyncio.get_running_loop()
+            if failed_at is not None and loop.time() - failed_at < TEMPLATE_RETRY_S:
+                return None
+            self._template_failed_at = None
+            starting = self._template_starting = asyncio.create_task(self._start_template())
+        return await asyncio.shield(starting)
+
+    async def _fork(self, env: Mapping[str, str], worker_id: UUID) -> int | None:
+        """The pid of an agent forked by the template; None when there is none to ask."""
+        template = await self._ready_template()
+        if template is None:
+            return None
+        try:
+            return await template.spawn(env, self.log_path(worker_id), worker_id)
+        except OSError as e:
+            raise ProviderError(f"cannot start the agent: {e.strerror or e}") from e
+        except ProviderError as e:  # it went away meanwhile
+            log.warning("worker %s: %s; spawning its agent instead", worker_id, e)
+            return None
+
+    def _adopt(self, template: AgentTemplate, pid: int, worker_id: UUID) -> None:
+        """The template forked ``pid`` for ``worker_id``: ours to watch (by the template's
+        word) and, for a later run of the service, known by its pid file."""
+        child = _Child(pid, worker_id, asyncio.get_running_loop().create_future(),
+                       template=template)
+        self._children[pid] = child
+        started = _start_time(pid)
+        if started is not None:
+            with contextlib.suppress(OSError):
+                self._pid_path(worker_id).write_text(f"{pid} {started}\n")
+
+    def _forked_exited(self, pid: int, code: int) -> None:
+        child = self._children.get(pid)
+        if child is not None:
+            self._pid_path(child.worker_id).unlink(missing_ok=True)
+            self._exited(child, code)
+
+    def _template_gone(self, template: AgentTemplate) -> None:
+        """Its agents run on, but nobody tells their exits now: they are strangers (known
+        by their pid files), like an earlier run's."""
+        if self._template is template:
+            self._template = None
+            self._template_failed_at = asyncio.get_running_loop().time()
+            log.warning("the agent template exited; agents are spawned one by one for %gs",
+                        TEMPLATE_RETRY_S)
+        for pid, child in list(self._children.items()):
+            if child.template is template:
+                del self._children[pid]
+
+    def _pid_path(self, worker_id: UUID) -> Path:
+        return self._workers_dir / f"{worker_id}.pid"
+
+    def _is_agent_of(self, pid: int, worker_id: UUID) -> bool:
+        """Whether live process ``pid`` (not a child) is the worker's agent: its environment
+        or command line names the worker, or it is the process its pid file recorded."""
+        if _proc_mentions(pid, worker_id):
+            return True
+        try:
+            recorded = self._pid_path(worker_id).read_text().split()
+        except OSError:
+            return False
+        started = _start_time(pid)
+        return started is not None and recorded == [str(pid), str(started)]
 
     # --- reaping -------------------------------------------------------------------------
     def _watch(self, pid: int, worker_id: UUID) -> None:
@@ -188,14 +319,21 @@ class LocalProvider(Provider):
         # Until it is reaped the pid (and its process group id) cannot be reused.
         if child.exited.done():
             return
-        _signal(child.pid, signal.SIGTERM)
+        self._signal_child(child, signal.SIGTERM)
         if await self._exited_within(child):
             return
         log.warning("worker %s: agent (pid %d) ignored SIGTERM for %gs; killing it",
                     child.worker_id, child.pid, self._grace_s)
-        _signal(child.pid, signal.SIGKILL)
+        self._signal_child(child, signal.SIGKILL)
         if not await self._exited_within(child):
             raise ProviderError(f"agent pid {child.pid} did not die after SIGKILL")
+
+    @staticmethod
+    def _signal_child(child: _Child, sig: signal.Signals) -> None:
+        if child.template is not None:
+            child.template.signal(child.pid, sig)  # race-free: it signals only its unreaped
+        else:
+            _signal(child.pid, sig)
 
     async def _exited_within(self, child: _Child) -> bool:
         try:
@@ -210,10 +348,10 @@ class LocalProvider(Provider):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._grace_s
         while loop.time() < deadline:
-            if not _proc_mentions(pid, worker_id):
+            if not self._is_agent_of(pid, worker_id):
                 return
             await asyncio.sleep(_POLL_S)
-        if _proc_mentions(pid, worker_id):
+        if self._is_agent_of(pid, worker_id):
             log.warning("worker %s: agent (pid %d) ignored SIGTERM; killing it", worker_id, pid)
             _signal(pid, signal.SIGKILL)
 
@@ -283,3 +421,13 @@ def _proc_mentions(pid: int, worker_id: UUID) -> bool:
         return False
     wanted = str(worker_id).encode()
     return b"HODEI_WORKER_ID=" + wanted in environ.split(b"\0") or wanted in cmdline
+
+
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat`` field 22):
+    with the pid, it names one process, never a later one given the same pid."""
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
