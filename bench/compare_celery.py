@@ -56,14 +56,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from uuid import UUID
 
 import asyncpg
 from embedded import embedded_platform
 from execution import (
-    agent_alive,
     configure,
-    known_agents,
     percentile,
     stop_agents,
     submit_and_follow,
@@ -395,7 +392,6 @@ async def hodei_measure(ns: argparse.Namespace, settings: Settings,
 
 async def run_hodei(ns: argparse.Namespace, workdir: Path) -> tuple[Results, str, list[str]]:
     """Measure Hodei; return the results, its NATS URL (which names its agents) and notes."""
-    agents: dict[int, UUID] = {}
     notes: list[str] = []
     begun = time.perf_counter()
     async with embedded_platform() as settings:
@@ -404,16 +400,13 @@ async def run_hodei(ns: argparse.Namespace, workdir: Path) -> tuple[Results, str
         try:
             results = await hodei_measure(ns, settings, db, time.perf_counter() - begun)
         finally:
-            with contextlib.suppress(Exception):
-                agents = await known_agents(db)
             await db.close()
         stopping = time.perf_counter()
     notes.append(f"hodei: the platform stopped {time.perf_counter() - stopping:.1f}s after "
                  f"SIGTERM")
     # Backstop only: the platform retires its workers itself when it stops.
-    outlived = sum(agent_alive(pid, wid) for pid, wid in agents.items())
+    outlived = await stop_agents(nats_url, grace_s=5)
     if outlived:
-        await stop_agents(agents, grace_s=5)
         notes.append(f"hodei: {outlived} agents outlived the platform; stopped them")
     return results, nats_url, notes
 

@@ -69,6 +69,17 @@ def processes() -> list[Stat]:
     return [s for s in found if s is not None]
 
 
+def agents_of(stats: list[Stat], platform: int) -> tuple[list[Stat], list[Stat]]:
+    """The platform's local agent templates, and its agents: spawned by it, or forked by one
+    of its templates."""
+    templates = [s for s in stats if s.ppid == platform
+                 and any(a == "hodei_agent.template" for a in s.cmdline)]
+    parents = {platform, *(t.pid for t in templates)}
+    agents = [s for s in stats if s.ppid in parents and s not in templates
+              and any("hodei_agent" in a for a in s.cmdline)]
+    return templates, agents
+
+
 def platform_pid(home: Path) -> int:
     """The `hodei dev up` process serving ``home``."""
     for s in processes():
@@ -91,12 +102,17 @@ def sample(home: Path, platform: int) -> dict[str, float]:
     used["client"] = own.ru_utime + own.ru_stime
     postmaster = next((s for s in stats if "-D" in s.cmdline
                        and str(home) in s.cmdline[s.cmdline.index("-D") + 1]), None)
+    templates, agents = agents_of(stats, platform)
+    # Ended agents are reaped by the platform (spawned) or by a template (forked), whose own
+    # CPU (importing once, forking) is the agents' too.
+    used["agents"] += sum(s.own_s for s in agents) + sum(t.own_s + t.reaped_s for t in templates)
+    machinery = {s.pid for s in (*templates, *agents)}
     for s in stats:
         if s.pid == platform:
             used["platform services"] += s.own_s
-            used["agents"] += s.reaped_s  # ended agents, reaped by the platform
-        elif s.ppid == platform and any("hodei_agent" in a for a in s.cmdline):
-            used["agents"] += s.own_s
+            used["agents"] += s.reaped_s
+        elif s.pid in machinery:
+            continue
         elif postmaster is not None and (s.pid == postmaster.pid or s.ppid == postmaster.pid):
             used["PostgreSQL"] += s.own_s + (s.reaped_s if s.pid == postmaster.pid else 0.0)
         elif s.cmdline and s.cmdline[0].endswith("nats-server") and \

@@ -36,7 +36,6 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -52,6 +51,7 @@ from hodei_common.contracts.jobs import JobState
 from hodei_common.contracts.logs import LogBatch, LogEnd
 from hodei_common.logreader import LiveLog
 from hodei_common.settings import Settings
+from hodei_common.testing.processes import agent_processes
 
 JOB_DEADLINE_S = 120.0  # a job whose log stays silent this long counts as lost
 POOL_DEADLINE_S = 120.0
@@ -137,15 +137,6 @@ async def wait_for_no_workers(db: asyncpg.Connection) -> None:
         await asyncio.sleep(0.05)
 
 
-def agent_alive(pid: int, worker_id: UUID) -> bool:
-    """Whether ``pid`` is still this worker's agent (not a reused pid, not a zombie)."""
-    try:
-        environ = (Path("/proc") / str(pid) / "environ").read_bytes()
-    except OSError:
-        return False
-    return f"HODEI_WORKER_ID={worker_id}".encode() in environ.split(b"\0")
-
-
 def signal_agent(pid: int, sig: signal.Signals) -> None:
     """Signal the agent's process group (it leads its own session), else the agent alone."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -155,25 +146,24 @@ def signal_agent(pid: int, sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
-async def stop_agents(agents: dict[int, UUID], grace_s: float) -> int:
-    """SIGTERM the live ones, SIGKILL what is left after ``grace_s``; return how many lived."""
-    alive = {pid: wid for pid, wid in agents.items() if agent_alive(pid, wid)}
+def live_agents(nats_url: str, *, templates: bool = True) -> set[int]:
+    """The live agents of the platform at ``nats_url`` (spawned or forked), with its local
+    agent template unless told otherwise."""
+    return set(agent_processes(nats_url, templates=templates))
+
+
+async def stop_agents(nats_url: str, grace_s: float, *, templates: bool = True) -> int:
+    """SIGTERM the platform's live agents (and template), SIGKILL what is left of them after
+    ``grace_s``; return how many lived."""
+    alive = live_agents(nats_url, templates=templates)
     for pid in alive:
         signal_agent(pid, signal.SIGTERM)
     deadline = time.perf_counter() + grace_s
-    while time.perf_counter() < deadline and any(agent_alive(p, w) for p, w in alive.items()):
+    while time.perf_counter() < deadline and alive & live_agents(nats_url):
         await asyncio.sleep(0.05)
-    for pid, wid in alive.items():
-        if agent_alive(pid, wid):
-            signal_agent(pid, signal.SIGKILL)
+    for pid in alive & live_agents(nats_url):
+        signal_agent(pid, signal.SIGKILL)
     return len(alive)
-
-
-async def known_agents(db: asyncpg.Connection) -> dict[int, UUID]:
-    rows = await db.fetch(
-        "SELECT id, provider_resource_id FROM workers WHERE provider_resource_id IS NOT NULL")
-    return {int(r["provider_resource_id"]): r["id"] for r in rows
-            if r["provider_resource_id"].isdigit()}
 
 
 # --- the sections ------------------------------------------------------------------------
@@ -270,9 +260,9 @@ def print_throughput(results: list[tuple[str, int, float, list[Outcome]]]) -> No
 
 # --- main --------------------------------------------------------------------------------
 async def main(ns: argparse.Namespace) -> None:
-    agents: dict[int, UUID] = {}
     begun = time.perf_counter()
     async with embedded_platform() as settings:
+        nats_url = settings.resolved_nats_url()
         db: asyncpg.Connection | None = None
         nc: NATS | None = None
         try:
@@ -314,20 +304,17 @@ async def main(ns: argparse.Namespace) -> None:
             # Let no new worker be spawned, then stop the idle ones while NATS is still up.
             await configure(db, mode="ephemeral", min_idle=0)
             await asyncio.sleep(0.6)  # one scheduler pass: nothing is being provisioned now
-            agents = await known_agents(db)
-            await stop_agents(agents, grace_s=10)
+            await stop_agents(nats_url, grace_s=10, templates=False)
             print(f"\ntotal {time.perf_counter() - begun:.0f}s; "
-                  f"{sum(agent_alive(p, w) for p, w in agents.items())} agents left running",
+                  f"{len(live_agents(nats_url, templates=False))} agents left running",
                   flush=True)
         finally:
             if nc is not None:
                 await nc.close()
             if db is not None:
-                with contextlib.suppress(Exception):
-                    agents.update(await known_agents(db))
                 await db.close()
     # Whatever agent outlived the platform (a reusable one whose stop went unheard).
-    left = await stop_agents(agents, grace_s=5)
+    left = await stop_agents(nats_url, grace_s=5)
     if left:
         print(f"stopped {left} agents that outlived the platform", file=sys.stderr)
 

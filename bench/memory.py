@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cost import Stat, processes
+from cost import Stat, agents_of, processes
 
 PLATFORM = "platform"
 NATS = "nats-server"
@@ -79,9 +79,12 @@ def classify(stats: list[Stat], home: Path, platform: int) -> dict[str, list[int
     parts[CLIENT].append(os.getpid())
     postmaster = next((s.pid for s in stats if "-D" in s.cmdline[:-1]
                        and str(home) in s.cmdline[s.cmdline.index("-D") + 1]), None)
+    templates, agents = agents_of(stats, platform)
+    parts[AGENTS] = [s.pid for s in agents]  # the template (imported once, forks) apart
+    machinery = {s.pid for s in (*templates, *agents)}
     for s in stats:
-        if s.ppid == platform and any("hodei_agent" in a for a in s.cmdline):
-            parts[AGENTS].append(s.pid)
+        if s.pid in machinery:
+            continue
         elif postmaster is not None and postmaster in (s.pid, s.ppid):
             parts[POSTGRES].append(s.pid)
             if s.pid != postmaster:

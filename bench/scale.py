@@ -51,13 +51,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import asyncpg
 from compare_celery import environ_has, hodei_round, pgrep
 from cost import platform_pid, processes
 from embedded import embedded_platform
-from execution import agent_alive, configure, known_agents, percentile, stop_agents, wait_for_pool
+from execution import configure, percentile, stop_agents, wait_for_pool
 from memory import (
     AGENTS,
     BACKENDS,
@@ -127,7 +127,6 @@ async def platform(left: list[str]) -> AsyncIterator[Platform]:
     """The embedded platform for one part; on leaving, its agents outliving it are stopped
     (a backstop: it retires them itself) and whatever of it is still alive is added to
     ``left``."""
-    agents: dict[int, UUID] = {}
     home: Path | None = None
     nats_url = ""
     try:
@@ -138,13 +137,10 @@ async def platform(left: list[str]) -> AsyncIterator[Platform]:
             try:
                 yield Platform(settings, home, platform_pid(home), db, nats_url)
             finally:
-                with contextlib.suppress(Exception):
-                    agents = await known_agents(db)
                 await db.close()
     finally:
-        outlived = sum(agent_alive(pid, wid) for pid, wid in agents.items())
+        outlived = await stop_agents(nats_url, grace_s=5) if nats_url else 0
         if outlived:
-            await stop_agents(agents, grace_s=5)
             print(f"{outlived} agents outlived the platform; stopped them", file=sys.stderr)
         if home is not None:
             left += left_of(home, nats_url)
