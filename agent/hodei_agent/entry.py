@@ -21,7 +21,6 @@ from hodei_agent.registration import RegistrationRefused, forget_secrets
 from hodei_common import tracing
 from hodei_common.errors import HodeiError
 from hodei_common.logconfig import configure_logging
-from hodei_common.settings import load_settings
 
 EXIT_FATAL = 1
 EXIT_REFUSED = 3
@@ -86,7 +85,7 @@ def main() -> None:
     """Build the settings from the environment and run the agent."""
     name_process()
     try:
-        settings = load_settings(AgentSettings)
+        settings = AgentSettings.from_env()
         configure_logging(settings.log_level, service="hodei-agent")
         _guard(settings)
         asyncio.run(_run(settings))

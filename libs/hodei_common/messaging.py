@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
+from typing import Protocol
 from uuid import UUID
 
 from nats import nuid
@@ -32,10 +33,26 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, ServerError, ServiceUnavailableError
 
 from hodei_common.contracts import subjects
+from hodei_common.contracts.logs import LOGS_MAX_AGE_S
 from hodei_common.errors import ConfigError, UnavailableError
 from hodei_common.natsauth import jwt
 from hodei_common.natsauth.keys import NKeyError
-from hodei_common.settings import LOGS_MAX_AGE_S, Settings
+
+
+class NatsSettings(Protocol):
+    """What connecting takes from a process's settings: :class:`hodei_common.settings.Settings`
+    has it, and so has the agent's, which is kept free of pydantic to start fast."""
+
+    @property
+    def nats_user(self) -> str | None: ...
+
+    @property
+    def nats_password(self) -> str | None: ...
+
+    def resolved_nats_url(self) -> str: ...
+
+    def resolved_creds(self, identity: str) -> Path | None: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +92,7 @@ def stream_configs(logs_max_age_s: float = LOGS_MAX_AGE_S) -> list[StreamConfig]
     ]
 
 
-def credentials(settings: Settings, identity: str) -> tuple[Credentials | None, str]:
+def credentials(settings: NatsSettings, identity: str) -> tuple[Credentials | None, str]:
     """What to connect as ``identity`` with: the creds (None: none asked for) and the inbox
     prefix its user may receive replies on (``_INBOX.<user name>``: its JWT's name)."""
     path = settings.resolved_creds(identity)
@@ -115,7 +132,7 @@ def creds_file(path: Path) -> tuple[Credentials, str]:
 
 
 async def connect(
-    settings: Settings,
+    settings: NatsSettings,
     name: str,
     *,
     identity: str | None = None,

@@ -14,12 +14,12 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hodei_common.contracts.agent import DEFAULT_HEARTBEAT_INTERVAL_S
+from hodei_common.contracts.logs import LOGS_MAX_AGE_S
 from hodei_common.errors import ConfigError
 
 DEV_FILE = "dev.json"
 DEFAULT_BACKOFF_BASE_S = 0.5
 DEFAULT_BACKOFF_MAX_S = 30.0
-LOGS_MAX_AGE_S = 7 * 24 * 3600.0
 S = TypeVar("S", bound=BaseSettings)
 
 

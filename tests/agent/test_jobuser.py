@@ -16,7 +16,6 @@ from hodei_agent.jobuser import JobUser, check_can_switch
 from hodei_agent.process import job_environment
 from hodei_common.contracts.agent import Outcome
 from hodei_common.errors import ConfigError
-from hodei_common.settings import load_settings
 from hodei_common.testing import assert_eventually
 from tests.agent.harness import TOKEN, Platform
 
@@ -63,7 +62,7 @@ def test_a_job_user_without_a_passwd_entry_has_its_working_directory_as_home() -
 def test_the_job_user_setting_is_uid_then_optional_gid(spec: str, user: JobUser,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HODEI_AGENT_JOB_USER", spec)
-    settings = load_settings(AgentSettings, nats_url="nats://x", worker_id=AGENT_ENV[
+    settings = AgentSettings.from_env(nats_url="nats://x", worker_id=AGENT_ENV[
         "HODEI_WORKER_ID"], bootstrap_token=TOKEN)
     assert settings.job_user() == user
 
@@ -74,7 +73,7 @@ def test_a_job_user_setting_that_is_not_numeric_is_refused(
 ) -> None:
     monkeypatch.setenv("HODEI_AGENT_JOB_USER", spec)
     with pytest.raises(ConfigError, match="HODEI_AGENT_JOB_USER"):
-        load_settings(AgentSettings, nats_url="nats://x", worker_id=AGENT_ENV[
+        AgentSettings.from_env(nats_url="nats://x", worker_id=AGENT_ENV[
             "HODEI_WORKER_ID"], bootstrap_token=TOKEN)
 
 

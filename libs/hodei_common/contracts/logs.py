@@ -105,5 +105,7 @@ class LogStart(msgspec.Struct, frozen=True, kw_only=True, tag="start"):
 
 
 LogMessage = Annotated[LogBatch | LogEnd, msgspec.Meta(title="LogMessage")]
+# How long the LOGS stream keeps log lines unless the platform setting says otherwise.
+LOGS_MAX_AGE_S = 7 * 24 * 3600.0
 # What the LOGS stream holds: a log's messages and the platform's attempt markers.
 LogRecord = LogBatch | LogEnd | LogStart
