@@ -15,7 +15,7 @@ Printed as milliseconds of CPU per job and share of the total; ``--json PATH`` w
 same figures. A quiet machine gives figures worth comparing: run it before and after a
 change. Nothing asserts a time.
 
-    .venv/bin/python bench/cost.py [--jobs 1000] [--submitters 16] [--pool 8] [--json PATH]
+    .venv/bin/python bench/cost.py [--jobs 1000] [--submitters 16] [--pool 8] [--json PATH] [--env HODEI_X=Y]
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ def sample(home: Path, platform: int) -> dict[str, float]:
 
 
 async def measure(ns: argparse.Namespace) -> dict[str, object]:
-    async with embedded_platform() as settings:
+    extra = dict(pair.split("=", 1) for pair in ns.env)
+    async with embedded_platform(extra) as settings:
         home = settings.home
         assert home is not None
         platform = platform_pid(home)
@@ -175,6 +176,8 @@ def main() -> None:
     parser.add_argument("--submitters", type=int, default=16)
     parser.add_argument("--pool", type=int, default=8, help="reusable workers kept warm")
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
+    parser.add_argument("--env", action="append", default=[], metavar="HODEI_NAME=VALUE",
+                        help="a setting for the platform (repeatable), for A/B runs")
     ns = parser.parse_args()
     if ns.jobs < 1 or ns.submitters < 1 or ns.pool < 1:
         raise SystemExit("error: --jobs, --submitters and --pool must be at least 1")
