@@ -27,7 +27,7 @@ from hodei_provisioner.providers.base import ProviderError
 log = logging.getLogger(__name__)
 
 TEMPLATE_MODULE = "hodei_agent.template"
-READY_TIMEOUT_S = 30.0
+READY_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 5.0
 
 
