@@ -69,25 +69,30 @@ async def test_dev_up_runs_the_platform_and_keeps_jobs_across_a_restart(
     env["HODEI_HOME"] = str(home)
 
     proc = await start_platform(env, home)
-    endpoints = json.loads((home / "dev.json").read_text())
-    assert endpoints["nats_url"].startswith("nats://127.0.0.1:")
-    assert endpoints["database_url"].startswith("postgresql://")
-    servers = children_of(proc.pid)
-    assert kinds_of(servers) == ["agent template", "nats-server", "postgres"]
+    try:
+        endpoints = json.loads((home / "dev.json").read_text())
+        assert endpoints["nats_url"].startswith("nats://127.0.0.1:")
+        assert endpoints["database_url"].startswith("postgresql://")
+        servers = children_of(proc.pid)
+        assert kinds_of(servers) == ["agent template", "nats-server", "postgres"]
 
-    status = await run_cli(env, "dev", "status")
-    assert status.code == 0, status.stdout + status.stderr
-    queued = await run_cli(env, "job", "queue", "--name", "kept", "--command", "echo kept")
-    assert queued.code == 0, queued.stderr
-    job_id = uuid.UUID(queued.stdout.strip())
+        status = await run_cli(env, "dev", "status")
+        assert status.code == 0, status.stdout + status.stderr
+        queued = await run_cli(env, "job", "queue", "--name", "kept", "--command", "echo kept")
+        assert queued.code == 0, queued.stderr
+        job_id = uuid.UUID(queued.stdout.strip())
 
-    second = await run_cli(env, "dev", "up")
-    assert second.code != 0
-    assert second.stderr.strip().splitlines() == [second.stderr.strip()]
-    assert "already running" in second.stderr
+        second = await run_cli(env, "dev", "up")
+        assert second.code != 0
+        assert second.stderr.strip().splitlines() == [second.stderr.strip()]
+        assert "already running" in second.stderr
 
-    proc.send_signal(signal.SIGTERM)
-    await asyncio.wait_for(proc.wait(), 60)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 60)
+    finally:  # a failed check leaves no platform running
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     assert proc.returncode == 0, (await proc.stdout.read()).decode() if proc.stdout else ""
     assert not (home / "dev.json").exists()
     for pid in servers:
