@@ -15,7 +15,8 @@ Printed as milliseconds of CPU per job and share of the total; ``--json PATH`` w
 same figures. A quiet machine gives figures worth comparing: run it before and after a
 change. Nothing asserts a time.
 
-    .venv/bin/python bench/cost.py [--jobs 1000] [--submitters 16] [--pool 8] [--json PATH] [--env HODEI_X=Y]
+    .venv/bin/python bench/cost.py [--jobs 1000] [--submitters 16] [--pool 8] [--json PATH]
+                                   [--env HODEI_X=Y]
 """
 
 from __future__ import annotations
