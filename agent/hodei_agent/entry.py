@@ -48,6 +48,10 @@ async def _run(settings: AgentSettings) -> None:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        # The agent is ending: a SIGTERM now (its provider destroying the worker of a job
+        # that just ended) would only cut short the export of its last spans. A flush that
+        # hangs is its provider's to end with SIGKILL after the grace.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _watch_children_by_pidfd() -> None:
