@@ -76,7 +76,7 @@ def agents_of(stats: list[Stat], platform: int) -> tuple[list[Stat], list[Stat]]
     templates = [s for s in stats if s.ppid == platform
                  and any(a == "hodei_agent.template" for a in s.cmdline)]
     parents = {platform, *(t.pid for t in templates)}
-    agents = [s for s in stats if s.ppid in parents and s not in templates
+    agents = [s for s in stats if s.ppid in parents and s.pid not in parents
               and any("hodei_agent" in a for a in s.cmdline)]
     return templates, agents
 

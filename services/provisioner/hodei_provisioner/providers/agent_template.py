@@ -23,6 +23,7 @@ from uuid import UUID
 import msgspec
 
 from hodei_provisioner.providers.base import ProviderError
+from hodei_provisioner.providers.spawning import spawn_in_session
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ class AgentTemplate:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
         try:
-            self._pid = _spawn(self._command, self._env, self._log_path, theirs)
+            self._pid = spawn_in_session(self._command, self._env, self._log_path,
+                                         stdin=theirs.fileno())
         except OSError:
             ours.close()
             raise
@@ -175,23 +177,6 @@ class AgentTemplate:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             await waiting
-
-
-def _spawn(command: list[str], env: Mapping[str, str], log_path: Path,
-           channel: socket.socket) -> int:
-    """Start the template in a session of its own: stdin ``channel``, output to the log."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    try:
-        return os.posix_spawnp(
-            command[0], command, dict(env),
-            file_actions=[(os.POSIX_SPAWN_DUP2, channel.fileno(), 0),
-                          (os.POSIX_SPAWN_DUP2, fd, 1),
-                          (os.POSIX_SPAWN_DUP2, fd, 2)],
-            setsid=True,
-        )
-    finally:
-        os.close(fd)
 
 
 def _wait(pid: int) -> None:

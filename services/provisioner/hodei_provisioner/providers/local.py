@@ -34,6 +34,7 @@ from hodei_common.contracts.providers import ProviderSettings
 from hodei_common.tracing import AGENT_ENV
 from hodei_provisioner.providers.agent_template import AgentTemplate, template_command
 from hodei_provisioner.providers.base import News, Provider, ProviderError, Verdict, WorkerSpec
+from hodei_provisioner.providers.spawning import spawn_in_session
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class LocalProvider(Provider):
         pid = await self._fork(env, spec.worker_id)
         if pid is None:
             try:
-                pid = _spawn(self._command, env, self.log_path(spec.worker_id))
+                pid = spawn_in_session(self._command, env, self.log_path(spec.worker_id))
             except OSError as e:
                 # The error names the command or the log file, never the environment.
                 raise ProviderError(
@@ -354,26 +355,6 @@ class LocalProvider(Provider):
         if self._is_agent_of(pid, worker_id):
             log.warning("worker %s: agent (pid %d) ignored SIGTERM; killing it", worker_id, pid)
             _signal(pid, signal.SIGKILL)
-
-
-def _spawn(command: Sequence[str], env: Mapping[str, str], log_path: Path) -> int:
-    """Start ``command`` in a new session, stdin from /dev/null, output appended to the log."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    try:
-        # posix_spawn, not asyncio's subprocess transport: a transport kills its child when it
-        # is closed or collected, and agents must outlive a stopping service.
-        return os.posix_spawnp(
-            command[0], list(command), dict(env),
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, fd, 1),
-                (os.POSIX_SPAWN_DUP2, fd, 2),
-            ],
-            setsid=True,
-        )
-    finally:
-        os.close(fd)
 
 
 def _wait_blocking(loop: asyncio.AbstractEventLoop, child: _Child,
