@@ -12,8 +12,16 @@ line:
   child not yet reaped here (so never a process that took over a freed pid);
 
 and it tells, unasked, ``{"ready": true}`` once imported and ``{"exited": P, "code": C}`` as it
-reaps each agent. End of input ends the template; its agents are left running (like agents
-the provider spawns itself, they outlive a stopping service).
+reaps each agent. At end of input its agents are left running (like agents the provider
+spawns itself, they outlive a stopping service), and the template stays with them until the
+last has ended, still their guard:
+
+The template is a child subreaper (Linux): whatever an agent's death orphans is given to it,
+not to PID 1. When an agent ends, the template kills every process it was given that belongs
+to no live agent's job (its session's leader is not a live agent's child), each with its
+process group: the running job of an agent killed -9, whole, and anything that left its
+job's session. So a forked agent starts its jobs' shells directly, without the
+parent-death signal that a spawned agent has ``setpriv`` set (an exec less per job).
 
 A forked agent is the agent of ``python -m hodei_agent`` from its ``main()`` on: its settings
 come from the environment it is given, and nothing of the template's stays open in it. Only
@@ -36,9 +44,10 @@ sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]
 
 import msgspec  # noqa: E402
 
-from hodei_agent import entry  # noqa: E402
+from hodei_agent import entry, process  # noqa: E402
 
 _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+PROC = "/proc"
 
 
 class Template:
@@ -50,8 +59,11 @@ class Template:
         self._buffer = b""
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector = selectors.DefaultSelector()
+        self._open = True  # the provider's channel
+        self._guard = False  # a child subreaper: its agents' jobs are in its care
 
     def run(self) -> int:
+        self._guard = process.become_subreaper()
         signal.set_wakeup_fd(self._wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the selector through the fd
         self._selector.register(self._channel, selectors.EVENT_READ, "channel")
@@ -63,11 +75,22 @@ class Template:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 512)
                     self._reap()
-                elif not self._read():
-                    return 0  # the provider is gone: so is the template, not its agents
+                elif self._open and not self._read():
+                    self._close()  # the provider is gone; its agents run on
+                if not self._open and not self._children:
+                    return 0
+
+    def _close(self) -> None:
+        if self._open:
+            self._open = False
+            self._selector.unregister(self._channel)
+            self._channel.close()
 
     def _read(self) -> bool:
-        data = self._channel.recv(65536)
+        try:
+            data = self._channel.recv(65536)
+        except OSError:
+            return False
         if not data:
             return False
         self._buffer += data
@@ -111,7 +134,7 @@ class Template:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             self._selector.close()
-            self._channel.close()
+            self._channel.close()  # closed already when the provider went
             os.close(self._wake_r)
             os.close(self._wake_w)
             null = os.open(os.devnull, os.O_RDONLY)
@@ -122,6 +145,8 @@ class Template:
             os.close(log_fd)
             os.environ.clear()
             os.environ.update(env)
+            if self._guard:
+                process.guarded_by_parent()
             code = _run_agent()
         finally:
             with contextlib.suppress(Exception):
@@ -130,19 +155,81 @@ class Template:
             os._exit(code)
 
     def _reap(self) -> None:
-        while self._children:
+        """Reap every child that ended: agents (told) and processes given to the template
+        (silently); then, if an agent ended, end what it left behind."""
+        agent_ended = False
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 self._children.clear()
-                return
+                break
             if pid == 0:
-                return
-            self._children.discard(pid)
-            self._send({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+                break
+            if pid in self._children:
+                self._children.discard(pid)
+                agent_ended = True
+                self._send({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+        if agent_ended and self._guard:
+            self._end_orphans()
+
+    def _end_orphans(self) -> None:
+        """SIGKILL each process given to the template that belongs to no live agent's job,
+        with its process group. A job's processes are in the session of its shell, whose
+        parent is the agent while it lives."""
+        own_group = os.getpgrp()
+        for pid in _children_of(os.getpid()):
+            if pid in self._children:
+                continue
+            ids = _ids(pid)
+            if ids is None:
+                continue
+            _, group, session = ids
+            leader = _ids(session) if session != pid else None
+            if leader is not None and leader[0] in self._children:
+                continue  # its job runs on: that job's agent ends it
+            targets = [pid] if group == own_group else [-group, pid]
+            for target in targets:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(target, signal.SIGKILL)
 
     def _send(self, message: dict[str, Any]) -> None:
-        self._channel.sendall(msgspec.json.encode(message) + b"\n")
+        if not self._open:
+            return
+        try:
+            self._channel.sendall(msgspec.json.encode(message) + b"\n")
+        except OSError:  # the provider is gone
+            self._close()
+
+
+def _ids(pid: int) -> tuple[int, int, int] | None:
+    """A process's parent, process group and session; None once it is gone."""
+    try:
+        with open(f"{PROC}/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid pgrp session ...": comm may hold spaces and parentheses.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return int(fields[1]), int(fields[2]), int(fields[3])
+
+
+def _children_of(parent: int) -> list[int]:
+    """The children of ``parent`` (this process): from its tasks' ``children`` files, or,
+    where the kernel has none, from every process's parent."""
+    try:
+        found: list[int] = []
+        for task in os.listdir(f"{PROC}/{parent}/task"):
+            with open(f"{PROC}/{parent}/task/{task}/children", "rb") as f:
+                found += [int(pid) for pid in f.read().split()]
+        return found
+    except OSError:
+        pass
+    children = []
+    for name in os.listdir(PROC):
+        if name.isdigit() and (ids := _ids(int(name))) is not None and ids[0] == parent:
+            children.append(int(name))
+    return children
 
 
 def _run_agent() -> int:

@@ -185,6 +185,16 @@ class Platform:
         self.reply = RegisterReply(worker_id=self.worker_id, mode=mode, **fields)
 
     async def start_agent(self, **env: str) -> AgentProcess:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "hodei_agent", env=self.agent_env(**env),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+        agent = AgentProcess(proc)
+        self.agents.append(agent)
+        return agent
+
+    def agent_env(self, **env: str) -> dict[str, str]:
+        """The environment of an agent of this worker (with ``env`` on top)."""
         base = {k: v for k, v in os.environ.items() if not k.startswith(("HODEI_", "OTEL_"))}
         base.update(
             HODEI_NATS_URL=self.nats_url,
@@ -197,13 +207,7 @@ class Platform:
             HODEI_REGISTER_DEADLINE_S="5",
         )
         base.update(env)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "hodei_agent", env=base,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE)
-        agent = AgentProcess(proc)
-        self.agents.append(agent)
-        return agent
+        return base
 
     async def assign(
         self,

@@ -114,9 +114,10 @@ async def test_a_later_run_knows_a_forked_agent_by_its_pid_and_start_time(
     pid = int(await provider.create(spec))
     template = provider.template_pid()
     assert template is not None
-    await provider.close()  # the template ends; its agent runs on
-    await assert_eventually(lambda: not is_alive(template))
+    await provider.close()  # its agent runs on, and the template stays as its guard
+    await asyncio.sleep(0.5)
     assert is_alive(pid)
+    assert is_alive(template)
     later = LocalProvider(AGENT, tmp_path / "workers", template=False)
     assert await later.exists(str(pid), worker_id=spec.worker_id)
     assert not await later.exists(str(pid), worker_id=uuid4())
@@ -130,6 +131,8 @@ async def test_a_later_run_knows_a_forked_agent_by_its_pid_and_start_time(
     pid_file.write_text(recorded)
     await later.destroy(str(pid), worker_id=spec.worker_id)
     await assert_eventually(lambda: not is_alive(pid))
+    # Its last agent gone, the template ends (and is reaped: no zombie left).
+    await assert_eventually(lambda: not Path(f"/proc/{template}").exists())
 
 
 async def test_without_its_template_agents_are_spawned_and_forked_ones_still_stopped(

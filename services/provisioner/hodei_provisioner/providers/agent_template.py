@@ -4,7 +4,10 @@ already imported everything (see that module for the protocol).
 A spawned Python agent spends about 0.2 s of CPU on imports before it registers; a forked
 one starts at its ``main()``. The template is the provider's child; its agents are the
 template's, so the template reaps them and tells their exit codes, and signals them on the
-provider's behalf (only while unreaped: a freed pid is never signalled).
+provider's behalf (only while unreaped: a freed pid is never signalled). It also guards
+their jobs (an agent killed -9 takes its job with it), so a closed template whose agents
+still run stays until the last has ended: it is then left to end on its own, and reaped
+whenever it does.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,6 +72,7 @@ class AgentTemplate:
         self._reading: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[None] | None = None
         self._pending: dict[int, tuple[asyncio.Future[int], UUID]] = {}
+        self._agents: set[int] = set()  # forked, not yet told exited
         self._next = 0
         self.gone = False
 
@@ -112,7 +117,8 @@ class AgentTemplate:
             self._send({"signal": pid, "sig": int(sig)})
 
     async def close(self) -> None:
-        """End the template (its agents run on) and collect it."""
+        """Close the template (its agents run on) and collect it, once it has ended: at once
+        without agents, else when the last of them has."""
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(OSError):
@@ -141,10 +147,12 @@ class AgentTemplate:
 
     def _handle(self, message: dict[str, Any]) -> None:
         if "exited" in message:
+            self._agents.discard(message["exited"])
             self._on_exited(message["exited"], message["code"])
         elif "spawned" in message:
             future, worker_id = self._pending.pop(message["spawned"])
             if "pid" in message:
+                self._agents.add(message["pid"])
                 self._on_spawned(message["pid"], worker_id)
                 future.set_result(message["pid"])
             else:
@@ -169,6 +177,10 @@ class AgentTemplate:
         if self._pid is None:
             return
         pid, self._pid = self._pid, None
+        if self._agents:  # it guards them until the last has ended: reaped then
+            threading.Thread(target=_wait, args=(pid,), name=f"agent-template-{pid}",
+                             daemon=True).start()
+            return
         waiting = asyncio.ensure_future(asyncio.to_thread(_wait, pid))
         try:
             await asyncio.wait_for(asyncio.shield(waiting), CLOSE_TIMEOUT_S)
