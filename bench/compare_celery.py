@@ -68,7 +68,7 @@ from execution import (
 )
 from nats.js import JetStreamContext
 
-from hodei_common import messaging
+from hodei_common import eventloop, messaging
 from hodei_common.client import ApiClient
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.jobs import JobState
@@ -559,4 +559,4 @@ if __name__ == "__main__":
     args = parser.parse_args()
     args.submitter_counts = [int(c) for c in args.submitters.split(",")]
     args.submitters = max(args.submitter_counts)  # for the warm-up rounds
-    sys.exit(asyncio.run(main(args)))
+    sys.exit(eventloop.run(main(args)))

@@ -22,7 +22,6 @@ change. Nothing asserts a time.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import resource
@@ -35,6 +34,7 @@ from compare_celery import hodei_round
 from embedded import embedded_platform
 from execution import configure, wait_for_pool
 
+from hodei_common import eventloop
 from hodei_common.settings import Settings
 
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
@@ -182,7 +182,7 @@ def main() -> None:
     ns = parser.parse_args()
     if ns.jobs < 1 or ns.submitters < 1 or ns.pool < 1:
         raise SystemExit("error: --jobs, --submitters and --pool must be at least 1")
-    result = asyncio.run(measure(ns))
+    result = eventloop.run(measure(ns))
     report(result)
     if ns.json:
         ns.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -20,7 +20,6 @@ Figures depend on whatever else runs on the machine: nothing here asserts a time
 from __future__ import annotations
 
 import argparse
-import asyncio
 import threading
 import time
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from execution import ms, percentile, wait_for_no_workers, wait_for_pool
 from nats.js import JetStreamContext
 
 from hodei_cli.image import build_worker_image, default_tag
-from hodei_common import messaging
+from hodei_common import eventloop, messaging
 from hodei_common.client import ApiClient
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.jobs import JobState
@@ -152,4 +151,4 @@ def report(jobs: int, cold: list[Run], warm: list[Run], running: list[float],
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=20)
-    asyncio.run(main(parser.parse_args().jobs))
+    eventloop.run(main(parser.parse_args().jobs))

@@ -44,7 +44,7 @@ from embedded import embedded_platform
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from hodei_common import messaging
+from hodei_common import eventloop, messaging
 from hodei_common.client import ApiClient
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.jobs import JobState
@@ -329,4 +329,4 @@ if __name__ == "__main__":
                         help="comma-separated concurrent submitter counts")
     args = parser.parse_args()
     args.submitters = [int(c) for c in args.submitters.split(",")]
-    asyncio.run(main(args))
+    eventloop.run(main(args))

@@ -18,7 +18,7 @@ import time
 from embedded import embedded_platform
 from nats.aio.client import Client as NATS
 
-from hodei_common import messaging
+from hodei_common import eventloop, messaging
 from hodei_common.client import ApiClient
 from hodei_common.contracts import subjects
 from hodei_common.contracts.api import SubmitJob, UpdateProvider
@@ -101,4 +101,4 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=3000, help="jobs per round")
     parser.add_argument("--clients", default="1,16", help="comma-separated client counts")
     ns = parser.parse_args()
-    asyncio.run(main(ns.jobs, [int(c) for c in ns.clients.split(",")]))
+    eventloop.run(main(ns.jobs, [int(c) for c in ns.clients.split(",")]))

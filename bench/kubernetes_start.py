@@ -18,7 +18,6 @@ takes. Nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import threading
 import time
@@ -34,7 +33,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import ProtocolError
 
 from hodei_cli.image import build_worker_image, default_tag
-from hodei_common import messaging
+from hodei_common import eventloop, messaging
 from hodei_common.client import ApiClient
 from hodei_common.testing.kube import KubeStandIn
 
@@ -113,4 +112,4 @@ async def main(jobs: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=20)
-    asyncio.run(main(parser.parse_args().jobs))
+    eventloop.run(main(parser.parse_args().jobs))

@@ -74,7 +74,7 @@ from memory import (
     peak,
 )
 
-from hodei_common import messaging
+from hodei_common import eventloop, messaging
 from hodei_common.client import ApiClient
 from hodei_common.contracts.api import SubmitJob
 from hodei_common.contracts.logs import LogBatch, LogEnd
@@ -519,4 +519,4 @@ def parse_args() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(parse_args())))
+    sys.exit(eventloop.run(main(parse_args())))

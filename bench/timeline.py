@@ -35,7 +35,7 @@ from execution import configure, percentile, wait_for_pool
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from hodei_common import messaging
+from hodei_common import eventloop, messaging
 from hodei_common.client import ApiClient
 from hodei_common.contracts import subjects
 from hodei_common.contracts.api import SubmitJob
@@ -170,4 +170,4 @@ if __name__ == "__main__":
     parser.add_argument("--submitters", type=int, default=1)
     parser.add_argument("--env", action="append", default=[], metavar="HODEI_NAME=VALUE",
                         help="a setting of the platform's (repeatable), to compare two runs")
-    asyncio.run(main(parser.parse_args()))
+    eventloop.run(main(parser.parse_args()))
