@@ -240,8 +240,9 @@ class Agent:
             await self._close(nc)
 
     async def _close(self, nc: NATS) -> None:
-        """Close the connection; without a server it has nothing left to flush."""
-        with contextlib.suppress(TimeoutError, NatsError, OSError):
+        """Close the connection; without a server it has nothing left to flush (and uvloop
+        refuses, with RuntimeError, to write to its closed transport)."""
+        with contextlib.suppress(TimeoutError, NatsError, OSError, RuntimeError):
             await asyncio.wait_for(nc.close(), self.settings.drain_grace_s)
 
     async def _work(self, js: JetStreamContext, reply: RegisterReply) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from hodei_agent.agent import Agent
 from hodei_agent.config import AgentSettings
 from hodei_agent.jobuser import check_can_switch, forbid_dumping
 from hodei_agent.registration import RegistrationRefused, forget_secrets
-from hodei_common import tracing
+from hodei_common import eventloop, tracing
 from hodei_common.errors import HodeiError
 from hodei_common.logconfig import configure_logging
 
@@ -31,7 +30,6 @@ PROCESS_NAME = "hodei-agent"
 
 
 async def _run(settings: AgentSettings) -> None:
-    _watch_children_by_pidfd()
     agent = Agent(settings)
     loop = asyncio.get_running_loop()
     # Like a STOP order: the running job is cancelled and reported, then the agent exits;
@@ -52,20 +50,6 @@ async def _run(settings: AgentSettings) -> None:
         # that just ended) would only cut short the export of its last spans. A flush that
         # hangs is its provider's to end with SIGKILL after the grace.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def _watch_children_by_pidfd() -> None:
-    """Learn of a job's exit from a pidfd in the event loop, as Python 3.12 does by itself:
-    3.11's default starts a thread per child to wait for it (a tenth of the agent's CPU per
-    short job)."""
-    if sys.version_info < (3, 12) and hasattr(os, "pidfd_open"):
-        try:
-            os.close(os.pidfd_open(os.getpid()))
-        except OSError:  # a kernel before 5.3, or a sandbox that forbids it
-            return
-        watcher = asyncio.PidfdChildWatcher()
-        watcher.attach_loop(asyncio.get_running_loop())
-        asyncio.set_child_watcher(watcher)
 
 
 def _guard(settings: AgentSettings) -> None:
@@ -92,7 +76,7 @@ def main() -> None:
         settings = AgentSettings.from_env()
         configure_logging(settings.log_level, service="hodei-agent")
         _guard(settings)
-        asyncio.run(_run(settings))
+        eventloop.run(_run(settings))
     except RegistrationRefused as e:
         print(f"error: registration refused: {e}", file=sys.stderr)
         raise SystemExit(EXIT_REFUSED) from None

@@ -9,10 +9,12 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from hodei_agent.jobuser import JobUser
 
@@ -60,37 +62,24 @@ def job_environment(
     return env
 
 
-class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
-    """asyncio's subprocess protocol, plus a future set the moment the process exits.
-
-    ``Process.wait()`` also waits for the pipes to close, which a straggler that holds them
-    (``sleep 100 &``) would put off until it ends by itself.
-    """
-
-    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(limit=limit, loop=loop)
-        self.exited: asyncio.Future[None] = loop.create_future()
-
-    def process_exited(self) -> None:
-        super().process_exited()
-        if not self.exited.done():
-            self.exited.set_result(None)
-
-
 @dataclass(frozen=True)
 class JobProcess:
-    """A running job: its shell (the group leader), and when that shell exited."""
+    """A running job: its shell (the group leader), its output, and when that shell exited
+    (which the pipes may outlast: a straggler that holds them, ``sleep 100 &``, would put
+    off their end until it ends by itself)."""
 
-    proc: asyncio.subprocess.Process
+    popen: subprocess.Popen[bytes]
+    stdout: asyncio.StreamReader
+    stderr: asyncio.StreamReader
     exited: asyncio.Future[None]
 
     @property
     def pgid(self) -> int:
-        return self.proc.pid  # the leader of a new session: its pid is the group's id
+        return self.popen.pid  # the leader of a new session: its pid is the group's id
 
     @property
     def returncode(self) -> int | None:
-        return self.proc.returncode
+        return self.popen.returncode
 
 
 def _die_with_the_agent() -> None:
@@ -135,20 +124,70 @@ async def spawn(cmdline: str, env: Mapping[str, str], cwd: Path,
     """Start ``sh -c cmdline`` as the leader of a new session (so of its own process group),
     as ``user`` when one is given."""
     loop = asyncio.get_running_loop()
-    protocol = _ExitProtocol(READ_LIMIT, loop)
-    transport, _ = await loop.subprocess_exec(
-        lambda: protocol,
-        *_argv(cmdline, user),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    popen = _start(_argv(cmdline, user), env, cwd)
+    try:
+        assert popen.stdout is not None
+        assert popen.stderr is not None
+        stdout = await _reader(loop, popen.stdout)
+        stderr = await _reader(loop, popen.stderr)
+        exited = _exit_of(loop, popen)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait()
+        raise
+    return JobProcess(popen, stdout, stderr, exited)
+
+
+def _start(argv: list[str], env: Mapping[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    """Start ``argv`` by subprocess itself (vfork, then exec; the event loop's own way forks
+    the whole agent on uvloop), stdin ``/dev/null``, stdout and stderr pipes. The loop then
+    only reads the pipes and learns of the exit."""
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         cwd=cwd,
         env=dict(env),
         start_new_session=True,
         preexec_fn=(_die_with_the_agent if _SETPRIV is None and not _guarded
                     and _LIBC is not None else None),
     )
-    return JobProcess(asyncio.subprocess.Process(transport, protocol, loop), protocol.exited)
+
+
+async def _reader(loop: asyncio.AbstractEventLoop, pipe: IO[bytes]) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader(limit=READ_LIMIT, loop=loop)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe)
+    return reader
+
+
+def _exit_of(loop: asyncio.AbstractEventLoop,
+             popen: subprocess.Popen[bytes]) -> asyncio.Future[None]:
+    """A future set once ``popen`` exited and was reaped: from a pidfd the loop watches, else
+    (no pidfd here) from a thread that waits for it."""
+    exited: asyncio.Future[None] = loop.create_future()
+    try:
+        pidfd = os.pidfd_open(popen.pid)
+    except (AttributeError, OSError):  # not Linux, a kernel before 5.3, a sandbox
+        waiting = loop.run_in_executor(None, popen.wait)
+        waiting.add_done_callback(lambda _: _set(exited))
+        return exited
+
+    def readable() -> None:
+        if popen.poll() is None:  # readable only once it exited: never, in practice
+            return
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        _set(exited)
+
+    loop.add_reader(pidfd, readable)
+    return exited
+
+
+def _set(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def signal_group(pgid: int, sig: int) -> bool:

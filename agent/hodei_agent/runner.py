@@ -284,9 +284,7 @@ class JobRun:
 
     async def _supervise(self, proc: JobProcess, logs: LogPublisher) -> JobResult:
         """Wait for the exit, the timeout, a cancel or a log failure; leave no process behind."""
-        stdout, stderr = proc.proc.stdout, proc.proc.stderr
-        assert stdout is not None
-        assert stderr is not None
+        stdout, stderr = proc.stdout, proc.stderr
         max_line = self._settings.log_max_line_bytes
         readers = [
             asyncio.create_task(pump_lines(stdout, LogStream.STDOUT, logs, max_line)),

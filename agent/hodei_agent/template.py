@@ -45,6 +45,10 @@ sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]
 import msgspec  # noqa: E402
 
 from hodei_agent import entry, process  # noqa: E402
+from hodei_common import eventloop  # noqa: E402
+
+# The loop the agents will run on, imported here once too.
+eventloop.loop_factory()
 
 _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 PROC = "/proc"

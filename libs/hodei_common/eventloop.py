@@ -1,8 +1,9 @@
 """Running a process's event loop: uvloop when it is installed, else asyncio's own.
 
 uvloop runs the same coroutines with less CPU per socket event and per callback; every
-service and the CLI's long-running commands start through :func:`run`. The agent does not:
-spawning a job's process cost it more on uvloop than on asyncio's loop.
+service, the agent and the CLI's long-running commands start through :func:`run`. (The agent
+starts its jobs with ``subprocess`` itself, not the loop's ``subprocess_exec``: uvloop's
+forks the whole agent, where ``subprocess`` uses vfork.)
 ``HODEI_EVENT_LOOP=asyncio`` chooses asyncio's loop (to compare, or to debug with asyncio's
 debug mode).
 """

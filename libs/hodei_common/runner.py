@@ -242,7 +242,8 @@ class HodeiService:
                 # left to drain.
                 log.warning("%s: NATS drain did not finish (%s); closing", self.name,
                             e or type(e).__name__)
-                with contextlib.suppress(OSError, NatsError):
+                # RuntimeError: uvloop refuses to write to a transport the server closed.
+                with contextlib.suppress(OSError, NatsError, RuntimeError):
                     await self._nc.close()
         if self._pool is not None:
             try:
