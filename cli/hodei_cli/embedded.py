@@ -33,7 +33,8 @@ from hodei_common.errors import HodeiError
 from hodei_common.natsauth import Trust
 from hodei_common.natsauth.permissions import CLI_IDENTITY
 from hodei_common.runner import HodeiService, run_until_signalled, share_metrics
-from hodei_common.settings import Settings, redact_url
+from hodei_common.settings import Settings
+from hodei_common.urls import redact_url
 from hodei_migrations import migrate
 
 log = logging.getLogger(__name__)

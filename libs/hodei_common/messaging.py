@@ -37,6 +37,7 @@ from hodei_common.contracts.logs import LOGS_MAX_AGE_S
 from hodei_common.errors import ConfigError, UnavailableError
 from hodei_common.natsauth import jwt
 from hodei_common.natsauth.keys import NKeyError
+from hodei_common.urls import redact_url
 
 
 class NatsSettings(Protocol):
@@ -159,18 +160,20 @@ async def connect(
     user_credentials, inbox_prefix = creds or credentials(settings, identity or name)
     nc = NATS()
     errors: list[Exception] = []
+    shown = redact_url(server)
 
     async def error_cb(e: Exception) -> None:
         errors.append(e)
-        log.warning("nats: %s", e)
+        # uvloop's errors do not name the address (asyncio's "Connect call failed" did).
+        log.warning("nats: %s (%s)", e, shown)
         (on_error or _unheard)(e)
 
     async def on_disconnect() -> None:
         if not (nc.is_closed or nc.is_draining):  # our own close is not news
-            log.warning("nats: disconnected from %s", server)
+            log.warning("nats: disconnected from %s", shown)
 
     async def on_reconnect() -> None:
-        log.info("nats: reconnected to %s", server)
+        log.info("nats: reconnected to %s", shown)
 
     attempt = 0
     while True:

@@ -34,7 +34,7 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=default_home)
     nats_url: str | None = None
-    # May carry a password: kept out of the settings' repr, shown through redact_url().
+    # May carry a password: kept out of the settings' repr, shown through urls.redact_url().
     database_url: str | None = Field(default=None, repr=False)
     nats_user: str | None = None
     nats_password: str | None = Field(default=None, repr=False)
@@ -115,19 +115,6 @@ class Settings(BaseSettings):
             ) from None
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"{path} is not a valid dev file: {e}") from e
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password, if any, shown as ``***``: for logs and messages."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    authority, slash, path = rest.partition("/")
-    userinfo, at, host = authority.rpartition("@")
-    user, colon, _password = userinfo.partition(":")
-    if not at or not colon:
-        return url
-    return f"{scheme}://{user}:***@{host}{slash}{path}"
 
 
 def load_settings(cls: type[S], **overrides: Any) -> S:

@@ -13,7 +13,7 @@ import pytest
 from hodei_common.embedded import PostgresServer
 from hodei_common.embedded.postgres import SUPERUSER, postgres_bindir
 from hodei_common.embedded.postgres_auth import password_path, write_password
-from hodei_common.settings import redact_url
+from hodei_common.urls import redact_url
 
 pytestmark = pytest.mark.postgres
 

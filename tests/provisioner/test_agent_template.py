@@ -70,7 +70,7 @@ async def test_an_agent_is_forked_from_the_template_with_its_own_environment(
     assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:3] == [
         sys.executable.encode(), b"-m", b"hodei_agent.template"]
     log = provider.log_path(spec.worker_id)
-    await assert_eventually(lambda: f"127.0.0.1', {port})" in log.read_text(), within_s=10)
+    await assert_eventually(lambda: f"127.0.0.1:{port}" in log.read_text(), within_s=10)
     assert oct(log.stat().st_mode & 0o777) == "0o600"
     # Its own session and process group, as a spawned agent's.
     assert os.getsid(pid) == pid
