@@ -201,6 +201,18 @@ def signal_group(pgid: int, sig: int) -> bool:
     return True
 
 
+def proc_stat(pid: int) -> tuple[str, int, int, int] | None:
+    """A process's state letter, parent, process group and session (``/proc/<pid>/stat``);
+    None once it is gone."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_bytes()
+    except OSError:
+        return None
+    # "pid (comm) state ppid pgrp session ...": comm may hold spaces and parentheses.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3])
+
+
 def group_alive(pgid: int) -> bool:
     """Whether a process of the group still runs (a zombie waiting to be reaped does not)."""
     if not signal_group(pgid, 0):
@@ -208,16 +220,10 @@ def group_alive(pgid: int) -> bool:
     if not PROC.is_dir():
         return True
     for entry in os.scandir(PROC):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (PROC / entry.name / "stat").read_bytes()
-        except OSError:  # it ended meanwhile
-            continue
-        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            return True
+        if entry.name.isdigit() and (ids := proc_stat(int(entry.name))) is not None:
+            state, _, group, _ = ids
+            if group == pgid and state != "Z":
+                return True
     return False
 
 

@@ -51,7 +51,6 @@ from hodei_common import eventloop  # noqa: E402
 eventloop.loop_factory()
 
 _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-PROC = "/proc"
 
 
 class Template:
@@ -185,12 +184,12 @@ class Template:
         for pid in _children_of(os.getpid()):
             if pid in self._children:
                 continue
-            ids = _ids(pid)
+            ids = process.proc_stat(pid)
             if ids is None:
                 continue
-            _, group, session = ids
-            leader = _ids(session) if session != pid else None
-            if leader is not None and leader[0] in self._children:
+            _, _, group, session = ids
+            leader = process.proc_stat(session) if session != pid else None
+            if leader is not None and leader[1] in self._children:
                 continue  # its job runs on: that job's agent ends it
             targets = [pid] if group == own_group else [-group, pid]
             for target in targets:
@@ -206,34 +205,18 @@ class Template:
             self._close()
 
 
-def _ids(pid: int) -> tuple[int, int, int] | None:
-    """A process's parent, process group and session; None once it is gone."""
-    try:
-        with open(f"{PROC}/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # "pid (comm) state ppid pgrp session ...": comm may hold spaces and parentheses.
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return int(fields[1]), int(fields[2]), int(fields[3])
-
-
 def _children_of(parent: int) -> list[int]:
     """The children of ``parent`` (this process): from its tasks' ``children`` files, or,
     where the kernel has none, from every process's parent."""
+    tasks = process.PROC / str(parent) / "task"
     try:
-        found: list[int] = []
-        for task in os.listdir(f"{PROC}/{parent}/task"):
-            with open(f"{PROC}/{parent}/task/{task}/children", "rb") as f:
-                found += [int(pid) for pid in f.read().split()]
-        return found
+        return [int(pid) for task in os.listdir(tasks)
+                for pid in (tasks / task / "children").read_bytes().split()]
     except OSError:
         pass
-    children = []
-    for name in os.listdir(PROC):
-        if name.isdigit() and (ids := _ids(int(name))) is not None and ids[0] == parent:
-            children.append(int(name))
-    return children
+    return [int(name) for name in os.listdir(process.PROC)
+            if name.isdigit() and (ids := process.proc_stat(int(name))) is not None
+            and ids[1] == parent]
 
 
 def _run_agent() -> int:
