@@ -15,6 +15,7 @@ import asyncio
 import statistics
 import time
 
+from cost import PARTS, platform_pid, sample
 from embedded import embedded_platform
 from nats.aio.client import Client as NATS
 
@@ -48,9 +49,12 @@ async def client_loop(settings: Settings, count: int, latencies: list[float]) ->
 
 
 async def run_round(settings: Settings, clients: int, jobs: int) -> dict[str, float]:
+    assert settings.home is not None
+    platform = platform_pid(settings.home)
     probe = await messaging.connect(settings, name="bench-probe", initial_attempts=3)
     try:
         before = await stream_messages(probe)
+        cpu_before = sample(settings.home, platform)
         latencies: list[float] = []
         per_client = jobs // clients
         started = time.perf_counter()
@@ -62,9 +66,11 @@ async def run_round(settings: Settings, clients: int, jobs: int) -> dict[str, fl
         while await stream_messages(probe) < before + total:
             await asyncio.sleep(0.005)
         published = time.perf_counter() - started
+        cpu_after = sample(settings.home, platform)
     finally:
         await probe.close()
     return {
+        **{f"{part} ms": (cpu_after[part] - cpu_before[part]) * 1000 / total for part in PARTS},
         "clients": clients,
         "jobs": total,
         "accepted_per_s": total / replied,
@@ -88,11 +94,13 @@ async def main(jobs: int, client_counts: list[int]) -> None:
         await hold_jobs_queued(settings)
         await run_round(settings, 4, 200)  # warm-up: connections, plans, JIT-free caches
         print(f"{'clients':>7} {'jobs':>6} {'accepted/s':>11} {'published/s':>12} "
-              f"{'p50 ms':>7} {'p99 ms':>7}")
+              f"{'p50 ms':>7} {'p99 ms':>7}  CPU ms per job: "
+              + ", ".join(PARTS))
         for clients in client_counts:
             r = await run_round(settings, clients, jobs)
             print(f"{r['clients']:>7} {r['jobs']:>6} {r['accepted_per_s']:>11.0f} "
-                  f"{r['published_per_s']:>12.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f}",
+                  f"{r['published_per_s']:>12.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f}  "
+                  + " ".join(f"{r[f'{part} ms']:.2f}" for part in PARTS),
                   flush=True)
 
 

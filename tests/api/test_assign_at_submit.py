@@ -24,6 +24,7 @@ from hodei_common.contracts.agent import Assignment
 from hodei_common.contracts.jobs import JobCreated, JobState
 from hodei_common.contracts.logs import LogStart
 from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE
+from hodei_common.lifecycle import jobs
 from hodei_common.settings import Settings
 from hodei_common.testing.services import running
 from tests.api.helpers import job
@@ -203,3 +204,69 @@ async def test_with_assignment_at_submit_off_every_job_waits_for_the_scheduler(
     assert await pool.fetchval("SELECT state FROM workers WHERE id = $1", worker_id) == "READY"
     await heard(nc)
     assert wakes == [str(reply.job.id)]
+
+
+async def test_jobs_submitted_together_take_the_idle_workers_in_order_each_its_own(
+    pool: asyncpg.Pool,
+) -> None:
+    await local_pool(pool, min_idle=0)
+    first, second = await idle_worker(pool), await idle_worker(pool)
+    await pool.execute("UPDATE workers SET idle_since = now() - interval '1 minute' "
+                       "WHERE id = $1", first)  # the longest idle goes first
+    bigger = await idle_worker(pool, cpus=2.0)
+    requests = [job("echo a1"), job("echo c1", cpus=2.0), job("echo a2"), job("echo a3"),
+                job("echo c2", cpus=2.0), job("echo k1", idempotency_key="k"),
+                job("echo k2", idempotency_key="k")]
+    new = [jobs.new_job(r, job_id=uuid.uuid4(), namespace=DEFAULT_NAMESPACE, actor="api",
+                        assign_now=True) for r in requests]
+
+    async with pool.acquire() as conn:
+        rows = await jobs.submit_many(conn, new, assign_now=True)
+
+    # One row per job inserted, in order; the repeated idempotency key kept the second out.
+    assert [r["command"] for r in rows] == ["echo a1", "echo c1", "echo a2", "echo a3",
+                                            "echo c2", "echo k1"]
+    assert [r["worker_id"] for r in rows] == [first, bigger, second, None, None, None]
+    assert [r["state"] for r in rows] == ["ASSIGNED"] * 3 + ["QUEUED"] * 3
+    busy = await pool.fetch("SELECT id, state, current_job_id FROM workers ORDER BY id")
+    assert {(w["id"], w["state"], w["current_job_id"]) for w in busy} == {
+        (r["worker_id"], "BUSY", r["id"]) for r in rows[:3]}
+    # Each job's own events, naming its own worker, recorded in order and published after.
+    audit = await pool.fetch("SELECT correlation_id, event_type, payload->>'worker_id' AS worker "
+                             "FROM domain_events ORDER BY seq")
+    expected = []
+    for row in rows:
+        expected.append((str(row["id"]), "JobCreated", row["worker_id"] and str(row["worker_id"])))
+        if row["worker_id"] is not None:
+            expected.append((str(row["id"]), "JobAssigned", str(row["worker_id"])))
+    assert [(a["correlation_id"], a["event_type"], a["worker"]) for a in audit] == expected
+    assert await pool.fetchval("SELECT count(*) FROM outbox_events") == len(expected)
+    sagas = await pool.fetch("SELECT aggregate_id FROM sagas WHERE saga_type = 'execution'")
+    assert {s["aggregate_id"] for s in sagas} == {r["id"] for r in rows[:3]}
+
+
+async def test_submits_that_arrive_together_are_stored_together(
+    client: ApiClient, pool: asyncpg.Pool,
+) -> None:
+    await local_pool(pool, min_idle=0)
+    workers = {await idle_worker(pool) for _ in range(3)}
+
+    replies = await asyncio.gather(*(client.submit(job(f"echo {i}")) for i in range(20)),
+                                   client.submit(job("echo once", idempotency_key="once")),
+                                   client.submit(job("echo once", idempotency_key="once")))
+
+    *plain, repeated, repeat = replies
+    assert repeated.job.id == repeat.job.id
+    assert {repeated.created, repeat.created} == {True, False}
+    assigned = {r.job.worker_id: r.job.id for r in replies if r.job.worker_id is not None}
+    assert set(assigned) == workers  # every idle worker went to exactly one job
+    rows = await pool.fetch("SELECT id, state, xmin::text::bigint AS tx FROM jobs")
+    assert len(rows) == 21
+    assert sum(r["state"] == "ASSIGNED" for r in rows) == 3
+    # Fewer transactions than jobs: those that waited for a statement went in one together.
+    assert len({r["tx"] for r in rows}) < len(rows)
+    for reply in plain:
+        events = await pool.fetch("SELECT event_type FROM domain_events WHERE correlation_id = $1",
+                                  str(reply.job.id))
+        assert sorted(e["event_type"] for e in events) == (
+            ["JobAssigned", "JobCreated"] if reply.job.worker_id else ["JobCreated"])

@@ -8,10 +8,12 @@ Events carry the job as their correlation id.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
+import msgspec
 
 from hodei_common import tracing
 from hodei_common.contracts.agent import Outcome, StatusReport
@@ -35,6 +37,7 @@ from hodei_common.lifecycle.transitions import JOBS, WORKERS, Transition
 from hodei_common.lifecycle.workers import WorkerRef
 
 SQL = queries.load(SQL_DIR / "jobs.sql")
+_JSON = msgspec.json.Encoder()
 
 # The transition a FINISHED report's outcome makes.
 FINISHING: dict[Outcome, Transition] = {
@@ -45,37 +48,77 @@ FINISHING: dict[Outcome, Transition] = {
 }
 
 
-async def submit(conn: Conn, req: SubmitJob, *, job_id: UUID, namespace: str, actor: str,
-                 assign_now: bool = False) -> asyncpg.Record | None:
-    """A new QUEUED job of ``namespace`` (its row); None when the provider is unknown or
-    disabled or the id or the namespace's idempotency key is taken.
+@dataclass(frozen=True)
+class NewJob:
+    """One job to submit, made ready in its submitter's trace: its id and namespace, and its
+    events encoded, naming the worker (if it gets one at once) by the stand-in ``picked``."""
 
-    With ``assign_now``, a job that finds an idle worker is assigned to it in the same
-    statement (see ``submit`` in jobs.sql): its row then has ``worker_id`` and
-    ``assigned_at``, and says the worker's ``worker_mode`` and ``pool_short`` (its provider's
-    warm pool has room to grow)."""
-    t, assigned, occupy = JOBS["submit"], JOBS["assign"], WORKERS["occupy"]
+    req: SubmitJob
+    job_id: UUID
+    namespace: str
+    traceparent: str | None
+    events: str
+    picked: str
+
+
+def new_job(req: SubmitJob, *, job_id: UUID, namespace: str, actor: str,
+            assign_now: bool = False) -> NewJob:
+    """``req`` as a job of ``namespace`` for ``submit_many``, in the caller's trace."""
+    t, assigned = JOBS["submit"], JOBS["assign"]
     fields: dict[str, Any] = {
         "actor": actor, "job": job_id, "job_id": job_id, "attempt": 1, "namespace": namespace,
         "name": req.name, "provider": req.provider, "priority": req.priority,
         "timeout_s": req.timeout_s, "env_keys": sorted(req.env)}
     emits = [Emit(t, events.new(JobCreated, **fields))]
     # Which worker is known once the statement picked one: the events it may then record name
-    # a stand-in id, made for this call alone, which the statement replaces with the worker's.
+    # a stand-in id, made for this job alone, which the statement replaces with the worker's.
     picked = uuid4()
     if assign_now:
         emits += [
             Emit(t, events.new(JobCreated, **fields, worker_id=picked), step="submit_assigned"),
             Emit(assigned, events.new(JobAssigned, actor=actor, job=job_id, job_id=job_id,
                                       attempt=1, worker_id=picked))]
-    return await SQL["submit"].fetchrow(
-        conn, job_id=job_id, namespace=namespace, name=req.name, to_state=t.to_state,
-        command=req.command, args=req.args, env=req.env, timeout_s=req.timeout_s,
-        provider=req.provider, priority=req.priority, max_attempts=req.max_attempts,
-        idempotency_key=req.idempotency_key, cpus=req.cpus, memory_bytes=req.memory_bytes,
-        traceparent=tracing.traceparent(), assign_now=assign_now, assign_to=assigned.to_state,
-        occupy_from=occupy.fence, occupy_to=occupy.to_state, picked=str(picked),
-        events=events.encode(emits, starts_trace=True))
+    return NewJob(req, job_id, namespace, tracing.traceparent(),
+                  events.encode(emits, starts_trace=True), str(picked))
+
+
+async def submit_many(conn: Conn, new: Sequence[NewJob], *, assign_now: bool = False
+                      ) -> list[asyncpg.Record]:
+    """New QUEUED jobs, in one statement: the row of each job inserted, in order. A job is
+    left out when its provider is unknown or disabled or its id or its namespace's
+    idempotency key is taken (by an earlier job of ``new`` too); ids must differ.
+
+    With ``assign_now``, jobs that find idle workers are assigned to them in the same
+    statement (see ``submit`` in jobs.sql): such a row has ``worker_id`` and ``assigned_at``,
+    and says the worker's ``worker_mode`` and ``pool_short`` (its provider's warm pool has
+    room to grow)."""
+    if len({n.job_id for n in new}) != len(new):
+        raise ValueError("jobs submitted together must have distinct ids")
+    t, assigned, occupy = JOBS["submit"], JOBS["assign"], WORKERS["occupy"]
+    reqs = [n.req for n in new]
+    return await SQL["submit"].fetch(
+        conn, job_ids=[n.job_id for n in new], namespaces=[n.namespace for n in new],
+        names=[r.name for r in reqs], commands=[r.command for r in reqs],
+        args=[_JSON.encode(r.args).decode() for r in reqs],
+        envs=[_JSON.encode(r.env).decode() for r in reqs],
+        timeouts=[r.timeout_s for r in reqs], providers=[r.provider for r in reqs],
+        priorities=[r.priority for r in reqs], max_attempts=[r.max_attempts for r in reqs],
+        idempotency_keys=[r.idempotency_key for r in reqs], cpus=[r.cpus for r in reqs],
+        memory_bytes=[r.memory_bytes for r in reqs],
+        traceparents=[n.traceparent for n in new], events=[n.events for n in new],
+        picked=[n.picked for n in new], to_state=t.to_state, assign_now=assign_now,
+        assign_to=assigned.to_state, occupy_from=occupy.fence, occupy_to=occupy.to_state)
+
+
+async def submit(conn: Conn, req: SubmitJob, *, job_id: UUID, namespace: str, actor: str,
+                 assign_now: bool = False) -> asyncpg.Record | None:
+    """A new QUEUED job of ``namespace`` (its row); None when the provider is unknown or
+    disabled or the id or the namespace's idempotency key is taken. ``submit_many`` for
+    one job."""
+    rows = await submit_many(conn, [new_job(req, job_id=job_id, namespace=namespace,
+                                            actor=actor, assign_now=assign_now)],
+                             assign_now=assign_now)
+    return rows[0] if rows else None
 
 
 async def cancel_queued(conn: Conn, job_id: UUID, attempt: int, *, actor: str

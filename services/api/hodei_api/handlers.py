@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from uuid import UUID, uuid4
 
@@ -47,7 +47,12 @@ from hodei_common.contracts.providers import (
 )
 from hodei_common.contracts.workers import ProviderConfig
 from hodei_common.database import Conn
-from hodei_common.errors import NotFoundError, PreconditionError, ValidationError
+from hodei_common.errors import (
+    HodeiError,
+    NotFoundError,
+    PreconditionError,
+    ValidationError,
+)
 from hodei_common.lifecycle import jobs, providers
 
 ACTOR = "api"
@@ -116,22 +121,30 @@ class Submitted:
     assigned: asyncpg.Record | None = None
 
 
-async def submit_job(pool: asyncpg.Pool, namespace: str, req: SubmitJob, *,
-                     assign_now: bool = False) -> Submitted:
-    """Store a job of ``namespace`` and its events atomically, in one round trip: QUEUED, or
-    with ``assign_now`` assigned at once to an idle worker that fits it."""
-    validate_submit(req)
-    job_id = req.id or uuid4()
+async def submit_jobs(pool: asyncpg.Pool, batch: Sequence[jobs.NewJob], *,
+                      assign_now: bool = False) -> list[Submitted | Exception]:
+    """Store the jobs of ``batch`` and their events in one statement: QUEUED, or with
+    ``assign_now`` assigned at once to idle workers that fit them. For each job, in order,
+    the reply to its submit or the error that kept it out."""
     async with pool.acquire() as conn:
-        row = await jobs.submit(conn, req, job_id=job_id, namespace=namespace, actor=ACTOR,
-                                assign_now=assign_now)
-        job = store.job_from_row(row)
-        if job is not None:
-            assert row is not None
-            return Submitted(SubmitJobReply(job=job, created=True),
-                             row if row["worker_id"] is not None else None)
-        return Submitted(SubmitJobReply(job=await _why_not_inserted(conn, namespace, req),
-                                        created=False))
+        rows = {row["id"]: row for row in await jobs.submit_many(conn, batch,
+                                                                 assign_now=assign_now)}
+        results: list[Submitted | Exception] = []
+        for new in batch:
+            row = rows.get(new.job_id)
+            job = store.job_from_row(row)
+            if job is not None:
+                assert row is not None
+                results.append(Submitted(SubmitJobReply(job=job, created=True),
+                                         row if row["worker_id"] is not None else None))
+                continue
+            try:
+                existing = await _why_not_inserted(conn, new.namespace, new.req)
+            except HodeiError as e:
+                results.append(e)
+            else:
+                results.append(Submitted(SubmitJobReply(job=existing, created=False)))
+        return results
 
 
 async def _why_not_inserted(conn: Conn, namespace: str, req: SubmitJob) -> Job:

@@ -17,6 +17,7 @@ import msgspec
 from hodei_api import handlers
 from hodei_api.config import ApiSettings
 from hodei_api.explain import explain_job
+from hodei_api.intake import Intake
 from hodei_common import messaging
 from hodei_common.assignments import AssignmentSender
 from hodei_common.contracts import subjects
@@ -94,6 +95,7 @@ class ApiService(HodeiService):
         """Add one micro endpoint per API subject, all in the shared queue group: the job
         endpoints on every namespace's subject, the admin endpoints on their own."""
         self._assignments = AssignmentSender(self.js, "api", self.platform.log_cap)
+        self._intake = Intake(self.pool, assign_now=self.settings.api_assign_at_submit)
         endpoints: list[AnyEndpoint] = [
             NamespacedEndpoint("jobs_submit", subjects.api_any(subjects.JOBS_SUBMIT), SubmitJob,
                                self._submit),
@@ -108,8 +110,7 @@ class ApiService(HodeiService):
         await self.endpoints.add(self.micro, endpoints, subjects.API_QUEUE_GROUP)
 
     async def _submit(self, namespace: str, request: SubmitJob) -> SubmitJobReply:
-        submitted = await handlers.submit_job(self.pool, namespace, request,
-                                              assign_now=self.settings.api_assign_at_submit)
+        submitted = await self._intake.submit(namespace, request)
         reply, row = submitted.reply, submitted.assigned
         if not reply.created:
             return reply

@@ -5,41 +5,81 @@
 -- named). A statement that returns no row changed nothing and recorded nothing.
 
 -- name: submit
--- A QUEUED job. Inserts nothing when the provider is unknown or disabled, or the id or
--- the idempotency key is taken: the caller then finds out which.
--- With `:assign_now`, a job that finds an idle worker goes to it at once: a READY worker of
--- its provider made with its limits, not held for a job that still waits, the longest idle
--- one; and only while no job of the same provider and limits waits (those go first: the
--- scheduler pairs them). The job is then stored ASSIGNED to it (transition `assign`), the
--- worker made BUSY with it (worker transition `occupy`) and the job's execution saga opened,
--- as a dispatch pass does; the row also says the worker's `mode` and whether its provider
--- keeps a warm pool with room to grow (`pool_short`: the scheduler should make up for it).
--- The events of the assignment name the worker by `:picked`, a stand-in id replaced here.
-WITH idle AS (
-    SELECT w.id, w.mode FROM workers AS w
-    WHERE :assign_now AND w.provider = :provider AND w.state = ANY(:occupy_from)
-      AND w.cpus IS NOT DISTINCT FROM :cpus AND w.memory_bytes IS NOT DISTINCT FROM :memory_bytes
+-- New QUEUED jobs, one per element of the arrays (`:job_ids` and the rest, in order), in one
+-- statement: the api stores the submits that arrive together at once. A job is not inserted
+-- when its provider is unknown or disabled, or its id or idempotency key is taken (also by
+-- an earlier job of the same call): the caller then finds out which. Rows come back in the
+-- order of the arrays, one per job inserted.
+-- With `:assign_now`, jobs that find an idle worker go to one at once: a READY worker of
+-- their provider made with their limits, not held for a job that still waits, the longest
+-- idle first, the jobs in order; and only while no job of the same provider and limits waits
+-- (those go first: the scheduler pairs them). Such a job is stored ASSIGNED to its worker
+-- (transition `assign`), the worker made BUSY with it (worker transition `occupy`) and the
+-- job's execution saga opened, as a dispatch pass does; its row also says the worker's
+-- `mode` and whether its provider keeps a warm pool with room to grow (`pool_short`: the
+-- scheduler should make up for it). Each job's events (`:events`, a JSON array per job) name
+-- its worker by the job's `:picked`, a stand-in id replaced here; they are recorded in one
+-- call for the whole statement. A job's `:args` and `:envs` are JSON texts.
+WITH input AS MATERIALIZED (
+    SELECT * FROM unnest(:job_ids::uuid[], :namespaces::text[], :names::text[],
+                         :commands::text[], :args::text[], :envs::text[],
+                         :timeouts::float8[], :providers::text[], :priorities::int[],
+                         :max_attempts::int[], :idempotency_keys::text[], :cpus::float8[],
+                         :memory_bytes::bigint[], :traceparents::text[], :events::text[],
+                         :picked::text[])
+        WITH ORDINALITY AS i(id, namespace, name, command, args, env, timeout_s, provider,
+                             priority, max_attempts, idempotency_key, cpus, memory_bytes,
+                             traceparent, events, picked, n)
+),
+wanted AS (
+    SELECT provider, cpus, memory_bytes, count(*) AS jobs FROM input
+    WHERE :assign_now
+    GROUP BY provider, cpus, memory_bytes
+),
+candidates AS (
+    SELECT w.id, wanted.jobs,
+           row_number() OVER (PARTITION BY w.provider, w.cpus, w.memory_bytes
+                              ORDER BY w.idle_since NULLS FIRST, w.id) AS rank
+    FROM workers AS w
+    JOIN wanted ON wanted.provider = w.provider AND wanted.cpus IS NOT DISTINCT FROM w.cpus
+                   AND wanted.memory_bytes IS NOT DISTINCT FROM w.memory_bytes
+    WHERE w.state = ANY(:occupy_from)
       AND NOT EXISTS (SELECT 1 FROM jobs AS q WHERE q.id = w.for_job_id AND q.state = 'QUEUED')
       AND NOT EXISTS (SELECT 1 FROM jobs AS q
-                      WHERE q.state = 'QUEUED' AND q.provider = :provider
-                        AND q.cpus IS NOT DISTINCT FROM :cpus
-                        AND q.memory_bytes IS NOT DISTINCT FROM :memory_bytes
+                      WHERE q.state = 'QUEUED' AND q.provider = w.provider
+                        AND q.cpus IS NOT DISTINCT FROM w.cpus
+                        AND q.memory_bytes IS NOT DISTINCT FROM w.memory_bytes
                         AND (q.not_before IS NULL OR q.not_before <= now()))
-    ORDER BY w.idle_since NULLS FIRST, w.id
-    LIMIT 1
+),
+idle AS MATERIALIZED (
+    SELECT w.id, w.mode, w.provider, w.cpus, w.memory_bytes, w.idle_since FROM workers AS w
+    WHERE w.id IN (SELECT id FROM candidates WHERE rank <= jobs) AND w.state = ANY(:occupy_from)
     FOR UPDATE SKIP LOCKED
+),
+paired AS MATERIALIZED (
+    SELECT i.*, w.id AS worker_id, w.mode AS worker_mode
+    FROM (SELECT input.*, row_number() OVER (PARTITION BY provider, cpus, memory_bytes
+                                             ORDER BY n) AS rank
+          FROM input) AS i
+    LEFT JOIN (SELECT idle.*, row_number() OVER (PARTITION BY provider, cpus, memory_bytes
+                                                 ORDER BY idle_since NULLS FIRST, id) AS rank
+               FROM idle) AS w
+      ON w.provider = i.provider AND w.cpus IS NOT DISTINCT FROM i.cpus
+         AND w.memory_bytes IS NOT DISTINCT FROM i.memory_bytes AND w.rank = i.rank
 ),
 submitted AS (
     INSERT INTO jobs (id, namespace, name, state, command, args, env, timeout_s, provider,
                       priority, max_attempts, idempotency_key, cpus, memory_bytes, traceparent,
                       worker_id, assigned_at)
-    SELECT :job_id, :namespace, :name,
-           CASE WHEN idle.id IS NULL THEN :to_state ELSE :assign_to END,
-           :command, :args, :env::jsonb, :timeout_s,
-           :provider, :priority, :max_attempts, :idempotency_key, :cpus, :memory_bytes,
-           :traceparent, idle.id, CASE WHEN idle.id IS NOT NULL THEN now() END
-    FROM (SELECT) AS one LEFT JOIN idle ON true
-    WHERE EXISTS (SELECT 1 FROM provider_configs WHERE name = :provider AND enabled)
+    SELECT p.id, p.namespace, p.name,
+           CASE WHEN p.worker_id IS NULL THEN :to_state ELSE :assign_to END,
+           p.command, ARRAY(SELECT jsonb_array_elements_text(p.args::jsonb)), p.env::jsonb,
+           p.timeout_s,
+           p.provider, p.priority, p.max_attempts, p.idempotency_key, p.cpus, p.memory_bytes,
+           p.traceparent, p.worker_id, CASE WHEN p.worker_id IS NOT NULL THEN now() END
+    FROM paired AS p
+    WHERE EXISTS (SELECT 1 FROM provider_configs WHERE name = p.provider AND enabled)
+    ORDER BY p.n
     ON CONFLICT DO NOTHING
     RETURNING *
 ),
@@ -48,22 +88,34 @@ occupied AS (
     FROM submitted AS s
     WHERE workers.id = s.worker_id AND workers.state = ANY(:occupy_from)
     RETURNING workers.id
+),
+recorded AS MATERIALIZED (
+    SELECT hodei_record_events(
+               coalesce((SELECT json_agg(e.event ORDER BY p.n, e.k)
+                         FROM submitted AS s JOIN paired AS p ON p.id = s.id,
+                              json_array_elements(replace(p.events, p.picked,
+                                                          coalesce(s.worker_id::text, p.picked)
+                                                          )::json) WITH ORDINALITY AS e(event, k)
+                         WHERE e.event->>'step' = ANY(
+                             CASE WHEN s.worker_id IS NULL THEN ARRAY['submit']
+                                  ELSE ARRAY['submit_assigned', 'assign'] END)),
+                        '[]'::json),
+               ARRAY['submit', 'submit_assigned', 'assign']) AS recorded
 )
-SELECT s.*, idle.mode AS worker_mode,
-       idle.id IS NOT NULL AND (
-           SELECT p.min_idle > 0 AND p.max_workers > (
+SELECT s.*, p.worker_mode,
+       s.worker_id IS NOT NULL AND (
+           SELECT c.min_idle > 0 AND c.max_workers > (
                SELECT count(*) FROM workers AS a
-               WHERE a.provider = p.name
+               WHERE a.provider = c.name
                  AND a.state IN ('CREATING', 'READY', 'BUSY', 'TERMINATING'))
-           FROM provider_configs AS p WHERE p.name = s.provider) AS pool_short,
+           FROM provider_configs AS c WHERE c.name = s.provider) AS pool_short,
        (SELECT count(*) FROM occupied) AS occupied,
        CASE WHEN s.worker_id IS NOT NULL THEN
            hodei_saga_open('execution', s.id, ARRAY['assign', 'start', 'finish'], 1) END
            AS saga,
-       hodei_record_events(replace(:events, :picked, coalesce(s.worker_id::text, :picked))::json,
-                           CASE WHEN s.worker_id IS NULL THEN ARRAY['submit']
-                                ELSE ARRAY['submit_assigned', 'assign'] END) AS recorded
-FROM submitted AS s LEFT JOIN idle ON idle.id = s.worker_id;
+       r.recorded
+FROM submitted AS s JOIN paired AS p ON p.id = s.id CROSS JOIN recorded AS r
+ORDER BY p.n;
 
 -- name: cancel_queued
 WITH cancelled AS (
