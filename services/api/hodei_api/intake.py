@@ -9,6 +9,7 @@ company, and many callers share the cost of storing their jobs.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -42,7 +43,10 @@ class Intake:
         stored: asyncio.Future[handlers.Submitted] = asyncio.get_running_loop().create_future()
         self._waiting.append((new, stored))
         if self._storing is None:
-            self._storing = asyncio.create_task(self._store(), name="api-intake")
+            # In a context of its own: the statement serves many requests, so it must not
+            # run in (and log under) the trace of the one that happened to start it.
+            self._storing = asyncio.create_task(self._store(), name="api-intake",
+                                                context=contextvars.Context())
         return await stored
 
     def _next_batch(self) -> list[Waiting]:
