@@ -86,7 +86,9 @@ async def submit_many(conn: Conn, new: Sequence[NewJob], *, assign_now: bool = F
                       ) -> list[asyncpg.Record]:
     """New QUEUED jobs, in one statement: the row of each job inserted, in order. A job is
     left out when its provider is unknown or disabled or its id or its namespace's
-    idempotency key is taken (by an earlier job of ``new`` too); ids must differ.
+    idempotency key is taken (by an earlier job of ``new`` too); ids must differ, and each
+    job must come from ``new_job`` with the same ``assign_now`` (its events then hold the
+    steps the statement records).
 
     With ``assign_now``, jobs that find idle workers are assigned to them in the same
     statement (see ``submit`` in jobs.sql): such a row has ``worker_id`` and ``assigned_at``,
