@@ -205,6 +205,9 @@ class HodeiService:
             description=self.description or f"Hodei {self.name} service",
         )
         await self.setup()
+        # Ready means answering: the server has the subscriptions setup made, so a request
+        # sent from another connection right after finds its responder.
+        await self._nc.flush()
 
     async def _serve(self) -> None:
         async with asyncio.TaskGroup() as tg:
