@@ -47,12 +47,7 @@ from hodei_common.contracts.providers import (
 )
 from hodei_common.contracts.workers import ProviderConfig
 from hodei_common.database import Conn
-from hodei_common.errors import (
-    HodeiError,
-    NotFoundError,
-    PreconditionError,
-    ValidationError,
-)
+from hodei_common.errors import NotFoundError, PreconditionError, ValidationError
 from hodei_common.lifecycle import jobs, providers
 
 ACTOR = "api"
@@ -140,7 +135,7 @@ async def submit_jobs(pool: asyncpg.Pool, batch: Sequence[jobs.NewJob], *,
                 continue
             try:
                 existing = await _why_not_inserted(conn, new.namespace, new.req)
-            except HodeiError as e:
+            except Exception as e:  # the others' jobs are stored: their replies still go
                 results.append(e)
             else:
                 results.append(Submitted(SubmitJobReply(job=existing, created=False)))

@@ -66,16 +66,29 @@ class Intake:
         self._waiting = later
         return batch
 
+    async def _alone(self, new: jobs.NewJob) -> handlers.Submitted | Exception:
+        try:
+            return (await handlers.submit_jobs(self._pool, [new],
+                                               assign_now=self._assign_now))[0]
+        except Exception as e:
+            return e
+
     async def _store(self) -> None:
         batch: list[Waiting] = []
         try:
             while batch := self._next_batch():
                 results: list[handlers.Submitted | Exception]
-                try:
-                    results = await handlers.submit_jobs(
-                        self._pool, [new for new, _ in batch], assign_now=self._assign_now)
-                except Exception as e:  # the statement failed: every submit in it did
-                    results = [e] * len(batch)
+                if len(batch) == 1:
+                    results = [await self._alone(batch[0][0])]
+                else:
+                    try:
+                        results = await handlers.submit_jobs(
+                            self._pool, [new for new, _ in batch], assign_now=self._assign_now)
+                    except Exception:
+                        # The statement stored nothing, perhaps for one job's sake (or a
+                        # deadlock with another replica's): each goes again alone, so that
+                        # a failure stays the failing job's own.
+                        results = [await self._alone(new) for new, _ in batch]
                 for (_, stored), result in zip(batch, results, strict=True):
                     if stored.done():
                         continue
