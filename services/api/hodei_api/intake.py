@@ -77,18 +77,16 @@ class Intake:
         batch: list[Waiting] = []
         try:
             while batch := self._next_batch():
+                news = [new for new, _ in batch]
                 results: list[handlers.Submitted | Exception]
-                if len(batch) == 1:
-                    results = [await self._alone(batch[0][0])]
-                else:
-                    try:
-                        results = await handlers.submit_jobs(
-                            self._pool, [new for new, _ in batch], assign_now=self._assign_now)
-                    except Exception:
-                        # The statement stored nothing, perhaps for one job's sake (or a
-                        # deadlock with another replica's): each goes again alone, so that
-                        # a failure stays the failing job's own.
-                        results = [await self._alone(new) for new, _ in batch]
+                try:
+                    results = await handlers.submit_jobs(self._pool, news,
+                                                         assign_now=self._assign_now)
+                except Exception as e:
+                    # The statement stored nothing, perhaps for one job's sake (or a deadlock
+                    # with another replica's): each goes again alone, so that a failure
+                    # stays the failing job's own.
+                    results = [e] if len(news) == 1 else [await self._alone(n) for n in news]
                 for (_, stored), result in zip(batch, results, strict=True):
                     if stored.done():
                         continue
