@@ -12,15 +12,22 @@ from hodei_common.database import Conn
 # different READY worker that fits it: the one requested for it when there is one, else one of
 # its provider made with its limits (NULL: the provider's defaults) and not requested for
 # another job that still waits, longest idle first. ``considered`` counts the jobs looked at:
-# fewer than $1 means no other job could be paired now.
+# fewer than $1 means no other job could be paired now. Each provider's jobs are read in the
+# queue index's order (priority, age, id), so a pass reads at most $1 of them per provider
+# with READY workers, however long the queue.
 PICK_PAIRS = """
 WITH j AS (
-    SELECT id, provider, attempt, priority, queued_at, cpus, memory_bytes FROM jobs
-    WHERE state = 'QUEUED' AND (not_before IS NULL OR not_before <= now())
-      AND provider IN (SELECT provider FROM workers WHERE state = 'READY')
+    SELECT q.* FROM (SELECT DISTINCT provider FROM workers WHERE state = 'READY') AS r,
+    LATERAL (
+        SELECT id, provider, attempt, priority, queued_at, cpus, memory_bytes FROM jobs
+        WHERE state = 'QUEUED' AND provider = r.provider
+          AND (not_before IS NULL OR not_before <= now())
+        ORDER BY priority DESC, queued_at, id
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+    ) AS q
     ORDER BY priority DESC, queued_at, id
     LIMIT $1
-    FOR UPDATE SKIP LOCKED
 ),
 w AS (
     SELECT id, provider, idle_since, cpus, memory_bytes, for_job_id,
@@ -54,17 +61,32 @@ ORDER BY provider
 """
 
 # Demand per enabled provider and per class of limits (a worker serves only jobs of its
-# class); the class of NULL limits also holds the warm pool. Oldest waiting class first.
+# class); the class of NULL limits also holds the warm pool. A provider's queue is read in the
+# order it is served (priority, age, id) only as far as could change what a pass does: no
+# more jobs than its room for new workers plus its workers being made or idle (so a full
+# provider reads none); its classes come in the order of their first job read.
 PROVIDER_DEMAND = """
 WITH p AS (
     SELECT p.name, p.worker_mode, p.max_workers, p.min_idle,
            (SELECT count(*) FROM workers w WHERE w.provider = p.name
-              AND w.state IN ('CREATING', 'READY', 'BUSY', 'TERMINATING')) AS active
+              AND w.state IN ('CREATING', 'READY', 'BUSY', 'TERMINATING')) AS active,
+           (SELECT count(*) FROM workers w WHERE w.provider = p.name
+              AND w.state IN ('CREATING', 'READY')) AS spare
     FROM provider_configs p WHERE p.enabled
 ), c AS (
-    SELECT provider, cpus, memory_bytes, count(*) AS queued, 0 AS creating, 0 AS ready,
-           min(queued_at) AS oldest
-    FROM jobs WHERE state = 'QUEUED' GROUP BY 1, 2, 3
+    SELECT q.provider, q.cpus, q.memory_bytes, count(*) AS queued, 0 AS creating, 0 AS ready,
+           min(q.place) AS place
+    FROM (
+        SELECT j.provider, j.cpus, j.memory_bytes, row_number() OVER (
+            PARTITION BY j.provider ORDER BY j.priority DESC, j.queued_at, j.id) AS place
+        FROM p, LATERAL (
+            SELECT provider, cpus, memory_bytes, priority, queued_at, id FROM jobs
+            WHERE state = 'QUEUED' AND provider = p.name
+            ORDER BY priority DESC, queued_at, id
+            LIMIT greatest(p.max_workers - p.active, 0) + p.spare
+        ) AS j
+    ) AS q
+    GROUP BY 1, 2, 3
     UNION ALL
     SELECT provider, cpus, memory_bytes, 0, count(*) FILTER (WHERE state = 'CREATING'),
            count(*) FILTER (WHERE state = 'READY'), NULL
@@ -74,10 +96,10 @@ WITH p AS (
 )
 SELECT p.name, p.worker_mode, p.max_workers, p.min_idle, p.active, c.cpus, c.memory_bytes,
        sum(c.queued)::int AS queued, sum(c.creating)::int AS creating,
-       sum(c.ready)::int AS ready, min(c.oldest) AS oldest
+       sum(c.ready)::int AS ready
 FROM p JOIN c ON c.provider = p.name
 GROUP BY p.name, p.worker_mode, p.max_workers, p.min_idle, p.active, c.cpus, c.memory_bytes
-ORDER BY p.name, min(c.oldest) NULLS LAST
+ORDER BY p.name, min(c.place) NULLS LAST
 """
 
 # READY workers idle past their provider's idle_ttl_s, beyond the min_idle freshest ones.
