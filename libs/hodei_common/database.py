@@ -20,6 +20,14 @@ log = logging.getLogger(__name__)
 # A plain connection or one borrowed from a pool: store functions take either.
 Conn = asyncpg.Connection | PoolConnectionProxy
 
+# How long a pooled connection keeps a prepared statement, and so its plan: PostgreSQL plans a
+# statement once for good after its first executions, with the tables as they are then. On a
+# new database that plan is made while the tables are empty (a sequential scan of `jobs`
+# looks cheapest) and asyncpg would keep it 300 s while `jobs` grows; prepared again every
+# 10 s, a plan follows the tables (seen: the dispatch pass's `assign` reading all of `jobs`,
+# 3 to 6 ms a call, for the first minute of a new platform under load).
+STATEMENT_LIFETIME_S = 10
+
 # Advisory locks are (class, object) pairs; one class for Hodei so keys never collide.
 LOCK_CLASS = 0x484F4445  # "HODE"
 LOCK_MIGRATIONS = 1
@@ -65,6 +73,7 @@ async def create_pool(
                 max_size=settings.db_pool_max,
                 init=_init_connection,
                 reset=_keep_session,
+                max_cached_statement_lifetime=STATEMENT_LIFETIME_S,
                 **kwargs,
             )
         except (OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError) as e:
