@@ -314,6 +314,45 @@ async def test_a_job_assigned_at_submit_starts_no_pass_nor_wakes_the_scheduler(
         assert passes == [], "nothing waits: no pass is needed"
 
 
+@pytest.mark.parametrize("waiting", [False, True])
+async def test_a_freed_worker_starts_a_pass_only_when_a_job_of_its_provider_waits(
+    settings: Settings, pool: asyncpg.Pool, nc: NATS, js: JetStreamContext, waiting: bool,
+) -> None:
+    """A reusable worker freed by its job's end: with nothing queued, neither the end nor the
+    worker's ready event starts a dispatch pass; with a job queued, one pass gives it the
+    worker."""
+    base = settings.model_dump()
+    scheduler = SchedulerService(SchedulerSettings(**base, dispatch_interval_s=3600))
+    worker_id = uuid.uuid4()
+    async with running([ApiService(ApiSettings(**base)), RelayService(RelaySettings(**base)),
+                        scheduler]):
+        await pool.execute("INSERT INTO workers (id, provider, state, mode, idle_since) "
+                           "VALUES ($1, 'local', 'READY', 'reusable', now())", worker_id)
+        await pool.execute("UPDATE provider_configs SET max_workers = 1 WHERE name = 'local'")
+        await asyncio.sleep(0.3)  # the pass at start is over: the next is an hour away
+        api = ApiClient(nc, timeout_s=5.0)
+        job = (await api.submit(SubmitJob(command="true"))).job
+        assert job.worker_id == worker_id
+        queued_id = uuid.uuid4()
+        if waiting:  # queued behind it, with no event: only a pass can give it the worker
+            await pool.execute("INSERT INTO jobs (id, command, timeout_s, provider) "
+                               "VALUES ($1, 'true', 10, 'local')", queued_id)
+        passes = count_passes(scheduler)
+        await report(js, worker_id, job.id, 1, StatusKind.FINISHED, Outcome.SUCCEEDED,
+                     exit_code=0)
+        await assert_eventually(lambda: _is(job_state(pool, job.id), "SUCCEEDED"))
+        ready = await assert_eventually(lambda: _stored(
+            js, subjects.WORKER_EVENTS_STREAM, subjects.WORKER_READY))
+        await assert_eventually(lambda: _acked(js, subjects.WORKER_EVENTS_STREAM,
+                                               subjects.SCHEDULER_DISPATCH_CONSUMER, ready))
+        await asyncio.sleep(0.1)  # a pass, poked meanwhile, would start within 5 ms
+        if waiting:
+            assert len(passes) == 1
+            assert await job_state(pool, queued_id) == "ASSIGNED"
+        else:
+            assert passes == [], "nothing waits: no pass is needed"
+
+
 async def test_a_job_whose_worker_was_held_locked_during_its_pass_is_assigned_soon_after(
     settings: Settings, pool: asyncpg.Pool, nc: NATS
 ) -> None:

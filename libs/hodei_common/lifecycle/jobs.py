@@ -191,7 +191,8 @@ async def finish(conn: Conn, report: StatusReport, outcome: Outcome, *, provider
                  actor: str) -> asyncpg.Record | None:
     """End the job as its FINISHED report says, and in the same statement free or retire its
     worker (``provider``: the worker's; None: no such worker). Returns (id, namespace, the
-    job's provider, created_at, started_at, completed_at, ``freed``);
+    job's provider, created_at, started_at, completed_at, ``freed``, ``waiting``: whether a
+    job of the provider was queued as the statement ran);
     None when the report does not match the job's attempt and worker, or was applied."""
     t = FINISHING[outcome]
     job = report.job_id

@@ -73,6 +73,13 @@ class Dispatcher:
         self._pokes += 1
         self._poked.set()
 
+    def settled(self, about: str) -> None:
+        """A commit about ``about`` that no pass need look at (a worker freed while no job
+        of its provider waits): its event starts no pass, as if one had begun after it."""
+        self._seen[about] = None
+        while len(self._seen) > SEEN_KEPT:
+            self._seen.popitem(last=False)
+
     def seen(self, about: str) -> bool:
         """Whether a pass began after a poke about ``about``, so it saw that commit; asked
         once per event (the answer is forgotten)."""

@@ -30,8 +30,9 @@ ACTOR = "scheduler"
 class ReportEffects(Protocol):
     """What the scheduler does once a report is applied (or refused)."""
 
-    def worker_freed(self, worker_id: UUID) -> None:
-        """A worker is READY again (committed): a dispatch pass may find it work."""
+    def worker_freed(self, worker_id: UUID, *, waiting: bool) -> None:
+        """A worker is READY again (committed): a dispatch pass may find it work when a job
+        of its provider is ``waiting``; otherwise none need look at it."""
 
     async def cancel_pending(self, job_id: UUID, attempt: int, worker_id: UUID) -> None:
         """The job's cancel was asked for before its agent said it took or started it."""
@@ -81,7 +82,14 @@ class ReportHandler:
             await self._refuse(report)
             return False
         if row["freed"]:
-            self._effects.worker_freed(report.worker_id)
+            waiting = row["waiting"]
+            if not waiting:
+                # Asked again now that the worker is READY to every later statement: a job
+                # queued by a submit that still saw it BUSY has committed by now, or the
+                # pass its wake-up hint starts will find the worker.
+                async with self._pool.acquire() as conn:
+                    waiting = await store.jobs_waiting(conn, row["provider"])
+            self._effects.worker_freed(report.worker_id, waiting=waiting)
         state = JobState(jobs.FINISHING[report.outcome].target)
         # Counted from what the statement returned: no query of its own.
         self._metrics.job_finished(row["provider"], state, created_at=row["created_at"],

@@ -133,8 +133,11 @@ class SchedulerService(HodeiService):
         """Request no more workers: the platform is retiring the ones it has."""
         self.dispatcher.provisioning = False
 
-    def worker_freed(self, worker_id: UUID) -> None:
-        self.dispatcher.poke(str(worker_id))
+    def worker_freed(self, worker_id: UUID, *, waiting: bool) -> None:
+        if waiting:
+            self.dispatcher.poke(str(worker_id))
+        else:  # its ready event starts no pass either
+            self.dispatcher.settled(str(worker_id))
 
     async def cancel_pending(self, job_id: UUID, attempt: int, worker_id: UUID) -> None:
         await self.send_cancel(job_id, attempt, worker_id)

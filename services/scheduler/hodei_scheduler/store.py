@@ -139,6 +139,8 @@ LIMIT 100
 
 WORKER_PROVIDER = "SELECT provider FROM workers WHERE id = $1"
 
+JOBS_WAITING = "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'QUEUED' AND provider = $1)"
+
 # Where the job stands now, for a report that matched nothing: repeated, or stale.
 JOB_NOW = """
 SELECT j.attempt, j.worker_id, w.state AS reporter_state, w.provider AS reporter_provider
@@ -155,6 +157,11 @@ WHERE id = $1 AND state IN ('ASSIGNED', 'RUNNING') AND worker_id IS NOT NULL
 async def pick_pairs(conn: Conn, limit: int) -> list[asyncpg.Record]:
     """Lock the next (job, worker) pairs, best job first; none when nothing fits now."""
     return await conn.fetch(PICK_PAIRS, limit)
+
+
+async def jobs_waiting(conn: Conn, provider: str) -> bool:
+    """Whether a job of ``provider`` is queued (in its backoff or not)."""
+    return bool(await conn.fetchval(JOBS_WAITING, provider))
 
 
 async def provider_demand(conn: Conn) -> list[asyncpg.Record]:

@@ -205,7 +205,8 @@ FROM started AS s;
 -- `:started_at`, when its STARTED never came). Its worker leaves it in the same statement:
 -- freed for its next job (worker transition `free`) when it is reusable, `:reuse_worker`
 -- (its agent stays, the job was not cancelled) and it has jobs left under its provider's
--- max_jobs; retired otherwise (worker transition `retire`).
+-- max_jobs; retired otherwise (worker transition `retire`). `waiting`: whether a job of the
+-- provider waited as the statement ran.
 WITH before AS (
     SELECT id, accepted_at, started_at FROM jobs WHERE id = :job_id FOR UPDATE
 ),
@@ -240,6 +241,8 @@ retired AS (
 )
 SELECT f.id, f.namespace, f.provider, f.created_at, f.started_at, f.completed_at,
        EXISTS (SELECT 1 FROM freed) AS freed,
+       EXISTS (SELECT 1 FROM jobs AS q WHERE q.state = 'QUEUED' AND q.provider = f.provider)
+           AS waiting,
        hodei_saga_advance('execution', f.id, 'start', 'finish', 'COMPLETED', 'COMPLETED')
            AS saga,
        hodei_record_events(:events, array_remove(ARRAY[
