@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -290,11 +292,12 @@ async def test_a_job_s_created_event_starts_no_pass_once_a_pass_began_after_its_
         assert len(passes) == 1, "the hint's pass saw the job: its event must not start another"
 
 
-async def test_a_job_assigned_at_submit_starts_no_pass_nor_wakes_the_scheduler(
-    settings: Settings, pool: asyncpg.Pool, nc: NATS, js: JetStreamContext
-) -> None:
-    """The api gave the job to an idle reusable worker itself: neither its wake-up hint nor its
-    created event (which names the worker) starts a dispatch pass, nothing waits."""
+@contextlib.asynccontextmanager
+async def idle_reusable_worker(
+    settings: Settings, pool: asyncpg.Pool
+) -> AsyncIterator[tuple[SchedulerService, UUID]]:
+    """The api, relay and a scheduler whose next periodic pass is an hour away, and a READY
+    reusable worker of the local provider."""
     base = settings.model_dump()
     scheduler = SchedulerService(SchedulerSettings(**base, dispatch_interval_s=3600))
     worker_id = uuid.uuid4()
@@ -303,13 +306,27 @@ async def test_a_job_assigned_at_submit_starts_no_pass_nor_wakes_the_scheduler(
         await pool.execute("INSERT INTO workers (id, provider, state, mode, idle_since) "
                            "VALUES ($1, 'local', 'READY', 'reusable', now())", worker_id)
         await asyncio.sleep(0.3)  # the pass at start is over: the next is an hour away
+        yield scheduler, worker_id
+
+
+async def dispatch_consumer_handled(js: JetStreamContext, stream: str, subject: str) -> None:
+    """Wait until the last message on ``subject`` is stored and the scheduler has handled it
+    (its dispatch durable's ack floor passed it)."""
+    seq = await assert_eventually(lambda: _stored(js, stream, subject))
+    await assert_eventually(lambda: _acked(js, stream, subjects.SCHEDULER_DISPATCH_CONSUMER, seq))
+
+
+async def test_a_job_assigned_at_submit_starts_no_pass_nor_wakes_the_scheduler(
+    settings: Settings, pool: asyncpg.Pool, nc: NATS, js: JetStreamContext
+) -> None:
+    """The api gave the job to an idle reusable worker itself: neither its wake-up hint nor its
+    created event (which names the worker) starts a dispatch pass, nothing waits."""
+    async with idle_reusable_worker(settings, pool) as (scheduler, worker_id):
         passes = count_passes(scheduler)
         job = (await ApiClient(nc, timeout_s=5.0).submit(SubmitJob(command="true"))).job
         assert (job.state, job.worker_id) == (JobState.ASSIGNED, worker_id)
-        created = await assert_eventually(lambda: _stored(
-            js, subjects.JOB_EVENTS_STREAM, subjects.job_event(job.id, subjects.JOB_CREATED)))
-        await assert_eventually(lambda: _acked(js, subjects.JOB_EVENTS_STREAM,
-                                               subjects.SCHEDULER_DISPATCH_CONSUMER, created))
+        await dispatch_consumer_handled(
+            js, subjects.JOB_EVENTS_STREAM, subjects.job_event(job.id, subjects.JOB_CREATED))
         await asyncio.sleep(0.1)  # a pass, poked meanwhile, would start within 5 ms
         assert passes == [], "nothing waits: no pass is needed"
 
@@ -321,17 +338,9 @@ async def test_a_freed_worker_starts_a_pass_only_when_a_job_of_its_provider_wait
     """A reusable worker freed by its job's end: with nothing queued, neither the end nor the
     worker's ready event starts a dispatch pass; with a job queued, one pass gives it the
     worker."""
-    base = settings.model_dump()
-    scheduler = SchedulerService(SchedulerSettings(**base, dispatch_interval_s=3600))
-    worker_id = uuid.uuid4()
-    async with running([ApiService(ApiSettings(**base)), RelayService(RelaySettings(**base)),
-                        scheduler]):
-        await pool.execute("INSERT INTO workers (id, provider, state, mode, idle_since) "
-                           "VALUES ($1, 'local', 'READY', 'reusable', now())", worker_id)
-        await pool.execute("UPDATE provider_configs SET max_workers = 1 WHERE name = 'local'")
-        await asyncio.sleep(0.3)  # the pass at start is over: the next is an hour away
-        api = ApiClient(nc, timeout_s=5.0)
-        job = (await api.submit(SubmitJob(command="true"))).job
+    await pool.execute("UPDATE provider_configs SET max_workers = 1 WHERE name = 'local'")
+    async with idle_reusable_worker(settings, pool) as (scheduler, worker_id):
+        job = (await ApiClient(nc, timeout_s=5.0).submit(SubmitJob(command="true"))).job
         assert job.worker_id == worker_id
         queued_id = uuid.uuid4()
         if waiting:  # queued behind it, with no event: only a pass can give it the worker
@@ -341,10 +350,7 @@ async def test_a_freed_worker_starts_a_pass_only_when_a_job_of_its_provider_wait
         await report(js, worker_id, job.id, 1, StatusKind.FINISHED, Outcome.SUCCEEDED,
                      exit_code=0)
         await assert_eventually(lambda: _is(job_state(pool, job.id), "SUCCEEDED"))
-        ready = await assert_eventually(lambda: _stored(
-            js, subjects.WORKER_EVENTS_STREAM, subjects.WORKER_READY))
-        await assert_eventually(lambda: _acked(js, subjects.WORKER_EVENTS_STREAM,
-                                               subjects.SCHEDULER_DISPATCH_CONSUMER, ready))
+        await dispatch_consumer_handled(js, subjects.WORKER_EVENTS_STREAM, subjects.WORKER_READY)
         await asyncio.sleep(0.1)  # a pass, poked meanwhile, would start within 5 ms
         if waiting:
             assert len(passes) == 1
