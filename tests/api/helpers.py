@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -26,3 +28,13 @@ def job(command: str = "echo hello", **fields: Any) -> SubmitJob:
 def jobs_subject(endpoint: str, namespace: str = DEFAULT_NAMESPACE) -> str:
     """The subject of a job endpoint (``subjects.JOBS_GET``) in ``namespace``."""
     return subjects.api_ns(namespace, endpoint)
+
+
+async def idle_worker(pool: asyncpg.Pool, *, mode: str = "reusable", cpus: float | None = None,
+                      for_job_id: UUID | None = None) -> UUID:
+    """A READY worker of the local provider, as the provisioner leaves one."""
+    worker_id = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO workers (id, provider, state, mode, cpus, for_job_id, idle_since) "
+        "VALUES ($1, 'local', 'READY', $2, $3, $4, now())", worker_id, mode, cpus, for_job_id)
+    return worker_id

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from uuid import UUID
 
 import asyncpg
 import msgspec
@@ -27,19 +26,9 @@ from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE
 from hodei_common.lifecycle import jobs
 from hodei_common.settings import Settings
 from hodei_common.testing.services import running
-from tests.api.helpers import job
+from tests.api.helpers import idle_worker, job
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
-
-
-async def idle_worker(pool: asyncpg.Pool, *, mode: str = "reusable", cpus: float | None = None,
-                      for_job_id: UUID | None = None) -> UUID:
-    """A READY worker of the local provider, as the provisioner leaves one."""
-    worker_id = uuid.uuid4()
-    await pool.execute(
-        "INSERT INTO workers (id, provider, state, mode, cpus, for_job_id, idle_since) "
-        "VALUES ($1, 'local', 'READY', $2, $3, $4, now())", worker_id, mode, cpus, for_job_id)
-    return worker_id
 
 
 async def local_pool(pool: asyncpg.Pool, *, min_idle: int, max_workers: int = 4) -> None:

@@ -19,7 +19,7 @@ from hodei_common.testing.services import running
 from hodei_scheduler import store
 from hodei_scheduler.config import SchedulerSettings
 from hodei_scheduler.service import SchedulerService
-from tests.api.helpers import job
+from tests.api.helpers import idle_worker, job
 
 pytestmark = [pytest.mark.postgres]
 
@@ -57,13 +57,6 @@ async def creating(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     return await pool.fetch("SELECT for_job_id, cpus FROM workers WHERE state = 'CREATING'")
 
 
-async def ready_worker(pool: asyncpg.Pool) -> uuid.UUID:
-    worker_id = uuid.uuid4()
-    await pool.execute("INSERT INTO workers (id, provider, state, mode, idle_since) "
-                       "VALUES ($1, 'local', 'READY', 'reusable', now())", worker_id)
-    return worker_id
-
-
 async def test_a_full_provider_has_none_of_its_queue_read_to_count_demand(
     pool: asyncpg.Pool,
 ) -> None:
@@ -78,7 +71,7 @@ async def test_demand_reads_no_more_jobs_than_room_and_spare_workers_could_take(
     pool: asyncpg.Pool,
 ) -> None:
     await pool.execute("UPDATE provider_configs SET max_workers = 5 WHERE name = 'local'")
-    await ready_worker(pool)  # room 4, one worker idle
+    await idle_worker(pool)  # room 4, one worker idle
     await queue(pool, QUEUE)
     assert await jobs_read(pool, store.PROVIDER_DEMAND) == 5
     demand = await pool.fetch(store.PROVIDER_DEMAND)
@@ -87,7 +80,7 @@ async def test_demand_reads_no_more_jobs_than_room_and_spare_workers_could_take(
 
 async def test_pairing_reads_no_more_of_the_queue_than_one_batch(pool: asyncpg.Pool) -> None:
     await queue(pool, QUEUE)
-    worker = await ready_worker(pool)
+    worker = await idle_worker(pool)
     assert await jobs_read(pool, store.PICK_PAIRS, 64) <= 64
     async with pool.acquire() as conn, conn.transaction():
         pairs = await store.pick_pairs(conn, 64)

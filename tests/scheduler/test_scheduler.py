@@ -31,6 +31,7 @@ from hodei_common.testing import assert_eventually
 from hodei_common.testing.services import running
 from hodei_scheduler.config import SchedulerSettings
 from hodei_scheduler.service import SchedulerService
+from tests.api.helpers import idle_worker
 from tests.scheduler.conftest import make_ready, report
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
@@ -300,11 +301,9 @@ async def idle_reusable_worker(
     reusable worker of the local provider."""
     base = settings.model_dump()
     scheduler = SchedulerService(SchedulerSettings(**base, dispatch_interval_s=3600))
-    worker_id = uuid.uuid4()
     async with running([ApiService(ApiSettings(**base)), RelayService(RelaySettings(**base)),
                         scheduler]):
-        await pool.execute("INSERT INTO workers (id, provider, state, mode, idle_since) "
-                           "VALUES ($1, 'local', 'READY', 'reusable', now())", worker_id)
+        worker_id = await idle_worker(pool)
         await asyncio.sleep(0.3)  # the pass at start is over: the next is an hour away
         yield scheduler, worker_id
 
