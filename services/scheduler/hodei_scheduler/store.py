@@ -67,12 +67,14 @@ ORDER BY provider
 # provider reads none); its classes come in the order of their first job read.
 PROVIDER_DEMAND = """
 WITH p AS (
-    SELECT p.name, p.worker_mode, p.max_workers, p.min_idle,
-           (SELECT count(*) FROM workers w WHERE w.provider = p.name
-              AND w.state IN ('CREATING', 'READY', 'BUSY', 'TERMINATING')) AS active,
-           (SELECT count(*) FROM workers w WHERE w.provider = p.name
-              AND w.state IN ('CREATING', 'READY')) AS spare
-    FROM provider_configs p WHERE p.enabled
+    SELECT p.name, p.worker_mode, p.max_workers, p.min_idle, w.active, w.spare
+    FROM provider_configs p, LATERAL (
+        SELECT count(*) AS active,
+               count(*) FILTER (WHERE state IN ('CREATING', 'READY')) AS spare
+        FROM workers
+        WHERE provider = p.name AND state IN ('CREATING', 'READY', 'BUSY', 'TERMINATING')
+    ) AS w
+    WHERE p.enabled
 ), c AS (
     SELECT q.provider, q.cpus, q.memory_bytes, count(*) AS queued, 0 AS creating, 0 AS ready,
            min(q.place) AS place
