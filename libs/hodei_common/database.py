@@ -48,9 +48,10 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
     asyncpg still rolls back an open transaction and drops listeners on release; Hodei never
     leaves other session state on a pooled connection: advisory locks on pooled connections
-    are transaction-scoped (:func:`locked_transaction`, :func:`exclusive`; only the migration
-    runner takes a session lock, on a connection of its own), LISTEN is removed by its owner,
-    and no code sets session variables.
+    are transaction-scoped (:func:`locked_transaction`, :func:`exclusive`); the migration
+    runner takes a session lock on a connection of its own, and the relay, which takes one
+    and sets ``synchronous_commit`` on the pooled connection it keeps, closes that connection
+    before handing it back; LISTEN is removed by its owner.
     """
 
 

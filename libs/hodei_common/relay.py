@@ -1,10 +1,14 @@
 """The outbox relay: publishes committed outbox rows to JetStream, in order, exactly once.
 
-Each batch is one transaction that takes a transaction-scoped advisory lock, claims the oldest
-unpublished rows ``FOR UPDATE SKIP LOCKED``, publishes them with ``Nats-Msg-Id`` = event id and
-marks them published. Any number of relays may run: one publishes at a time, so the stream
-keeps commit order, and when it dies mid-batch its lock and claims vanish with its transaction;
-the next relay republishes the unmarked rows and JetStream's duplicate window drops the copies.
+The relay works on a connection of its own. It takes its turn (a session advisory lock) in the
+statement that reads the oldest unpublished rows, keeps it while batches come back full, and
+gives it up in the statement that deletes the last batch's rows: a batch costs two round
+trips, and the turn is free whenever the outbox is drained. Any number of relays may run: one
+publishes at a time, so the stream keeps commit order. A relay that fails or dies closes its
+connection, and its turn goes with the session; the next relay republishes the rows not
+deleted and JetStream's duplicate window drops the copies. For that reason the relay's
+deletes do not wait for the WAL flush (``synchronous_commit = off`` on its connection): one
+lost in a crash only publishes its rows again.
 The relay wakes on LISTEN/NOTIFY and polls as a fallback for a lost notification.
 """
 
@@ -16,6 +20,7 @@ import logging
 from typing import ClassVar
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from opentelemetry.trace import SpanKind
@@ -29,20 +34,36 @@ from hodei_common.waiting import pause, wait_any
 
 log = logging.getLogger(__name__)
 
-# The lock is taken once (a materialised CTE), and rows are claimed only when it was ours.
+# The turn is tried only when a row waits, and the rows are read only when it was ours: rows
+# come back exactly when this call took the turn.
 _CLAIM = """
-WITH turn AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($2, $3) AS ours)
+WITH turn AS MATERIALIZED (
+    SELECT pg_try_advisory_lock($2, $3) AS ours
+    WHERE EXISTS (SELECT 1 FROM outbox_events WHERE published_at IS NULL)
+)
 SELECT id, subject, event_type, payload, headers
 FROM outbox_events
 WHERE published_at IS NULL AND (SELECT ours FROM turn)
 ORDER BY seq
 LIMIT $1
-FOR UPDATE OF outbox_events SKIP LOCKED
 """
-_MARK = "UPDATE outbox_events SET published_at = now() WHERE id = ANY($1::uuid[])"
+# The next batch, the turn already held.
+_NEXT = """
+SELECT id, subject, event_type, payload, headers
+FROM outbox_events WHERE published_at IS NULL ORDER BY seq LIMIT $1
+"""
 # Without a keep period a published row goes at once: the audit trail is domain_events, and
 # the stream holds the event. A delete costs the database less than an update.
 _DELETE = "DELETE FROM outbox_events WHERE id = ANY($1::uuid[])"
+_MARK = "UPDATE outbox_events SET published_at = now() WHERE id = ANY($1::uuid[])"
+# The same, giving the turn up in that statement: the batch was the last for now.
+_DELETE_AND_LEAVE = f"""
+WITH done AS ({_DELETE} RETURNING 1) SELECT pg_advisory_unlock($2, $3)
+"""
+_MARK_AND_LEAVE = f"""
+WITH done AS ({_MARK} RETURNING 1) SELECT pg_advisory_unlock($2, $3)
+"""
+_LEAVE = "SELECT pg_advisory_unlock($1, $2)"
 # The outbox gauges, at scrape time: the partial index of unpublished rows answers it.
 _BACKLOG = """
 SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS lag_s
@@ -83,20 +104,79 @@ class OutboxRelay:
         self._publish_timeout_s = publish_timeout_s
         self._keep_published_s = keep_published_s
         self._wake = asyncio.Event()
+        self._conn: PoolConnectionProxy | None = None
+        self._holding = False  # whether this relay's session holds the turn
 
     async def relay_once(self) -> int:
-        """Publish one batch; return how many rows were published (0: nothing, or not our turn)."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        """Publish one batch; return how many rows were published (0: nothing, or not our turn).
+
+        On any error the relay's connection is closed, and the turn with it."""
+        conn = await self._connection()
+        try:
+            return await self._batch(conn)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _batch(self, conn: PoolConnectionProxy) -> int:
+        if self._holding:
+            rows = await conn.fetch(_NEXT, self._batch_size)
+        else:
             rows = await conn.fetch(_CLAIM, self._batch_size, LOCK_CLASS, LOCK_OUTBOX_RELAY)
-            if not rows:
-                return 0
-            published = await self._publish(rows)
-            if published:
-                await conn.execute(_MARK if self._keep_published_s > 0 else _DELETE, published)
-            if len(published) < len(rows):
-                log.warning("relay: %d of %d events not acknowledged; will retry",
-                            len(rows) - len(published), len(rows))
-            return len(published)
+            self._holding = bool(rows)
+        if not rows:
+            await self._leave(conn)
+            return 0
+        published = await self._publish(rows)
+        if len(published) < len(rows):
+            log.warning("relay: %d of %d events not acknowledged; will retry",
+                        len(rows) - len(published), len(rows))
+        keep = self._keep_published_s > 0
+        if not published:
+            await self._leave(conn)
+        elif len(published) == self._batch_size:  # more may wait: keep the turn
+            await conn.execute(_MARK if keep else _DELETE, published)
+        else:
+            await conn.fetchval(_MARK_AND_LEAVE if keep else _DELETE_AND_LEAVE, published,
+                                LOCK_CLASS, LOCK_OUTBOX_RELAY)
+            self._holding = False
+        return len(published)
+
+    async def _leave(self, conn: PoolConnectionProxy) -> None:
+        if self._holding:
+            await conn.fetchval(_LEAVE, LOCK_CLASS, LOCK_OUTBOX_RELAY)
+            self._holding = False
+
+    async def _connection(self) -> PoolConnectionProxy:
+        """The relay's own connection: its deletes do not wait for the WAL flush, and its
+        session holds the turn, so it never goes back to the pool as it is (see close)."""
+        if self._conn is None:
+            conn = await self._pool.acquire()
+            try:
+                await conn.execute("SET synchronous_commit = off")
+                await conn.add_listener(subjects.OUTBOX_NOTIFY_CHANNEL, self.wake)
+            except BaseException:
+                await self._pool.release(conn)
+                raise
+            self._conn = conn
+        return self._conn
+
+    async def __aenter__(self) -> OutboxRelay:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the relay's connection (its session's turn and setting go with it) and give
+        it back to the pool, which opens a fresh one when it needs one."""
+        conn, self._conn, self._holding = self._conn, None, False
+        if conn is None:
+            return
+        # A connection that broke went back to the pool by itself: nothing is left to do.
+        with contextlib.suppress(asyncpg.InterfaceError):
+            conn.terminate()
+        await self._pool.release(conn)
 
     async def _publish(self, rows: list[asyncpg.Record]) -> list[object]:
         """Publish in order without waiting between messages; return the acknowledged ids."""
@@ -127,8 +207,6 @@ class OutboxRelay:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Relay until ``stopping`` is set."""
-        listener = await self._pool.acquire()
-        await listener.add_listener(subjects.OUTBOX_NOTIFY_CHANNEL, self.wake)
         try:
             failures = 0
             while not stopping.is_set():
@@ -145,9 +223,7 @@ class OutboxRelay:
                     continue
                 await wait_any(stopping, self._wake, within_s=self._poll_interval_s)
         finally:
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                await listener.remove_listener(subjects.OUTBOX_NOTIFY_CHANNEL, self.wake)
-            await self._pool.release(listener)
+            await self.close()
 
     async def purge_published(self) -> int:
         """Delete rows published longer ago than the keep period (the audit log keeps them),

@@ -191,7 +191,8 @@ async def test_an_unpublished_job_event_on_its_old_subject_is_given_its_jobs_the
 
     pool = await database.create_pool(settings, dsn=empty_database_url, initial_attempts=1)
     try:
-        assert await OutboxRelay(pool, js).relay_once() == 2
+        async with OutboxRelay(pool, js) as relay:
+            assert await relay.relay_once() == 2
     finally:
         await pool.close()
     msg = await js.get_last_msg(subjects.JOB_EVENTS_STREAM,

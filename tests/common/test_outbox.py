@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from hodei_common import tracing
 from hodei_common.contracts import subjects
 from hodei_common.contracts.jobs import JobCancelled
-from hodei_common.database import Conn
+from hodei_common.database import LOCK_CLASS, LOCK_OUTBOX_RELAY, Conn
 from hodei_common.lifecycle import events
 from hodei_common.lifecycle.transitions import JOBS
 from hodei_common.relay import OutboxRelay
@@ -115,9 +115,9 @@ async def test_relay_publishes_in_commit_order_with_event_id_as_msg_id(
     pool: asyncpg.Pool, js: JetStreamContext
 ) -> None:
     ids = await write_events(pool, 600)
-    relay = OutboxRelay(pool, js, batch_size=128)
-    while await relay.relay_once():
-        pass
+    async with OutboxRelay(pool, js, batch_size=128) as relay:
+        while await relay.relay_once():
+            pass
     assert await stream_ids(js) == [str(i) for i in ids]
     assert await pool.fetchval("SELECT count(*) FROM outbox_events WHERE published_at IS NULL") == 0
 
@@ -126,15 +126,78 @@ async def test_a_published_row_is_deleted_unless_a_keep_period_is_set(
     pool: asyncpg.Pool, js: JetStreamContext
 ) -> None:
     await write_events(pool, 3)
-    await OutboxRelay(pool, js).relay_once()
+    async with OutboxRelay(pool, js) as relay:
+        await relay.relay_once()
     assert await pool.fetchval("SELECT count(*) FROM outbox_events") == 0
     assert await pool.fetchval("SELECT count(*) FROM domain_events") == 3  # the audit stays
     await write_events(pool, 2)
-    await OutboxRelay(pool, js, keep_published_s=60).relay_once()
+    async with OutboxRelay(pool, js, keep_published_s=60) as relay:
+        await relay.relay_once()
     kept = await pool.fetch("SELECT published_at FROM outbox_events")
     assert len(kept) == 2
     assert all(row["published_at"] is not None for row in kept)
     assert await stream_count(js) == 5
+
+
+async def turn_free(pool: asyncpg.Pool) -> bool:
+    """Whether another session could take the relay's turn now (it gives it back at once)."""
+    async with pool.acquire() as conn:
+        taken = await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS,
+                                    LOCK_OUTBOX_RELAY)
+        if taken:
+            await conn.fetchval("SELECT pg_advisory_unlock($1, $2)", LOCK_CLASS,
+                                LOCK_OUTBOX_RELAY)
+        return bool(taken)
+
+
+async def test_relay_keeps_its_turn_while_batches_are_full_and_leaves_it_when_drained(
+    pool: asyncpg.Pool, js: JetStreamContext
+) -> None:
+    await write_events(pool, 5)
+    async with OutboxRelay(pool, js, batch_size=2) as relay:
+        assert await turn_free(pool)
+        assert await relay.relay_once() == 2
+        assert not await turn_free(pool)  # a full batch: more may wait
+        assert await relay.relay_once() == 2
+        assert not await turn_free(pool)
+        assert await relay.relay_once() == 1
+        assert await turn_free(pool)  # drained: the turn is free again
+        assert await relay.relay_once() == 0
+        assert await turn_free(pool)  # nothing waited: the turn was not even taken
+    assert await stream_count(js) == 5
+
+
+async def test_relay_publishes_nothing_while_another_session_holds_its_turn(
+    pool: asyncpg.Pool, js: JetStreamContext
+) -> None:
+    await write_events(pool, 3)
+    async with pool.acquire() as holder, OutboxRelay(pool, js) as relay:
+        await holder.execute("SELECT pg_advisory_lock($1, $2)", LOCK_CLASS, LOCK_OUTBOX_RELAY)
+        try:
+            assert await relay.relay_once() == 0
+            assert await stream_count(js) == 0
+        finally:
+            await holder.execute("SELECT pg_advisory_unlock($1, $2)", LOCK_CLASS,
+                                 LOCK_OUTBOX_RELAY)
+        assert await relay.relay_once() == 3
+    assert await pool.fetchval("SELECT count(*) FROM outbox_events") == 0
+
+
+async def test_a_batch_is_two_statements_and_its_delete_does_not_wait_for_the_flush(
+    pool: asyncpg.Pool, js: JetStreamContext
+) -> None:
+    statements: list[str] = []
+    async with OutboxRelay(pool, js) as relay:
+        await write_events(pool, 1)
+        assert await relay.relay_once() == 1  # the connection has learnt its types
+        conn = await relay._connection()
+        assert await conn.fetchval("SHOW synchronous_commit") == "off"
+        await write_events(pool, 3, per_tx=1)
+        conn.add_query_logger(lambda record: statements.append(record.query))
+        assert await relay.relay_once() == 3
+        await asyncio.sleep(0.1)  # the logger hears of a query after it ran
+    assert len(statements) == 2, statements  # read and take the turn; delete and leave it
+    assert await stream_count(js) == 4
 
 
 async def test_relay_wakes_on_notify_without_waiting_for_the_poll(
@@ -155,7 +218,8 @@ async def test_published_event_continues_the_writers_trace(
     with tracing.tracer().start_as_current_span("submit") as span:
         trace_id = format(span.get_span_context().trace_id, "032x")
         await write_events(pool, 1)
-    await OutboxRelay(pool, js).relay_once()
+    async with OutboxRelay(pool, js) as relay:
+        await relay.relay_once()
     msg = await js.get_msg(subjects.JOB_EVENTS_STREAM, 1)
     assert msg.headers is not None
     assert msg.headers[subjects.HEADER_TRACEPARENT].split("-")[1] == trace_id
@@ -176,9 +240,9 @@ async def test_relay_killed_mid_batch_loses_nothing_and_duplicates_nothing(
     assert await stream_count(js) == 50  # half the batch reached the stream, none marked
     unpublished = "SELECT count(*) FROM outbox_events WHERE published_at IS NULL"
     assert await pool.fetchval(unpublished) == 300
-    relay = OutboxRelay(pool, js, batch_size=100)
-    while await relay.relay_once():
-        pass
+    async with OutboxRelay(pool, js, batch_size=100) as relay:
+        while await relay.relay_once():
+            pass
     assert await stream_ids(js) == [str(i) for i in ids]
 
 
