@@ -82,14 +82,7 @@ class ReportHandler:
             await self._refuse(report)
             return False
         if row["freed"]:
-            waiting = row["waiting"]
-            if not waiting:
-                # Asked again now that the worker is READY to every later statement: a job
-                # queued by a submit that still saw it BUSY has committed by now, or the
-                # pass its wake-up hint starts will find the worker.
-                async with self._pool.acquire() as conn:
-                    waiting = await store.jobs_waiting(conn, row["provider"])
-            self._effects.worker_freed(report.worker_id, waiting=waiting)
+            self._effects.worker_freed(report.worker_id, waiting=row["waiting"])
         state = JobState(jobs.FINISHING[report.outcome].target)
         # Counted from what the statement returned: no query of its own.
         self._metrics.job_finished(row["provider"], state, created_at=row["created_at"],
@@ -99,6 +92,13 @@ class ReportHandler:
         await self._effects.job_finished(row["namespace"], LogEnd(
             job_id=report.job_id, attempt=report.attempt, state=state,
             exit_code=report.exit_code, error=report.error, lines=report.log_lines))
+        if row["freed"] and not row["waiting"]:
+            # Asked again now that the worker is READY to every later statement: a job queued
+            # by a submit that still saw it BUSY has committed by now, or the pass its wake-up
+            # hint starts will find the worker. After the log's end, which a caller waits for.
+            async with self._pool.acquire() as conn:
+                if await store.jobs_waiting(conn, row["provider"]):
+                    self._effects.worker_freed(report.worker_id, waiting=True)
         return True
 
     async def _refuse(self, report: StatusReport) -> None:
