@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -33,7 +32,6 @@ MIN_GAP_S = 0.005
 UNPAIRED_RETRIES_S = (0.01, 0.04, 0.16)
 HOUSEKEEPING_S = 0.25
 PICK_BATCH = 64
-SEEN_KEPT = 4096  # pokes remembered until their event comes (see Dispatcher.seen)
 
 
 class Dispatcher:
@@ -57,37 +55,19 @@ class Dispatcher:
         self._poked = asyncio.Event()
         self._pokes = 0  # how many so far: more than one during a pass is a flood
         self._unpaired_retries: list[float] = []
-        # What pokes were about (a job queued, a worker registered or freed, each committed
-        # before the poke): told, then seen once a pass began after it.
-        self._told: set[str] = set()
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._told = False  # poked about a commit since the last pass began (not a retry)
         self._next_housekeeping = 0.0
         self.provisioning = True
         self.last_pass_started = 0.0  # wall clock: a pass that began later saw the earlier commits
 
-    def poke(self, about: str | None = None) -> None:
-        """Something changed (``about``: the committed job or worker it concerns): run a pass
-        soon."""
-        if about is not None:
-            self._told.add(about)
+    def poke(self) -> None:
+        """Something changed (committed): run a pass soon."""
+        self._told = True
+        self._wake()
+
+    def _wake(self) -> None:
         self._pokes += 1
         self._poked.set()
-
-    def settled(self, about: str) -> None:
-        """A commit about ``about`` that no pass need look at (a worker freed while no job
-        of its provider waits): its event starts no pass, as if one had begun after it."""
-        self._seen[about] = None
-        while len(self._seen) > SEEN_KEPT:
-            self._seen.popitem(last=False)
-
-    def seen(self, about: str) -> bool:
-        """Whether a pass began after a poke about ``about``, so it saw that commit; asked
-        once per event (the answer is forgotten)."""
-        try:
-            del self._seen[about]
-        except KeyError:
-            return False
-        return True
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Pass after pass until ``stopping``: on a poke, or every interval.
@@ -116,12 +96,7 @@ class Dispatcher:
         """
         loop = asyncio.get_running_loop()
         self.last_pass_started = time.time()
-        told = bool(self._told)
-        for about in self._told:
-            self._seen[about] = None
-        self._told.clear()
-        while len(self._seen) > SEEN_KEPT:  # events handled by another replica never ask
-            self._seen.popitem(last=False)
+        told, self._told = self._told, False
         housekeeping = loop.time() >= self._next_housekeeping
         if housekeeping:
             self._next_housekeeping = loop.time() + HOUSEKEEPING_S
@@ -144,9 +119,9 @@ class Dispatcher:
         if unpaired and self._unpaired_retries:
             # A job and a READY worker of one class are left apart: the pass may have skipped
             # a row another statement held locked just then (a heartbeat's update of the
-            # workers), and the events it was poked about start no other pass: look again, a
+            # workers), and what it was poked about starts no other pass: look again, a
             # few times, a little later each time.
-            loop.call_later(self._unpaired_retries.pop(0), self.poke)
+            loop.call_later(self._unpaired_retries.pop(0), self._wake)
         # Side by side: each goes to its own worker, and the last need not wait for the
         # acknowledgements of all the others.
         await asyncio.gather(*(self._sender.send(row) for row in assigned))

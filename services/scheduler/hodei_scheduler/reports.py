@@ -30,9 +30,9 @@ ACTOR = "scheduler"
 class ReportEffects(Protocol):
     """What the scheduler does once a report is applied (or refused)."""
 
-    def worker_freed(self, worker_id: UUID, *, waiting: bool) -> None:
-        """A worker is READY again (committed): a dispatch pass may find it work when a job
-        of its provider is ``waiting``; otherwise none need look at it."""
+    def worker_freed(self) -> None:
+        """A worker is READY again (committed) while a job of its provider waits: a dispatch
+        pass may pair them. (With none waiting, no pass need look at it.)"""
 
     async def cancel_pending(self, job_id: UUID, attempt: int, worker_id: UUID) -> None:
         """The job's cancel was asked for before its agent said it took or started it."""
@@ -81,8 +81,8 @@ class ReportHandler:
         if row is None:
             await self._refuse(report)
             return False
-        if row["freed"]:
-            self._effects.worker_freed(report.worker_id, waiting=row["waiting"])
+        if row["freed"] and row["waiting"]:
+            self._effects.worker_freed()
         state = JobState(jobs.FINISHING[report.outcome].target)
         # Counted from what the statement returned: no query of its own.
         self._metrics.job_finished(row["provider"], state, created_at=row["created_at"],
@@ -98,7 +98,7 @@ class ReportHandler:
             # hint starts will find the worker. After the log's end, which a caller waits for.
             async with self._pool.acquire() as conn:
                 if await store.jobs_waiting(conn, row["provider"]):
-                    self._effects.worker_freed(report.worker_id, waiting=True)
+                    self._effects.worker_freed()
         return True
 
     async def _refuse(self, report: StatusReport) -> None:

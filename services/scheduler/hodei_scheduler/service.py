@@ -14,9 +14,8 @@ from hodei_common import tracing
 from hodei_common.consumer import ConsumerSpec, consume, decode
 from hodei_common.contracts import subjects
 from hodei_common.contracts.agent import StatusReport
-from hodei_common.contracts.jobs import JobCancelRequested, JobCreated
+from hodei_common.contracts.jobs import JobCancelRequested
 from hodei_common.contracts.logs import LogEnd
-from hodei_common.contracts.workers import WorkerReady
 from hodei_common.errors import PermanentError
 from hodei_common.recovery import send_cancel, send_stop
 from hodei_common.runner import HodeiService, Loop
@@ -28,16 +27,17 @@ from hodei_scheduler.reports import ReportHandler
 
 log = logging.getLogger(__name__)
 
-WAKE_ABOUT_MAX = 64  # a wake-up hint's body: one job's or worker's id
-
+# The events that change what a pass can do and that no wake-up hint announces. A submit and a
+# worker's registration announce themselves with the hint, and a worker freed by a report pokes
+# the pass itself; their events (job.<id>.created, worker.ready) come to every job, so they are
+# not heard: should a hint be lost, the periodic pass finds its job or worker.
 JOB_TRIGGERS = ConsumerSpec(
     stream=subjects.JOB_EVENTS_STREAM, durable=subjects.SCHEDULER_DISPATCH_CONSUMER,
-    filter_subjects=[subjects.job_events(subjects.JOB_CREATED),
-                     subjects.job_events(subjects.JOB_REQUEUED)], ack_batches=True,
+    filter_subjects=[subjects.job_events(subjects.JOB_REQUEUED)], ack_batches=True,
 )
 WORKER_TRIGGERS = ConsumerSpec(
     stream=subjects.WORKER_EVENTS_STREAM, durable=subjects.SCHEDULER_DISPATCH_CONSUMER,
-    filter_subjects=[subjects.WORKER_READY, subjects.PROVIDER_UPDATED], ack_batches=True,
+    filter_subjects=[subjects.PROVIDER_UPDATED], ack_batches=True,
 )
 STATUS_REPORTS = ConsumerSpec(
     stream=subjects.WORKER_STATUS_STREAM, durable=subjects.SCHEDULER_STATUS_CONSUMER,
@@ -80,35 +80,19 @@ class SchedulerService(HodeiService):
         await self.dispatcher.run(self.stopping)
 
     async def _poke(self, msg: Msg) -> None:
-        about = msg.data.decode(errors="replace") if 0 < len(msg.data) <= WAKE_ABOUT_MAX else None
-        self.dispatcher.poke(about)
+        self.dispatcher.poke()
 
-    async def _poke_unless_seen(self, msg: Msg, about: str | None) -> None:
-        """Poke, unless a pass already saw the commit the event reports: one began after a
-        poke about the same job or worker (the wake-up hint, a worker freed here), or after
-        the event was stored. Across hosts a skewed clock can only delay a job until the
-        periodic pass."""
-        if about is not None and self.dispatcher.seen(about):
-            return
+    async def _on_trigger(self, msg: Msg) -> None:
+        """Poke, unless a pass began after the event was stored (it saw the commit). Across
+        hosts a skewed clock can only delay a job until the periodic pass."""
         if msg.metadata.timestamp.timestamp() >= self.dispatcher.last_pass_started:
             self.dispatcher.poke()
 
-    async def _on_job_trigger(self, msg: Msg) -> None:
-        if msg.subject.endswith(f".{subjects.JOB_CREATED}") and \
-                decode(msg, JobCreated).worker_id is not None:
-            return  # assigned at once by the api: nothing waits
-        await self._poke_unless_seen(msg, subjects.job_of_event(msg.subject))
-
-    async def _on_worker_trigger(self, msg: Msg) -> None:
-        about = (str(decode(msg, WorkerReady).worker_id)
-                 if msg.subject == subjects.WORKER_READY else None)
-        await self._poke_unless_seen(msg, about)
-
     async def _job_triggers(self) -> None:
-        await consume(self.js, JOB_TRIGGERS, self._on_job_trigger, self.stopping)
+        await consume(self.js, JOB_TRIGGERS, self._on_trigger, self.stopping)
 
     async def _worker_triggers(self) -> None:
-        await consume(self.js, WORKER_TRIGGERS, self._on_worker_trigger, self.stopping)
+        await consume(self.js, WORKER_TRIGGERS, self._on_trigger, self.stopping)
 
     async def _status(self) -> None:
         await consume(self.js, STATUS_REPORTS, self._on_report, self.stopping)
@@ -133,11 +117,8 @@ class SchedulerService(HodeiService):
         """Request no more workers: the platform is retiring the ones it has."""
         self.dispatcher.provisioning = False
 
-    def worker_freed(self, worker_id: UUID, *, waiting: bool) -> None:
-        if waiting:
-            self.dispatcher.poke(str(worker_id))
-        else:  # its ready event starts no pass either
-            self.dispatcher.settled(str(worker_id))
+    def worker_freed(self) -> None:
+        self.dispatcher.poke()
 
     async def cancel_pending(self, job_id: UUID, attempt: int, worker_id: UUID) -> None:
         await self.send_cancel(job_id, attempt, worker_id)
