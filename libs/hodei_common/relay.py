@@ -151,14 +151,13 @@ class OutboxRelay:
         """The relay's own connection: its deletes do not wait for the WAL flush, and its
         session holds the turn, so it never goes back to the pool as it is (see close)."""
         if self._conn is None:
-            conn = await self._pool.acquire()
+            conn = self._conn = await self._pool.acquire()
             try:
                 await conn.execute("SET synchronous_commit = off")
                 await conn.add_listener(subjects.OUTBOX_NOTIFY_CHANNEL, self.wake)
             except BaseException:
-                await self._pool.release(conn)
+                await self.close()  # not back to the pool with the setting
                 raise
-            self._conn = conn
         return self._conn
 
     async def __aenter__(self) -> OutboxRelay:
