@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import signal
 
 import docker
 import pytest
@@ -10,6 +11,15 @@ import pytest
 from hodei_cli.image import build_worker_image, source_root
 
 TEST_IMAGE = "hodei-agent:test"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests stop the CLI as a user does, with Ctrl-C (SIGINT). A test run started in the
+    background of a script (`./scripts/test &`) begins with SIGINT ignored, and every process
+    it starts would inherit that and never stop: give this process a handler instead, which
+    its children start without (their SIGINT is then the default again)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
