@@ -7,8 +7,9 @@ import asyncio
 import gzip
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -20,10 +21,13 @@ from hodei_common.contracts import subjects
 from hodei_common.contracts.jobs import JobState, JobSucceeded
 from hodei_common.contracts.logs import LogBatch, LogEnd, LogLine, LogMessage, LogStream
 from hodei_common.contracts.namespaces import DEFAULT_NAMESPACE
+from hodei_common.database import Conn
+from hodei_common.lifecycle import jobs
 from hodei_common.logreader import LogReader
 from hodei_common.settings import Settings
 from hodei_common.testing import assert_eventually
 from hodei_common.testing.services import running
+from hodei_logs import store as logs_store
 from hodei_logs.config import LogsSettings
 from hodei_logs.service import LogsService
 from tests.common.test_logreader import NS, publish
@@ -40,11 +44,13 @@ async def logs_service(settings: Settings) -> AsyncIterator[LogsService]:
 
 
 async def finished_job(pool: asyncpg.Pool, js: JetStreamContext, lines: list[LogLine],
-                       ends: dict[int, str] | None = None) -> uuid.UUID:
-    """A SUCCEEDED job with ``lines`` in its log, its end marker, and its terminal event."""
+                       ends: dict[int, str] | None = None, *, state: str = "SUCCEEDED",
+                       announce: bool = True) -> uuid.UUID:
+    """A SUCCEEDED job (or one in ``state``) with ``lines`` in its log, its end marker, and
+    its terminal event unless ``announce`` is False (see :func:`announce_end`)."""
     job_id = uuid.uuid4()
     await pool.execute("INSERT INTO jobs (id, command, timeout_s, provider, state, exit_code) "
-                       "VALUES ($1, 'true', 60, 'local', 'SUCCEEDED', 0)", job_id)
+                       "VALUES ($1, 'true', 60, 'local', $2, 0)", job_id, state)
     for first in range(0, len(lines), 100):
         batch = LogBatch(job_id=job_id, attempt=1, lines=lines[first:first + 100],
                          ends=ends or {})
@@ -52,11 +58,17 @@ async def finished_job(pool: asyncpg.Pool, js: JetStreamContext, lines: list[Log
     end = LogEnd(job_id=job_id, attempt=1, state=JobState.SUCCEEDED, exit_code=0,
                  lines=len(lines))
     await publish(js, job_id, end)
+    if announce:
+        await announce_end(js, job_id)
+    return job_id
+
+
+async def announce_end(js: JetStreamContext, job_id: uuid.UUID) -> None:
+    """The job's terminal event, as the relay publishes it."""
     event = JobSucceeded(event_id=uuid.uuid4(), occurred_at=datetime.now(UTC), job_id=job_id,
                          attempt=1, state=JobState.SUCCEEDED, exit_code=0)
     await js.publish(subjects.job_event(job_id, subjects.JOB_SUCCEEDED),
                      msgspec.json.encode(event))
-    return job_id
 
 
 def numbered(count: int, stream: LogStream = LogStream.STDOUT) -> list[LogLine]:
@@ -116,6 +128,44 @@ async def test_a_log_cut_at_its_cap_marks_the_job_and_its_archive_truncated(
     job_id = await finished_job(pool, js, lines)
     assert (await archive_row(pool, job_id))["truncated"]
     assert await pool.fetchval("SELECT log_truncated FROM jobs WHERE id = $1", job_id)
+
+
+async def test_ends_that_come_together_are_archived_together(
+    logs_service: LogsService, pool: asyncpg.Pool, js: JetStreamContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    looked_up: list[int] = []
+    recorded: list[list[uuid.UUID]] = []
+    to_archive, record = logs_store.to_archive, jobs.record_log_archives
+
+    async def counted_lookup(conn: Conn, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, Any]:
+        looked_up.append(len(job_ids))
+        return await to_archive(conn, job_ids)
+
+    async def counted_record(conn: Conn, archives: Sequence[jobs.LogArchive]) -> None:
+        recorded.append([a.job_id for a in archives])
+        await record(conn, archives)
+
+    monkeypatch.setattr(logs_store, "to_archive", counted_lookup)
+    monkeypatch.setattr(jobs, "record_log_archives", counted_record)
+    done = [await finished_job(pool, js, numbered(i + 1), announce=False) for i in range(12)]
+    running = await finished_job(pool, js, numbered(2), state="RUNNING", announce=False)
+    # Twelve ends, one of them twice, and the end of a job whose state is not terminal yet.
+    await asyncio.gather(*(announce_end(js, job) for job in [*done, done[0], running]))
+
+    async def all_archived() -> bool:
+        return await pool.fetchval("SELECT count(*) FROM job_log_files") == 12
+
+    await assert_eventually(all_archived, within_s=15,
+                            message="the twelve finished logs were not archived")
+    assert sorted(job for batch in recorded for job in batch) == sorted(done)  # each once
+    assert len(recorded) <= 3, recorded  # a statement for a batch, not for a job
+    assert len(looked_up) <= 4, looked_up
+    # The job that was not finished is asked about again, and archived once it is.
+    await pool.execute("UPDATE jobs SET state = 'SUCCEEDED' WHERE id = $1", running)
+    assert (await archive_row(pool, running))["entry_count"] == 2
+    info = await js.consumer_info(subjects.JOB_EVENTS_STREAM, subjects.LOGS_ARCHIVE_CONSUMER)
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
 
 
 async def test_archives_past_their_age_are_deleted(

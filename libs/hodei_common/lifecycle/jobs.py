@@ -257,11 +257,25 @@ async def refuse_stale_report(conn: Conn, report: StatusReport, current_attempt:
     return bool(recorded)
 
 
-async def record_log_archive(conn: Conn, job_id: UUID, attempt: int, *, storage_uri: str,
-                             size_bytes: int, entry_count: int, sha256: str,
-                             truncated: bool) -> None:
-    """The job_log_files row of a stored archive, and the job's truncation mark."""
-    await SQL["record_log_archive"].execute(
-        conn, job_id=job_id, attempt=attempt, storage_uri=storage_uri, size_bytes=size_bytes,
-        entry_count=entry_count, sha256=sha256, truncated=truncated,
+@dataclass(frozen=True)
+class LogArchive:
+    """A stored archive of a job's log, as ``job_log_files`` records it."""
+
+    job_id: UUID
+    attempt: int
+    storage_uri: str
+    size_bytes: int
+    entry_count: int
+    sha256: str
+    truncated: bool
+
+
+async def record_log_archives(conn: Conn, archives: Sequence[LogArchive]) -> None:
+    """The job_log_files rows of stored archives (a job at most once), and the truncation
+    mark of each job whose log was cut, in one statement."""
+    await SQL["record_log_archives"].execute(
+        conn, job_ids=[a.job_id for a in archives], attempts=[a.attempt for a in archives],
+        storage_uris=[a.storage_uri for a in archives],
+        sizes=[a.size_bytes for a in archives], entry_counts=[a.entry_count for a in archives],
+        sha256s=[a.sha256 for a in archives], truncated=[a.truncated for a in archives],
         from_states=JOBS["mark_log_truncated"].fence)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 from typing import ClassVar
+from uuid import UUID
 
 import asyncpg
 import msgspec
@@ -24,7 +25,7 @@ from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 
 from hodei_common import logarchive, tracing
-from hodei_common.consumer import ConsumerSpec, consume, decode
+from hodei_common.consumer import ConsumerSpec, backoff_s, consume_batches, decode, handle
 from hodei_common.contracts import subjects
 from hodei_common.contracts.jobs import JobEvent, JobState
 from hodei_common.contracts.logs import LogBatch, LogEnd, LogMessage, LogRecord, LogStream
@@ -47,10 +48,14 @@ ARCHIVE_EVENTS = ConsumerSpec(
     # A logs service that dies holding an event leaves it for the consumer's ack_wait (the
     # default 30 s); storing a log of millions of lines takes longer, so the handler says
     # "in progress" every ARCHIVE_PROGRESS_S while it works.
-    # Every event is another job's: archive a fetched batch's logs side by side.
-    ordered_by=lambda msg: str(msg.metadata.sequence.stream),
 )
-ARCHIVE_BATCH = 8
+# The events of a fetch are archived together: their jobs read in one statement, their logs
+# stored ARCHIVE_PARALLEL at a time, their archives recorded in one statement. Nobody waits
+# for an archive (readers take the stream while it has the log), so an event that comes
+# alone may wait up to ARCHIVE_LINGER_S for others to come with it.
+ARCHIVE_FETCH = 64
+ARCHIVE_PARALLEL = 8
+ARCHIVE_LINGER_S = 1.0
 ARCHIVE_PROGRESS_S = 10.0  # well within the consumer's ack_wait
 SWEEP_BATCH = 100
 
@@ -73,8 +78,8 @@ class LogsService(HodeiService):
         return [self._archives, self._sweep]
 
     async def _archives(self) -> None:
-        await consume(self.js, ARCHIVE_EVENTS, self._archive, self.stopping,
-                      batch=ARCHIVE_BATCH)
+        await consume_batches(self.js, ARCHIVE_EVENTS, self._archive_batch, self.stopping,
+                              batch=ARCHIVE_FETCH, poll_s=ARCHIVE_LINGER_S)
 
     async def _close_log(self, job: asyncpg.Record) -> None:
         """Write the end marker unless the log has one: usually the scheduler ended the log as
@@ -101,39 +106,76 @@ class LogsService(HodeiService):
         except msgspec.DecodeError:
             return False
 
-    async def _archive(self, msg: Msg) -> None:
-        """Archive the job's log, telling JetStream it is still being worked on meanwhile."""
-        keep_alive = asyncio.create_task(_in_progress(msg))
+    async def _archive_batch(self, msgs: list[Msg]) -> None:
+        """Archive the finished jobs' logs of a fetch of terminal events (see ARCHIVE_FETCH):
+        each event is acked once its job's archive is recorded (or found recorded), naked
+        while its job has no terminal state, dropped when it names no job."""
+        ids = {job_id for job_id in map(_job_of, msgs) if job_id is not None}
         try:
-            await self._archive_log(msg)
-        finally:
-            keep_alive.cancel()
-
-    async def _archive_log(self, msg: Msg) -> None:
-        """Store the finished job's log whole and record it (idempotent), ending it first if
-        nobody did."""
-        job_id = decode(msg, JobEvent).job_id
-        async with self.pool.acquire() as conn:
-            job = await store.to_archive(conn, job_id)
-        if job is not None and job["archived"]:
+            async with self.pool.acquire() as conn:
+                found = await store.to_archive(conn, list(ids))
+        except Exception as e:
+            log.warning("archive: could not read %d jobs (%s); retrying", len(ids), e)
+            await _retry(msgs)
             return
+        recorded: list[Msg] = []  # nothing (more) to record
+        stored: dict[UUID, tuple[list[Msg], jobs.LogArchive]] = {}
+        parallel = asyncio.Semaphore(ARCHIVE_PARALLEL)
+
+        async def archive(msg: Msg) -> None:
+            job_id = decode(msg, JobEvent).job_id
+            archived = await self._archive(msg, found.get(job_id), job_id, parallel)
+            if archived is None:
+                recorded.append(msg)
+            elif job_id in stored:  # the same job's event twice: one archive row
+                stored[job_id][0].append(msg)
+            else:
+                stored[job_id] = ([msg], archived)
+
+        await asyncio.gather(*(handle(msg, archive, ARCHIVE_EVENTS.durable, ack=False)
+                               for msg in msgs))
+        if stored:
+            try:
+                async with self.pool.acquire() as conn:
+                    await jobs.record_log_archives(conn, [a for _, a in stored.values()])
+            except Exception as e:
+                log.warning("archive: could not record %d archives (%s); retrying",
+                            len(stored), e)
+                await _retry([msg for held, _ in stored.values() for msg in held])
+            else:
+                recorded += [msg for held, _ in stored.values() for msg in held]
+        for msg in recorded:
+            with contextlib.suppress(NatsError, TimeoutError):
+                await msg.ack()
+
+    async def _archive(self, msg: Msg, job: asyncpg.Record | None, job_id: UUID,
+                       parallel: asyncio.Semaphore) -> jobs.LogArchive | None:
+        """Store the finished job's log whole (ending it first if nobody did), telling
+        JetStream meanwhile that ``msg`` is still being worked on; its archive to record, or
+        None when it is recorded already."""
+        if job is not None and job["archived"]:
+            return None
         if job is None or job["state"] is None:
             raise RetryLater(1.0, f"job {job_id} is not finished yet")
-        stored = await self._store_log(job)
-        if stored is None:  # the scheduler's end marker is missing: write it, read again
-            await self._close_log(job)
-            stored = await self._store_log(job)
+        keep_alive = asyncio.create_task(_in_progress(msg))
+        try:
+            async with parallel:
+                stored = await self._store_log(job)
+                if stored is None:  # the scheduler's end marker is missing: write, read again
+                    await self._close_log(job)
+                    stored = await self._store_log(job)
+        finally:
+            keep_alive.cancel()
         if stored is None:
             raise RetryLater(1.0, f"job {job_id}: its log has no end marker yet")
         end, written = stored
-        async with self.pool.acquire() as conn:
-            await jobs.record_log_archive(
-                conn, job_id, end.attempt,
-                storage_uri=logarchive.storage_uri(job["namespace"], job_id),
-                size_bytes=written.size_bytes, entry_count=written.lines,
-                sha256=written.sha256, truncated=written.truncated)
         log.debug("job %s: log archived (%d lines, %d bytes)", job_id, written.lines,
                   written.size_bytes)
+        return jobs.LogArchive(
+            job_id=job_id, attempt=end.attempt,
+            storage_uri=logarchive.storage_uri(job["namespace"], job_id),
+            size_bytes=written.size_bytes, entry_count=written.lines, sha256=written.sha256,
+            truncated=written.truncated)
 
     async def _store_log(self, job: asyncpg.Record) -> tuple[LogEnd, logarchive.Written] | None:
         """Read the job's log from the stream and store it in the archive; None (nothing
@@ -199,3 +241,19 @@ def _has_notice(message: LogMessage) -> bool:
     """Whether a batch holds a line of the platform's own (a truncation notice)."""
     return isinstance(message, LogBatch) and any(
         line.stream is LogStream.SYSTEM for line in message.lines)
+
+
+async def _retry(msgs: list[Msg]) -> None:
+    """Hand messages back to the stream, each for a later try (see ``backoff_s``)."""
+    for msg in msgs:
+        with contextlib.suppress(NatsError, TimeoutError):
+            await msg.nak(delay=backoff_s(msg.metadata.num_delivered or 1))
+
+
+def _job_of(msg: Msg) -> UUID | None:
+    """The job a terminal event names; None for one that does not decode (its handling
+    drops it)."""
+    try:
+        return msgspec.json.decode(msg.data, type=JobEvent).job_id
+    except msgspec.DecodeError:
+        return None

@@ -8,15 +8,15 @@ import asyncpg
 
 from hodei_common.database import Conn
 
-# The job as its log is to be archived: its terminal state (NULL while it has none), and
-# whether its archive is recorded already.
+# The jobs as their logs are to be archived: each one's terminal state (NULL while it has
+# none), and whether its archive is recorded already.
 TO_ARCHIVE = """
 SELECT id, namespace, attempt,
        CASE WHEN state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMED_OUT') THEN state END
            AS state,
        exit_code, error,
-       EXISTS (SELECT 1 FROM job_log_files WHERE job_id = $1) AS archived
-FROM jobs WHERE id = $1
+       EXISTS (SELECT 1 FROM job_log_files AS f WHERE f.job_id = jobs.id) AS archived
+FROM jobs WHERE id = ANY($1::uuid[])
 """
 
 EXPIRED = """
@@ -28,9 +28,9 @@ ORDER BY f.created_at LIMIT $2
 FORGET = "DELETE FROM job_log_files WHERE job_id = ANY($1::uuid[])"
 
 
-async def to_archive(conn: Conn, job_id: UUID) -> asyncpg.Record | None:
-    """The job (see ``TO_ARCHIVE``), or None when there is no such job."""
-    return await conn.fetchrow(TO_ARCHIVE, job_id)
+async def to_archive(conn: Conn, job_ids: list[UUID]) -> dict[UUID, asyncpg.Record]:
+    """The jobs of ``job_ids`` that exist (see ``TO_ARCHIVE``), by id."""
+    return {row["id"]: row for row in await conn.fetch(TO_ARCHIVE, job_ids)}
 
 
 async def expired(conn: Conn, max_age_s: float, limit: int) -> list[tuple[str, UUID]]:

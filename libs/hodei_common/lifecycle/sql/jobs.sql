@@ -283,19 +283,23 @@ FROM jobs
 WHERE id = :job_id AND state = ANY(:from_states)
   AND NOT EXISTS (SELECT 1 FROM domain_events WHERE id = :event_id);
 
--- name: record_log_archive
--- The job_log_files row of a stored archive, and the job's truncation mark (transition
--- `mark_log_truncated`) when its output passed the log's byte cap.
+-- name: record_log_archives
+-- The job_log_files rows of stored archives, one per element of the arrays (`:job_ids`
+-- and the rest, in step; a job at most once), and the truncation mark (transition
+-- `mark_log_truncated`) of each job whose output passed the log's byte cap.
 WITH archived AS (
     INSERT INTO job_log_files (job_id, attempt, storage_uri, size_bytes, entry_count, sha256,
                                truncated)
-    VALUES (:job_id, :attempt, :storage_uri, :size_bytes, :entry_count, :sha256, :truncated)
+    SELECT * FROM unnest(:job_ids::uuid[], :attempts::int[], :storage_uris::text[],
+                         :sizes::bigint[], :entry_counts::bigint[], :sha256s::text[],
+                         :truncated::boolean[])
     ON CONFLICT (job_id, attempt) DO UPDATE
        SET storage_uri = EXCLUDED.storage_uri, size_bytes = EXCLUDED.size_bytes,
            entry_count = EXCLUDED.entry_count, sha256 = EXCLUDED.sha256,
            truncated = EXCLUDED.truncated
-    RETURNING job_id
+    RETURNING job_id, truncated
 )
 UPDATE jobs SET log_truncated = true
-WHERE :truncated AND id = (SELECT job_id FROM archived) AND state = ANY(:from_states)
-  AND NOT log_truncated;
+FROM archived AS a
+WHERE a.truncated AND jobs.id = a.job_id AND jobs.state = ANY(:from_states)
+  AND NOT jobs.log_truncated;
