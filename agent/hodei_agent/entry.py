@@ -17,7 +17,7 @@ from hodei_agent.agent import Agent
 from hodei_agent.config import AgentSettings
 from hodei_agent.jobuser import check_can_switch, forbid_dumping
 from hodei_agent.registration import RegistrationRefused, forget_secrets
-from hodei_common import eventloop, tracing
+from hodei_common import eventloop, heap, tracing
 from hodei_common.errors import HodeiError
 from hodei_common.logconfig import configure_logging
 
@@ -76,6 +76,7 @@ def main() -> None:
         settings = AgentSettings.from_env()
         configure_logging(settings.log_level, service="hodei-agent")
         _guard(settings)
+        heap.settle()
         eventloop.run(_run(settings))
     except RegistrationRefused as e:
         print(f"error: registration refused: {e}", file=sys.stderr)

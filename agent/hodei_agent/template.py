@@ -45,7 +45,7 @@ sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]
 import msgspec  # noqa: E402
 
 from hodei_agent import entry, process  # noqa: E402
-from hodei_common import eventloop  # noqa: E402
+from hodei_common import eventloop, heap  # noqa: E402
 
 # The loop the agents will run on, imported here once too.
 eventloop.loop_factory()
@@ -71,6 +71,7 @@ class Template:
         signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the selector through the fd
         self._selector.register(self._channel, selectors.EVENT_READ, "channel")
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        heap.settle()  # what every agent forked from here shares, kept out of its collector
         self._send({"ready": True})
         while True:
             for key, _ in self._selector.select():

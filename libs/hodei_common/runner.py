@@ -26,6 +26,7 @@ from nats.micro.service import Service as MicroService
 from hodei_common import (
     database,
     eventloop,
+    heap,
     logconfig,
     messaging,
     platform_settings,
@@ -298,11 +299,21 @@ async def run_until_signalled(
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    started = asyncio.create_task(_settle_when_ready(services))
     try:
         await _run_all(services, request_stop)
     finally:
+        started.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def _settle_when_ready(services: Sequence[HodeiService]) -> None:
+    """Once every service is ready, take what the process made to start out of the
+    collector's way (see :mod:`hodei_common.heap`)."""
+    for service in services:
+        await service.ready.wait()
+    heap.settle()
 
 
 async def _run_all(services: tuple[HodeiService, ...], request_stop: Callable[[], None]) -> None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import ClassVar
 
 import pytest
 
 from hodei_common.errors import SchemaError
-from hodei_common.runner import HodeiService, Loop
+from hodei_common.runner import HodeiService, Loop, run_until_signalled
 from hodei_common.settings import Settings
+from hodei_common.testing import assert_eventually
 from hodei_common.testing.plugin import as_test_user
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
@@ -26,6 +28,11 @@ class Probe(HodeiService):
         self.stubborn = stubborn
         self.drained_cleanly = False
         self.cancelled = False
+        self.set_up = asyncio.Event()
+        self.set_up.set()
+
+    async def setup(self) -> None:
+        await self.set_up.wait()
 
     def loops(self) -> list[Loop]:
         return [self.work]
@@ -85,3 +92,28 @@ async def test_a_service_refuses_an_unmigrated_database_in_one_line(
         await asyncio.wait_for(service.run(), 30)
     assert "hodei migrate" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+
+async def test_services_run_together_settle_the_heap_once_all_are_ready(
+    settings: Settings,
+) -> None:
+    """What the process made to start is frozen out of the collector's generations (a full
+    collection of it held the platform's loop ~100 ms), and not before every service is up."""
+    first, second = Probe(as_test_user(settings)), Probe(as_test_user(settings))
+    second.set_up.clear()
+    gc.unfreeze()
+    run = asyncio.create_task(run_until_signalled(first, second))
+    try:
+        await asyncio.wait_for(first.ready.wait(), 30)
+        await asyncio.sleep(0.2)
+        assert gc.get_freeze_count() == 0  # the second is not ready yet
+        second.set_up.set()
+        await asyncio.wait_for(second.ready.wait(), 30)
+        await assert_eventually(lambda: gc.get_freeze_count() > 0, within_s=5,
+                                message="the heap was not settled")
+    finally:
+        gc.unfreeze()  # not for the rest of this test process
+        await first.stop()
+        await second.stop()
+        await asyncio.wait_for(run, 30)
