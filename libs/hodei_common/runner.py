@@ -299,11 +299,11 @@ async def run_until_signalled(
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    started = asyncio.create_task(_settle_when_ready(services))
+    settling = asyncio.create_task(_settle_when_ready(services))
     try:
         await _run_all(services, request_stop)
     finally:
-        started.cancel()
+        settling.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 

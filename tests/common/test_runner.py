@@ -94,7 +94,6 @@ async def test_a_service_refuses_an_unmigrated_database_in_one_line(
     assert "\n" not in str(info.value)
 
 
-
 async def test_services_run_together_settle_the_heap_once_all_are_ready(
     settings: Settings,
 ) -> None:

@@ -149,9 +149,9 @@ async def test_ends_that_come_together_are_archived_together(
     monkeypatch.setattr(logs_store, "to_archive", counted_lookup)
     monkeypatch.setattr(jobs, "record_log_archives", counted_record)
     done = [await finished_job(pool, js, numbered(i + 1), announce=False) for i in range(12)]
-    running = await finished_job(pool, js, numbered(2), state="RUNNING", announce=False)
+    unfinished = await finished_job(pool, js, numbered(2), state="RUNNING", announce=False)
     # Twelve ends, one of them twice, and the end of a job whose state is not terminal yet.
-    await asyncio.gather(*(announce_end(js, job) for job in [*done, done[0], running]))
+    await asyncio.gather(*(announce_end(js, job) for job in [*done, done[0], unfinished]))
 
     async def all_archived() -> bool:
         return await pool.fetchval("SELECT count(*) FROM job_log_files") == 12
@@ -162,8 +162,8 @@ async def test_ends_that_come_together_are_archived_together(
     assert len(recorded) <= 3, recorded  # a statement for a batch, not for a job
     assert len(looked_up) <= 4, looked_up
     # The job that was not finished is asked about again, and archived once it is.
-    await pool.execute("UPDATE jobs SET state = 'SUCCEEDED' WHERE id = $1", running)
-    assert (await archive_row(pool, running))["entry_count"] == 2
+    await pool.execute("UPDATE jobs SET state = 'SUCCEEDED' WHERE id = $1", unfinished)
+    assert (await archive_row(pool, unfinished))["entry_count"] == 2
     info = await js.consumer_info(subjects.JOB_EVENTS_STREAM, subjects.LOGS_ARCHIVE_CONSUMER)
     assert (info.num_pending, info.num_ack_pending) == (0, 0)
 

@@ -118,7 +118,7 @@ class LogsService(HodeiService):
             log.warning("archive: could not read %d jobs (%s); retrying", len(ids), e)
             await _retry(msgs)
             return
-        recorded: list[Msg] = []  # nothing (more) to record
+        to_ack: list[Msg] = []  # recorded already, or by this batch
         stored: dict[UUID, tuple[list[Msg], jobs.LogArchive]] = {}
         parallel = asyncio.Semaphore(ARCHIVE_PARALLEL)
 
@@ -126,7 +126,7 @@ class LogsService(HodeiService):
             job_id = decode(msg, JobEvent).job_id
             archived = await self._archive(msg, found.get(job_id), job_id, parallel)
             if archived is None:
-                recorded.append(msg)
+                to_ack.append(msg)
             elif job_id in stored:  # the same job's event twice: one archive row
                 stored[job_id][0].append(msg)
             else:
@@ -143,8 +143,8 @@ class LogsService(HodeiService):
                             len(stored), e)
                 await _retry([msg for held, _ in stored.values() for msg in held])
             else:
-                recorded += [msg for held, _ in stored.values() for msg in held]
-        for msg in recorded:
+                to_ack += [msg for held, _ in stored.values() for msg in held]
+        for msg in to_ack:
             with contextlib.suppress(NatsError, TimeoutError):
                 await msg.ack()
 
