@@ -146,12 +146,14 @@ class ArchiveWriter:
             self._size += len(data)
 
     async def store(self, js: JetStreamContext, namespace: str, job_id: UUID, *,
-                    truncated: bool) -> Written:
+                    truncated: bool, first: bool = False) -> Written:
         """Store the archive as the job's (replacing an earlier one): chunks, then the meta,
-        then the earlier write's chunks purged."""
+        then the earlier write's chunks purged. ``first``: the caller knows of no earlier
+        write (a terminal event's first delivery), so none is looked for; should one exist
+        after all, its chunks stay beside the new ones until the job's archive is deleted."""
         self._emit(self._zip.flush())
         self._file.seek(0)
-        earlier = await info(js, namespace, job_id)
+        earlier = None if first else await info(js, namespace, job_id)
         put = nuid.NUID().next().decode()
         subject = subjects.log_archive_chunks(namespace, job_id, put)
         chunks = 0

@@ -168,6 +168,44 @@ async def test_ends_that_come_together_are_archived_together(
     assert (info.num_pending, info.num_ack_pending) == (0, 0)
 
 
+async def test_only_a_redelivered_end_looks_for_an_earlier_archive_and_replaces_it(
+    logs_service: LogsService, pool: asyncpg.Pool, js: JetStreamContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    looked_for: list[uuid.UUID] = []
+    info, record = logarchive.info, jobs.record_log_archives
+    failing = {"left": 0}
+
+    async def watched_info(js: JetStreamContext, namespace: str,
+                           job_id: uuid.UUID) -> logarchive.Archived | None:
+        looked_for.append(job_id)
+        return await info(js, namespace, job_id)
+
+    async def crashing_record(conn: Conn, archives: Sequence[jobs.LogArchive]) -> None:
+        if failing["left"]:
+            failing["left"] -= 1
+            raise ConnectionResetError("the database went away")
+        await record(conn, archives)
+
+    monkeypatch.setattr(logarchive, "info", watched_info)
+    monkeypatch.setattr(jobs, "record_log_archives", crashing_record)
+    # A first delivery stores without a lookup.
+    first = await finished_job(pool, js, numbered(3))
+    await archive_row(pool, first)
+    assert first not in looked_for
+    # Stored, then not recorded: the end comes again, finds that write and replaces it.
+    failing["left"] = 1
+    again = await finished_job(pool, js, numbered(4))
+    row = await archive_row(pool, again)
+    assert looked_for.count(again) == 1
+    found = await info(js, DEFAULT_NAMESPACE, again)
+    assert found is not None
+    assert row["sha256"] == found.sha256
+    assert await subject_counts(js, DEFAULT_NAMESPACE, again) == {
+        subjects.log_archive_meta(DEFAULT_NAMESPACE, again): 1,
+        subjects.log_archive_chunks(DEFAULT_NAMESPACE, again, found.put): found.chunks}
+
+
 async def test_archives_past_their_age_are_deleted(
     logs_service: LogsService, pool: asyncpg.Pool, js: JetStreamContext,
 ) -> None:

@@ -157,13 +157,16 @@ class LogsService(HodeiService):
             return None
         if job is None or job["state"] is None:
             raise RetryLater(1.0, f"job {job_id} is not finished yet")
+        # A first delivery finds no earlier write: one is stored only before its event is
+        # acknowledged, and an event not acknowledged comes again as a redelivery.
+        first = (msg.metadata.num_delivered or 1) == 1
         keep_alive = asyncio.create_task(_in_progress(msg))
         try:
             async with parallel:
-                stored = await self._store_log(job)
+                stored = await self._store_log(job, first)
                 if stored is None:  # the scheduler's end marker is missing: write, read again
                     await self._close_log(job)
-                    stored = await self._store_log(job)
+                    stored = await self._store_log(job, first)
         finally:
             keep_alive.cancel()
         if stored is None:
@@ -177,9 +180,10 @@ class LogsService(HodeiService):
             size_bytes=written.size_bytes, entry_count=written.lines, sha256=written.sha256,
             truncated=written.truncated)
 
-    async def _store_log(self, job: asyncpg.Record) -> tuple[LogEnd, logarchive.Written] | None:
-        """Read the job's log from the stream and store it in the archive; None (nothing
-        stored) when it has no end marker."""
+    async def _store_log(self, job: asyncpg.Record,
+                         first: bool) -> tuple[LogEnd, logarchive.Written] | None:
+        """Read the job's log from the stream and store it in the archive (``first``: see
+        ``ArchiveWriter.store``); None (nothing stored) when it has no end marker."""
         namespace, job_id = job["namespace"], job["id"]
         writer = logarchive.ArchiveWriter()
         truncated = False
@@ -188,7 +192,7 @@ class LogsService(HodeiService):
                 writer.add(message)
                 if isinstance(message, LogEnd):
                     written = await writer.store(self.js, namespace, job_id,
-                                                 truncated=truncated)
+                                                 truncated=truncated, first=first)
                     return message, written
                 truncated = truncated or _has_notice(message)
             return None
