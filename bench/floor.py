@@ -251,7 +251,11 @@ async def one(nc: NATS, command: str) -> tuple[float, End]:
 
 
 def cpu_s(pid: int, *, children: bool = True) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text()
+    """CPU seconds ``pid`` used (with its reaped children's); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
     fields_after = fields[fields.rindex(")") + 2:].split()
     utime, stime, cutime, cstime = (int(f) for f in fields_after[11:15])
     return (utime + stime + ((cutime + cstime) if children else 0)) * TICK_S
