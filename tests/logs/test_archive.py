@@ -164,8 +164,15 @@ async def test_ends_that_come_together_are_archived_together(
     # The job that was not finished is asked about again, and archived once it is.
     await pool.execute("UPDATE jobs SET state = 'SUCCEEDED' WHERE id = $1", unfinished)
     assert (await archive_row(pool, unfinished))["entry_count"] == 2
-    info = await js.consumer_info(subjects.JOB_EVENTS_STREAM, subjects.LOGS_ARCHIVE_CONSUMER)
-    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+
+    async def settled() -> tuple[int, int]:
+        # Acknowledged once recorded: the row can be seen a moment before the ack arrives.
+        info = await js.consumer_info(subjects.JOB_EVENTS_STREAM,
+                                      subjects.LOGS_ARCHIVE_CONSUMER)
+        assert (info.num_pending, info.num_ack_pending) == (0, 0)
+        return info.num_pending, info.num_ack_pending
+
+    await assert_eventually(settled, within_s=5)
 
 
 async def test_only_a_redelivered_end_looks_for_an_earlier_archive_and_replaces_it(
