@@ -51,6 +51,8 @@ from typing import Any
 import asyncpg
 import msgspec
 import nats
+from cost import processes
+from execution import percentile
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
@@ -60,7 +62,6 @@ from hodei_common.embedded.nats_server import NatsServer
 from hodei_common.embedded.postgres import PostgresServer
 
 HELLO = "echo hello"
-TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 DEADLINE_S = 30.0
 STREAMS = {"FLOOR_ASSIGN": "floor.assign.*", "FLOOR_STATUS": "floor.status.*",
            "FLOOR_LOGS": "floor.logs.>"}
@@ -250,33 +251,18 @@ async def one(nc: NATS, command: str) -> tuple[float, End]:
         await sub.unsubscribe()
 
 
-def cpu_s(pid: int, *, children: bool = True) -> float:
-    """CPU seconds ``pid`` used (with its reaped children's); 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields_after = fields[fields.rindex(")") + 2:].split()
-    utime, stime, cutime, cstime = (int(f) for f in fields_after[11:15])
-    return (utime + stime + ((cutime + cstime) if children else 0)) * TICK_S
-
-
 def cpu(parts: dict[str, list[int]], postmaster: int) -> dict[str, float]:
-    used = {name: sum(cpu_s(pid) for pid in pids) for name, pids in parts.items()}
-    backends = [int(p) for p in os.listdir("/proc") if p.isdigit()
-                and _parent(int(p)) == postmaster]
-    used["PostgreSQL"] = cpu_s(postmaster) + sum(cpu_s(pid, children=False) for pid in backends)
+    """CPU seconds used so far by each part (with the children it reaped), PostgreSQL's
+    backends and the client included."""
+    stats = {s.pid: s for s in processes()}
+    used = {name: sum(stats[pid].own_s + stats[pid].reaped_s for pid in pids if pid in stats)
+            for name, pids in parts.items()}
+    used["PostgreSQL"] = sum(s.own_s + (s.reaped_s if s.pid == postmaster else 0.0)
+                             for s in stats.values()
+                             if s.pid == postmaster or s.ppid == postmaster)
     own = resource.getrusage(resource.RUSAGE_SELF)
     used["client"] = own.ru_utime + own.ru_stime
     return used
-
-
-def _parent(pid: int) -> int:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return -1
-    return int(raw[raw.rindex(")") + 2:].split()[1])
 
 
 async def spawn_role(*args: str) -> asyncio.subprocess.Process:
@@ -318,7 +304,6 @@ async def measure(ns: argparse.Namespace) -> dict[str, object]:
             if end.exit_code != 0:
                 raise SystemExit(f"`{HELLO}` ended {end.state}")
             samples.append(took * 1000)
-        ordered = sorted(samples)
         parts = {"platform": [roles[0].pid], "agents": [r.pid for r in roles[1:]],
                  "NATS": [server.pid or 0]}
         assert postgres.pid is not None
@@ -335,7 +320,7 @@ async def measure(ns: argparse.Namespace) -> dict[str, object]:
         await nc.close()
         return {
             "echo_end_p50_ms": round(statistics.median(samples), 2),
-            "echo_end_p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 2),
+            "echo_end_p99_ms": round(percentile(samples, 99), 2),
             "jobs_per_s": round(ns.round_jobs / elapsed, 1),
             "cpu_ms_per_job": {part: round((after[part] - before[part]) * 1000 / ns.round_jobs, 3)
                                for part in after},
